@@ -1,0 +1,375 @@
+"""The public entry points: :func:`segment` for grids and :func:`segment_graph` for graphs."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Sequence
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from . import backends
+from .backends.base import Backend
+from .engine import RunResult
+from .graph import Graph, batch_edges
+from .hierarchy import Hierarchy, Level
+from .options import DEFAULT_LEVELS, Options, resolve_options
+
+_OPTION_DOC = """
+    levels : sequence of float, default (0.8, 0.7, 0.6, 0.5, 0.4)
+        Thresholds t_l, strictly decreasing, in [-1, 1]: one level each, finest first.
+    min_size : int, default 4
+        Clusters with fewer cells are not reported as masks (label maps keep them).
+    connectivity : {4, 8}, default 4
+        Grid adjacency (ignored by :func:`segment_graph`): 4 = face neighbours, 8 = with
+        diagonals.
+    preset : {"released", "paper"}, default "released"
+        Sets ``passes``, ``pooling`` and ``vote_weight`` together: "released" is the authors'
+        code (until_stable, sum, 0), "paper" the paper's wording (single, attention, 0.4).
+    passes : {"until_stable", "single"}, optional
+        Passes per level: until a pass changes nothing, or exactly one.
+    pooling : {"sum", "attention"}, optional
+        Node feature v_k: the sum of member features, or the paper's attention pooling
+        L2N(softmax_c(mean_{i in k} A_i / sigma) F) with A = F F^T.
+    vote_weight : float, optional
+        w_s of s_ab = (1 - w_s) cos(v_a, v_b) + w_s vote_ab, with
+        vote_ab = 1 - mean_c |P_a[c] - P_b[c]| and P_k = mean_{i in k} A_i.
+    temperature : float, default 0.07
+        sigma of attention pooling.
+    semantic : bool, default False
+        Also group each level's clusters on the complete graph (alike clusters anywhere in
+        the image join one semantic group).
+    backend : {"auto", "numpy", "numba", "torch", "cupy"}, default "auto"
+        "auto" follows the array's library (Numba for NumPy arrays when installed).
+    track_margin : bool, default False
+        Record the smallest |s - t| over every decision in ``Hierarchy.min_margin`` (runs
+        the generic engine; for tests of exactness)."""
+
+
+def _check_features(x: Any, name: str = "features") -> None:
+    try:
+        xp = array_namespace(x)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a NumPy array, torch tensor or CuPy array, got {type(x).__name__}"
+        ) from None
+    dtype = x.dtype
+    if not (xp.isdtype(dtype, "real floating") or xp.isdtype(dtype, "integral")):
+        raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
+def _choose_backend(name: str, x: Any) -> Backend:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, got {name!r}")
+    if name == "auto":
+        return backends.for_array(x)
+    return backends.get(name)
+
+
+def _to_backend(be: Backend, x: Any) -> Any:
+    return x if be.accepts(x) else be.from_any(x)
+
+
+def _check_finite(be: Backend, x: Any, name: str) -> None:
+    if not be.all_finite(x):
+        bad = np.argwhere(~np.isfinite(be.to_numpy(x)))
+        raise ValueError(
+            f"{name} must be finite: {len(bad)} value(s) are NaN or inf, first at index "
+            f"{tuple(int(i) for i in bad[0])}"
+        )
+
+
+def segment(
+    features: Any,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    *,
+    min_size: int = 4,
+    connectivity: int = 4,
+    preset: str = "released",
+    passes: str | None = None,
+    pooling: str | None = None,
+    vote_weight: float | None = None,
+    temperature: float = 0.07,
+    semantic: bool = False,
+    backend: str = "auto",
+    spatial_ndim: int = 2,
+    track_margin: bool = False,
+) -> Hierarchy | list[Hierarchy]:
+    """Multi-granular masks of a feature grid by UniAP agglomerative pooling.
+
+    At each threshold t (finest first) every grid edge whose score exceeds t is contracted,
+    all at once; contracted nodes pool their features and the pass repeats until nothing
+    changes.  Each threshold's partition is a level; levels nest.
+
+    Parameters
+    ----------
+    features : array of shape (H, W, C), (B, H, W, C), or a list of (H_i, W_i, C)
+        Patch features (NumPy, torch or CuPy).  A 4-D array or a list is a batch, run as one
+        disjoint graph in one pass; with ``spatial_ndim=3`` grids are (D, H, W, C) volumes
+        and a batch is 5-D.
+    spatial_ndim : int, default 2
+        Number of grid axes before the channel axis.
+    """ + _OPTION_DOC + """
+
+    Returns
+    -------
+    Hierarchy, or list of Hierarchy for a batch
+
+    Raises
+    ------
+    TypeError
+        ``features`` is not an array of real numbers, or a batch mixes array libraries.
+    ValueError
+        Wrong number of dimensions, an empty grid or no channels, NaN or inf in
+        ``features``, levels not strictly decreasing or outside [-1, 1], ``min_size`` < 1,
+        an unknown option value, or an unknown or unavailable backend.
+
+    Notes
+    -----
+    Symbols of the paper: t = ``levels``; v_k = pooled node feature (``pooling``);
+    w_f, w_s = 1 - ``vote_weight``, ``vote_weight``; sigma = ``temperature``.  Labels are
+    canonical: clusters are numbered in the order of their smallest cell (row-major).
+
+    References
+    ----------
+    .. [1] Xu et al., "S2-UniSeg: Fast Universal Agglomerative Pooling for Scalable
+       Segment Anything without Supervision", arXiv:2508.06995, 2025.
+
+    Examples
+    --------
+    >>> import numpy as np, uniap
+    >>> f = np.zeros((2, 3, 2)); f[:, :2, 0] = 1; f[:, 2, 1] = 1
+    >>> h = uniap.segment(f, levels=(0.5,), min_size=1)
+    >>> h.level(0).labels
+    array([[0, 0, 1],
+           [0, 0, 1]], dtype=int32)
+    """
+    options = resolve_options(
+        levels=levels, preset=preset, passes=passes, pooling=pooling, vote_weight=vote_weight,
+        temperature=temperature, semantic=semantic, min_size=min_size,
+    )
+    if isinstance(spatial_ndim, bool) or not isinstance(spatial_ndim, int) or spatial_ndim < 1:
+        raise ValueError(f"spatial_ndim must be a positive integer, got {spatial_ndim!r}")
+    grids, is_batch = _split_batch(features, spatial_ndim)
+    be = _choose_backend(backend, grids[0])
+    grids = [_to_backend(be, g) for g in grids]
+    shapes = [tuple(int(s) for s in g.shape[:-1]) for g in grids]
+    edges, offsets = batch_edges(shapes, connectivity)
+    flat = [be.xp.reshape(g, (-1, g.shape[-1])) for g in grids]
+    if len(flat) == 1:
+        x = flat[0]
+    elif not isinstance(features, (list, tuple)) and be.accepts(features):
+        x = be.xp.reshape(features, (-1, features.shape[-1]))  # a stacked batch: no copy
+    else:
+        x = be.xp.concat(flat, axis=0)
+    _check_finite(be, x, "features")
+    graph = Graph(x=be.prepare_features(x), edges=edges, offsets=offsets, shapes=shapes)
+    result = be.run(graph, options, track_margin=track_margin)
+    hierarchies = build_hierarchies(be, result, graph, options, flat)
+    return hierarchies if is_batch else hierarchies[0]
+
+
+def _split_batch(features: Any, spatial_ndim: int) -> tuple[list[Any], bool]:
+    grid_ndim = spatial_ndim + 1
+    if isinstance(features, (list, tuple)):
+        if not features:
+            raise ValueError("features is an empty list: give at least one grid")
+        grids = list(features)
+        is_batch = True
+    else:
+        _check_features(features)
+        if features.ndim == grid_ndim:
+            grids, is_batch = [features], False
+        elif features.ndim == grid_ndim + 1:
+            if features.shape[0] == 0:
+                raise ValueError("features is an empty batch (B = 0)")
+            grids, is_batch = [features[i] for i in range(features.shape[0])], True
+        else:
+            axes = ", ".join(["H", "W"] if spatial_ndim == 2 else [f"S{i}" for i in range(spatial_ndim)])
+            raise ValueError(
+                f"features must have shape ({axes}, C) or (B, {axes}, C): {grid_ndim} or "
+                f"{grid_ndim + 1} dimensions, got {features.ndim} with shape {tuple(features.shape)}"
+            )
+    library = None
+    channels = None
+    for i, g in enumerate(grids):
+        name = f"features[{i}]" if is_batch else "features"
+        _check_features(g, name)
+        if g.ndim != grid_ndim:
+            raise ValueError(
+                f"{name} must have {grid_ndim} dimensions (grid axes then channels), "
+                f"got shape {tuple(g.shape)}"
+            )
+        if any(int(s) == 0 for s in g.shape[:-1]):
+            raise ValueError(f"{name} is an empty grid: shape {tuple(g.shape)}")
+        if int(g.shape[-1]) == 0:
+            raise ValueError(f"{name} has no channels (C = 0): shape {tuple(g.shape)}")
+        lib = type(g).__module__.split(".")[0]
+        if library is None:
+            library, channels = lib, int(g.shape[-1])
+        elif lib != library:
+            raise TypeError(f"a batch must use one array library, got {library} and {lib}")
+        elif int(g.shape[-1]) != channels:
+            raise ValueError(
+                f"every grid of a batch needs the same channels C, got {channels} and "
+                f"{int(g.shape[-1])} ({name})"
+            )
+    return grids, is_batch
+
+
+def segment_graph(
+    x: Any,
+    edges: Any,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    *,
+    min_size: int = 4,
+    preset: str = "released",
+    passes: str | None = None,
+    pooling: str | None = None,
+    vote_weight: float | None = None,
+    temperature: float = 0.07,
+    semantic: bool = False,
+    backend: str = "auto",
+    track_margin: bool = False,
+) -> Hierarchy:
+    """UniAP on any graph: node features ``x`` (N, C) and undirected ``edges`` (E, 2).
+
+    Parameters
+    ----------
+    x : array of shape (N, C)
+        Node features.
+    edges : array-like of shape (E, 2), integer
+        Undirected edges between node ids in [0, N); direction, duplicates and self-loops
+        do not matter.
+    """ + _OPTION_DOC.replace(
+        "connectivity : {4, 8}, default 4\n        Grid adjacency (ignored by :func:`segment_graph`): 4 = face neighbours, 8 = with\n        diagonals.\n    ",
+        "",
+    ) + """
+
+    Returns
+    -------
+    Hierarchy
+        Label maps of shape (N,) per level.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`segment`, and for ``edges`` not of shape (E, 2), not integer, or naming a
+        node outside [0, N).
+
+    Examples
+    --------
+    >>> import numpy as np, uniap
+    >>> x = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+    >>> h = uniap.segment_graph(x, [[0, 1], [1, 2]], levels=(0.9,), min_size=1)
+    >>> h.level(0).labels
+    array([0, 0, 1], dtype=int32)
+    """
+    options = resolve_options(
+        levels=levels, preset=preset, passes=passes, pooling=pooling, vote_weight=vote_weight,
+        temperature=temperature, semantic=semantic, min_size=min_size,
+    )
+    _check_features(x, "x")
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (N, C), got {x.ndim} dimensions: {tuple(x.shape)}")
+    n, c = (int(s) for s in x.shape)
+    if n == 0 or c == 0:
+        raise ValueError(f"x must have at least one node and one channel, got shape {(n, c)}")
+    be = _choose_backend(backend, x)
+    x = _to_backend(be, x)
+    e = _check_edges(edges, n)
+    _check_finite(be, x, "x")
+    graph = Graph(x=be.prepare_features(x), edges=e, offsets=np.array([0, n]), shapes=[(n,)])
+    result = be.run(graph, options, track_margin=track_margin)
+    return build_hierarchies(be, result, graph, options, [x])[0]
+
+
+def _check_edges(edges: Any, n: int) -> np.ndarray:
+    from .hierarchy import to_numpy
+
+    e = np.asarray(to_numpy(edges))
+    if e.size == 0:
+        return np.empty((0, 2), np.int64)
+    if e.ndim != 2 or e.shape[1] != 2:
+        raise ValueError(f"edges must have shape (E, 2), got {e.shape}")
+    if e.dtype.kind not in "iu":
+        raise TypeError(f"edges must be integers, got dtype {e.dtype}")
+    lo, hi = int(e.min()), int(e.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"edges name node {bad}, outside [0, {n}) for x with N = {n} nodes")
+    e = e.astype(np.int64)
+    e = np.sort(e, axis=1)
+    e = e[e[:, 0] != e[:, 1]]
+    return np.unique(e, axis=0)
+
+
+def build_hierarchies(
+    be: Backend, result: RunResult, graph: Graph, options: Options, inputs: list[Any]
+) -> list[Hierarchy]:
+    """Split a run over a disjoint union into one :class:`Hierarchy` per part."""
+    xp = be.xp
+    offsets = graph.offsets
+    first_cells = be.asarray_index(offsets[:-1], like=result.levels[0].cell_labels)
+    out_dtype = inputs[0].dtype if xp.isdtype(inputs[0].dtype, "real floating") else xp.float64
+    per_part: list[list[Level]] = [[] for _ in graph.shapes]
+    num_levels = len(result.levels)
+    firsts = [be.to_numpy(xp.take(lv.cell_labels, first_cells)) for lv in result.levels]
+    for i, lv in enumerate(result.levels):
+        k = int(lv.sizes.shape[0])
+        bounds = np.append(firsts[i], k)
+        if i + 1 < num_levels:
+            nxt = result.levels[i + 1].cell_labels
+            parents = xp.empty_like(lv.sizes)
+            parents[lv.cell_labels] = nxt
+        features = None if lv.features is None else xp.astype(lv.features, out_dtype)
+        sem_cells = None
+        if lv.semantic is not None:
+            sem_cells = xp.take(lv.semantic, lv.cell_labels)
+        for p, shape in enumerate(graph.shapes):
+            c0, c1 = int(offsets[p]), int(offsets[p + 1])
+            k0, k1 = int(bounds[p]), int(bounds[p + 1])
+            labels = xp.reshape(xp.astype(lv.cell_labels[c0:c1] - k0, xp.int32), shape)
+            if i + 1 < num_levels:
+                part_parents = parents[k0:k1] - int(firsts[i + 1][p])
+            else:
+                part_parents = xp.full((k1 - k0,), -1, dtype=lv.sizes.dtype, device=_device(lv.sizes))
+            semantic_labels = None
+            if sem_cells is not None:
+                part_sem = sem_cells[c0:c1]
+                semantic_labels = xp.reshape(xp.astype(part_sem - part_sem[0], xp.int32), shape)
+            sizes = lv.sizes[k0:k1]
+            per_part[p].append(
+                Level(
+                    threshold=lv.threshold,
+                    labels=labels,
+                    sizes=sizes,
+                    parents=part_parents,
+                    semantic_labels=semantic_labels,
+                    _features=None if features is None else features[k0:k1],
+                    _compute_features=None if features is not None else partial(
+                        cluster_means, be, inputs[p], lv.cell_labels[c0:c1] - k0, sizes, out_dtype
+                    ),
+                )
+            )
+    opts = options.as_dict()
+    return [
+        Hierarchy(
+            levels=levels, min_size=options.min_size, options=opts,
+            min_margin=result.min_margin, input_features=inputs[p],
+        )
+        for p, levels in enumerate(per_part)
+    ]
+
+
+def cluster_means(be: Backend, x: Any, labels: Any, sizes: Any, dtype: Any) -> Any:
+    """Mean of the rows of ``x`` (n, C) in each cluster of ``labels`` (n,), in ``dtype``."""
+    xp = be.xp
+    sums = be.segment_sum(xp.astype(x, be.sum_dtype), labels, int(sizes.shape[0]))
+    return xp.astype(sums / xp.astype(sizes, sums.dtype)[:, None], dtype)
+
+
+def _device(a: Any) -> Any:
+    from array_api_compat import device
+
+    return device(a)

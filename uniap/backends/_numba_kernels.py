@@ -1,0 +1,275 @@
+"""Numba kernels for the released rule (sum pooling, cosine scores).
+
+Union-find over cell ids whose root is always the smallest cell: a component's root is its
+canonical representative, and node sums are accumulated in place in the root's row.  Rows of
+``sums`` are written only for nodes formed by a contraction; a singleton's feature is read
+from ``x`` directly, so the input is never copied.  Each pass re-scores only edges that touch
+a node it changed, and de-duplicates just those edges with per-node buckets and stamps: no
+sorting anywhere.
+
+Summation order is fixed (a root's own sum first, then its new members in increasing node
+order), the same order the NumPy reference uses, so node sums agree bit for bit.  Compiled
+once and cached on disk (``cache=True``); kept in their own file because Numba's cache is
+invalidated per source file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EPS = 1e-10
+
+
+# Scores only decide "s > t" and need no fixed summation order, so dot products may be
+# re-associated (vectorised) and fused; never "fast" in full, which would drop NaN checks.
+# Node sums, which must agree bit for bit with the reference, are computed without it.
+SCORE_MATH = {"reassoc", "contract"}
+
+
+@njit(cache=True, fastmath=SCORE_MATH)
+def _dot(u, a, v, b):
+    """<u[a], v[b]> in float64."""
+    s = 0.0
+    for j in range(u.shape[1]):
+        s += np.float64(u[a, j]) * np.float64(v[b, j])
+    return s
+
+
+@njit(cache=True, inline="always")
+def _find(parent, k):
+    root = k
+    while parent[root] != root:
+        root = parent[root]
+    while parent[k] != root:
+        nxt = parent[k]
+        parent[k] = root
+        k = nxt
+    return root
+
+
+@njit(cache=True)
+def _score(x, sums, has_sum, norms, a, b):
+    if has_sum[a]:
+        d = _dot(sums, a, sums, b) if has_sum[b] else _dot(sums, a, x, b)
+    else:
+        d = _dot(x, a, sums, b) if has_sum[b] else _dot(x, a, x, b)
+    return d / (norms[a] * norms[b])
+
+
+@njit(cache=True, fastmath=SCORE_MATH)
+def init_scores(x, ea, eb, norms, scores):
+    """Norms of every cell and the score of every edge; returns the first non-finite row or -1.
+
+    Edges come sorted by their first end, so one sweep over the rows computes each row's norm
+    and its dot products with its (nearby, still cached) later neighbours.
+    """
+    n, c = x.shape
+    m = ea.shape[0]
+    e = 0
+    for k in range(n):
+        s = 0.0
+        for j in range(c):
+            s += np.float64(x[k, j]) * np.float64(x[k, j])
+        if not np.isfinite(s):
+            for j in range(c):
+                if not np.isfinite(x[k, j]):
+                    return k
+        s = np.sqrt(s)
+        norms[k] = s if s > EPS else EPS
+        while e < m and ea[e] == k:
+            b = eb[e]
+            d = 0.0
+            for j in range(c):
+                d += np.float64(x[k, j]) * np.float64(x[b, j])
+            scores[e] = d
+            e += 1
+    for e in range(m):
+        scores[e] = scores[e] / (norms[ea[e]] * norms[eb[e]])
+    return -1
+
+
+@njit(cache=True)
+def contract_level(
+    x, sums, has_sum, norms, sizes, parent, nodes, num_nodes,
+    ea, eb, scores, num_edges, threshold, until_stable,
+    dirty, dirty_list, buckets, head, link, pending_b, stamp, token, labels_out, new_id,
+):
+    """Contract at one threshold; returns (num_nodes, num_edges) after the level.
+
+    ``nodes[:num_nodes]`` are the current roots in increasing order; ``ea, eb, scores``
+    hold ``num_edges`` current edges with valid scores.  Writes the canonical cell labels
+    of the level into ``labels_out``.
+    """
+    n = x.shape[0]
+    c = x.shape[1]
+    while True:
+        merged = False
+        for e in range(num_edges):
+            if scores[e] > threshold:
+                ra = _find(parent, ea[e])
+                rb = _find(parent, eb[e])
+                if ra != rb:
+                    if ra < rb:
+                        parent[rb] = ra
+                    else:
+                        parent[ra] = rb
+                merged = True
+        if not merged:
+            break
+
+        # Pool: each root's own sum, then its new members in increasing node order.
+        num_dirty = 0
+        for i in range(num_nodes):
+            k = nodes[i]
+            r = _find(parent, k)
+            if r != k:
+                if not dirty[r]:
+                    dirty[r] = True
+                    dirty_list[num_dirty] = r
+                    num_dirty += 1
+                    if not has_sum[r]:
+                        for j in range(c):
+                            sums[r, j] = x[r, j]
+                        has_sum[r] = True
+                if has_sum[k]:
+                    for j in range(c):
+                        sums[r, j] += sums[k, j]
+                else:
+                    for j in range(c):
+                        sums[r, j] += x[k, j]
+                sizes[r] += sizes[k]
+        kept = 0
+        for i in range(num_nodes):
+            k = nodes[i]
+            if parent[k] == k:
+                nodes[kept] = k
+                kept += 1
+        num_nodes = kept
+        for i in range(num_dirty):
+            r = dirty_list[i]
+            s = np.sqrt(_dot(sums, r, sums, r))
+            norms[r] = s if s > EPS else EPS
+
+        # Edges between unchanged nodes stay as they are, score included; the others are
+        # bucketed by their smaller end and de-duplicated with a stamp per bucket.
+        kept = 0
+        num_pending = 0
+        for e in range(num_edges):
+            a = parent[ea[e]]
+            b = parent[eb[e]]
+            if a == b:
+                continue
+            if a > b:
+                a, b = b, a
+            if dirty[a] or dirty[b]:
+                if head[a] == -1:
+                    buckets[num_pending] = a
+                    num_pending += 1
+                link[e] = head[a]
+                pending_b[e] = b
+                head[a] = e
+            else:
+                ea[kept] = a
+                eb[kept] = b
+                scores[kept] = scores[e]
+                kept += 1
+        for i in range(num_pending):
+            a = buckets[i]
+            token[0] += 1
+            tk = token[0]
+            e = head[a]
+            while e != -1:
+                b = pending_b[e]
+                nxt = link[e]
+                if stamp[b] != tk:
+                    stamp[b] = tk
+                    ea[kept] = a
+                    eb[kept] = b
+                    scores[kept] = _score(x, sums, has_sum, norms, a, b)
+                    kept += 1
+                e = nxt
+            head[a] = -1
+        num_edges = kept
+        for i in range(num_dirty):
+            dirty[dirty_list[i]] = False
+        if not until_stable:
+            break
+
+    count = 0
+    for i in range(n):
+        r = _find(parent, i)
+        if r == i:
+            new_id[i] = count
+            count += 1
+        labels_out[i] = new_id[r]
+    return num_nodes, num_edges
+
+
+@njit(cache=True)
+def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
+    """Every level of the released rule in one call.
+
+    Returns ``(status, labels, counts, sizes, sums)``: status is -1, or the first row holding
+    NaN or inf (nothing else is computed then); labels (L, N) int32 canonical per level;
+    counts (L,) clusters per level; sizes (sum of counts,) cells per cluster, level after
+    level; sums (sum of counts, C) float64 feature sums when ``want_sums``, else (0, C).
+    """
+    n, c = x.shape
+    m = ea.shape[0]
+    num_levels = thresholds.shape[0]
+    labels = np.empty((num_levels, n), np.int32)
+    counts = np.zeros(num_levels, np.int64)
+    norms = np.empty(n, np.float64)
+    scores = np.empty(m, np.float64)
+    status = init_scores(x, ea, eb, norms, scores)
+    if status >= 0:
+        return status, labels, counts, np.empty(0, np.int64), np.empty((0, c), np.float64)
+    ea = ea.copy()
+    eb = eb.copy()
+    # Rows of sums are written only for nodes formed by a contraction.
+    sums = np.empty((n, c), np.float64)
+    has_sum = np.zeros(n, np.bool_)
+    sizes = np.ones(n, np.int64)
+    parent = np.arange(n)
+    nodes = np.arange(n)
+    dirty = np.zeros(n, np.bool_)
+    dirty_list = np.empty(n, np.int64)
+    buckets = np.empty(n, np.int64)
+    head = np.full(n, -1, np.int64)
+    link = np.empty(m, np.int64)
+    pending_b = np.empty(m, np.int64)
+    stamp = np.zeros(n, np.int64)
+    token = np.zeros(1, np.int64)
+    new_id = np.empty(n, np.int64)
+    level_labels = np.empty(n, np.int64)
+    out_sizes = np.empty(n, np.int64)
+    out_sums = np.empty((n if want_sums else 0, c), np.float64)
+    used = 0
+    num_nodes = n
+    num_edges = m
+    for level in range(num_levels):
+        num_nodes, num_edges = contract_level(
+            x, sums, has_sum, norms, sizes, parent, nodes, num_nodes,
+            ea, eb, scores, num_edges, thresholds[level], until_stable,
+            dirty, dirty_list, buckets, head, link, pending_b, stamp, token, level_labels, new_id,
+        )
+        for i in range(n):
+            labels[level, i] = level_labels[i]
+        counts[level] = num_nodes
+        if used + num_nodes > out_sizes.shape[0]:
+            grown = np.empty(2 * (used + num_nodes), np.int64)
+            grown[:used] = out_sizes[:used]
+            out_sizes = grown
+            if want_sums:
+                grown_sums = np.empty((2 * (used + num_nodes), c), np.float64)
+                grown_sums[:used] = out_sums[:used]
+                out_sums = grown_sums
+        for i in range(num_nodes):
+            r = nodes[i]
+            out_sizes[used + i] = sizes[r]
+            if want_sums:
+                for j in range(c):
+                    out_sums[used + i, j] = sums[r, j] if has_sum[r] else x[r, j]
+        used += num_nodes
+    return status, labels, counts, out_sizes[:used], out_sums[:used]

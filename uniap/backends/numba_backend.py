@@ -1,0 +1,81 @@
+"""The fast CPU backend: Numba kernels for the released rule, NumPy for the rest.
+
+The released rule (sum pooling, cosine scores) runs entirely in compiled code
+(:mod:`uniap.backends._numba_kernels`).  Options that need the O(N) affinity profiles of the
+paper (attention pooling, voting) are matrix products that NumPy's BLAS already does well, so
+they take the generic engine with the NumPy primitives, as do semantic groupings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import register
+from .numpy_backend import NumpyBackend
+
+if TYPE_CHECKING:
+    from ..engine import RunResult
+    from ..graph import Graph
+    from ..options import Options
+
+
+@register
+class NumbaBackend(NumpyBackend):
+    """Compiled single-threaded CPU kernels; the same partitions as the NumPy reference."""
+
+    name = "numba"
+    library = "numpy"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("numba") is None:
+            return "Numba is not installed (pip install numba)"
+        return None
+
+    def prepare_features(self, x):
+        # The kernels read float32 or float64 directly and never write to them; the engine
+        # fallback in run() takes its own float64 copy.
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+        return np.ascontiguousarray(x)
+
+    def all_finite(self, x) -> bool:
+        # init_scores checks finiteness while it computes the norms it needs anyway.
+        return True
+
+    def run(self, graph: "Graph", options: "Options", track_margin: bool = False) -> "RunResult":
+        if options.pooling != "sum" or options.vote_weight != 0.0 or track_margin:
+            graph.x = NumpyBackend.prepare_features(self, graph.x)
+            return super().run(graph, options, track_margin=track_margin)
+        return _run_released(self, graph, options)
+
+
+def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunResult":
+    from ..engine import LevelResult, RunResult, add_semantic
+    from . import _numba_kernels as k
+
+    status, labels, counts, sizes, sums = k.contract_all(
+        graph.x,
+        np.ascontiguousarray(graph.edges[:, 0]),
+        np.ascontiguousarray(graph.edges[:, 1]),
+        np.asarray(options.levels, dtype=np.float64),
+        options.passes == "until_stable",
+        options.semantic,
+    )
+    if status >= 0:
+        raise ValueError(
+            f"features must be finite: node {status} holds NaN or inf; clean or mask the input"
+        )
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    levels = []
+    for i, t in enumerate(options.levels):
+        # Cluster means are left to the Hierarchy, computed on first access.
+        level = LevelResult(
+            threshold=t, cell_labels=labels[i], sizes=sizes[bounds[i] : bounds[i + 1]], features=None
+        )
+        if options.semantic:
+            add_semantic(be, graph, options, level, sums[bounds[i] : bounds[i + 1]])
+        levels.append(level)
+    return RunResult(levels=levels, min_margin=None)

@@ -1,0 +1,405 @@
+"""The UniAP level loop, written once over the primitives of a backend.
+
+A run contracts a graph level by level (DESIGN.md 1.2-1.4): at each threshold t it scores
+every current edge, contracts the connected components of the edges scoring above t into
+single nodes, re-pools their features and rebuilds the edges, until a pass changes nothing
+(or once).
+
+A node is named by its *root*, the smallest cell it holds, and its state lives in that
+cell's row of the state arrays: a pass writes only the rows of the nodes it forms, edges
+between untouched nodes keep their scores, and numbering nodes by root keeps labels
+canonical.  Backends supply what differs between array libraries (connected components,
+segment sums, edge de-duplication; see :class:`uniap.backends.Backend`); everything else
+here is array-API code that runs unchanged on NumPy, torch and CuPy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from array_api_compat import device as _device
+
+from .options import Options
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .graph import Graph
+
+EPS = 1e-10
+# Elements in one temporary block of a chunked product: bounds memory at 16 MiB (float64)
+# whatever the graph size, so nothing of size N x N is ever materialised.
+CHUNK_ELEMENTS = 1 << 21
+
+
+@dataclass
+class LevelResult:
+    """One level of a run over the whole (possibly batched) graph."""
+
+    threshold: float
+    cell_labels: Any  # (N,) int64, canonical: clusters numbered by their smallest cell
+    sizes: Any  # (K,) int64, cells per cluster
+    # (K, C) pooled v_k under attention pooling; None under sum pooling, where the member
+    # means are computed by the Hierarchy from the input, on first access.
+    features: Any | None
+    semantic: Any | None = None  # (K,) int64 canonical semantic group of each cluster
+
+
+@dataclass
+class RunResult:
+    levels: list[LevelResult]
+    min_margin: float | None = None  # smallest |s - t| over every decision taken
+
+
+@dataclass
+class _State:
+    """Node state in rows addressed by root; only rows of active roots are meaningful."""
+
+    sums: Any  # (R, C) sum of member input features
+    sizes: Any  # (R,) int64 cells per node
+    unit_sums: Any | None  # (R, C) sum of L2-normalised member features (profiles)
+    feats: Any  # (R, C) v_k, the scored feature (the same array as sums under sum pooling)
+    norms: Any  # (R,) max(|v_k|, eps)
+    roots: Any  # (K,) active roots, increasing
+    pos: Any  # (R,) index of each active root in roots
+    row_offsets: np.ndarray  # (P + 1,): rows of part p are row_offsets[p]:row_offsets[p + 1]
+    cell_offsets: np.ndarray  # (P + 1,): cells of part p, for the profiles mu_k F^T
+
+
+@dataclass
+class _Context:
+    be: "Backend"
+    xp: Any
+    options: Options
+    unit: Any | None  # (N, C) L2-normalised input features F, when profiles are needed
+
+
+def row_norms(xp: Any, v: Any) -> Any:
+    """max(|v_k|, eps) for each row."""
+    n = xp.sqrt(xp.vecdot(v, v, axis=1))
+    return xp.clip(n, min=EPS)
+
+
+def cosine_of_rows(xp: Any, feats: Any, norms: Any, a: Any, b: Any) -> Any:
+    """<v_a, v_b> / (max(|v_a|, eps) max(|v_b|, eps)) for the row pairs (a[i], b[i])."""
+    m = a.shape[0]
+    out = xp.empty((m,), dtype=feats.dtype, device=_device(feats))
+    step = max(1, (1 << 16) // max(1, feats.shape[1]))  # gathers sized to stay in cache
+    for s in range(0, m, step):
+        ia, ib = a[s : s + step], b[s : s + step]
+        dots = xp.vecdot(xp.take(feats, ia, axis=0), xp.take(feats, ib, axis=0), axis=1)
+        out[s : s + step] = dots / (xp.take(norms, ia) * xp.take(norms, ib))
+    return out
+
+
+# -- the paper's profile terms (attention pooling, voting) --------------------------------
+
+
+def _profile_means(xp: Any, st: _State, rows: Any) -> Any:
+    """mu_k: mean of the members' normalised features, for the given rows."""
+    sizes = xp.astype(xp.take(st.sizes, rows), st.unit_sums.dtype)
+    return xp.take(st.unit_sums, rows, axis=0) / sizes[:, None]
+
+
+def _vote(ctx: _Context, mu_a: Any, mu_b: Any, unit_part: Any) -> Any:
+    """vote_ab = 1 - mean_c |P_a[c] - P_b[c]|, P_k = mu_k F^T, so P_a - P_b = (mu_a - mu_b) F^T."""
+    xp = ctx.xp
+    m, n_cells = mu_a.shape[0], unit_part.shape[0]
+    out = xp.empty((m,), dtype=mu_a.dtype, device=_device(mu_a))
+    step = max(1, CHUNK_ELEMENTS // max(1, n_cells))
+    for s in range(0, m, step):
+        diff = (mu_a[s : s + step] - mu_b[s : s + step]) @ unit_part.T
+        out[s : s + step] = 1.0 - xp.mean(xp.abs(diff), axis=1)
+    return out
+
+
+def _attention_pool(ctx: _Context, mu: Any, unit_part: Any) -> Any:
+    """v = L2N(softmax_c(mu F^T / sigma) F) for each row of ``mu``, in row chunks."""
+    xp = ctx.xp
+    m, n_cells = mu.shape[0], unit_part.shape[0]
+    out = xp.empty((m, unit_part.shape[1]), dtype=mu.dtype, device=_device(mu))
+    step = max(1, CHUNK_ELEMENTS // max(1, n_cells))
+    for s in range(0, m, step):
+        logits = (mu[s : s + step] @ unit_part.T) / ctx.options.temperature
+        logits = logits - xp.max(logits, axis=1, keepdims=True)
+        weights = xp.exp(logits)
+        weights = weights / xp.sum(weights, axis=1, keepdims=True)
+        pooled = weights @ unit_part
+        out[s : s + step] = pooled / row_norms(xp, pooled)[:, None]
+    return out
+
+
+def _by_part(ctx: _Context, st: _State, rows: Any):
+    """Yield (lo, hi, part cells) for the runs of ``rows`` (increasing) in each part."""
+    rows_np = ctx.be.to_numpy(rows)
+    bounds = np.searchsorted(rows_np, st.row_offsets)
+    for p in range(len(st.row_offsets) - 1):
+        lo, hi = int(bounds[p]), int(bounds[p + 1])
+        if hi > lo:
+            yield lo, hi, ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+
+
+def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
+    """s_ab = w_f cos(v_a, v_b) + w_s vote_ab for edges (a[i], b[i]), ``a`` increasing."""
+    xp, opt = ctx.xp, ctx.options
+    cos = cosine_of_rows(xp, st.feats, st.norms, a, b)
+    if opt.vote_weight == 0.0:
+        return cos
+    vote = xp.empty_like(cos)
+    # Edges never cross parts; each part's votes use that part's own cells only.
+    for lo, hi, unit_part in _by_part(ctx, st, a):
+        vote[lo:hi] = _vote(
+            ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part
+        )
+    return opt.feature_weight * cos + opt.vote_weight * vote
+
+
+# -- contraction --------------------------------------------------------------------------
+
+
+def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any) -> tuple[Any, Any]:
+    """Contract the components of the selected edges (row ids of roots), in place.
+
+    Returns ``rootmap`` (R,), the new root of every old root's row, and the rows of the
+    nodes this pass formed (increasing).
+    """
+    be, xp, opt = ctx.be, ctx.xp, ctx.options
+    roots = st.roots
+    k = roots.shape[0]
+    comp, k_new = be.components(k, xp.take(st.pos, sel_a), xp.take(st.pos, sel_b))
+    counts = be.segment_sum(xp.ones((k,), dtype=xp.int64, device=_device(comp)), comp, k_new)
+    new_roots = xp.take(roots, be.first_occurrences(comp, k_new))
+    merged = xp.nonzero(counts > 1)[0]
+    members = xp.nonzero(xp.take(counts > 1, comp))[0]  # increasing: the summation order
+    group = xp.zeros((k_new,), dtype=xp.int64, device=_device(comp))
+    group[merged] = xp.arange(merged.shape[0], dtype=xp.int64, device=_device(comp))
+    group_of_member = xp.take(group, xp.take(comp, members))
+    src = xp.take(roots, members)
+    dst = xp.take(new_roots, merged)
+    m = int(merged.shape[0])
+    st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
+    st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
+    if st.unit_sums is not None:
+        st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
+    if opt.pooling == "attention":
+        mu = _profile_means(xp, st, dst)
+        pooled = xp.empty_like(mu)
+        for lo, hi, unit_part in _by_part(ctx, st, dst):
+            pooled[lo:hi] = _attention_pool(ctx, mu[lo:hi], unit_part)
+        st.feats[dst] = pooled
+    st.norms[dst] = row_norms(xp, xp.take(st.feats, dst, axis=0))
+
+    rootmap = xp.empty_like(st.pos)
+    rootmap[roots] = xp.take(new_roots, comp)
+    st.roots = new_roots
+    st.pos[new_roots] = xp.arange(k_new, dtype=xp.int64, device=_device(comp))
+    return rootmap, dst
+
+
+def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray) -> _State:
+    xp, opt = ctx.xp, ctx.options
+    n = x.shape[0]
+    dev = _device(x)
+    sums = x  # the backend's own copy (prepare_features): rows are overwritten as nodes form
+    unit_sums = xp.asarray(ctx.unit, copy=True) if opt.needs_profiles else None
+    feats = sums if opt.pooling == "sum" else xp.asarray(ctx.unit, copy=True)
+    return _State(
+        sums=sums,
+        sizes=xp.ones((n,), dtype=xp.int64, device=dev),
+        unit_sums=unit_sums,
+        feats=feats,
+        norms=row_norms(xp, feats),
+        roots=xp.arange(n, dtype=xp.int64, device=dev),
+        pos=xp.arange(n, dtype=xp.int64, device=dev),
+        row_offsets=cell_offsets,
+        cell_offsets=cell_offsets,
+    )
+
+
+def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bool = False) -> RunResult:
+    """Run UniAP over ``graph`` with the generic engine on backend ``be``.
+
+    Parameters
+    ----------
+    be : Backend
+        Supplies the array namespace and the primitives.
+    graph : Graph
+        Features already in the backend's work dtype; edges ``a < b``.
+    options : Options
+    track_margin : bool
+        Also return the smallest |s - t| over every decision, so that tests know how close
+        to a threshold any score came (DESIGN.md 1.5).
+    """
+    xp = be.xp
+    x = graph.x
+    n = x.shape[0]
+    dev = _device(x)
+    unit = x / row_norms(xp, x)[:, None] if options.needs_profiles else None
+    ctx = _Context(be=be, xp=xp, options=options, unit=unit)
+    st = _initial_state(ctx, x, graph.offsets)
+    edges_np = np.asarray(graph.edges, dtype=np.int64)
+    if options.vote_weight != 0.0 and len(edges_np):
+        edges_np = edges_np[np.lexsort((edges_np[:, 1], edges_np[:, 0]))]  # votes go by part
+    edges = be.asarray_index(edges_np, like=x)
+    a, b = edges[:, 0], edges[:, 1]
+    scores = _score_edges(ctx, st, a, b)
+    cell_root = xp.arange(n, dtype=xp.int64, device=dev)
+    is_new = xp.zeros((n,), dtype=xp.bool, device=dev)
+    margin = math.inf
+    results: list[LevelResult] = []
+    for t in options.levels:
+        while True:
+            if track_margin and scores.shape[0]:
+                margin = min(margin, float(xp.min(xp.abs(scores - t))))
+            selected = scores > t
+            if not bool(xp.any(selected)):
+                break
+            rootmap, formed = _contract(ctx, st, a[selected], b[selected])
+            cell_root = xp.take(rootmap, cell_root)
+            a, b = xp.take(rootmap, a), xp.take(rootmap, b)
+            # Edges between untouched nodes are unique and keep their scores; the others
+            # are de-duplicated and re-scored.
+            is_new[formed] = True
+            stale = xp.take(is_new, a) | xp.take(is_new, b)
+            is_new[formed] = False
+            keep = ~stale
+            new_a, new_b = be.unique_edges(a[stale], b[stale], n)
+            a = xp.concat([a[keep], new_a])
+            b = xp.concat([b[keep], new_b])
+            scores = xp.concat([scores[keep], _score_edges(ctx, st, new_a, new_b)])
+            if options.passes == "single":
+                break
+        semantic = None
+        if options.semantic:
+            semantic, sem_margin = semantic_groups(ctx, st, t, track_margin)
+            margin = min(margin, sem_margin)
+        results.append(
+            LevelResult(
+                threshold=t,
+                cell_labels=xp.take(st.pos, cell_root),
+                sizes=xp.take(st.sizes, st.roots),
+                features=xp.take(st.feats, st.roots, axis=0) if options.pooling == "attention" else None,
+                semantic=semantic,
+            )
+        )
+    return RunResult(levels=results, min_margin=margin if track_margin else None)
+
+
+# -- semantic groups ----------------------------------------------------------------------
+
+
+def _compact(ctx: _Context, st: _State) -> _State:
+    """A copy of the state of the active nodes, as rows 0..K-1 (canonical order)."""
+    xp = ctx.xp
+    k = st.roots.shape[0]
+    dev = _device(st.roots)
+    take = lambda arr: None if arr is None else xp.take(arr, st.roots, axis=0)  # noqa: E731
+    sums = take(st.sums)
+    return _State(
+        sums=sums,
+        sizes=take(st.sizes),
+        unit_sums=take(st.unit_sums),
+        feats=sums if st.feats is st.sums else take(st.feats),
+        norms=take(st.norms),
+        roots=xp.arange(k, dtype=xp.int64, device=dev),
+        pos=xp.arange(k, dtype=xp.int64, device=dev),
+        row_offsets=np.searchsorted(ctx.be.to_numpy(st.roots), st.cell_offsets),
+        cell_offsets=st.cell_offsets,
+    )
+
+
+def add_semantic(be: "Backend", graph: "Graph", options: Options, level: LevelResult, sums: Any) -> None:
+    """Fill ``level.semantic`` for a level computed elsewhere (sum pooling, cosine scores).
+
+    ``sums`` (K, C) are the clusters' feature sums in canonical order.
+    """
+    xp = be.xp
+    ctx = _Context(be=be, xp=xp, options=options, unit=None)
+    k = sums.shape[0]
+    first_cells = xp.take(level.cell_labels, be.asarray_index(graph.offsets[:-1], like=level.cell_labels))
+    row_offsets = np.append(be.to_numpy(first_cells), k)
+    st = _State(
+        sums=sums, sizes=xp.asarray(level.sizes, copy=True), unit_sums=None, feats=sums, norms=row_norms(xp, sums),
+        roots=xp.arange(k, dtype=xp.int64, device=_device(sums)),
+        pos=xp.arange(k, dtype=xp.int64, device=_device(sums)),
+        row_offsets=row_offsets, cell_offsets=graph.offsets,
+    )
+    level.semantic, _ = _semantic_passes(ctx, st, level.threshold, False)
+
+
+def semantic_groups(ctx: _Context, st: _State, t: float, track_margin: bool) -> tuple[Any, float]:
+    """Semantic groups of the current clusters: the same passes on each part's complete graph.
+
+    Returns the canonical group of every cluster (in canonical cluster order) and the
+    smallest |s - t| seen.  ``st`` is left untouched.
+    """
+    return _semantic_passes(ctx, _compact(ctx, st), t, track_margin)
+
+
+def _semantic_passes(ctx: _Context, st: _State, t: float, track_margin: bool) -> tuple[Any, float]:
+    xp = ctx.xp
+    group_root = xp.asarray(st.roots, copy=True)
+    margin = math.inf
+    while True:
+        a, b, pass_margin = _complete_graph_selection(ctx, st, t, track_margin)
+        margin = min(margin, pass_margin)
+        if a.shape[0] == 0:
+            break
+        rootmap, _ = _contract(ctx, st, a, b)
+        group_root = xp.take(rootmap, group_root)
+        if ctx.options.passes == "single":
+            break
+    return xp.take(st.pos, group_root), margin
+
+
+def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin: bool):
+    """All pairs a < b of active nodes inside one part whose score exceeds t.
+
+    Pairs are scored in (row block x column block) tiles whose temporaries hold at most
+    ``CHUNK_ELEMENTS`` numbers (times the part's cell count when votes need profiles).
+    """
+    xp, opt, be = ctx.xp, ctx.options, ctx.be
+    dev = _device(st.feats)
+    bounds = np.searchsorted(be.to_numpy(st.roots), st.row_offsets)
+    sel_a, sel_b = [], []
+    margin = math.inf
+    for p in range(len(st.row_offsets) - 1):
+        lo, hi = int(bounds[p]), int(bounds[p + 1])
+        kp = hi - lo
+        if kp < 2:
+            continue
+        rows = st.roots[lo:hi]
+        unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
+        per_pair = 1
+        if opt.vote_weight:
+            unit_part = ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+            mu = _profile_means(xp, st, rows)
+            per_pair = unit_part.shape[0]
+        tile = max(1, math.isqrt(max(1, CHUNK_ELEMENTS // per_pair)))
+        for r0 in range(0, kp, tile):
+            r1 = min(kp, r0 + tile)
+            if opt.vote_weight:
+                prof_rows = mu[r0:r1] @ unit_part.T
+            for c0 in range(r0, kp, tile):
+                c1 = min(kp, c0 + tile)
+                s = unit_feats[r0:r1] @ unit_feats[c0:c1].T
+                if opt.vote_weight:
+                    prof_cols = mu[c0:c1] @ unit_part.T
+                    dist = xp.mean(xp.abs(prof_rows[:, None, :] - prof_cols[None, :, :]), axis=2)
+                    s = opt.feature_weight * s + opt.vote_weight * (1.0 - dist)
+                i = xp.arange(r0, r1, dtype=xp.int64, device=dev)[:, None]
+                j = xp.arange(c0, c1, dtype=xp.int64, device=dev)[None, :]
+                upper = j > i  # each pair once, no self-pairs
+                if track_margin:
+                    gaps = xp.abs(s - t)[upper]
+                    if gaps.shape[0]:
+                        margin = min(margin, float(xp.min(gaps)))
+                ii, jj = xp.nonzero((s > t) & upper)
+                sel_a.append(xp.take(rows, ii + r0))
+                sel_b.append(xp.take(rows, jj + c0))
+    if not sel_a:
+        empty = xp.zeros((0,), dtype=xp.int64, device=dev)
+        return empty, empty, margin
+    return xp.concat(sel_a), xp.concat(sel_b), margin
