@@ -14,12 +14,15 @@ from .api import segment, segment_graph
 from .graph import grid_edges
 from .hierarchy import Hierarchy, Level
 from .options import DEFAULT_LEVELS, PRESETS
+from .pipeline import ImageSegmentation, segment_image
 
 __version__ = "0.1.0"
 
 __all__ = [
     "segment",
     "segment_graph",
+    "segment_image",
+    "ImageSegmentation",
     "Hierarchy",
     "Level",
     "grid_edges",

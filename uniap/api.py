@@ -43,7 +43,14 @@ _OPTION_DOC = """
         "auto" follows the array's library (Numba for NumPy arrays when installed).
     track_margin : bool, default False
         Record the smallest |s - t| over every decision in ``Hierarchy.min_margin`` (runs
-        the generic engine; for tests of exactness)."""
+        the generic engine; for tests of exactness).
+    exact : bool, default False
+        GPU backends score edges in float32 (node sums stay float64), so a score within
+        about 1e-5 of a threshold may be decided differently than by the float64 reference.
+        With ``exact=True`` every score within 1e-5 of its threshold is recomputed in
+        float64 before the decision, and partitions equal the reference's on every input
+        (one more wait for the device per pass).  CPU backends score in float64 and are
+        exact already."""
 
 
 def _check_features(x: Any, name: str = "features") -> None:
@@ -94,6 +101,7 @@ def segment(
     backend: str = "auto",
     spatial_ndim: int = 2,
     track_margin: bool = False,
+    exact: bool = False,
 ) -> Hierarchy | list[Hierarchy]:
     """Multi-granular masks of a feature grid by UniAP agglomerative pooling.
 
@@ -164,7 +172,7 @@ def segment(
         x = be.xp.concat(flat, axis=0)
     _check_finite(be, x, "features")
     graph = Graph(x=be.prepare_features(x), edges=edges, offsets=offsets, shapes=shapes)
-    result = be.run(graph, options, track_margin=track_margin)
+    result = be.run(graph, options, track_margin=track_margin, exact=bool(exact))
     hierarchies = build_hierarchies(be, result, graph, options, flat)
     return hierarchies if is_batch else hierarchies[0]
 
@@ -231,6 +239,7 @@ def segment_graph(
     semantic: bool = False,
     backend: str = "auto",
     track_margin: bool = False,
+    exact: bool = False,
 ) -> Hierarchy:
     """UniAP on any graph: node features ``x`` (N, C) and undirected ``edges`` (E, 2).
 
@@ -280,7 +289,7 @@ def segment_graph(
     e = _check_edges(edges, n)
     _check_finite(be, x, "x")
     graph = Graph(x=be.prepare_features(x), edges=e, offsets=np.array([0, n]), shapes=[(n,)])
-    result = be.run(graph, options, track_margin=track_margin)
+    result = be.run(graph, options, track_margin=track_margin, exact=bool(exact))
     return build_hierarchies(be, result, graph, options, [x])[0]
 
 
@@ -307,49 +316,61 @@ def _check_edges(edges: Any, n: int) -> np.ndarray:
 def build_hierarchies(
     be: Backend, result: RunResult, graph: Graph, options: Options, inputs: list[Any]
 ) -> list[Hierarchy]:
-    """Split a run over a disjoint union into one :class:`Hierarchy` per part."""
+    """Split a run over a disjoint union into one :class:`Hierarchy` per part.
+
+    Each level is renumbered per part with a few whole-level operations; a part's arrays are
+    then views (on a GPU, per-part arithmetic would cost kernel launches per image and level).
+    """
     xp = be.xp
     offsets = graph.offsets
-    first_cells = be.asarray_index(offsets[:-1], like=result.levels[0].cell_labels)
     out_dtype = inputs[0].dtype if xp.isdtype(inputs[0].dtype, "real floating") else xp.float64
     per_part: list[list[Level]] = [[] for _ in graph.shapes]
-    num_levels = len(result.levels)
-    firsts = [be.to_numpy(xp.take(lv.cell_labels, first_cells)) for lv in result.levels]
-    for i, lv in enumerate(result.levels):
+    levels = result.levels
+    many = len(graph.shapes) > 1
+    like = levels[0].cell_labels
+    # Clusters of part p are numbered from the first cluster whose root lies in the part.
+    bounds = [np.searchsorted(be.to_numpy(lv.roots), offsets) for lv in levels]
+    part_of_cell = be.asarray_index(graph.part_of_node(), like=like) if many else None
+    means = _LevelMeans(be, inputs, levels, bounds, offsets, out_dtype)
+
+    def per_part_start(values: Any, firsts: np.ndarray, part_of: Any) -> Any:
+        """values - (the first value of each element's part), for every element at once."""
+        if not many:
+            return values - int(firsts[0]) if int(firsts[0]) else values
+        return values - xp.take(be.asarray_index(firsts, like=like), part_of)
+
+    for i, lv in enumerate(levels):
+        last = i + 1 == len(levels)
         k = int(lv.sizes.shape[0])
-        bounds = np.append(firsts[i], k)
-        if i + 1 < num_levels:
-            nxt = result.levels[i + 1].cell_labels
-            parents = xp.empty_like(lv.sizes)
-            parents[lv.cell_labels] = nxt
+        local = xp.astype(per_part_start(lv.cell_labels, bounds[i][:-1], part_of_cell), xp.int32)
+        if last:
+            parents = xp.full((k,), -1, dtype=xp.int64, device=_device(lv.sizes))
+        else:
+            part_of_cluster = None
+            if many:
+                counts = np.diff(bounds[i])
+                part_of_cluster = be.asarray_index(np.repeat(np.arange(len(counts)), counts), like=like)
+            nxt = xp.take(levels[i + 1].cell_labels, lv.roots)
+            parents = xp.astype(per_part_start(nxt, bounds[i + 1][:-1], part_of_cluster), xp.int64)
         features = None if lv.features is None else xp.astype(lv.features, out_dtype)
-        sem_cells = None
+        semantic = None
         if lv.semantic is not None:
             sem_cells = xp.take(lv.semantic, lv.cell_labels)
+            # A part's groups are numbered from the group of its first cell (its smallest).
+            firsts = be.to_numpy(xp.take(sem_cells, be.asarray_index(offsets[:-1], like=like)))
+            semantic = xp.astype(per_part_start(sem_cells, firsts, part_of_cell), xp.int32)
         for p, shape in enumerate(graph.shapes):
             c0, c1 = int(offsets[p]), int(offsets[p + 1])
-            k0, k1 = int(bounds[p]), int(bounds[p + 1])
-            labels = xp.reshape(xp.astype(lv.cell_labels[c0:c1] - k0, xp.int32), shape)
-            if i + 1 < num_levels:
-                part_parents = parents[k0:k1] - int(firsts[i + 1][p])
-            else:
-                part_parents = xp.full((k1 - k0,), -1, dtype=lv.sizes.dtype, device=_device(lv.sizes))
-            semantic_labels = None
-            if sem_cells is not None:
-                part_sem = sem_cells[c0:c1]
-                semantic_labels = xp.reshape(xp.astype(part_sem - part_sem[0], xp.int32), shape)
-            sizes = lv.sizes[k0:k1]
+            k0, k1 = int(bounds[i][p]), int(bounds[i][p + 1])
             per_part[p].append(
                 Level(
                     threshold=lv.threshold,
-                    labels=labels,
-                    sizes=sizes,
-                    parents=part_parents,
-                    semantic_labels=semantic_labels,
+                    labels=xp.reshape(local[c0:c1], shape),
+                    sizes=lv.sizes[k0:k1],
+                    parents=parents[k0:k1],
+                    semantic_labels=None if semantic is None else xp.reshape(semantic[c0:c1], shape),
                     _features=None if features is None else features[k0:k1],
-                    _compute_features=None if features is not None else partial(
-                        cluster_means, be, inputs[p], lv.cell_labels[c0:c1] - k0, sizes, out_dtype
-                    ),
+                    _compute_features=None if features is not None else partial(means.get, i, k0, k1),
                 )
             )
     opts = options.as_dict()
@@ -362,9 +383,55 @@ def build_hierarchies(
     ]
 
 
+class _LevelMeans:
+    """Cluster means of every level and part of a run, computed together on first access.
+
+    Parts (images) are taken in groups of about a million values or more: each group
+    is converted to float64 once and summed once per level, so a batch costs a few large
+    operations (a GPU's preference) while no float64 copy of the whole batch is ever made.
+    A cluster never spans two parts, so its sum adds its cells in order, starting from zero,
+    whatever the grouping: every backend reports the same bits.  The caller's arrays are read
+    as given, so under torch the means carry their autograd history.
+    """
+
+    def __init__(self, be: Backend, inputs: list[Any], levels: list[Any], bounds: list[np.ndarray],
+                 offsets: np.ndarray, dtype: Any) -> None:
+        self._work: tuple | None = (be, inputs, levels, bounds, offsets, dtype)
+        self._means: list[Any] = []
+
+    def get(self, i: int, k0: int, k1: int) -> Any:
+        if self._work is not None:
+            self._means = self._compute(*self._work)
+            self._work = None
+        return self._means[i][k0:k1]
+
+    @staticmethod
+    def _compute(be, inputs, levels, bounds, offsets, dtype) -> list[Any]:
+        xp = be.xp
+        # Rows per group: at least 8 MiB of float64, more where blocks are large (a GPU).
+        rows = max(be.block_elements(inputs[0]), 1 << 20) // max(1, int(inputs[0].shape[-1]))
+        groups, start = [], 0
+        for p in range(len(inputs)):
+            if p + 1 == len(inputs) or int(offsets[p + 1] - offsets[start]) >= rows:
+                groups.append((start, p + 1))
+                start = p + 1
+        parts: list[list[Any]] = [[] for _ in levels]
+        for p0, p1 in groups:
+            x = inputs[p0] if p1 - p0 == 1 else xp.concat(inputs[p0:p1], axis=0)
+            x = xp.astype(x, be.sum_dtype)
+            c0, c1 = int(offsets[p0]), int(offsets[p1])
+            for i, lv in enumerate(levels):
+                k0, k1 = int(bounds[i][p0]), int(bounds[i][p1])
+                labels = lv.cell_labels[c0:c1]
+                sums = be.segment_sum(x, labels - k0 if k0 else labels, k1 - k0)
+                parts[i].append(xp.astype(sums / xp.astype(lv.sizes[k0:k1], sums.dtype)[:, None], dtype))
+        return [ps[0] if len(ps) == 1 else xp.concat(ps, axis=0) for ps in parts]
+
+
 def cluster_means(be: Backend, x: Any, labels: Any, sizes: Any, dtype: Any) -> Any:
     """Mean of the rows of ``x`` (n, C) in each cluster of ``labels`` (n,), in ``dtype``."""
     xp = be.xp
+    labels = xp.reshape(labels, (-1,))
     sums = be.segment_sum(xp.astype(x, be.sum_dtype), labels, int(sizes.shape[0]))
     return xp.astype(sums / xp.astype(sizes, sums.dtype)[:, None], dtype)
 

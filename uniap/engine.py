@@ -39,7 +39,8 @@ class LevelResult:
     """One level of a run over the whole (possibly batched) graph."""
 
     threshold: float
-    cell_labels: Any  # (N,) int64, canonical: clusters numbered by their smallest cell
+    cell_labels: Any  # (N,) integer, canonical: clusters numbered by their smallest cell
+    roots: Any  # (K,) int64, the smallest cell of each cluster (increasing)
     sizes: Any  # (K,) int64, cells per cluster
     # (K, C) pooled v_k under attention pooling; None under sum pooling, where the member
     # means are computed by the Hierarchy from the input, on first access.
@@ -82,11 +83,15 @@ def row_norms(xp: Any, v: Any) -> Any:
     return xp.clip(n, min=EPS)
 
 
-def cosine_of_rows(xp: Any, feats: Any, norms: Any, a: Any, b: Any) -> Any:
-    """<v_a, v_b> / (max(|v_a|, eps) max(|v_b|, eps)) for the row pairs (a[i], b[i])."""
+def cosine_of_rows(xp: Any, feats: Any, norms: Any, a: Any, b: Any, block: int = 1 << 16) -> Any:
+    """<v_a, v_b> / (max(|v_a|, eps) max(|v_b|, eps)) for the row pairs (a[i], b[i]).
+
+    Rows are gathered ``block`` elements at a time: sized to stay in cache on a CPU, large on
+    a GPU where each block costs kernel launches (``Backend.block_elements``).
+    """
     m = a.shape[0]
     out = xp.empty((m,), dtype=feats.dtype, device=_device(feats))
-    step = max(1, (1 << 16) // max(1, feats.shape[1]))  # gathers sized to stay in cache
+    step = max(1, block // max(1, feats.shape[1]))
     for s in range(0, m, step):
         ia, ib = a[s : s + step], b[s : s + step]
         dots = xp.vecdot(xp.take(feats, ia, axis=0), xp.take(feats, ib, axis=0), axis=1)
@@ -144,7 +149,7 @@ def _by_part(ctx: _Context, st: _State, rows: Any):
 def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
     """s_ab = w_f cos(v_a, v_b) + w_s vote_ab for edges (a[i], b[i]), ``a`` increasing."""
     xp, opt = ctx.xp, ctx.options
-    cos = cosine_of_rows(xp, st.feats, st.norms, a, b)
+    cos = cosine_of_rows(xp, st.feats, st.norms, a, b, ctx.be.block_elements(st.feats))
     if opt.vote_weight == 0.0:
         return cos
     vote = xp.empty_like(cos)
@@ -253,10 +258,12 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
         while True:
             if track_margin and scores.shape[0]:
                 margin = min(margin, float(xp.min(xp.abs(scores - t))))
-            selected = scores > t
-            if not bool(xp.any(selected)):
+            # Each index array sized by the data waits for a device: one nonzero per mask,
+            # then gathers (boolean indexing would wait once per indexed array).
+            chosen = xp.nonzero(scores > t)[0]
+            if chosen.shape[0] == 0:
                 break
-            rootmap, formed = _contract(ctx, st, a[selected], b[selected])
+            rootmap, formed = _contract(ctx, st, xp.take(a, chosen), xp.take(b, chosen))
             cell_root = xp.take(rootmap, cell_root)
             a, b = xp.take(rootmap, a), xp.take(rootmap, b)
             # Edges between untouched nodes are unique and keep their scores; the others
@@ -264,11 +271,12 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
             is_new[formed] = True
             stale = xp.take(is_new, a) | xp.take(is_new, b)
             is_new[formed] = False
-            keep = ~stale
-            new_a, new_b = be.unique_edges(a[stale], b[stale], n)
-            a = xp.concat([a[keep], new_a])
-            b = xp.concat([b[keep], new_b])
-            scores = xp.concat([scores[keep], _score_edges(ctx, st, new_a, new_b)])
+            keep = xp.nonzero(~stale)[0]
+            stale = xp.nonzero(stale)[0]
+            new_a, new_b = be.unique_edges(xp.take(a, stale), xp.take(b, stale), n)
+            a = xp.concat([xp.take(a, keep), new_a])
+            b = xp.concat([xp.take(b, keep), new_b])
+            scores = xp.concat([xp.take(scores, keep), _score_edges(ctx, st, new_a, new_b)])
             if options.passes == "single":
                 break
         semantic = None
@@ -279,6 +287,7 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
             LevelResult(
                 threshold=t,
                 cell_labels=xp.take(st.pos, cell_root),
+                roots=st.roots,
                 sizes=xp.take(st.sizes, st.roots),
                 features=xp.take(st.feats, st.roots, axis=0) if options.pooling == "attention" else None,
                 semantic=semantic,

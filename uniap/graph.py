@@ -34,7 +34,9 @@ def _grid_edges_cached(shape: tuple[int, ...], connectivity: int) -> np.ndarray:
         parts.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
     edges = np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
     # Sorted by (a, b): kernels then sweep the rows once, with each row's neighbours close.
-    edges = edges[np.lexsort((edges[:, 1], edges[:, 0]))]
+    # Stored column-major so that each column is a contiguous array kernels take as is.
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    edges = np.ascontiguousarray(edges[order].T).T
     edges.setflags(write=False)
     return edges
 

@@ -13,7 +13,7 @@ Record keys follow ``SamAutomaticMaskGenerator.generate``:
 ``predicted_iou``, ``stability_score`` (float)
     SAM's quality estimates; UniAP has none, so both carry the neutral value 1.0.
 ``point_coords`` (list of one [x, y])
-    A pixel inside the mask: the pixel centre of the mask's first cell in row-major order.
+    A pixel inside the mask: its first pixel in row-major order.
 ``crop_box`` (list of 4 int)
     ``[0, 0, W, H]``: UniAP always sees the whole image.
 
@@ -80,38 +80,26 @@ def cohesion(x: np.ndarray, labels: np.ndarray, features: np.ndarray) -> np.ndar
 
 
 def _records_for(
-    label_map: np.ndarray,
+    pixel_labels: np.ndarray,
     ids: np.ndarray,
-    grid: tuple[int, int],
-    image_shape: tuple[int, int],
     common: dict[str, Any],
     per_id: dict[str, np.ndarray],
     start_id: int,
 ) -> list[dict]:
+    """Records of the clusters ``ids`` of one pixel-resolution label map."""
     from pycocotools import mask as mask_utils
 
-    from .hierarchy import nearest_index
-
-    height, width = image_shape
-    rows = nearest_index(height, grid[0])
-    cols = nearest_index(width, grid[1])
-    full = label_map[np.ix_(rows, cols)]
-    masks = full[None] == ids[:, None, None]
+    height, width = pixel_labels.shape
+    masks = pixel_labels[None] == ids[:, None, None]
     rles = encode_rle(masks)
     if not rles:
         return []
     areas = mask_utils.area(rles)
     boxes = mask_utils.toBbox(rles)
-    flat = label_map.ravel()
-    first_cell = np.full(int(flat.max()) + 1, -1, np.int64)
-    first_cell[flat[::-1]] = np.arange(flat.size - 1, -1, -1)
+    first_pixel = masks.reshape(len(ids), -1).argmax(axis=1)
     records = []
     for j, (cid, rle) in enumerate(zip(ids.tolist(), rles)):
-        cy, cx = divmod(int(first_cell[cid]), grid[1])
-        point = [
-            float((np.searchsorted(cols, cx) + np.searchsorted(cols, cx, side="right") - 1) / 2.0),
-            float((np.searchsorted(rows, cy) + np.searchsorted(rows, cy, side="right") - 1) / 2.0),
-        ]
+        py, px = divmod(int(first_pixel[j]), width)
         rec = {
             "id": start_id + j,
             "segmentation": rle,
@@ -119,7 +107,7 @@ def _records_for(
             "bbox": [float(v) for v in boxes[j]],
             "predicted_iou": 1.0,
             "stability_score": 1.0,
-            "point_coords": [point],
+            "point_coords": [[float(px), float(py)]],
             "crop_box": [0, 0, int(width), int(height)],
         }
         rec.update(common)
@@ -130,18 +118,40 @@ def _records_for(
     return records
 
 
-def hierarchy_records(h: "Hierarchy", image_shape: Sequence[int] | None = None) -> list[dict]:
-    """Records of every mask of a (NumPy) hierarchy, finest level first; see module docs."""
+def semantic_of_clusters(level) -> np.ndarray:
+    """Semantic group of each instance cluster of a (NumPy) level."""
+    groups = np.empty(level.num_clusters, np.int64)
+    groups[level.labels.ravel()] = level.semantic_labels.ravel()
+    return groups
+
+
+def hierarchy_records(
+    h: "Hierarchy",
+    image_shape: Sequence[int] | None = None,
+    pixel_labels: np.ndarray | None = None,
+) -> list[dict]:
+    """Records of every mask of a (NumPy) hierarchy, finest level first; see module docs.
+
+    Parameters
+    ----------
+    h : Hierarchy
+        On the host (``h.numpy()``), of a 2-D grid.
+    image_shape : (H, W), optional
+        Output resolution for nearest-neighbour upsampling (default: the grid's).
+    pixel_labels : ndarray of shape (L, H, W), optional
+        Instance label maps already at pixel resolution (e.g. from
+        :func:`uniap.pixels.pixel_labels`); they override ``image_shape``.
+    """
     grid = h.shape
     if len(grid) != 2:
         raise ValueError(f"records need a 2-D grid hierarchy, this one has shape {grid}")
-    image_shape = tuple(int(s) for s in (image_shape if image_shape is not None else grid))
-    if len(image_shape) < 2 or min(image_shape[:2]) < 1:
-        raise ValueError(f"image_shape must be (H, W[, ...]) with positive sizes, got {image_shape}")
-    image_shape = image_shape[:2]
+    if pixel_labels is None:
+        image_shape = tuple(int(s) for s in (image_shape if image_shape is not None else grid))
+        if len(image_shape) < 2 or min(image_shape[:2]) < 1:
+            raise ValueError(f"image_shape must be (H, W[, ...]) with positive sizes, got {image_shape}")
+        pixel_labels = h.upsample(image_shape[:2])
 
-    records: list[dict] = []
-    # Record ids of each level's clusters, so that children can name their parent's record.
+    # Record ids of each level's masks, so that children can name their parent's record.
     record_of: list[np.ndarray] = []
     next_id = 0
     for lv in h.levels:
@@ -150,6 +160,7 @@ def hierarchy_records(h: "Hierarchy", image_shape: Sequence[int] | None = None) 
         mapping[ids] = np.arange(next_id, next_id + len(ids))
         next_id += len(ids)
         record_of.append(mapping)
+    records: list[dict] = []
     for i, lv in enumerate(h.levels):
         ids = np.flatnonzero(lv.sizes >= h.min_size)
         if i + 1 < len(h.levels):
@@ -161,7 +172,7 @@ def hierarchy_records(h: "Hierarchy", image_shape: Sequence[int] | None = None) 
         else:
             score = np.ones(lv.num_clusters)
         records += _records_for(
-            lv.labels, ids, grid, image_shape,
+            pixel_labels[i], ids,
             {"level": i, "threshold": float(lv.threshold), "kind": "instance"},
             {"num_patches": lv.sizes, "parent": parents, "score": np.round(score, 6)},
             start_id=len(records),
@@ -169,10 +180,11 @@ def hierarchy_records(h: "Hierarchy", image_shape: Sequence[int] | None = None) 
     for i, lv in enumerate(h.levels):
         if lv.semantic_labels is None:
             continue
+        groups = semantic_of_clusters(lv)
         sizes = np.bincount(lv.semantic_labels.ravel())
         ids = np.flatnonzero(sizes >= h.min_size)
         records += _records_for(
-            lv.semantic_labels, ids, grid, image_shape,
+            groups[pixel_labels[i]], ids,
             {"level": i, "threshold": float(lv.threshold), "kind": "semantic", "parent": -1},
             {"num_patches": sizes, "score": np.ones(len(sizes))},
             start_id=len(records),

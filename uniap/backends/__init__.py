@@ -75,5 +75,7 @@ _AUTO_ORDER = ("numba", "numpy", "torch", "cupy")
 
 from . import numpy_backend as _numpy_backend  # noqa: E402,F401  (registers "numpy")
 from . import numba_backend as _numba_backend  # noqa: E402,F401  (registers "numba")
+from . import torch_backend as _torch_backend  # noqa: E402,F401  (registers "torch"; imports no torch)
+from . import cupy_backend as _cupy_backend  # noqa: E402,F401  (registers "cupy"; imports no CuPy)
 
 __all__ = ["Backend", "register", "names", "available", "get", "for_array"]

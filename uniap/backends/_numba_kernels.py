@@ -210,10 +210,11 @@ def contract_level(
 def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
     """Every level of the released rule in one call.
 
-    Returns ``(status, labels, counts, sizes, sums)``: status is -1, or the first row holding
-    NaN or inf (nothing else is computed then); labels (L, N) int32 canonical per level;
-    counts (L,) clusters per level; sizes (sum of counts,) cells per cluster, level after
-    level; sums (sum of counts, C) float64 feature sums when ``want_sums``, else (0, C).
+    Returns ``(status, labels, counts, roots, sizes, sums)``: status is -1, or the first row
+    holding NaN or inf (nothing else is computed then); labels (L, N) int32 canonical per
+    level; counts (L,) clusters per level; then per cluster, level after level: roots
+    (smallest cell) and sizes (sum of counts,), and sums (sum of counts, C) float64 feature
+    sums when ``want_sums``, else (0, C).
     """
     n, c = x.shape
     m = ea.shape[0]
@@ -224,7 +225,8 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
     scores = np.empty(m, np.float64)
     status = init_scores(x, ea, eb, norms, scores)
     if status >= 0:
-        return status, labels, counts, np.empty(0, np.int64), np.empty((0, c), np.float64)
+        empty = np.empty(0, np.int64)
+        return status, labels, counts, empty, empty, np.empty((0, c), np.float64)
     ea = ea.copy()
     eb = eb.copy()
     # Rows of sums are written only for nodes formed by a contraction.
@@ -244,6 +246,7 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
     new_id = np.empty(n, np.int64)
     level_labels = np.empty(n, np.int64)
     out_sizes = np.empty(n, np.int64)
+    out_roots = np.empty(n, np.int64)
     out_sums = np.empty((n if want_sums else 0, c), np.float64)
     used = 0
     num_nodes = n
@@ -261,6 +264,9 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
             grown = np.empty(2 * (used + num_nodes), np.int64)
             grown[:used] = out_sizes[:used]
             out_sizes = grown
+            grown = np.empty(2 * (used + num_nodes), np.int64)
+            grown[:used] = out_roots[:used]
+            out_roots = grown
             if want_sums:
                 grown_sums = np.empty((2 * (used + num_nodes), c), np.float64)
                 grown_sums[:used] = out_sums[:used]
@@ -268,8 +274,9 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
         for i in range(num_nodes):
             r = nodes[i]
             out_sizes[used + i] = sizes[r]
+            out_roots[used + i] = r
             if want_sums:
                 for j in range(c):
                     out_sums[used + i, j] = sums[r, j] if has_sum[r] else x[r, j]
         used += num_nodes
-    return status, labels, counts, out_sizes[:used], out_sums[:used]
+    return status, labels, counts, out_roots[:used], out_sizes[:used], out_sums[:used]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from array_api_compat import device as array_device
 
 if TYPE_CHECKING:
     from ..engine import RunResult
@@ -100,9 +101,78 @@ class Backend:
         """Edges (a[i], b[i]) as ``a < b``, without self-loops or duplicates, sorted by (a, b)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement unique_edges()")
 
+    # -- fixed-shape primitives (the device loop of uniap.backends._device) ----------
+    def score_dtype(self, x: Any) -> Any:
+        """The dtype edge scores are computed in for features ``x`` (float64 unless fast
+        float32 hardware makes the backend choose float32; partitions then differ from the
+        reference only where a score lies within ``EXACT_TOLERANCE`` of a threshold)."""
+        return self.xp.float64
+
+    def block_elements(self, x: Any) -> int:
+        """Elements per block of gathered rows when scoring edges: cache-sized on a CPU,
+        large on a GPU where each block is a kernel launch."""
+        return 1 << 16
+
+    def is_async(self, x: Any) -> bool:
+        """Whether work on ``x`` runs asynchronously on a device, so that reading a value
+        back to the host waits for all queued work (the device loop then fetches rarely)."""
+        return False
+
+    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any) -> Any:
+        """cos(v_a, v_b) = <v_a, v_b> / (norms[a] norms[b]) for the row pairs (a[i], b[i]).
+
+        ``norms`` (rows of max(|v_k|, eps)) may be None: the norms of the gathered rows are
+        computed then (for the few float64 re-decisions of ``exact=True``).
+        """
+        from ._device import cosine
+
+        return cosine(self, self.xp, feats, norms, a, b, self.block_elements(feats))
+
+    def take(self, x: Any, index: Any, axis: int = 0) -> Any:
+        """``xp.take``; a backend may skip the namespace's handling of negative indices."""
+        return self.xp.take(x, index, axis=axis)
+
+    def shifted_dots(self, feats: Any, lo: int, hi: int, d: int) -> Any:
+        """<x_i, x_{i+d}> for the rows i in [lo, hi) of ``feats`` (initial grid scores)."""
+        from ._device import shifted_dots
+
+        return shifted_dots(self, self.xp, feats, lo, hi, d)
+
+    def bincount(self, index: Any, n: int) -> Any:
+        """How often each value in [0, n) occurs in the int64 array ``index``: shape (n,)."""
+        xp = self.xp
+        counts = xp.zeros((n,), dtype=xp.int64, device=array_device(index))
+        self.index_add_(counts, index, xp.ones(index.shape, dtype=xp.int64, device=array_device(index)))
+        return counts
+
+    def scatter_min_(self, target: Any, index: Any, values: Any) -> None:
+        """In place: ``target[index[i]] = min(target[index[i]], values[i])`` for every i."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement scatter_min_()")
+
+    def index_add_(self, target: Any, index: Any, values: Any) -> None:
+        """In place: add row ``values[i]`` to row ``target[index[i]]`` for every i (CPU
+        backends in the order of i, so that sums are reproducible)."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement index_add_()")
+
+    def compact(self, mask: Any, count: int) -> Any:
+        """Indices of the ``count`` true entries of ``mask``, increasing.  ``count`` is known
+        already, so a device backend need not wait for the device to size the result."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement compact()")
+
+    def fetch(self, *scalars: Any) -> list[int]:
+        """Several 0-d integer or boolean arrays as Python ints, in one transfer to the host."""
+        return [int(s) for s in scalars]
+
     # -- a whole run -----------------------------------------------------------------
-    def run(self, graph: "Graph", options: "Options", track_margin: bool = False) -> "RunResult":
-        """Run every level; the default is the generic engine over the primitives above."""
+    def run(
+        self, graph: "Graph", options: "Options", track_margin: bool = False, exact: bool = False
+    ) -> "RunResult":
+        """Run every level; the default is the generic engine over the primitives above.
+
+        ``exact`` asks a backend that scores in float32 to re-decide every score within
+        ``EXACT_TOLERANCE`` of its threshold in float64; backends that score in float64
+        (the default) are exact already and ignore it.
+        """
         from ..engine import run_levels
 
         return run_levels(self, graph, options, track_margin=track_margin)

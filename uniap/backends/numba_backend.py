@@ -45,7 +45,10 @@ class NumbaBackend(NumpyBackend):
         # init_scores checks finiteness while it computes the norms it needs anyway.
         return True
 
-    def run(self, graph: "Graph", options: "Options", track_margin: bool = False) -> "RunResult":
+    def run(
+        self, graph: "Graph", options: "Options", track_margin: bool = False, exact: bool = False
+    ) -> "RunResult":
+        # float64 throughout: exact already
         if options.pooling != "sum" or options.vote_weight != 0.0 or track_margin:
             graph.x = NumpyBackend.prepare_features(self, graph.x)
             return super().run(graph, options, track_margin=track_margin)
@@ -56,7 +59,7 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
     from ..engine import LevelResult, RunResult, add_semantic
     from . import _numba_kernels as k
 
-    status, labels, counts, sizes, sums = k.contract_all(
+    status, labels, counts, roots, sizes, sums = k.contract_all(
         graph.x,
         np.ascontiguousarray(graph.edges[:, 0]),
         np.ascontiguousarray(graph.edges[:, 1]),
@@ -72,10 +75,11 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
     levels = []
     for i, t in enumerate(options.levels):
         # Cluster means are left to the Hierarchy, computed on first access.
+        span = slice(bounds[i], bounds[i + 1])
         level = LevelResult(
-            threshold=t, cell_labels=labels[i], sizes=sizes[bounds[i] : bounds[i + 1]], features=None
+            threshold=t, cell_labels=labels[i], roots=roots[span], sizes=sizes[span], features=None
         )
         if options.semantic:
-            add_semantic(be, graph, options, level, sums[bounds[i] : bounds[i + 1]])
+            add_semantic(be, graph, options, level, sums[span])
         levels.append(level)
     return RunResult(levels=levels, min_margin=None)

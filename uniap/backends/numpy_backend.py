@@ -69,6 +69,20 @@ class NumpyBackend(Backend):
         # Canonical labels first appear in increasing order: where the running maximum grows.
         return np.flatnonzero(np.diff(np.maximum.accumulate(comp), prepend=-1) > 0)
 
+    # The fixed-shape primitives let the device loop (uniap.backends._device) run, and be
+    # tested, on NumPy arrays too.
+    def scatter_min_(self, target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+        np.minimum.at(target, index, values)
+
+    def index_add_(self, target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+        np.add.at(target, index, values)  # unbuffered, in the order of ``index``
+
+    def bincount(self, index: np.ndarray, n: int) -> np.ndarray:
+        return np.bincount(index, minlength=n)
+
+    def compact(self, mask: np.ndarray, count: int) -> np.ndarray:
+        return np.flatnonzero(mask)
+
     def unique_edges(self, a: np.ndarray, b: np.ndarray, num_nodes: int):
         keep = a != b
         lo = np.minimum(a[keep], b[keep])

@@ -1,0 +1,145 @@
+"""Loading images as ``(H, W, 3)`` uint8 RGB arrays, from files or arrays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import MissingFileError
+
+__all__ = ["load_image"]
+
+ImageLike = str | os.PathLike | np.ndarray
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def load_image(image: ImageLike) -> np.ndarray:
+    """Load or validate an image as an ``(H, W, 3)`` uint8 RGB array.
+
+    Parameters
+    ----------
+    image : str, path-like, PIL image or ndarray
+        A file path, read with Pillow: the EXIF orientation is applied, grayscale, palette,
+        CMYK and 16-bit images are converted to RGB, an alpha channel is dropped, and only the
+        first frame of a multi-frame file is used.  Or an array of shape (H, W) (gray),
+        (H, W, 1), (H, W, 3) (RGB) or (H, W, 4) (RGBA, alpha dropped), of dtype uint8 (0..255),
+        bool, or float with values in [0, 1] (scaled by 255 and rounded).
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+        C-contiguous.  A uint8 RGB input array is returned without a copy.
+
+    Raises
+    ------
+    MissingFileError
+        If the path does not exist (also a ValueError and a FileNotFoundError).
+    ValueError
+        If the file cannot be read or is not an image (the message names the file), or the
+        array is empty, has the wrong shape, holds NaN/inf, or floats outside [0, 1].
+    TypeError
+        If ``image`` is neither a path nor an array, or the array's dtype is not uint8, bool or
+        floating.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> load_image(np.zeros((4, 5))).shape
+    (4, 5, 3)
+    >>> load_image(np.full((2, 2, 4), 255, np.uint8))[0, 0]
+    array([255, 255, 255], dtype=uint8)
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _read_file(Path(image))
+    if isinstance(image, np.ndarray):
+        return _from_array(image)
+    if type(image).__module__.startswith("PIL."):
+        return _from_pil(image, "<PIL image>")
+    raise TypeError(
+        f"image must be a file path or a numpy array, got {type(image).__name__}"
+    )
+
+
+def _read_file(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    if not path.exists():
+        raise MissingFileError(2, "image file not found", str(path))
+    if path.is_dir():
+        raise ValueError(f"cannot read image {str(path)!r}: it is a directory")
+    try:
+        with Image.open(path) as img:
+            return _from_pil(img, str(path))
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+    except Exception as err:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
+        reason = str(err) or type(err).__name__
+        raise ValueError(f"cannot read image {str(path)!r}: {reason}") from err
+
+
+def _from_pil(img, where: str) -> np.ndarray:
+    from PIL import ImageOps
+
+    img.load()
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode in _SIXTEEN_BIT:
+            arr = arr / 257.0
+        elif arr.size and (arr.min() < 0 or arr.max() > 255):
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return _from_array(gray)
+    if mode in ("P", "PA") or (mode in ("L", "RGB") and "transparency" in img.info):
+        img = img.convert("RGBA")  # avoids Pillow's warning about palette transparency
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.array(img)  # a writable copy (np.asarray of a Pillow image is read-only)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
+        raise ValueError(f"cannot read image {where!r}: decoded to shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _from_array(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        pass
+    elif arr.ndim != 2:
+        raise ValueError(
+            "image array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+            f"got {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"image array is empty: shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * np.uint8(255)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("image array holds NaN or inf values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"float image values must lie in [0, 1], got range [{lo:g}, {hi:g}]; "
+                "divide by 255 or pass a uint8 array"
+            )
+        out = np.rint(arr * 255.0).astype(np.uint8)
+    else:
+        raise TypeError(
+            f"image array dtype must be uint8, bool or float in [0, 1], got {arr.dtype}; "
+            "convert it, e.g. with skimage.util.img_as_ubyte"
+        )
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    elif out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    elif out.shape[2] == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)

@@ -1,0 +1,452 @@
+"""Patch features from a timm Vision Transformer (DINO ViT-S/8 by default), weights local only.
+
+torch and timm are imported when a :class:`VitFeatures` is built, never when this module is
+imported.  No code path here downloads anything: weights come from a file the caller names, or
+from a copy already in the local Hugging Face / torch hub cache (looked up without network).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import FeatureGrid, MissingFileError, working_shape
+from .image import ImageLike, load_image
+
+__all__ = ["DEFAULT_MODEL", "VitFeatures", "load_state_dict"]
+
+DEFAULT_MODEL = "vit_small_patch8_224.dino"
+LAYER_OUTPUTS = ("tokens", "keys")
+DTYPES = ("float32", "float16", "bfloat16")
+
+# Checkpoint wrappers, most preferred first: DINO training checkpoints hold "teacher" and
+# "student"; the teacher is the one evaluated.
+_WRAPPER_KEYS = ("teacher", "model", "state_dict", "model_ema", "state_dict_ema", "module",
+                 "student", "net", "backbone")
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+_log = logging.getLogger(__name__)
+
+
+def _import_torch_timm():
+    try:
+        import timm
+        import torch
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"VitFeatures needs torch and timm ({err}); install them with "
+            "pip install 'uniap[vit]', or use the default features (features='default')"
+        ) from err
+    return torch, timm
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file into a flat ``{name: tensor}`` state dict, on the CPU.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.safetensors`` file, or a PyTorch file (``.pth``, ``.pt``, ``.bin``, ...) read with
+        ``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain
+        containers only, never arbitrary pickled code (``argparse.Namespace``, which DINO
+        training checkpoints hold in ``"args"``, is allowed).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The state dict.  Wrappers are unwrapped (the first of ``"teacher"``, ``"model"``,
+        ``"state_dict"``, ``"model_ema"``, ``"state_dict_ema"``, ``"module"``, ``"student"``,
+        ``"net"``, ``"backbone"`` holding a dict); ``"module."`` and ``"_orig_mod."`` prefixes
+        are stripped; if some keys start with ``"backbone."`` only those are kept, without the
+        prefix (DINO keeps its projection head beside the backbone).
+
+    Raises
+    ------
+    MissingFileError
+        If the file does not exist (also a FileNotFoundError and a ValueError).
+    ValueError
+        If the file cannot be read as a checkpoint or holds no tensors.
+    """
+    torch, _ = _import_torch_timm()
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(2, "weights file not found", str(path))
+    if path.is_dir():
+        raise ValueError(f"weights {str(path)!r} is a directory, not a checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import load_file
+            except ImportError as err:
+                raise ImportError(
+                    f"reading {str(path)!r} needs the safetensors package: pip install safetensors"
+                ) from err
+            obj = load_file(str(path), device="cpu")
+        else:
+            import argparse
+
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise
+    except Exception as err:  # zip/pickle/header errors of every kind
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot read weights {str(path)!r} as a PyTorch or safetensors checkpoint: {reason}"
+        ) from err
+    state = _unwrap(obj, torch)
+    if not state:
+        raise ValueError(f"weights {str(path)!r} hold no tensors (found {type(obj).__name__})")
+    return state
+
+
+def _unwrap(obj: Any, torch) -> dict[str, Any]:
+    """The tensor dict inside common checkpoint wrappers, with wrapper prefixes stripped."""
+    for _ in range(4):  # wrappers nest at most a few levels deep
+        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict):
+        return {}
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in _STRIP_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
+def _cached_weights(model_name: str, cfg: dict[str, Any], torch) -> Path:
+    """The model's pretrained weights in the local HF or torch hub cache; never downloads."""
+    looked = []
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else [
+                "model.safetensors", "pytorch_model.bin"]
+            for name in names:
+                found = try_to_load_from_cache(hub_id, name, revision=cfg.get("hf_hub_revision"))
+                if isinstance(found, str) and os.path.isfile(found):
+                    return Path(found)
+            looked.append(f"Hugging Face cache ({hub_id})")
+    url = cfg.get("url")
+    if url:
+        from urllib.parse import urlparse
+
+        name = os.path.basename(urlparse(url).path)
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / name
+        if name and candidate.is_file() and not name.endswith(".npz"):
+            return candidate
+        looked.append(f"torch hub cache ({candidate})")
+    where = ", ".join(looked) if looked else "no known source for this model"
+    raise ValueError(
+        f"no weights for {model_name!r}: none given and none in the local caches "
+        f"(looked in: {where}).  uniap never downloads weights.  Download the checkpoint yourself "
+        "(for the default model, DINO's dino_deitsmall8_pretrain.pth) and pass "
+        "weights=FILE (CLI: --weights FILE), or use the default features (--features default)."
+    )
+
+
+class VitFeatures:
+    """Patch tokens or attention keys of the last block of a timm Vision Transformer.
+
+    Parameters
+    ----------
+    model : str, default "vit_small_patch8_224.dino"
+        Any timm ViT-style model name (``timm.list_models("vit_*")``; DeiT, EVA and register
+        variants work too), with or without a pretrained tag.  Built with
+        ``timm.create_model(model, pretrained=False, num_classes=0, dynamic_img_size=True,
+        **model_kwargs)``, so images of any size work (position embeddings are interpolated).
+    weights : str or path-like, optional
+        A checkpoint file (``.pth``, ``.pt``, ``.bin`` or ``.safetensors``; see
+        :func:`load_state_dict` for the wrappers and prefixes understood, e.g. DINO's released
+        ``dino_deitsmall8_pretrain.pth`` or a full DINO ``checkpoint.pth``).  timm's checkpoint
+        filter of the model's family converts other layouts and resamples position embeddings.
+        When None, the model's pretrained weights are taken from the local Hugging Face cache
+        (``HF_HOME`` / ``HF_HUB_CACHE``) or torch hub cache if they are there; nothing is ever
+        downloaded.
+    layer_output : {"tokens", "keys"}, default "tokens"
+        ``"tokens"``: the patch tokens after the last block and the final norm (C = embed dim).
+        ``"keys"``: the attention keys of the last block (the ``k`` part of its ``qkv``
+        projection, after the model's key norm if any, before any rotary position embedding,
+        heads concatenated), as used by the released S2-UniSeg code, UnSAM and CutLER.  CLS and
+        register tokens are dropped either way.
+    device : str, default "cpu"
+        torch device, e.g. ``"cuda"`` or ``"cuda:1"``.
+    max_side : int, optional
+        Shrink images whose longer side exceeds this before the model sees them.  Attention
+        costs grow with the square of the token count: with patch 8, a 1024-pixel side is
+        already 128 tokens along it.
+    dtype : {"float32", "float16", "bfloat16"}, default "float32"
+        The model's parameter dtype (half precision only makes sense on a GPU).  Features are
+        returned as float32 either way.
+    **model_kwargs
+        Passed to ``timm.create_model`` (``depth``, ``embed_dim``, ``num_heads``,
+        ``img_size``, ...), for models not registered under a name of their own.
+
+    Raises
+    ------
+    ValueError
+        Unknown model name, a model that is not a ViT with square patches, an unknown
+        ``layer_output`` or ``dtype``, weights that cannot be read or do not fit the model (the
+        missing parameter names are listed), or no weights given and none cached (the message
+        says how to pass ``weights``).
+    MissingFileError
+        If ``weights`` names a file that does not exist.
+    ImportError
+        If torch or timm is not installed.
+
+    Notes
+    -----
+    Preprocessing: the image (uint8 RGB) is scaled to [0, 1]; resized (antialiased bilinear)
+    so that each side is rounded down to a multiple of the patch size (after the ``max_side``
+    scaling; at least one patch), so the grid is ``(H // p, W // p)``: 481x321 becomes 480x320
+    with patch 8 and the grid is 60x40; then normalised with the mean and std of the model's
+    pretrained configuration.  The grid's ``fit`` is ``"resize"`` unless the sides were
+    already multiples of the patch size (then ``"pad"``, with nothing padded);
+    :meth:`FeatureGrid.to_image` maps cells back to the original pixels either way.  The model
+    runs under ``torch.inference_mode()``.
+
+    Examples
+    --------
+    A randomly initialised tiny model saved to a file and loaded back (real use passes a
+    downloaded checkpoint, e.g. ``VitFeatures(weights="dino_deitsmall8_pretrain.pth")``):
+
+    >>> import tempfile, os, numpy as np, torch, timm
+    >>> kw = dict(depth=1, embed_dim=24, num_heads=2)
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.pth")
+    >>> tiny = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kw)
+    >>> torch.save(tiny.state_dict(), path)
+    >>> vit = VitFeatures("vit_tiny_patch16_224", weights=path, layer_output="keys", **kw)
+    >>> grid = vit(np.zeros((100, 70, 3), np.uint8))
+    >>> grid.features.shape, grid.image_shape, grid.fit
+    ((6, 4, 24), (96, 64), 'resize')
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        weights: str | os.PathLike | None = None,
+        layer_output: str = "tokens",
+        device: str = "cpu",
+        max_side: int | None = None,
+        dtype: str = "float32",
+        **model_kwargs: Any,
+    ) -> None:
+        if layer_output not in LAYER_OUTPUTS:
+            raise ValueError(f"layer_output must be one of {LAYER_OUTPUTS}, got {layer_output!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if max_side is not None and (isinstance(max_side, bool) or int(max_side) != max_side
+                                     or max_side < 1):
+            raise ValueError(f"max_side must be None or an integer >= 1, got {max_side!r}")
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a timm model name, got {model!r}")
+        torch, timm = _import_torch_timm()
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got "
+                             f"{device!r}") from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        if not timm.is_model(model):
+            raise ValueError(
+                f"unknown timm model {model!r}; list the available ones with "
+                "timm.list_models('vit_*')"
+            )
+        state = load_state_dict(weights) if weights is not None else None
+        try:
+            net = timm.create_model(
+                model, pretrained=False, num_classes=0, dynamic_img_size=True, **model_kwargs
+            )
+        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+            if "dynamic_img_size" in str(err):
+                raise ValueError(
+                    f"timm model {model!r} is not a Vision Transformer with patch tokens "
+                    "(it does not take dynamic_img_size)"
+                ) from err
+            raise ValueError(
+                f"cannot build timm model {model!r} with {model_kwargs}: {err}"
+            ) from err
+        _check_vit(net, model)
+        if state is None:
+            source = _cached_weights(model, dict(net.pretrained_cfg), torch)
+            state = load_state_dict(source)
+            weights_name = str(source)
+        else:
+            weights_name = str(weights)
+        _load_into(net, state, model, weights_name, torch)
+
+        self.model_name = model
+        self.weights = weights_name
+        self.layer_output = layer_output
+        self.device = dev
+        self.max_side = None if max_side is None else int(max_side)
+        self.dtype = dtype
+        self.model = net.to(device=self.device, dtype=getattr(torch, dtype)).eval()
+        p = net.patch_embed.patch_size
+        self.patch_size = int(p[0]) if isinstance(p, (tuple, list)) else int(p)
+        data_cfg = timm.data.resolve_model_data_config(net)
+        self.mean = tuple(float(m) for m in data_cfg["mean"])
+        self.std = tuple(float(s) for s in data_cfg["std"])
+        self.name = f"vit:{model}:{layer_output}"
+
+    def __repr__(self) -> str:
+        return (f"VitFeatures(model={self.model_name!r}, weights={self.weights!r}, "
+                f"layer_output={self.layer_output!r}, device={str(self.device)!r}, "
+                f"max_side={self.max_side!r}, dtype={self.dtype!r})")
+
+    def __call__(self, image: ImageLike) -> FeatureGrid:
+        """Compute the feature grid of one image.
+
+        Parameters
+        ----------
+        image : str, path-like or ndarray
+            Anything :func:`uniap.features.load_image` accepts.
+
+        Returns
+        -------
+        FeatureGrid
+            ``features`` of shape (h, w, C), float32, with ``(h * p, w * p)`` the resized
+            image's shape (see Notes of the class).
+        """
+        import torch
+
+        rgb = load_image(image)
+        original = rgb.shape[:2]
+        p = self.patch_size
+        shape = working_shape(original, p, self.max_side, always=True) or original
+        x = torch.as_tensor(np.array(rgb, copy=not rgb.flags.writeable), device=self.device)
+        x = x.permute(2, 0, 1)[None].float().div_(255.0)
+        if tuple(shape) != tuple(original):
+            x = torch.nn.functional.interpolate(
+                x, size=shape, mode="bilinear", align_corners=False, antialias=True
+            ).clamp_(0.0, 1.0)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(getattr(torch, self.dtype))
+        feats = self._forward(x, torch)
+        h, w = shape[0] // p, shape[1] // p
+        if feats.shape[1] != h * w:
+            raise ValueError(
+                f"{self.model_name!r} returned {feats.shape[1]} patch tokens for a "
+                f"{shape[0]}x{shape[1]} image, expected {h}x{w}"
+            )
+        grid = feats[0].reshape(h, w, -1).float().cpu().numpy()
+        return FeatureGrid(
+            np.ascontiguousarray(grid, dtype=np.float32), p, tuple(shape), name=self.name,
+            original_shape=original, resized_shape=tuple(shape),
+        )
+
+    def _forward(self, x, torch):
+        """(B, h*w, C) patch tokens or keys for a normalised (B, 3, H, W) batch."""
+        model = self.model
+        captured = {}
+        handle = None
+        if self.layer_output == "keys":
+            attn = model.blocks[-1].attn
+            fused = getattr(attn, "qkv", None) is not None
+            proj = attn.qkv if fused else getattr(attn, "k_proj", None)
+            if proj is None:
+                raise ValueError(
+                    f"layer_output='keys' is not supported for {self.model_name!r}: its last "
+                    "attention block has neither a qkv nor a k_proj projection; use 'tokens'"
+                )
+
+            def hook(module, inputs, output):
+                captured["out"] = output
+
+            handle = proj.register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                tokens = model.forward_features(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        n_prefix = int(getattr(model, "num_prefix_tokens", 0))
+        if self.layer_output == "tokens":
+            return tokens[:, n_prefix:]
+        if "out" not in captured:
+            raise ValueError(
+                f"layer_output='keys' is not supported for {self.model_name!r}: its last "
+                "attention block does not call its key projection as a module; use 'tokens'"
+            )
+        out = captured["out"]
+        B, N = out.shape[:2]
+        heads = int(getattr(attn, "num_heads", 1))
+        if fused:
+            k = out.reshape(B, N, 3, heads, -1)[:, :, 1]  # (B, N, heads, head_dim)
+        else:
+            k = out.reshape(B, N, heads, -1)
+        k_norm = getattr(attn, "k_norm", None)
+        if k_norm is not None:
+            with torch.inference_mode():
+                k = k_norm(k.transpose(1, 2)).transpose(1, 2)
+        return k.reshape(B, N, -1)[:, n_prefix:]
+
+
+def _check_vit(net, model_name: str) -> None:
+    """Reject models that are not plain ViTs with square patches and attention blocks."""
+    ok = all(hasattr(net, a) for a in ("patch_embed", "blocks", "forward_features"))
+    p = getattr(getattr(net, "patch_embed", None), "patch_size", None)
+    if not ok or p is None:
+        raise ValueError(
+            f"timm model {model_name!r} is not a Vision Transformer with patch tokens "
+            "(needs patch_embed, blocks and forward_features)"
+        )
+    if isinstance(p, (tuple, list)) and len({int(s) for s in p}) != 1:
+        raise ValueError(f"timm model {model_name!r} has non-square patches {tuple(p)}")
+    attn = getattr(net.blocks[-1], "attn", None)
+    if attn is None:
+        raise ValueError(f"timm model {model_name!r}: its last block has no attention module")
+
+
+def _load_into(net, state: dict[str, Any], model_name: str, where: str, torch) -> None:
+    """Load ``state`` into ``net`` through timm's checkpoint filter; every parameter must load."""
+    import sys
+
+    if where.endswith(".npz"):  # pragma: no cover - JAX checkpoints are read by timm itself
+        net.load_pretrained(where)
+        return
+    filter_fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, net)
+        except Exception as err:
+            raise ValueError(
+                f"weights {where!r} do not fit timm model {model_name!r}: {err}"
+            ) from err
+    classifier = net.pretrained_cfg.get("classifier") or "head"
+    for name in (classifier,) if isinstance(classifier, str) else tuple(classifier):
+        state.pop(f"{name}.weight", None)  # the model is built without a classifier
+        state.pop(f"{name}.bias", None)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        detail = "; ".join(lines[:3]) or str(err).splitlines()[0]
+        raise ValueError(
+            f"weights {where!r} do not fit timm model {model_name!r}: {detail}"
+        ) from err
+    if result.missing_keys:
+        missing = result.missing_keys
+        raise ValueError(
+            f"weights {where!r} do not fit timm model {model_name!r}: {len(missing)} of "
+            f"{len(net.state_dict())} parameters missing, e.g. {', '.join(missing[:5])}"
+        )
+    if result.unexpected_keys:
+        _log.info("ignored %d unexpected keys in %s (e.g. %s)", len(result.unexpected_keys),
+                  where, ", ".join(result.unexpected_keys[:5]))
