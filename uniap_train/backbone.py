@@ -1,0 +1,106 @@
+"""The frozen backbone: any :mod:`uniap.features` extractor, seen from the training loop.
+
+Two ways to get a view's patch features, chosen by :attr:`Backbone.crop_features`:
+
+* **Cropped from the image's grid** (default for ``kind: default``).  The embedded default
+  features are NumPy code that builds its colour and texture vocabulary *per image*, so the
+  features of two separately extracted views of one image live in different bases (channel k
+  is a different colour word in each) and could not be compared.  Instead the data pipeline
+  extracts the whole image once (cached per worker: the extractor is deterministic and frozen)
+  and cuts every view out of that grid with bilinear resampling at the view's cell centres
+  (:func:`uniap_train.crops.crop_feature_grid`), flips included.  All views of an image then
+  share one basis; colour jitter does not apply (there are no view pixels).  It also makes a
+  CPU run cheap: one extraction per image per worker for the whole run.
+* **Extracted per view** (``kind: vit``).  The views' pixels reach the training loop and the
+  ViT runs on each view position as one batch on the training device
+  (:meth:`Backbone.batch_features`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import BackboneConfig, ConfigError, expand_path
+
+__all__ = ["Backbone", "build_extractor"]
+
+
+def build_extractor(kind: str, model: str, weights: str | None, options: dict, device: str = "cpu") -> Any:
+    """The :mod:`uniap.features` extractor a :class:`BackboneConfig` describes.
+
+    Raises
+    ------
+    ConfigError
+        Unknown option, missing weights or an extractor that refuses its parameters (the
+        extractor's message is kept).
+    """
+    from uniap.features import get_extractor
+
+    kwargs = dict(options)
+    if kind == "vit":
+        kwargs.setdefault("model", model)
+        path = expand_path(weights)
+        kwargs.setdefault("weights", None if path is None else str(path))
+        kwargs.setdefault("device", device)
+    try:
+        return get_extractor(kind, **kwargs)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"backbone: {' '.join(str(err).split())}") from None
+
+
+class Backbone:
+    """A frozen feature extractor and how the pipeline uses it.
+
+    Parameters
+    ----------
+    cfg : BackboneConfig
+    device : torch.device
+        Where :meth:`batch_features` runs (the ViT's device).
+    """
+
+    def __init__(self, cfg: BackboneConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.kind = cfg.kind
+        self.device = device
+        where = str(device) if cfg.kind == "vit" else "cpu"
+        self.extractor = build_extractor(cfg.kind, cfg.model, cfg.weights, cfg.options, where)
+        self.patch_size = int(self.extractor.patch_size)
+        self.name = str(getattr(self.extractor, "name", cfg.kind))
+        self.crop_features = cfg.kind == "default"
+
+    def factory(self):
+        """A picklable zero-argument callable building this extractor (for DataLoader workers)."""
+        return partial(build_extractor, self.cfg.kind, self.cfg.model, self.cfg.weights, dict(self.cfg.options), "cpu")
+
+    def image_features(self, image: np.ndarray):
+        """The :class:`uniap.features.FeatureGrid` of a whole image (evaluation, probing)."""
+        return self.extractor(image)
+
+    def dim(self, probe: np.ndarray) -> int:
+        """C, from one extraction on ``probe`` (an image)."""
+        return int(self.image_features(probe).features.shape[-1])
+
+    @torch.no_grad()
+    def batch_features(self, views: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of same-size views: uint8 (B, S, S, 3) -> float32 (B, h, w, C).
+
+        ViTs run as one batch on :attr:`device` (sides are multiples of the patch size);
+        other extractors run image by image.
+        """
+        ex = self.extractor
+        p = self.patch_size
+        b, s1, s2 = views.shape[:3]
+        forward = getattr(ex, "_forward", None)  # VitFeatures' batched forward (no public one yet)
+        if self.kind == "vit" and forward is not None and s1 % p == 0 and s2 % p == 0:
+            x = views.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+            mean = torch.tensor(ex.mean, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(ex.std, device=self.device).view(1, 3, 1, 1)
+            x = ((x - mean) / std).to(next(ex.model.parameters()).dtype)
+            feats = forward(x, torch)
+            return feats.reshape(b, s1 // p, s2 // p, -1).float().clone()
+        grids = [ex(v.cpu().numpy()).features for v in views]
+        return torch.from_numpy(np.stack(grids)).to(self.device)

@@ -1,0 +1,240 @@
+"""Training data: image lists, multi-crop samples, a resumable distributed sampler.
+
+* :func:`list_images` reads an image folder (recursively, sorted) or a COCO-style JSON list.
+* :class:`MultiCropDataset` turns image ``i`` of epoch ``e`` into 2 global and N local views
+  (:class:`uniap_train.crops.MultiCrop`) drawn from ``numpy.random.default_rng([seed, e, i])``:
+  a sample depends on nothing else, so workers, processes and resumed runs all see the same
+  views.  With a *pipeline extractor* (the embedded default features: NumPy, no weights) the
+  data set also computes every view's patch features, so DataLoader workers do that work in
+  parallel with training; otherwise it returns the views' pixels and the backbone runs in the
+  training loop (a ViT on the GPU).
+* :class:`ResumableDistributedSampler` is PyTorch's ``DistributedSampler`` that yields
+  ``(epoch, index)`` pairs and can start an epoch at any batch (exact resume).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from .config import ConfigError, expand_path
+from .crops import Crop, MultiCrop, crop_feature_grid
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "list_images",
+    "load_resized",
+    "MultiCropDataset",
+    "ResumableDistributedSampler",
+    "collate_views",
+]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def list_images(kind: str, root: str, annotations: str | None = None, max_images: int = 0) -> list[Path]:
+    """Image paths of a data set, in a fixed order.
+
+    Parameters
+    ----------
+    kind : {"folder", "coco"}
+        ``folder``: every image file under ``root`` (recursively), sorted by path.
+        ``coco``: the ``file_name`` of every entry of ``images`` in the JSON ``annotations``,
+        in file order, relative to ``root``.
+    max_images : int
+        Keep the first N (0 = all).
+
+    Raises
+    ------
+    ConfigError
+        Missing folder or file, unreadable JSON, or no images.
+    """
+    base = expand_path(root)
+    if base is None or not base.is_dir():
+        raise ConfigError(f"data.root: image folder not found: {root!r}")
+    if kind == "folder":
+        paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    elif kind == "coco":
+        ann = expand_path(annotations)
+        if ann is None or not ann.is_file():
+            raise ConfigError(f"data.annotations: COCO file not found: {annotations!r}")
+        try:
+            entries = json.loads(ann.read_text())["images"]
+            paths = [base / e["file_name"] for e in entries]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"data.annotations: not a COCO-style list of images ({err})") from None
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise ConfigError(f"data.annotations: {len(missing)} image(s) missing under {root!r}, e.g. {missing[0]}")
+    else:
+        raise ConfigError(f"data.kind: expected 'folder' or 'coco', got {kind!r}")
+    if max_images:
+        paths = paths[:max_images]
+    if not paths:
+        raise ConfigError(f"data.root: no images found under {root!r}")
+    return paths
+
+
+def load_resized(path: str | Path, max_side: int) -> np.ndarray:
+    """An image as (H, W, 3) uint8, downscaled (antialiased) so that max(H, W) <= max_side."""
+    from PIL import Image
+
+    from uniap.features import load_image
+
+    image = load_image(path)
+    h, w = image.shape[:2]
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=None))
+    return np.ascontiguousarray(image)
+
+
+@dataclass
+class Sample:
+    """One image's views: pixels (``views``) or features (``features``), and their crops."""
+
+    index: int
+    crops: list[Crop]
+    views: list[np.ndarray] | None = None
+    features: list[np.ndarray] | None = None
+
+
+class MultiCropDataset(Dataset):
+    """Multi-crop samples keyed by ``(epoch, index)``.
+
+    Parameters
+    ----------
+    paths : list of Path
+    crop_cfg : CropConfig
+    seed : int
+        Global seed; sample ``(e, i)`` uses ``default_rng([seed, e, i])``.
+    max_side : int
+        Images are downscaled to this longer side before cropping.
+    pipeline_extractor : callable, optional
+        A zero-argument factory returning a feature extractor (called once per worker); when
+        given, samples carry each view's ``(h, w, C)`` float32 features instead of pixels.
+    crop_features : bool
+        With a pipeline extractor: extract each *image* once (cached in the worker) and cut
+        the views out of its feature grid (:func:`uniap_train.crops.crop_feature_grid`)
+        instead of extracting every view's pixels.
+    patch_size : int
+        Patch size of the extractor (view grids are ``size // patch_size`` cells a side).
+    """
+
+    def __init__(self, paths: list[Path], crop_cfg, seed: int, max_side: int,
+                 pipeline_extractor: Callable[[], Any] | None = None, crop_features: bool = False,
+                 patch_size: int = 8) -> None:
+        self.paths = list(paths)
+        self.multicrop = MultiCrop(crop_cfg)
+        self.seed = int(seed)
+        self.max_side = int(max_side)
+        self.pipeline_extractor = pipeline_extractor
+        self.crop_features = bool(crop_features and pipeline_extractor is not None)
+        self.patch_size = int(patch_size)
+        self._extractor = None
+        self._cache: dict[int, tuple[np.ndarray, tuple[float, float], tuple[int, int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _get_extractor(self):
+        if self._extractor is None:
+            self._extractor = self.pipeline_extractor()
+        return self._extractor
+
+    def image_grid(self, index: int) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+        """Features of image ``index`` (cached), cells per pixel (sy, sx), and the image shape."""
+        if index not in self._cache:
+            image = load_resized(self.paths[index], self.max_side)
+            grid = self._get_extractor()(image)
+            (hr, wr), (ho, wo) = grid.resized_shape, grid.original_shape
+            p = grid.patch_size
+            scale = (hr / ho / p, wr / wo / p)
+            self._cache[index] = (np.ascontiguousarray(grid.features, np.float32), scale, image.shape[:2])
+        return self._cache[index]
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Sample:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = int(index)
+        rng = np.random.default_rng([self.seed, int(epoch), index])
+        if self.crop_features:
+            feats, scale, shape = self.image_grid(index)
+            _, crops = self.multicrop(np.zeros(shape + (3,), np.uint8), rng, render=False)
+            views = [crop_feature_grid(feats, c, c.size // self.patch_size, scale) for c in crops]
+            return Sample(index, crops, features=views)
+        image = load_resized(self.paths[index], self.max_side)
+        views, crops = self.multicrop(image, rng)
+        if self.pipeline_extractor is None:
+            return Sample(index, crops, views=views)
+        ex = self._get_extractor()
+        feats = [np.ascontiguousarray(ex(v).features, dtype=np.float32) for v in views]
+        return Sample(index, crops, features=feats)
+
+
+def collate_views(samples: list[Sample]) -> dict:
+    """Stack a list of samples per view position.
+
+    Returns
+    -------
+    dict
+        ``index`` (B,) int64; ``crops`` list (B) of lists (V) of Crop; and either ``views``, a
+        list (V) of uint8 tensors (B, S, S, 3), or ``features``, a list (V) of float32 tensors
+        (B, h, w, C).
+    """
+    out: dict[str, Any] = {
+        "index": torch.tensor([s.index for s in samples], dtype=torch.int64),
+        "crops": [s.crops for s in samples],
+    }
+    if samples[0].features is not None:
+        nv = len(samples[0].features)
+        out["features"] = [torch.from_numpy(np.stack([s.features[v] for s in samples])) for v in range(nv)]
+    else:
+        nv = len(samples[0].views)
+        out["views"] = [torch.from_numpy(np.stack([s.views[v] for s in samples])) for v in range(nv)]
+    return out
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` yielding ``(epoch, index)`` that can start mid-epoch.
+
+    Each epoch is one permutation of the data set shared by all processes (seeded by
+    ``seed + epoch``, as PyTorch's sampler); process ``rank`` takes every ``num_replicas``-th
+    index.  With ``batch_size`` samples per process per step, step ``k`` of an epoch takes the
+    same images in total (over processes) as step ``k`` of a single process with batch
+    ``batch_size * num_replicas``: runs on different numbers of processes see the same
+    global batches.  :meth:`set_epoch` with ``start_batch`` skips the batches a resumed run
+    has already trained on.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, num_replicas: int = 1, rank: int = 0,
+                 shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=True)
+        self.batch_size = int(batch_size)
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:  # type: ignore[override]
+        super().set_epoch(epoch)
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch}], got {start_batch}")
+        self.start_batch = int(start_batch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[: self.batches_per_epoch * self.batch_size]
+        for i in indices[self.start_batch * self.batch_size:]:
+            yield (self.epoch, int(i))
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size

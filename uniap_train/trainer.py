@@ -1,0 +1,427 @@
+"""The engine: a student / momentum-teacher training loop, from one CPU to many GPUs.
+
+:func:`train` reads top to bottom like DINO's ``train_dino``: processes and seeds, data,
+backbone, student and teacher, loss, optimizer, schedules, resume, evaluation set, the loop,
+the end.  :func:`train_one_step` is one iteration.  What is trained and how the loss is
+computed is the *recipe*'s business (:mod:`uniap_train.recipes`); everything else (schedules,
+EMA, clipping, last-layer freezing, AMP, DDP, checkpoints, logs, evaluation) lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .backbone import Backbone
+from .config import ConfigError, TrainConfig, config_to_dict, save_config
+from .data import MultiCropDataset, ResumableDistributedSampler, collate_views, list_images, load_resized
+from .model import ema_update
+from .recipes import get_recipe
+from .runlog import RunLogger
+from .utils import (
+    DistInfo,
+    atomic_torch_save,
+    cancel_gradients_last_layer,
+    clip_gradients,
+    cosine_scheduler,
+    get_params_groups,
+    get_rng_state,
+    git_sha,
+    init_distributed,
+    linear_warmup_then_constant,
+    seed_everything,
+    set_rng_state,
+)
+
+__all__ = ["train", "train_one_step", "NonFiniteLossError", "Schedules", "save_checkpoint", "load_checkpoint"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped at ``step``."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss is {value} at step {step}; stopping (lower optim.lr, raise loss temperatures, "
+                         "or check the data)")
+        self.step = step
+        self.value = value
+
+
+@dataclass
+class Schedules:
+    """Per-step values, indexed by the global step (so a resumed run needs only the step)."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+    freeze_last_layer_steps: int
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.lr.shape[0])
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, steps_per_epoch: int) -> "Schedules":
+        o, lo = cfg.optim, cfg.loss
+        total = max(1, math.ceil(o.epochs * steps_per_epoch))
+        spe = steps_per_epoch
+        return cls(
+            lr=cosine_scheduler(o.lr * cfg.data.batch_size / 256.0, o.min_lr, total, round(o.warmup_epochs * spe)),
+            weight_decay=cosine_scheduler(o.weight_decay, o.weight_decay_end, total),
+            momentum=cosine_scheduler(o.momentum_teacher, 1.0, total),
+            teacher_temp=linear_warmup_then_constant(
+                lo.warmup_teacher_temp, lo.teacher_temp, total, round(lo.warmup_teacher_temp_epochs * spe)
+            ),
+            freeze_last_layer_steps=round(o.freeze_last_layer * spe),
+            steps_per_epoch=spe,
+        )
+
+
+@dataclass
+class TrainState:
+    """Everything the loop mutates or reads, passed to :func:`train_one_step`."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    recipe: Any
+    backbone: Backbone
+    student: nn.Module  # maybe DDP-wrapped
+    student_module: nn.Module  # the bare student
+    teacher: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    schedules: Schedules
+    autocast: Any
+
+
+def _log(msg: str, dist: DistInfo) -> None:
+    if dist.is_main:
+        print(msg, flush=True)
+
+
+def _reduce_mean(value: torch.Tensor, dist: DistInfo) -> float:
+    v = value.detach().float().reshape(1).clone()
+    if dist.distributed:
+        torch.distributed.all_reduce(v)
+        v /= dist.world_size
+    return float(v.item())
+
+
+# =============================================================================================
+# one iteration
+# =============================================================================================
+
+
+def train_one_step(state: TrainState, batch: dict, step: int) -> dict:
+    """One optimisation step at global step ``step`` (0-based); returns floats for the logs.
+
+    lr / weight decay / momentum / teacher temperature from the schedules; frozen features;
+    the recipe's loss under autocast; stop on a non-finite loss; backward; clip; drop the
+    prototypes' gradients while they are frozen; optimizer step; EMA teacher; centre update.
+
+    Raises
+    ------
+    NonFiniteLossError
+        When the (process-averaged) loss is NaN or infinite; nothing is updated.
+    """
+    s, dev = state.schedules, state.dist.device
+    for i, group in enumerate(state.optimizer.param_groups):
+        group["lr"] = float(s.lr[step])
+        if i == 0:  # only the first group is regularised
+            group["weight_decay"] = float(s.weight_decay[step])
+
+    # ---- frozen features of every view position ----
+    if "features" in batch:
+        grids = [f.to(dev, non_blocking=True) for f in batch["features"]]
+    else:
+        grids = [state.backbone.batch_features(v) for v in batch["views"]]
+
+    # ---- loss ----
+    out = state.recipe.loss(batch, grids, state.student, state.teacher, state.loss_fn,
+                            float(s.teacher_temp[step]), state.dist.world_size, state.autocast)
+    loss_value = _reduce_mean(out.loss, state.dist)
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(step + 1, loss_value)
+
+    # ---- student update ----
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(out.loss).backward()
+    grad_norm = float("nan")
+    if state.cfg.optim.clip_grad:
+        state.scaler.unscale_(state.optimizer)
+        norms = clip_gradients(state.student_module, state.cfg.optim.clip_grad)
+        grad_norm = float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
+    cancel_gradients_last_layer(step, state.student_module, s.freeze_last_layer_steps)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+
+    # ---- teacher EMA and the recipe's own bookkeeping (centre) ----
+    ema_update(state.teacher, state.student_module, float(s.momentum[step]))
+    if out.after_step is not None:
+        out.after_step()
+
+    return {
+        "loss": loss_value, "lr": float(s.lr[step]), "weight_decay": float(s.weight_decay[step]),
+        "momentum": float(s.momentum[step]), "teacher_temp": float(s.teacher_temp[step]),
+        "grad_norm": grad_norm, **out.stats,
+    }
+
+
+# =============================================================================================
+# checkpoints
+# =============================================================================================
+
+
+def save_checkpoint(path: Path, state: TrainState, step: int) -> None:
+    """Everything exact resume needs, as tensors and primitive containers (atomic write)."""
+    spe = state.schedules.steps_per_epoch
+    atomic_torch_save({
+        "step": int(step),
+        "epoch": int(step // spe),
+        "sampler": {"epoch": int(step // spe), "batch": int(step % spe), "steps_per_epoch": int(spe)},
+        "total_steps": state.schedules.total_steps,
+        "world_size": state.dist.world_size,
+        "recipe": state.recipe.name,
+        "student": state.student_module.state_dict(),
+        "teacher": state.teacher.state_dict(),
+        "loss": state.loss_fn.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "rng": get_rng_state(),
+        "config": config_to_dict(state.cfg),
+        "git": git_sha(),
+    }, path)
+
+
+def load_checkpoint(path: Path, state: TrainState) -> int:
+    """Restore a checkpoint into ``state`` by name; returns the global step to continue from.
+
+    Missing or unexpected entries are reported, not fatal (as DINO's ``restart_from_checkpoint``).
+    """
+    ckpt = torch.load(path, map_location=state.dist.device, weights_only=True)
+    for name, obj in (("student", state.student_module), ("teacher", state.teacher), ("loss", state.loss_fn)):
+        if name not in ckpt:
+            _log(f"resume: {path} has no '{name}'; it starts fresh", state.dist)
+            continue
+        result = obj.load_state_dict(ckpt[name], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            _log(f"resume: {name}: missing {result.missing_keys}, unexpected {result.unexpected_keys}", state.dist)
+    for name, obj in (("optimizer", state.optimizer), ("scaler", state.scaler)):
+        if ckpt.get(name):
+            obj.load_state_dict(ckpt[name])
+        else:
+            _log(f"resume: {path} has no '{name}' state; it starts fresh", state.dist)
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])
+    if ckpt.get("total_steps") not in (None, state.schedules.total_steps):
+        _log(f"resume: the checkpoint's run had {ckpt['total_steps']} steps, this one has "
+             f"{state.schedules.total_steps}: schedules differ from the original run", state.dist)
+    return int(ckpt.get("step", 0))
+
+
+def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        p = out / "checkpoint_last.pt"
+        return p if p.is_file() else None
+    p = Path(cfg.resume)
+    if not p.is_file():
+        raise ConfigError(f"resume: checkpoint not found: {cfg.resume!r}")
+    return p
+
+
+# =============================================================================================
+# the driver
+# =============================================================================================
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train as ``cfg`` says; returns a summary (steps, last loss, final evaluation).
+
+    Run it with one process (``uniap-train config.yaml``) or under ``torchrun`` (one process
+    per device; the process group comes from the environment).
+
+    Raises
+    ------
+    ConfigError
+        A problem with the configuration found while setting up (missing data, bad sizes).
+    NonFiniteLossError
+        The loss became NaN or infinite.
+    """
+    # ============ processes, device, seeds, output folder ... ============
+    dist = init_distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_minutes)
+    try:
+        return _train(cfg, dist)
+    finally:
+        if dist.owns_group and dist.distributed:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
+    seed_everything(cfg.seed)  # same on every process: identical initial heads
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    _log(f"uniap_train | git {git_sha()} | {dist.world_size} process(es) | device {dist.device}", dist)
+    _log(f"config: {config_to_dict(cfg)}", dist)
+    if cfg.data.batch_size % dist.world_size:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is not divisible by the "
+                          f"{dist.world_size} processes")
+    batch_per_process = cfg.data.batch_size // dist.world_size
+
+    # ============ backbone (frozen) ... ============
+    backbone = Backbone(cfg.backbone, dist.device)
+    p = backbone.patch_size
+    for key in ("global_size", "local_size"):
+        size = getattr(cfg.crops, key)
+        if size % p:
+            raise ConfigError(f"crops.{key}: {size} is not a multiple of the backbone's patch size {p}")
+
+    # ============ data ... ============
+    paths = list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images)
+    in_pipeline = backbone.crop_features
+    dataset = MultiCropDataset(
+        paths, cfg.crops, cfg.seed, cfg.data.max_side,
+        pipeline_extractor=backbone.factory() if in_pipeline else None,
+        crop_features=backbone.crop_features, patch_size=p,
+    )
+    sampler = ResumableDistributedSampler(dataset, batch_per_process, num_replicas=dist.world_size,
+                                          rank=dist.rank, seed=cfg.seed)
+    if sampler.batches_per_epoch == 0:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than the {len(dataset)} images")
+    loader = DataLoader(
+        dataset, batch_size=batch_per_process, sampler=sampler, num_workers=cfg.data.num_workers,
+        collate_fn=collate_views, drop_last=True, persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=dist.device.type == "cuda",
+    )
+    _log(f"data: {len(dataset)} images, {sampler.batches_per_epoch} steps per epoch, "
+         f"{batch_per_process} images per process per step, {2 + cfg.crops.num_local} views each", dist)
+
+    # ============ student and teacher ... ============
+    in_dim = backbone.dim(load_resized(paths[0], cfg.data.max_side))
+    recipe = get_recipe(cfg.recipe)(cfg, in_dim)
+    student_module = recipe.build_student().to(dist.device)
+    teacher = copy.deepcopy(student_module)
+    teacher.requires_grad_(False)
+    student: nn.Module = student_module
+    if dist.distributed:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        student = nn.parallel.DistributedDataParallel(student_module, device_ids=ids)
+    n_params = sum(q.numel() for q in student_module.parameters() if q.requires_grad)
+    _log(f"model: recipe {recipe.name}, backbone {backbone.name} (C={in_dim}, frozen), "
+         f"{n_params / 1e6:.2f}M trainable parameters", dist)
+
+    # ============ loss ... ============
+    loss_fn = recipe.build_loss().to(dist.device)
+
+    # ============ optimizer, mixed precision, schedules ... ============
+    optimizer = torch.optim.AdamW(get_params_groups(student_module), lr=0.0, betas=tuple(cfg.optim.betas))
+    use_amp = cfg.optim.amp and dist.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    autocast = partial(torch.autocast, device_type="cuda", dtype=torch.float16) if use_amp else nullcontext
+    schedules = Schedules.build(cfg, sampler.batches_per_epoch)
+    end_step = min(schedules.total_steps, cfg.optim.max_steps or schedules.total_steps)
+
+    state = TrainState(cfg, dist, recipe, backbone, student, student_module, teacher, loss_fn, optimizer,
+                       scaler, schedules, autocast)
+
+    # ============ optionally resume ... ============
+    step = 0
+    resume = _resume_path(cfg, out)
+    if resume is not None:
+        step = load_checkpoint(resume, state)
+        _log(f"resume: {resume} at step {step}", dist)
+    logger = RunLogger(out, dist.is_main, cfg.log.tensorboard, start_step=step)
+    logger.text({"kind": "start", "step": step, "git": git_sha(), "world_size": dist.world_size,
+                 "total_steps": schedules.total_steps, "end_step": end_step})
+
+    # ============ evaluation set (features and UniAP queries cached) ... ============
+    evaluator = None
+    if cfg.eval.images is not None and dist.is_main:
+        from .evaluate import SemanticEvaluator
+
+        evaluator = SemanticEvaluator(cfg.eval, backbone, recipe.uniap_options, dist.device)
+        _log(f"eval: {len(evaluator.items)} images, k = {evaluator.k}", dist)
+
+    def evaluate(at: int, with_baseline: bool = False) -> dict:
+        result: dict = {}
+        if evaluator is not None:
+            if with_baseline:
+                base = evaluator.baseline()
+                for what in ("kmeans_raw", "kmeans_l2"):
+                    logger.evaluation({"step": at, "what": what, "miou": base[f"{what}_miou"],
+                                       "pixel_accuracy": base[f"{what}_pixel_accuracy"]})
+                result.update(base)
+            r = evaluator.evaluate(recipe.embedder(teacher, cfg.eval.embedding))
+            logger.evaluation({"step": at, "what": "model", **r})
+            result.update({"model_miou": r["miou"], "model_pixel_accuracy": r["pixel_accuracy"]})
+            _log(f"eval at step {at}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()), dist)
+        if dist.distributed:
+            torch.distributed.barrier()
+        return result
+
+    if cfg.eval.at_start and step == 0:
+        evaluate(0, with_baseline=True)
+
+    # ============ training ... ============
+    from tqdm import tqdm
+
+    progress = tqdm(total=end_step, initial=step, disable=not (dist.is_main and cfg.log.progress),
+                    desc="train", dynamic_ncols=True, file=sys.stderr)
+    window: list[dict] = []
+    tick = time.perf_counter()
+    student.train()
+    while step < end_step:
+        epoch, batch_in_epoch = divmod(step, schedules.steps_per_epoch)
+        sampler.set_epoch(epoch, batch_in_epoch)
+        for batch in loader:
+            metrics = train_one_step(state, batch, step)
+            step += 1
+            window.append(metrics)
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+            if step % cfg.log.every_steps == 0 or step == end_step:
+                now = time.perf_counter()
+                row = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                row.update(step=step, epoch=step / schedules.steps_per_epoch,
+                           seconds_per_step=(now - tick) / len(window))
+                logger.metrics(row)
+                window, tick = [], now
+            if dist.is_main and (step % cfg.checkpoint.every_steps == 0 or step == end_step):
+                save_checkpoint(out / "checkpoint_last.pt", state, step)
+            if dist.is_main and cfg.checkpoint.keep_every and step % cfg.checkpoint.keep_every == 0:
+                save_checkpoint(out / f"checkpoint_{step:07d}.pt", state, step)
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != end_step:
+                evaluate(step)
+            if step >= end_step:
+                break
+    progress.close()
+
+    # ============ the end: final evaluation and summary ... ============
+    last_eval = evaluate(step, with_baseline=not (cfg.eval.at_start and resume is None)) \
+        if cfg.eval.images is not None else {}
+    summary = {"step": step, "total_steps": schedules.total_steps, "eval": last_eval}
+    logger.text({"kind": "end", **summary})
+    logger.close()
+    if dist.distributed:
+        torch.distributed.barrier()
+    _log(f"done: {step} steps; checkpoint {out / 'checkpoint_last.pt'}", dist)
+    return summary
