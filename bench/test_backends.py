@@ -58,6 +58,18 @@ def test_peer_higra(benchmark, grid, linkage):
     benchmark(_higra_cuts, graph, weights, linkage)
 
 
+@pytest.mark.parametrize("linkage", ["average", "single"])
+def test_peer_higra_from_features(benchmark, grid, linkage):
+    """Features to partitions, as uniap is timed: edge weights (NumPy), tree, five cuts."""
+    hg = pytest.importorskip("higra")
+
+    def run():
+        graph = hg.get_4_adjacency_graph(grid.shape[:2])
+        return _higra_cuts(graph, _unit_edges(grid, graph.edge_list()), linkage)
+
+    benchmark(run)
+
+
 def _sklearn_levels(x):
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.feature_extraction.image import grid_to_graph

@@ -386,12 +386,14 @@ def build_hierarchies(
 class _LevelMeans:
     """Cluster means of every level and part of a run, computed together on first access.
 
-    Parts (images) are taken in groups of about a million values or more: each group
-    is converted to float64 once and summed once per level, so a batch costs a few large
-    operations (a GPU's preference) while no float64 copy of the whole batch is ever made.
-    A cluster never spans two parts, so its sum adds its cells in order, starting from zero,
-    whatever the grouping: every backend reports the same bits.  The caller's arrays are read
-    as given, so under torch the means carry their autograd history.
+    Parts (images) are taken in groups of about a million values or more: each group is
+    converted to float64 once and summed once, into the finest level's clusters; each
+    coarser level then sums the finer level's cluster sums through the parents (K x C, not
+    N x C), so the input is read once however many levels there are.  A batch costs a few
+    large operations (a GPU's preference) and no float64 copy of the whole batch is made.
+    Sums add in increasing cell (or cluster) order from zero whatever the grouping, so every
+    backend reports the same bits.  The caller's arrays are read as given, so under torch
+    the means carry their autograd history.
     """
 
     def __init__(self, be: Backend, inputs: list[Any], levels: list[Any], bounds: list[np.ndarray],
@@ -418,22 +420,20 @@ class _LevelMeans:
         parts: list[list[Any]] = [[] for _ in levels]
         for p0, p1 in groups:
             x = inputs[p0] if p1 - p0 == 1 else xp.concat(inputs[p0:p1], axis=0)
-            x = xp.astype(x, be.sum_dtype)
             c0, c1 = int(offsets[p0]), int(offsets[p1])
+            k0, k1 = int(bounds[0][p0]), int(bounds[0][p1])
+            labels = levels[0].cell_labels[c0:c1]
+            sums = be.cluster_sums(x, labels - k0 if k0 else labels, k1 - k0)
             for i, lv in enumerate(levels):
-                k0, k1 = int(bounds[i][p0]), int(bounds[i][p1])
-                labels = lv.cell_labels[c0:c1]
-                sums = be.segment_sum(x, labels - k0 if k0 else labels, k1 - k0)
-                parts[i].append(xp.astype(sums / xp.astype(lv.sizes[k0:k1], sums.dtype)[:, None], dtype))
+                if i:
+                    # Clusters of level i - 1 (rows of sums) into their parents at level i.
+                    finer = levels[i - 1]
+                    parents = xp.take(lv.cell_labels, finer.roots[int(bounds[i - 1][p0]) : int(bounds[i - 1][p1])])
+                    k0, k1 = int(bounds[i][p0]), int(bounds[i][p1])
+                    sums = be.segment_sum(sums, parents - k0 if k0 else parents, k1 - k0)
+                sizes = xp.astype(lv.sizes[k0:k1], sums.dtype)
+                parts[i].append(xp.astype(sums / sizes[:, None], dtype))
         return [ps[0] if len(ps) == 1 else xp.concat(ps, axis=0) for ps in parts]
-
-
-def cluster_means(be: Backend, x: Any, labels: Any, sizes: Any, dtype: Any) -> Any:
-    """Mean of the rows of ``x`` (n, C) in each cluster of ``labels`` (n,), in ``dtype``."""
-    xp = be.xp
-    labels = xp.reshape(labels, (-1,))
-    sums = be.segment_sum(xp.astype(x, be.sum_dtype), labels, int(sizes.shape[0]))
-    return xp.astype(sums / xp.astype(sizes, sums.dtype)[:, None], dtype)
 
 
 def _device(a: Any) -> Any:

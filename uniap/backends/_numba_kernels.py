@@ -280,3 +280,14 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
                     out_sums[used + i, j] = sums[r, j] if has_sum[r] else x[r, j]
         used += num_nodes
     return status, labels, counts, out_roots[:used], out_sizes[:used], out_sums[:used]
+
+
+@njit(cache=True)
+def cluster_sums(x, labels, num):
+    """float64 sums of the rows of ``x`` per label, each bin adding its rows in order from 0."""
+    out = np.zeros((num, x.shape[1]), np.float64)
+    for i in range(x.shape[0]):
+        k = labels[i]
+        for j in range(x.shape[1]):
+            out[k, j] += x[i, j]
+    return out

@@ -93,6 +93,14 @@ class Backend:
         """
         raise NotImplementedError(f"backend {self.name!r} does not implement segment_sum()")
 
+    def cluster_sums(self, x: Any, labels: Any, num: int) -> Any:
+        """Float64 (``sum_dtype``) sums of the rows of ``x`` per label, in increasing row order.
+
+        The default converts ``x`` and calls :meth:`segment_sum`; a backend may read ``x`` as
+        it is instead of making the converted copy.
+        """
+        return self.segment_sum(self.xp.astype(x, self.sum_dtype), labels, num)
+
     def first_occurrences(self, comp: Any, k: int) -> Any:
         """Index of the first element of each canonical component: shape (k,), increasing."""
         raise NotImplementedError(f"backend {self.name!r} does not implement first_occurrences()")

@@ -41,6 +41,14 @@ class NumbaBackend(NumpyBackend):
             x = x.astype(np.float64)
         return np.ascontiguousarray(x)
 
+    def cluster_sums(self, x, labels, num):
+        if x.dtype in (np.float32, np.float64) and x.flags.c_contiguous:
+            from . import _numba_kernels as k
+
+            # Reads float32 input as it is: no float64 copy of the whole grid.
+            return k.cluster_sums(x, np.ascontiguousarray(labels, dtype=np.int64), num)
+        return super().cluster_sums(x, labels, num)
+
     def all_finite(self, x) -> bool:
         # init_scores checks finiteness while it computes the norms it needs anyway.
         return True
