@@ -220,9 +220,8 @@ def _process(job: Job) -> dict:
     args = _STATE["args"]
     report: dict[str, Any] = {"image": str(job.image), "status": "ok"}
     try:
-        t0 = time.perf_counter()
         result = segment_image(job.image, _STATE["extractor"], upsampling=args["upsampling"], **_STATE["options"])
-        t1 = time.perf_counter()
+        written = time.perf_counter()
         height, width = result.pixel_labels.shape[1:]
         info = {"file_name": job.image.name, "height": int(height), "width": int(width)}
         if args["format"] == "sam":
@@ -237,7 +236,7 @@ def _process(job: Job) -> dict:
                 for lv in result.hierarchy.levels
             ]
             viz.save_panels(job.viz, viz.hierarchy_panels(result.image, result.pixel_labels, titles))
-        report["timings"] = dict(result.timings, writing=time.perf_counter() - t1)
+        report["timings"] = dict(result.timings, writing=time.perf_counter() - written)
         report["masks"] = len(result.records)
     except Exception as err:  # one bad image must not stop a folder run
         report.update(status="failed", error=f"{type(err).__name__}: {err}")
