@@ -132,3 +132,24 @@ def test_available_reports_every_backend():
     assert status["numpy"] is None
     assert set(status) >= {"numpy", "numba"}
     assert all(v is None or isinstance(v, str) for v in status.values())
+
+
+def test_records_of_a_level_with_more_than_255_masks():
+    # pycocotools' area()/toBbox() overflow past 255 RLEs under NumPy 2; records must not.
+    f = np.zeros((20, 20, 400))
+    f[np.arange(20)[:, None], np.arange(20)[None, :], np.arange(400).reshape(20, 20)] = 1.0
+    h = uniap.segment(f, levels=(0.5,), min_size=1)
+    records = h.to_records((40, 40))
+    assert len(records) == 400
+    assert all(r["area"] == 4 and r["bbox"][2:] == [2.0, 2.0] for r in records)
+
+
+def test_mask_boxes_match_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    from uniap.records import encode_rle, mask_boxes
+
+    masks = np.random.default_rng(0).random((30, 17, 23)) > 0.97
+    masks[3] = False
+    rles = encode_rle(masks)
+    np.testing.assert_array_equal(mask_boxes(masks), mask_utils.toBbox(rles))

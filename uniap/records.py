@@ -64,6 +64,19 @@ def decode_rle(rle: dict) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """XYWH boxes (K, 4) of boolean masks (K, H, W); zeros for an empty mask."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    boxes = np.zeros((masks.shape[0], 4))
+    present = rows.any(axis=1)
+    y0 = rows.argmax(axis=1)
+    y1 = masks.shape[1] - rows[:, ::-1].argmax(axis=1)
+    x0 = cols.argmax(axis=1)
+    x1 = masks.shape[2] - cols[:, ::-1].argmax(axis=1)
+    boxes[present] = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)[present]
+    return boxes
+
+
 def cohesion(x: np.ndarray, labels: np.ndarray, features: np.ndarray) -> np.ndarray:
     """Mean cosine between member features and their cluster's feature, per cluster."""
     x = np.asarray(x, dtype=np.float64).reshape(labels.size, -1)
@@ -87,15 +100,15 @@ def _records_for(
     start_id: int,
 ) -> list[dict]:
     """Records of the clusters ``ids`` of one pixel-resolution label map."""
-    from pycocotools import mask as mask_utils
-
     height, width = pixel_labels.shape
     masks = pixel_labels[None] == ids[:, None, None]
     rles = encode_rle(masks)
     if not rles:
         return []
-    areas = mask_utils.area(rles)
-    boxes = mask_utils.toBbox(rles)
+    # Areas and boxes from the masks themselves: pycocotools' area()/toBbox() overflow on
+    # lists of more than 255 masks with NumPy 2.
+    areas = masks.sum(axis=(1, 2))
+    boxes = mask_boxes(masks)
     first_pixel = masks.reshape(len(ids), -1).argmax(axis=1)
     records = []
     for j, (cid, rle) in enumerate(zip(ids.tolist(), rles)):

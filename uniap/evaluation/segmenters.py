@@ -1,0 +1,523 @@
+"""Segmenters behind one interface: an image in, a hierarchy of label maps out (finest first).
+
+Every segmenter returns a :class:`Segmentation`: ``levels`` (L, H, W) int32 label maps at the
+image's resolution, fine to coarse and the same L for every image (the BSDS benchmark compares
+level k across images), and, when asked, ``proposals``: scored masks for class-agnostic COCO
+AP / AR (see :mod:`uniap.evaluation.proposals` for the ranking rules).
+
+========================  =================================================================
+``uniap``                 UniAP on patch features (the embedded default features unless
+                          another extractor is named), one level per threshold.
+``felzenszwalb``          :func:`skimage.segmentation.felzenszwalb` at several ``scales``
+                          (one level each; the levels are not nested).
+``slic_rag``              SLIC superpixels, their region adjacency graph with mean-colour
+                          (CIELab) distances, greedily merged with
+                          :func:`skimage.graph.merge_hierarchical`; one level per merge
+                          ``threshold`` (nested).
+``higra_watershed``       A hierarchical watershed (higra) on the 4-adjacency graph of the
+                          smoothed CIELab image (edge weight: L2 colour difference), cut
+                          where it has ``regions`` regions (nested).
+``predictions``           Masks saved by ``uniap-cli --format sam`` (or any SAM-style list
+                          of records), one ``<stem>.json`` per image.
+========================  =================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .proposals import SCORES, proposals_from_levels
+
+__all__ = [
+    "SEGMENTERS",
+    "Felzenszwalb",
+    "HigraWatershed",
+    "Predictions",
+    "Segmentation",
+    "SlicRag",
+    "Uniap",
+    "build_segmenter",
+    "levels_from_records",
+]
+
+
+@dataclass
+class Segmentation:
+    """What a segmenter returns for one image."""
+
+    levels: np.ndarray  # (L, H, W) int32, finest first
+    proposals: list[dict] | None = None  # scored masks, best first (with proposals=True)
+    timings: dict[str, float] = field(default_factory=dict)
+    level_names: list[str] | None = None  # when only the data knows them (saved predictions)
+
+
+class Segmenter:
+    """Base class: subclasses implement :meth:`label_maps` (and may override :meth:`proposals`)."""
+
+    name = "segmenter"
+    needs_image = True
+    record_scores = False  # whether score="record" means something
+
+    def __init__(self, score: str = "stability", min_area: int = 1):
+        allowed = SCORES + (("record",) if self.record_scores else ())
+        if score not in allowed:
+            raise ValueError(f"--score {score} does not apply to {self.name}; choose one of {list(allowed)}")
+        if min_area < 1:
+            raise ValueError(f"min_area must be >= 1, got {min_area}")
+        self.score = score
+        self.min_area = int(min_area)
+
+    # -- what subclasses provide ---------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        return {"score": self.score, "min_area": self.min_area}
+
+    def level_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def label_maps(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Compile or load what the first call would (before worker processes fork)."""
+
+    # -- the interface -------------------------------------------------------------------------
+    def segment(self, image: np.ndarray | None, *, key: str = "", shape: Sequence[int] | None = None,
+                proposals: bool = False) -> Segmentation:
+        t0 = time.perf_counter()
+        levels = self.label_maps(image)
+        t1 = time.perf_counter()
+        props = proposals_from_levels(levels, self.score, self.min_area) if proposals else None
+        timings = {"segment": t1 - t0}
+        if proposals:
+            timings["proposals"] = time.perf_counter() - t1
+        return Segmentation(levels, props, timings)
+
+
+def _floats(values: Sequence[float], name: str, decreasing: bool = False) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if not values:
+        raise ValueError(f"{name} needs at least one value")
+    diffs = np.diff(values)
+    if (decreasing and np.any(diffs >= 0)) or (not decreasing and np.any(diffs <= 0)):
+        raise ValueError(f"{name} must be strictly {'de' if decreasing else 'in'}creasing, got {list(values)}")
+    return values
+
+
+# ------------------------------------------------------------------------------------- uniap
+
+
+class Uniap(Segmenter):
+    """UniAP (``uniap.segment``) on patch features, upsampled to pixels.
+
+    Parameters
+    ----------
+    levels : thresholds, strictly decreasing (the library's default when None)
+    features : extractor name for :func:`uniap.features.get_extractor` (``"default"``)
+    feature_options : dict passed to the extractor
+    upsampling : ``"nearest"`` or ``"bilinear"`` (:func:`uniap.pixels.pixel_labels`)
+    score : a rule of :mod:`uniap.evaluation.proposals`, or ``"record"``: the masks are the SAM
+        records (clusters of at least ``min_size`` patches) ranked by their ``score``
+        (cohesion, the mean cosine of members to their cluster's feature)
+    **options : passed to :func:`uniap.segment` (``min_size``, ``preset``, ``connectivity``, ...)
+    """
+
+    name = "uniap"
+    record_scores = True
+
+    def __init__(self, levels: Sequence[float] | None = None, *, features: str = "default",
+                 feature_options: dict | None = None, upsampling: str = "nearest",
+                 score: str = "stability", min_area: int = 1, **options: Any):
+        super().__init__(score, min_area)
+        from ..features import get_extractor
+        from ..options import DEFAULT_LEVELS, check_levels
+        from ..pixels import UPSAMPLING
+
+        self.levels = check_levels(DEFAULT_LEVELS if levels is None else levels)
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {list(UPSAMPLING)}, got {upsampling!r}")
+        self.upsampling = upsampling
+        self.features = features
+        self.feature_options = {k: v for k, v in (feature_options or {}).items() if v is not None}
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self.extractor = get_extractor(features, **self.feature_options)
+
+    def params(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "features": self.features,
+                "feature_options": dict(self.feature_options), "upsampling": self.upsampling,
+                **self.options, **super().params()}
+
+    def level_names(self) -> list[str]:
+        return [f"t={t:g}" for t in self.levels]
+
+    def warm_up(self) -> None:
+        from ..api import segment
+
+        segment(np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32), levels=self.levels,
+                **self.options)
+
+    def _run(self, image: np.ndarray):
+        from ..api import segment
+        from ..pixels import pixel_labels
+
+        t0 = time.perf_counter()
+        grid = self.extractor(image)
+        t1 = time.perf_counter()
+        h = segment(grid.features, levels=self.levels, **self.options).numpy()
+        labels = pixel_labels(h, grid, self.upsampling)
+        return h, labels, {"features": t1 - t0, "pooling": time.perf_counter() - t1}
+
+    def label_maps(self, image: np.ndarray) -> np.ndarray:
+        return self._run(image)[1]
+
+    def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
+        if not proposals or self.score != "record":
+            h, labels, timings = self._run(image)
+            out = Segmentation(labels, None, timings)
+            if proposals:
+                t = time.perf_counter()
+                out.proposals = proposals_from_levels(labels, self.score, self.min_area)
+                timings["proposals"] = time.perf_counter() - t
+            return out
+        from ..records import hierarchy_records
+
+        h, labels, timings = self._run(image)
+        t = time.perf_counter()
+        props = records_to_proposals(hierarchy_records(h, pixel_labels=labels), self.min_area)
+        timings["proposals"] = time.perf_counter() - t
+        return Segmentation(labels, props, timings)
+
+
+def records_to_proposals(records: Sequence[dict], min_area: int = 1) -> list[dict]:
+    """Instance records as proposals ranked by their ``score``; a mask repeated at a coarser
+    level is kept once (its finest occurrence)."""
+    seen: set = set()
+    out = []
+    for rec in records:
+        if rec.get("kind", "instance") != "instance" or rec.get("area", min_area) < min_area:
+            continue
+        seg = rec["segmentation"]
+        counts = seg["counts"] if isinstance(seg, dict) else None
+        ident = (tuple(seg["size"]), counts) if isinstance(counts, (str, bytes)) else None
+        if ident is not None:
+            if ident in seen:
+                continue
+            seen.add(ident)
+        score = rec.get("score", rec.get("predicted_iou", 1.0))
+        out.append({"segmentation": seg, "score": float(score), "area": rec.get("area"),
+                    "level": int(rec.get("level", 0))})
+    out.sort(key=lambda p: -p["score"])
+    return out
+
+
+# ------------------------------------------------------------------------------ scikit-image
+
+
+class Felzenszwalb(Segmenter):
+    """:func:`skimage.segmentation.felzenszwalb` at several scales, smallest (finest) first.
+
+    Parameters
+    ----------
+    scales : increasing ``scale`` values (larger: bigger regions); one level each
+    sigma : Gaussian pre-smoothing
+    min_size : smallest component (pixels), enforced by post-merging
+    """
+
+    name = "felzenszwalb"
+
+    def __init__(self, scales: Sequence[float] = (50, 100, 200, 400, 800, 1600), *, sigma: float = 0.8,
+                 min_size: int = 20, score: str = "stability", min_area: int = 1):
+        super().__init__(score, min_area)
+        self.scales = _floats(scales, "scales")
+        self.sigma = float(sigma)
+        self.min_size = int(min_size)
+
+    def params(self) -> dict[str, Any]:
+        return {"scales": list(self.scales), "sigma": self.sigma, "min_size": self.min_size, **super().params()}
+
+    def level_names(self) -> list[str]:
+        return [f"scale={s:g}" for s in self.scales]
+
+    def label_maps(self, image: np.ndarray) -> np.ndarray:
+        from skimage.segmentation import felzenszwalb
+
+        return np.stack([felzenszwalb(image, scale=s, sigma=self.sigma, min_size=self.min_size)
+                         for s in self.scales]).astype(np.int32)
+
+
+def mean_colour_rag(image: np.ndarray, labels: np.ndarray):
+    """The graph of :func:`skimage.graph.rag_mean_color` (``connectivity=2``, ``mode="distance"``),
+    built with NumPy instead of a per-pixel Python loop (same nodes, edges, attributes)."""
+    from skimage.graph import RAG
+
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1
+    flat = labels.ravel()
+    count = np.bincount(flat, minlength=k).astype(np.float64)
+    total = np.stack([np.bincount(flat, weights=image[..., c].ravel(), minlength=k)
+                      for c in range(image.shape[-1])], axis=1)
+    # 8-neighbourhood: right, down, and both diagonals
+    pairs = [(labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :]),
+             (labels[:-1, :-1], labels[1:, 1:]), (labels[:-1, 1:], labels[1:, :-1])]
+    a = np.concatenate([p.ravel() for p, _ in pairs])
+    b = np.concatenate([q.ravel() for _, q in pairs])
+    diff = a != b
+    lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
+    edges = np.unique(lo.astype(np.int64) * k + hi)
+    rag = RAG()
+    present = np.flatnonzero(count)
+    for n in present.tolist():
+        rag.add_node(n, labels=[n], **{"pixel count": count[n], "total color": total[n].copy(),
+                                       "mean color": total[n] / count[n]})
+    mean = total / np.maximum(count, 1)[:, None]
+    u, v = edges // k, edges % k
+    weights = np.linalg.norm(mean[u] - mean[v], axis=1)
+    for x, y, w in zip(u.tolist(), v.tolist(), weights.tolist()):
+        rag.add_edge(x, y, weight=w)
+    rag.max_id = int(present.max()) if present.size else 0
+    return rag
+
+
+class SlicRag(Segmenter):
+    """SLIC superpixels merged greedily on their mean-colour region adjacency graph.
+
+    :func:`skimage.segmentation.slic` makes about ``n_segments`` superpixels (it rescales the
+    RGB image to [0, 1] and works in CIELab); their RAG on the image's CIELab colours
+    (:func:`mean_colour_rag`, the graph of :func:`skimage.graph.rag_mean_color`) is merged by
+    :func:`skimage.graph.merge_hierarchical`, which repeatedly joins the two adjacent regions
+    of most similar mean colour and updates the mean. The sequence of merges is recorded once
+    (at the largest threshold); level ``t`` applies the merges made before the first merge whose
+    colour distance reached ``t``, which is what ``merge_hierarchical(thresh=t)`` returns
+    (except in the rare case that a later merge has a smaller distance than an earlier one).
+    Levels are therefore nested. Threshold 0 gives the superpixels themselves.
+
+    Parameters
+    ----------
+    thresholds : increasing CIELab distances
+    n_segments, compactness, sigma : :func:`skimage.segmentation.slic` parameters
+    """
+
+    name = "slic_rag"
+
+    def __init__(self, thresholds: Sequence[float] = (0, 5, 8, 12, 16, 22, 30), *, n_segments: int = 600,
+                 compactness: float = 10.0, sigma: float = 1.0, score: str = "stability", min_area: int = 1):
+        super().__init__(score, min_area)
+        self.thresholds = _floats(thresholds, "thresholds")
+        self.n_segments = int(n_segments)
+        self.compactness = float(compactness)
+        self.sigma = float(sigma)
+
+    def params(self) -> dict[str, Any]:
+        return {"thresholds": list(self.thresholds), "n_segments": self.n_segments,
+                "compactness": self.compactness, "sigma": self.sigma, **super().params()}
+
+    def level_names(self) -> list[str]:
+        return [f"thr={t:g}" for t in self.thresholds]
+
+    def label_maps(self, image: np.ndarray) -> np.ndarray:
+        from skimage.color import rgb2lab
+        from skimage.graph import merge_hierarchical
+        from skimage.segmentation import slic
+
+        # slic rescales its input to [0, 1] and converts it to CIELab itself
+        sp = slic(image, n_segments=self.n_segments, compactness=self.compactness, sigma=self.sigma,
+                  start_label=0, channel_axis=-1)
+        rag = mean_colour_rag(rgb2lab(image), sp)
+        merges: list[tuple[int, int, float]] = []
+
+        def merge(graph, src, dst):
+            merges.append((src, dst, graph[src][dst]["weight"]))
+            node, other = graph.nodes[dst], graph.nodes[src]
+            node["total color"] = node["total color"] + other["total color"]
+            node["pixel count"] += other["pixel count"]
+            node["mean color"] = node["total color"] / node["pixel count"]
+
+        def weight(graph, src, dst, n):
+            return {"weight": float(np.linalg.norm(graph.nodes[dst]["mean color"] - graph.nodes[n]["mean color"]))}
+
+        merge_hierarchical(sp, rag, thresh=max(self.thresholds) + 1e-9, rag_copy=False, in_place_merge=True,
+                           merge_func=merge, weight_func=weight)
+        # replay with a union-find, snapshotting at each threshold
+        parent = np.arange(int(sp.max()) + 1)
+
+        def find(x):
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        out = np.empty((len(self.thresholds),) + sp.shape, np.int32)
+        reached = 0.0  # largest merge distance so far
+        i = 0
+        for level, t in enumerate(self.thresholds):
+            while i < len(merges) and max(reached, merges[i][2]) < t:
+                src, dst, w = merges[i]
+                reached = max(reached, w)
+                parent[find(src)] = find(dst)
+                i += 1
+            roots = np.array([find(x) for x in range(len(parent))])
+            out[level] = roots[sp]
+        return out
+
+
+# ------------------------------------------------------------------------------------- higra
+
+
+class HigraWatershed(Segmenter):
+    """A hierarchical watershed (Najman & Schmitt 1996; Cousty et al. 2018) computed by higra.
+
+    The image is converted to CIELab and smoothed (Gaussian, ``sigma`` pixels); the edge
+    weights of the pixels' 4-adjacency graph are the L2 colour differences; the watershed
+    hierarchy by ``attribute`` (``area``, ``volume`` or ``dynamics``) is cut horizontally where
+    it has ``regions`` regions (one level per number, largest number first).
+    """
+
+    name = "higra_watershed"
+    ATTRIBUTES = ("area", "volume", "dynamics")
+
+    def __init__(self, regions: Sequence[int] = (1000, 300, 100, 30, 10, 3), *, attribute: str = "area",
+                 sigma: float = 1.0, score: str = "stability", min_area: int = 1):
+        super().__init__(score, min_area)
+        regions = tuple(int(r) for r in regions)
+        if not regions or any(r < 1 for r in regions) or any(np.diff(regions) >= 0):
+            raise ValueError(f"regions must be strictly decreasing positive counts, got {list(regions)}")
+        if attribute not in self.ATTRIBUTES:
+            raise ValueError(f"attribute must be one of {list(self.ATTRIBUTES)}, got {attribute!r}")
+        self.regions = regions
+        self.attribute = attribute
+        self.sigma = float(sigma)
+
+    def params(self) -> dict[str, Any]:
+        return {"regions": list(self.regions), "attribute": self.attribute, "sigma": self.sigma,
+                **super().params()}
+
+    def level_names(self) -> list[str]:
+        return [f"regions={r}" for r in self.regions]
+
+    def label_maps(self, image: np.ndarray) -> np.ndarray:
+        import higra as hg
+        from skimage.color import rgb2lab
+        from skimage.filters import gaussian
+
+        lab = rgb2lab(image)
+        if self.sigma > 0:
+            lab = gaussian(lab, sigma=self.sigma, channel_axis=-1)
+        graph = hg.get_4_adjacency_graph(image.shape[:2])
+        weights = hg.weight_graph(graph, lab, hg.WeightFunction.L2)
+        build = {"area": hg.watershed_hierarchy_by_area, "volume": hg.watershed_hierarchy_by_volume,
+                 "dynamics": hg.watershed_hierarchy_by_dynamics}[self.attribute]
+        tree, altitudes = build(graph, weights)
+        explorer = hg.HorizontalCutExplorer(tree, altitudes)
+        return np.stack([explorer.horizontal_cut_from_num_regions(r).labelisation_leaves(tree)
+                         for r in self.regions]).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------- predictions
+
+
+def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_levels: int | None = None) -> np.ndarray:
+    """Label maps (L, H, W) from SAM-style instance records.
+
+    Records are grouped by their ``level`` (all level 0 without one). Within a level, masks are
+    painted largest first, so a smaller overlapping mask wins its pixels. Pixels no mask covers
+    (e.g. clusters below ``uniap-cli --min-size``) become regions of their own, one per
+    4-connected component.
+    """
+    from scipy import ndimage
+
+    from ..records import decode_rle
+
+    height, width = int(shape[0]), int(shape[1])
+    inst = [r for r in records if r.get("kind", "instance") == "instance"]
+    if num_levels is None:
+        num_levels = 1 + max((int(r.get("level", 0)) for r in inst), default=0)
+    out = np.empty((num_levels, height, width), np.int32)
+    for lv in range(num_levels):
+        labels = np.full((height, width), -1, np.int64)
+        mine = sorted((r for r in inst if int(r.get("level", 0)) == lv), key=lambda r: -float(r.get("area", 0)))
+        for j, rec in enumerate(mine):
+            mask = decode_rle(rec["segmentation"])
+            if mask.shape != (height, width):
+                raise ValueError(f"a mask has shape {mask.shape}, the image is {(height, width)}")
+            labels[mask] = j
+        holes = labels < 0
+        if holes.any():
+            comp, _ = ndimage.label(holes)
+            labels[holes] = len(mine) + comp[holes] - 1
+        out[lv] = np.unique(labels, return_inverse=True)[1].reshape(height, width)
+    return out
+
+
+class Predictions(Segmenter):
+    """Saved masks: ``<folder>/<key>.json`` per image, as written by ``uniap-cli --format sam``.
+
+    A file holds a SAM document (``{"annotations": [...]}``, with ``uniap.thresholds`` giving
+    the number of levels) or a bare list of records. Label maps are rebuilt with
+    :func:`levels_from_records`; with ``uniap-cli --min-size 1`` every cluster is a record and
+    they equal the label maps of a direct run. ``score="record"`` ranks the saved masks by
+    their ``score`` (``predicted_iou`` when absent); the other rules rank the rebuilt levels'
+    regions.
+    """
+
+    name = "predictions"
+    needs_image = False
+    record_scores = True
+
+    def __init__(self, folder, *, score: str = "stability", min_area: int = 1):
+        super().__init__(score, min_area)
+        self.folder = Path(folder)
+
+    def params(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), **super().params()}
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def level_names(self) -> list[str]:
+        return []  # known per file (Segmentation.level_names)
+
+    def read(self, key: str) -> tuple[list[dict], int | None, list[str] | None]:
+        with open(self.path(key)) as fh:
+            doc = json.load(fh)
+        if isinstance(doc, list):
+            return doc, None, None
+        if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
+            raise ValueError(f"{self.path(key)} is neither a SAM document nor a list of records")
+        thresholds = (doc.get("uniap") or {}).get("thresholds")
+        if thresholds:
+            return doc["annotations"], len(thresholds), [f"t={t:g}" for t in thresholds]
+        return doc["annotations"], None, None
+
+    def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
+        t0 = time.perf_counter()
+        records, num_levels, names = self.read(key)
+        levels = levels_from_records(records, shape, num_levels)
+        t1 = time.perf_counter()
+        out = Segmentation(levels, None, {"segment": t1 - t0}, names)
+        if proposals:
+            if self.score == "record":
+                out.proposals = records_to_proposals(records, self.min_area)
+            else:
+                out.proposals = proposals_from_levels(levels, self.score, self.min_area)
+            out.timings["proposals"] = time.perf_counter() - t1
+        return out
+
+
+SEGMENTERS = {"uniap": Uniap, "felzenszwalb": Felzenszwalb, "slic_rag": SlicRag,
+              "higra_watershed": HigraWatershed}
+
+
+def build_segmenter(name: str, **params: Any) -> Segmenter:
+    """A segmenter by name with its parameters (``None`` values take the defaults).
+
+    ``build_segmenter(r["segmenter"]["name"], **r["segmenter"]["params"])`` rebuilds the
+    segmenter of a ``uniap-eval`` result ``r``.
+    """
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter {name!r}; choose one of {sorted(SEGMENTERS)}")
+    return SEGMENTERS[name](**{k: v for k, v in params.items() if v is not None})
