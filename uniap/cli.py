@@ -351,21 +351,29 @@ def _summary(reports: list[dict], skipped: list[Job], failed: list[dict]) -> Non
     print(line, file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, run: Any, args: argparse.Namespace) -> int:
+    """``run(args)`` with the exit statuses of uniap's commands: one line per error, no traceback.
+
+    A :class:`UsageError` prints the usage and returns 2; an interruption or an operating
+    system error (a disk full, say) returns 1.
+    """
     try:
         return run(args)
     except UsageError as err:
         parser.print_usage(sys.stderr)
-        print(f"uniap-cli: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("uniap-cli: interrupted", file=sys.stderr)
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 1
     except OSError as err:
-        print(f"uniap-cli: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    return run_command(parser, run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

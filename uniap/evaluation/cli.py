@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cli import UsageError, run_command
+
 __all__ = ["build_parser", "main"]
-
-
-class UsageError(Exception):
-    """A mistake in the command line: reported in one line, exit status 2."""
 
 
 def _numbers(kind):
@@ -248,18 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    try:
-        return run(args)
-    except UsageError as err:
-        parser.print_usage(sys.stderr)
-        print(f"uniap-eval: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("uniap-eval: interrupted", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"uniap-eval: error: {err}", file=sys.stderr)
-        return 1
+    return run_command(parser, run, args)
 
 
 if __name__ == "__main__":  # pragma: no cover
