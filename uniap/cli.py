@@ -49,7 +49,7 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -79,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     io.add_argument("--shard", type=_shard, metavar="I/N",
                     help="process only images i, i+n, i+2n, ... of the sorted inputs (0 <= i < n)")
-    io.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    io.add_argument("--workers", type=positive_int, default=1, metavar="N",
                     help="images processed in parallel by N processes (default 1)")
     io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     algo = parser.add_argument_group("UniAP settings (defaults: the library's)")
     algo.add_argument("--levels", type=_levels, metavar="T1,T2,...",
                       help="strictly decreasing cosine thresholds, e.g. 0.8,0.7,0.6,0.5,0.4")
-    algo.add_argument("--min-size", type=_positive_int, metavar="CELLS",
+    algo.add_argument("--min-size", type=positive_int, metavar="CELLS",
                       help="smallest cluster (in patches) reported as a mask (default 4)")
     algo.add_argument("--preset", choices=("released", "paper"),
                       help="released: the authors' code (default); paper: the paper's wording")
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--weights", metavar="FILE", help="ViT weights (.pth/.pt/.safetensors)")
     feats.add_argument("--layer", choices=("tokens", "keys"),
                        help="ViT output: last-block patch tokens or attention keys")
-    feats.add_argument("--max-side", type=_positive_int, metavar="PIXELS",
+    feats.add_argument("--max-side", type=positive_int, metavar="PIXELS",
                        help="shrink images whose longer side exceeds this before extracting features")
     feats.add_argument("--device", help="device for the ViT, e.g. cpu or cuda:0")
     return parser

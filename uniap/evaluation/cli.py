@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cli import UsageError, run_command
+from ..cli import UsageError, positive_int, run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -29,16 +29,6 @@ def _numbers(kind):
         return values
 
     return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _splits(text: str) -> list[str]:
@@ -86,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", type=_splits, metavar="S[,S]",
                       help="split folders to use (default: all; bsds500 dev: val,test); "
                       "coco: val2017 reads annotations/instances_val2017.json and val2017/")
-    data.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (sorted)")
+    data.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (sorted)")
     data.add_argument("--out", required=True, metavar="JSON", help="results file (written atomically)")
-    data.add_argument("--workers", type=_positive_int, metavar="N",
+    data.add_argument("--workers", type=positive_int, metavar="N",
                       help="processes working on different images (default: every CPU available)")
     data.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     data.add_argument("--no-boundary", action="store_true",
                       help="bsds500: skip the boundary benchmark (the region benchmarks are much faster)")
-    data.add_argument("--num-classes", type=_positive_int, metavar="C",
+    data.add_argument("--num-classes", type=positive_int, metavar="C",
                       help="labelmaps: number of classes (default: manifest.json classes)")
     data.add_argument("--ignore-index", type=int, metavar="V",
                       help="labelmaps: void label (default: manifest.json void_id, else none)")
@@ -106,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--score", choices=("stability", "persistence", "area", "level", "random", "record"),
                       help="coco: how each image's masks are ranked (default stability; record: the "
                       "masks' own score, for uniap and --predictions)")
-    what.add_argument("--min-area", type=_positive_int, metavar="PIXELS",
+    what.add_argument("--min-area", type=positive_int, metavar="PIXELS",
                       help="coco: smallest mask proposed (default 1)")
 
     u = parser.add_argument_group("uniap")
     u.add_argument("--levels", type=_numbers(float), metavar="T1,T2,...",
                    help="strictly decreasing thresholds (default 0.8,0.7,0.6,0.5,0.4)")
-    u.add_argument("--min-size", type=_positive_int, metavar="N",
+    u.add_argument("--min-size", type=positive_int, metavar="N",
                    help="uniap: smallest cluster in patches reported as a mask (default 4); "
                    "felzenszwalb: smallest component in pixels (default 20)")
     u.add_argument("--preset", choices=("released", "paper"))
@@ -123,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--model", help="timm model for --features vit")
     u.add_argument("--weights", metavar="FILE", help="ViT weights")
     u.add_argument("--layer", choices=("tokens", "keys"), help="ViT output")
-    u.add_argument("--max-side", type=_positive_int, metavar="PIXELS", help="shrink large images first")
+    u.add_argument("--max-side", type=positive_int, metavar="PIXELS", help="shrink large images first")
     u.add_argument("--device", help="device for the ViT")
 
     p = parser.add_argument_group("peers")
@@ -131,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="felzenszwalb: increasing scales (default 50,100,200,400,800,1600)")
     p.add_argument("--thresholds", type=_numbers(float), metavar="T1,T2,...",
                    help="slic_rag: increasing CIELab merge thresholds (default 0,5,8,12,16,22,30)")
-    p.add_argument("--n-segments", type=_positive_int, metavar="N", help="slic_rag: superpixels (default 600)")
+    p.add_argument("--n-segments", type=positive_int, metavar="N", help="slic_rag: superpixels (default 600)")
     p.add_argument("--compactness", type=float, help="slic_rag: SLIC compactness (default 10)")
     p.add_argument("--regions", type=_numbers(int), metavar="N1,N2,...",
                    help="higra_watershed: decreasing region counts (default 1000,300,100,30,10,3)")
