@@ -148,6 +148,10 @@ def test_bad_image_in_folder_is_reported_and_skipped(images, tmp_path, capsys):
         (["{img}", "--out", "{tmp}/o.json", "--weights", "{tmp}/w.pth"], 2, "--features vit only"),
         (["{tmp}/text.jpg", "--out", "{tmp}/o.json"], 1, "text.jpg"),
         (["{tmp}/*.nothing", "--out", "{tmp}/o.json"], 2, "no file matches"),
+        (["{img}", "--out", "{tmp}/o.json", "--vocabulary", "{tmp}/none.npz"], 2, "vocabulary file not found"),
+        (["{img}", "--out", "{tmp}/o.json", "--vocabulary", "{tmp}/text.jpg"], 2, "not a saved vocabulary"),
+        (["{img}", "--out", "{tmp}/o.json", "--features", "vit", "--vocabulary", "{tmp}/text.jpg"], 2,
+         "--features default only"),
     ],
 )
 def test_errors_exit_cleanly_and_write_nothing(images, tmp_path, capsys, argv, code, message):
@@ -166,6 +170,30 @@ def run_cli(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code)
+
+
+def test_shared_vocabulary(images, tmp_path):
+    """--vocabulary FILE: every image's features use the saved words (same masks as the library)."""
+    from uniap.features import DefaultFeatures
+    from uniap.pipeline import segment_image
+
+    paths = sorted(images.iterdir())
+    shared = DefaultFeatures().fit(paths)
+    words = tmp_path / "words.npz"
+    shared.vocabulary.save(words)
+    out = tmp_path / "out"
+    assert main([str(images), "--out", str(out), "--vocabulary", str(words), "--quiet"]) == 0
+    per_image = tmp_path / "per_image"
+    assert main([str(images), "--out", str(per_image), "--quiet"]) == 0
+    differs = 0
+    for path in paths:
+        doc = json.loads((out / f"{path.stem}.json").read_text())
+        check_sam_document(doc, path)
+        expected = segment_image(path, extractor=shared).records
+        assert [a["segmentation"] for a in doc["annotations"]] == [r["segmentation"] for r in expected]
+        other = json.loads((per_image / f"{path.stem}.json").read_text())
+        differs += [a["segmentation"] for a in doc["annotations"]] != [a["segmentation"] for a in other["annotations"]]
+    assert differs > 0
 
 
 def test_shard_and_workers(images, tmp_path):

@@ -63,6 +63,10 @@ def test_defaults_and_types(tmp_path):
         ({"data": {"root": "x", "kind": "coco"}}, r"data.annotations: is required"),
         ({"data": {"root": "x"}, "eval": {"images": "a"}}, r"eval.labels: is required"),
         ({}, r"data.root: must name a folder"),
+        ({"data": {"root": "x"}, "backbone": {"kind": "vit", "vocabulary": "shared"}},
+         r"backbone.vocabulary: applies to kind default only"),
+        ({"data": {"root": "x"}, "backbone": {"vocabulary_images": 0}}, r"backbone.vocabulary_images: must be >= 1"),
+        ({"data": {"root": "x"}, "loss": {"centering": "mean"}}, r"loss.centering: expected one of 'ema', 'sinkhorn'"),
     ],
 )
 def test_validation_messages(tmp_path, data, match):

@@ -12,7 +12,13 @@ torch = pytest.importorskip("torch")
 
 from uniap_train.config import ModelConfig  # noqa: E402
 from uniap_train.crops import Crop  # noqa: E402
-from uniap_train.loss import QuerySDLoss, build_region_pairs, sample_maps  # noqa: E402
+from uniap_train.loss import (  # noqa: E402
+    QuerySDLoss,
+    build_region_pairs,
+    sample_maps,
+    sinkhorn_knopp,
+    view_entropy,
+)
 from uniap_train.model import DINOHead, QueryHead, ema_update, pixel_logits, query_attention  # noqa: E402
 from uniap_train.utils import (  # noqa: E402
     atomic_torch_save,
@@ -170,3 +176,57 @@ def test_loss_is_finite_for_extreme_but_valid_inputs():
     loss = QuerySDLoss(4, student_temp=0.1)
     s = torch.full((1, 2, 4), -1.0)
     assert math.isfinite(float(loss(s, -s, 0.04)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sinkhorn_balances_prototypes(seed):
+    """Rows are distributions; with enough rounds every prototype gets 1 / K of the mass."""
+    g = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(2, 40, (1,), generator=g))
+    logits = torch.rand(3, 50, k, generator=g) * 2 - 1  # cosines, as the heads give
+    logits[..., 0] += 0.5  # one prototype preferred by every point: a collapsing teacher
+    q = sinkhorn_knopp(logits, 0.1, iterations=200)
+    assert q.shape == logits.shape and torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(-1), torch.ones(3, 50))
+    torch.testing.assert_close(q.reshape(-1, k).mean(0), torch.full((k,), 1 / k), atol=1e-4, rtol=0)
+    plain = torch.softmax(logits / 0.1, -1).reshape(-1, k).mean(0)
+    assert plain[0] > 2 / k  # plain softmax would give prototype 0 most of the mass
+    # the standard 3 rounds already move mass off the favourite
+    assert sinkhorn_knopp(logits, 0.1).reshape(-1, k).mean(0)[0] < plain[0]
+    # converged targets ignore a constant added to a point's logits
+    shifted = logits + torch.rand(3, 50, 1, generator=g)
+    torch.testing.assert_close(sinkhorn_knopp(shifted, 0.1, iterations=200), q, atol=1e-4, rtol=1e-3)
+
+
+def test_sinkhorn_survives_sharp_temperatures():
+    logits = torch.tensor([[1.0, -1.0, 0.0], [0.9, 1.0, -1.0]])
+    q = sinkhorn_knopp(logits, 1e-3)  # exp(1000) would overflow without the shared maximum
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(-1), torch.ones(2))
+
+
+def test_sinkhorn_loss_ignores_the_centre():
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
+    loss = QuerySDLoss(6, centering="sinkhorn")
+    before = loss(s, t, 0.05)
+    loss.center.fill_(3.0)
+    torch.testing.assert_close(loss(s, t, 0.05), before)
+    targets = sinkhorn_knopp(t, 0.05)
+    expected = -(targets * torch.log_softmax(s / 0.1, -1)).sum(-1).mean(-1).sum() / 2
+    torch.testing.assert_close(before, expected)
+    with pytest.raises(ValueError, match="ema or sinkhorn"):
+        QuerySDLoss(6, centering="batch")
+
+
+def test_view_entropy_tells_one_prototype_from_many():
+    one = torch.zeros(2, 4, 3, 3)
+    one[:, 1] = 1.0  # every pixel of every view: prototype 1
+    assert view_entropy([one], torch.zeros(1, 4), 0.01) < 1e-6
+    many = torch.zeros(1, 4, 2, 2)
+    for i in range(4):
+        many[0, i, i // 2, i % 2] = 1.0  # four pixels, four prototypes
+    assert view_entropy([many], torch.zeros(1, 4), 0.01) == pytest.approx(math.log(4), abs=1e-4)
+    # the centre is subtracted first: it can move every pixel to another prototype
+    centre = torch.tensor([[0.0, 2.0, 0.0, 0.0]])
+    assert view_entropy([one], centre, 0.01) == pytest.approx(math.log(3), abs=1e-4)

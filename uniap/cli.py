@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--weights", metavar="FILE", help="ViT weights (.pth/.pt/.safetensors)")
     feats.add_argument("--layer", choices=("tokens", "keys"),
                        help="ViT output: last-block patch tokens or attention keys")
+    feats.add_argument("--vocabulary", metavar="FILE",
+                       help="colour/texture words shared by all images (.npz from "
+                       "DefaultFeatures.fit(...).vocabulary.save or uniap-train); default: words per image")
     feats.add_argument("--max-side", type=positive_int, metavar="PIXELS",
                        help="shrink images whose longer side exceeds this before extracting features")
     feats.add_argument("--device", help="device for the ViT, e.g. cpu or cuda:0")
@@ -130,7 +133,17 @@ def extractor_options(args: argparse.Namespace) -> dict[str, Any]:
         for flag in ("model", "weights", "layer", "device"):
             if getattr(args, flag) is not None:
                 raise UsageError(f"--{flag} applies to --features vit only")
-        return {"max_side": args.max_side} if args.max_side else {}
+        kwargs: dict[str, Any] = {"max_side": args.max_side} if args.max_side else {}
+        if args.vocabulary is not None:
+            from .features import Vocabulary
+
+            try:
+                kwargs["vocabulary"] = Vocabulary.load(args.vocabulary)
+            except (FileNotFoundError, ValueError) as err:
+                raise UsageError(f"--vocabulary: {err}") from None
+        return kwargs
+    if args.vocabulary is not None:
+        raise UsageError("--vocabulary applies to --features default only")
     names = {"model": "model", "weights": "weights", "layer": "layer_output", "device": "device",
              "max_side": "max_side"}
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}

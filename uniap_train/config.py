@@ -89,6 +89,10 @@ class BackboneConfig:
     model: str = "vit_small_patch8_224.dino"  # timm model name (kind=vit)
     weights: Optional[str] = None  # local weights file (kind=vit)
     options: dict = field(default_factory=dict)  # extra keyword arguments for the extractor
+    # kind=default: colour/texture words per image (null), fitted once on the training images
+    # ("shared", saved as OUTPUT_DIR/vocabulary.npz), or read from a saved .npz file (a path)
+    vocabulary: Optional[str] = None
+    vocabulary_images: int = 500  # most training images the shared words are fitted on
 
 
 @dataclass
@@ -115,6 +119,7 @@ class LossConfig:
     warmup_teacher_temp: float = 0.04  # teacher temperature at step 0
     warmup_teacher_temp_epochs: float = 1.0  # linear warm-up length
     center_momentum: float = 0.9  # EMA of the centre (averaged over the global batch)
+    centering: Literal["ema", "sinkhorn"] = "ema"  # teacher centring: DINO's EMA centre or Sinkhorn-Knopp
     region_size: int = 7  # points per side sampled in the common region of two views
 
 
@@ -234,6 +239,11 @@ def _validate(c: TrainConfig) -> None:
     for name in ("brightness", "contrast", "saturation"):
         v = getattr(k, name)
         _need(0 <= v < 1, f"crops.{name}", "must be in [0, 1)", v)
+    b = c.backbone
+    if b.vocabulary is not None:
+        _need(b.kind == "default", "backbone.vocabulary", "applies to kind default only", b.vocabulary)
+        _need(bool(b.vocabulary), "backbone.vocabulary", "must be null, shared or a .npz path", b.vocabulary)
+    _need(b.vocabulary_images >= 1, "backbone.vocabulary_images", "must be >= 1", b.vocabulary_images)
     u = c.uniap
     _need(len(u.levels) >= 1, "uniap.levels", "must hold at least one threshold", list(u.levels))
     _need(all(-1 <= t <= 1 for t in u.levels), "uniap.levels", "must lie in [-1, 1]", list(u.levels))

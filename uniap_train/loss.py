@@ -23,7 +23,8 @@ from torch import nn
 
 from .crops import Crop, common_region, region_points
 
-__all__ = ["QuerySDLoss", "RegionPairs", "build_region_pairs", "sample_maps", "distributed_sum"]
+__all__ = ["QuerySDLoss", "RegionPairs", "build_region_pairs", "sample_maps", "distributed_sum", "sinkhorn_knopp",
+           "view_entropy"]
 
 
 def distributed_sum(t: torch.Tensor) -> torch.Tensor:
@@ -134,6 +135,64 @@ def sample_maps(maps: list[torch.Tensor], rows: torch.Tensor, grids: torch.Tenso
     return sampled[inverse].flatten(2).transpose(1, 2)
 
 
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Teacher targets that use every prototype equally over the global batch (SwAV, DINOv2).
+
+    Starting from ``exp(logits / T)``, alternately rescales each prototype's total over all
+    points of every process to ``1 / K`` and each point's row to sum to 1 (``iterations``
+    rounds), so the teacher cannot collapse onto a few prototypes; sums run over processes when
+    a process group exists.
+
+    Parameters
+    ----------
+    logits : tensor (..., K)
+        Teacher logits, one row per point.
+    temperature : float
+
+    Returns
+    -------
+    tensor (..., K)
+        Rows sum to 1.
+    """
+    shape = logits.shape
+    x = logits.detach().float().reshape(-1, shape[-1]) / temperature
+    top = x.max() if x.numel() else x.new_zeros(())
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    q = torch.exp(x - top)  # (N, K); the shared maximum keeps exp in range and cancels out
+    count = distributed_sum(q.new_tensor([float(q.shape[0])]))
+    k = q.shape[-1]
+    q /= distributed_sum(q.sum().reshape(1)).clamp_min(1e-30)
+    for _ in range(iterations):
+        q /= distributed_sum(q.sum(0)).clamp_min(1e-30) * k
+        q /= q.sum(1, keepdim=True).clamp_min(1e-30) * count
+    return (q * count).reshape(shape)
+
+
+@torch.no_grad()
+def view_entropy(maps: list[torch.Tensor], center: torch.Tensor, temperature: float) -> float:
+    """Mean over views of the entropy of a view's average teacher distribution (a monitor).
+
+    Near 0: every pixel of a view goes to the same prototype, so the teacher no longer tells
+    regions apart (collapse *within* images, which the batch-level centring cannot see).
+
+    Parameters
+    ----------
+    maps : list of tensor (B, K, h, w)
+        Teacher logit maps.
+    center : tensor (1, K)
+    temperature : float
+    """
+    total, count = 0.0, 0
+    for m in maps:
+        logits = m.detach().float().flatten(2).transpose(1, 2)  # (B, hw, K)
+        mean = torch.softmax((logits - center) / temperature, dim=-1).mean(1)  # (B, K)
+        total += float(-(mean * torch.log(mean.clamp_min(1e-12))).sum(-1).sum())
+        count += mean.shape[0]
+    return total / max(count, 1)
+
+
 class QuerySDLoss(nn.Module):
     """Cross-entropy between centred, sharpened teacher points and student points.
 
@@ -147,10 +206,14 @@ class QuerySDLoss(nn.Module):
         m of ``c <- m c + (1 - m) mean(teacher logits)``.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema") -> None:
         super().__init__()
+        if centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"centering must be ema or sinkhorn, got {centering!r}")
         self.student_temp = float(student_temp)
         self.center_momentum = float(center_momentum)
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.last_stats: dict = {}
 
@@ -176,7 +239,10 @@ class QuerySDLoss(nn.Module):
             ``world_size / num_pairs_global * sum over local pairs of the mean CE``.
         """
         n = int(student.shape[0]) if num_pairs_global is None else int(num_pairs_global)
-        t = torch.softmax((teacher.float() - self.center) / teacher_temp, dim=-1)
+        if self.centering == "sinkhorn":
+            t = sinkhorn_knopp(teacher.float(), teacher_temp)
+        else:
+            t = torch.softmax((teacher.float() - self.center) / teacher_temp, dim=-1)
         s = torch.log_softmax(student.float() / self.student_temp, dim=-1)
         per_pair = -(t * s).sum(-1).mean(-1)
         with torch.no_grad():  # monitors: teacher entropy and mean teacher confidence (local)

@@ -297,6 +297,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
 
     # ============ data ... ============
     paths = list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images)
+    words = backbone.share_vocabulary(paths, cfg.data.max_side, out / "vocabulary.npz" if dist.is_main else None,
+                                      progress=dist.is_main and cfg.log.progress)
+    words = f", words {words}" if backbone.kind == "default" else ""
     in_pipeline = backbone.crop_features
     dataset = MultiCropDataset(
         paths, cfg.crops, cfg.seed, cfg.data.max_side,
@@ -326,7 +329,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         student = nn.parallel.DistributedDataParallel(student_module, device_ids=ids)
     n_params = sum(q.numel() for q in student_module.parameters() if q.requires_grad)
-    _log(f"model: recipe {recipe.name}, backbone {backbone.name} (C={in_dim}, frozen), "
+    _log(f"model: recipe {recipe.name}, backbone {backbone.name} (C={in_dim}, frozen{words}), "
          f"{n_params / 1e6:.2f}M trainable parameters", dist)
 
     # ============ loss ... ============

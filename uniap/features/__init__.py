@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import FeatureExtractor, FeatureGrid, MissingFileError, working_shape
-from .default import DefaultFeatures
+from .default import DefaultFeatures, Vocabulary
 from .image import load_image
 from .vit import DEFAULT_MODEL, VitFeatures, load_state_dict
 
@@ -29,6 +29,7 @@ __all__ = [
     "FeatureGrid",
     "MissingFileError",
     "VitFeatures",
+    "Vocabulary",
     "extract",
     "get_extractor",
     "load_image",

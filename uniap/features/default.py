@@ -12,14 +12,16 @@ merges although its pixels differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from typing import Iterable
 
 import numpy as np
 
 from .base import FeatureGrid, working_shape
 from .image import ImageLike, load_image
 
-__all__ = ["DefaultFeatures"]
+__all__ = ["DefaultFeatures", "Vocabulary"]
 
 _EPS = 1e-12
 _CHUNK_PIXELS = 1 << 20  # soft assignment is done in bands of patch rows of about this many pixels
@@ -131,6 +133,7 @@ class DefaultFeatures:
     sample_size: int = 3000
     seed: int = 0
     max_side: int | None = None
+    vocabulary: Vocabulary | None = None
 
     name = "default"
 
@@ -156,6 +159,80 @@ class DefaultFeatures:
             raise ValueError(f"centering must lie in [0, 1], got {self.centering!r}")
         if self.color_weight == 0 and self.texture_weight == 0 and self.position_weight == 0:
             raise ValueError("color_weight, texture_weight and position_weight are all 0")
+        if self.vocabulary is not None:
+            if not isinstance(self.vocabulary, Vocabulary):
+                raise TypeError(f"vocabulary must be a Vocabulary, got {type(self.vocabulary).__name__}")
+            self.vocabulary.check(self)
+
+    def fit(self, images: Iterable[ImageLike], *, max_points: int = 200_000,
+            progress: bool = False) -> DefaultFeatures:
+        """A copy of this extractor whose words are fitted on ``images`` and shared by all images.
+
+        Without a vocabulary each image gets its own colour and texture words, so channel ``k``
+        is a different colour in every image: fine for segmenting one image, useless for
+        comparing regions *across* images (training, semantic clustering).  ``fit`` samples
+        ``sample_size`` pixels from every image (after the same resizing and padding as
+        :meth:`__call__`), keeps at most ``max_points`` of them, and clusters them once; the
+        copy then assigns every image's pixels to these words.  The mean-histogram centring
+        (``centering``) stays per image.
+
+        Parameters
+        ----------
+        images : iterable of str, path-like or ndarray
+            Anything :func:`uniap.features.load_image` accepts.
+        max_points : int, default 200000
+            Most sampled pixels clustered (a uniform subsample of the pooled samples).
+        progress : bool, default False
+            Show a progress bar over the images.
+
+        Returns
+        -------
+        DefaultFeatures
+            Equal to this extractor except for :attr:`vocabulary`.
+
+        Raises
+        ------
+        ValueError
+            If ``images`` is empty or ``max_points`` < 1.
+
+        Examples
+        --------
+        >>> from skimage import data
+        >>> shared = DefaultFeatures().fit([data.astronaut(), data.coffee()])
+        >>> shared.vocabulary
+        Vocabulary(16 colour words, 16 texture words, fitted on 2 images)
+        >>> shared(data.chelsea()).features.shape
+        (38, 57, 34)
+        """
+        if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 1:
+            raise ValueError(f"max_points must be an integer >= 1, got {max_points!r}")
+        from tqdm.auto import tqdm
+
+        rng = np.random.default_rng(self.seed)
+        pooled: dict[str, list[np.ndarray]] = {}
+        count = 0
+        for image in tqdm(images, desc="vocabulary", unit="image", disable=not progress):
+            rgb = self._working_image(load_image(image))
+            for kind, desc in _descriptors(rgb, self).items():
+                flat = desc.reshape(desc.shape[0], -1)
+                take = rng.choice(flat.shape[1], size=min(self.sample_size, flat.shape[1]), replace=False)
+                pooled.setdefault(kind, []).append(flat[:, take].T)
+            count += 1
+        if count == 0:
+            raise ValueError("fit needs at least one image")
+        words = {}
+        for kind, parts in pooled.items():
+            pts = np.concatenate(parts)
+            if len(pts) > max_points:
+                pts = pts[rng.choice(len(pts), size=max_points, replace=False)]
+            k, _, _ = _WORD_SETTINGS[kind](self)
+            words[kind] = _fit_words(pts, k, rng, iters=20)
+        vocab = Vocabulary(
+            color=words.get("color", (None, 1.0))[0], color_gap=words.get("color", (None, 1.0))[1],
+            texture=words.get("texture", (None, 1.0))[0], texture_gap=words.get("texture", (None, 1.0))[1],
+            lightness_scale=self.lightness_scale, images=count,
+        )
+        return replace(self, vocabulary=vocab)
 
     @property
     def dim(self) -> int:
@@ -182,16 +259,143 @@ class DefaultFeatures:
         """
         rgb = load_image(image)
         original = rgb.shape[:2]
-        p = self.patch_size
-        shape = working_shape(original, p, self.max_side)
-        if shape is not None:
-            rgb = _resize_rgb(rgb, shape)
-        resized = rgb.shape[:2]
-        rgb = np.pad(rgb, ((0, -resized[0] % p), (0, -resized[1] % p), (0, 0)), mode="symmetric")
+        shape = working_shape(original, self.patch_size, self.max_side)
+        resized = original if shape is None else tuple(shape)
+        rgb = self._working_image(rgb)
         feats = _histogram_features(rgb, self)
         return FeatureGrid(
-            feats, p, rgb.shape[:2], name=self.name, original_shape=original, resized_shape=resized
+            feats, self.patch_size, rgb.shape[:2], name=self.name, original_shape=original,
+            resized_shape=resized,
         )
+
+    def _working_image(self, rgb: np.ndarray) -> np.ndarray:
+        """``rgb`` resized for ``max_side`` and padded to multiples of the patch size."""
+        p = self.patch_size
+        shape = working_shape(rgb.shape[:2], p, self.max_side)
+        if shape is not None:
+            rgb = _resize_rgb(rgb, shape)
+        return np.pad(rgb, ((0, -rgb.shape[0] % p), (0, -rgb.shape[1] % p), (0, 0)), mode="symmetric")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Vocabulary:
+    """Colour and texture words shared by every image a :class:`DefaultFeatures` describes.
+
+    Made by :meth:`DefaultFeatures.fit`; saved and loaded as ``.npz`` files
+    (:meth:`save`, :meth:`load`).  Equal vocabularies hold equal words.
+
+    Attributes
+    ----------
+    color : ndarray (n_colors, 3) or None
+        Colour words in CIELab with L* scaled by ``lightness_scale``.
+    texture : ndarray (n_textures, 6) or None
+        Texture words (contrast-normalised filter responses).
+    color_gap, texture_gap : float
+        Median gap between a sampled pixel's squared distances to its nearest and second-nearest
+        word; the assignment's ``tau`` is the extractor's softness times this gap.
+    lightness_scale : float
+        The L* factor the colour words were fitted with (an extractor must use the same).
+    images : int
+        How many images the words were fitted on.
+    """
+
+    color: np.ndarray | None = None
+    color_gap: float = 1.0
+    texture: np.ndarray | None = None
+    texture_gap: float = 1.0
+    lightness_scale: float = 0.7
+    images: int = 0
+
+    _DIMS = {"color": 3, "texture": 6}
+
+    def __post_init__(self) -> None:
+        for kind, d in self._DIMS.items():
+            words = getattr(self, kind)
+            if words is None:
+                continue
+            words = np.array(words, dtype=np.float64)
+            if words.ndim != 2 or words.shape[0] < 1 or words.shape[1] != d or not np.isfinite(words).all():
+                raise ValueError(f"vocabulary: {kind} words must be a finite (k, {d}) array, got shape "
+                                 f"{words.shape}")
+            words.setflags(write=False)
+            object.__setattr__(self, kind, words)
+            gap = float(getattr(self, f"{kind}_gap"))
+            if not np.isfinite(gap) or gap < 0:
+                raise ValueError(f"vocabulary: {kind}_gap must be a finite number >= 0, got {gap!r}")
+            object.__setattr__(self, f"{kind}_gap", gap)
+
+    def words(self, kind: str, softness: float) -> tuple[np.ndarray, float]:
+        """The words of ``kind`` ("color" or "texture") and the assignment's ``tau``."""
+        return getattr(self, kind), _tau(softness, getattr(self, f"{kind}_gap"))
+
+    def check(self, extractor: DefaultFeatures) -> None:
+        """Raise ValueError unless ``extractor``'s settings match these words."""
+        for kind, (k, _, weight) in ((kind, f(extractor)) for kind, f in _WORD_SETTINGS.items()):
+            if not weight:
+                continue
+            words = getattr(self, kind)
+            if words is None:
+                raise ValueError(f"vocabulary has no {kind} words but {kind}_weight is {weight}")
+            if words.shape[0] != k:
+                name = "n_colors" if kind == "color" else "n_textures"
+                raise ValueError(f"vocabulary has {words.shape[0]} {kind} words but {name} is {k}")
+        if extractor.color_weight and not np.isclose(extractor.lightness_scale, self.lightness_scale):
+            raise ValueError(f"vocabulary was fitted with lightness_scale {self.lightness_scale} but the "
+                             f"extractor uses {extractor.lightness_scale}")
+
+    def _key(self) -> tuple:
+        arrays = tuple(None if a is None else (a.shape, a.tobytes()) for a in (self.color, self.texture))
+        return arrays + (self.color_gap, self.texture_gap, self.lightness_scale, self.images)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        parts = [f"{len(w)} {name} words" for w, name in ((self.color, "colour"), (self.texture, "texture"))
+                 if w is not None]
+        return f"Vocabulary({', '.join(parts)}, fitted on {self.images} images)"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the words to ``path`` (``.npz``), atomically."""
+        from ..io import atomic_path
+
+        arrays = {"lightness_scale": np.float64(self.lightness_scale), "images": np.int64(self.images)}
+        for kind in self._DIMS:
+            if getattr(self, kind) is not None:
+                arrays[kind] = getattr(self, kind)
+                arrays[f"{kind}_gap"] = np.float64(getattr(self, f"{kind}_gap"))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
+        """Read words written by :meth:`save`.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        ValueError
+            If the file is not a saved vocabulary.
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"vocabulary file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                fields = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a saved vocabulary: {err}") from None
+        if "lightness_scale" not in fields or not any(kind in fields for kind in cls._DIMS):
+            raise ValueError(f"{path} is not a saved vocabulary (no words in it)")
+        kwargs = {"lightness_scale": float(fields["lightness_scale"]), "images": int(fields.get("images", 0))}
+        for kind in cls._DIMS:
+            if kind in fields:
+                kwargs[kind] = fields[kind]
+                kwargs[f"{kind}_gap"] = float(fields.get(f"{kind}_gap", 1.0))
+        return cls(**kwargs)
 
 
 def _resize_rgb(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -207,33 +411,49 @@ def _histogram_features(rgb: np.ndarray, opts: DefaultFeatures) -> np.ndarray:
     p = opts.patch_size
     H, W = rgb.shape[:2]
     h, w = H // p, W // p
-    rng = np.random.default_rng(opts.seed)
     stride = _stride(p)
-    n_sampled = (H // stride) * (W // stride)
-    sample = rng.choice(n_sampled, size=min(opts.sample_size, n_sampled), replace=False)
-    lab = _rgb2lab(rgb)  # (3, H, W) float32
+    descriptors = _descriptors(rgb, opts)
+    vocab = opts.vocabulary
+    if vocab is None:
+        rng = np.random.default_rng(opts.seed)
+        n_sampled = (H // stride) * (W // stride)
+        sample = rng.choice(n_sampled, size=min(opts.sample_size, n_sampled), replace=False)
     parts = []
-    if opts.color_weight:
-        colour = lab * np.array([opts.lightness_scale, 1.0, 1.0], np.float32)[:, None, None]
-        if stride > 1:
-            colour = np.ascontiguousarray(colour[:, ::stride, ::stride])
-        hist = _soft_histograms(
-            colour, sample, opts.n_colors, opts.color_softness, p // stride, rng
-        )
-        parts.append(_normalise(hist, opts.centering, opts.color_weight))
-    if opts.texture_weight:
-        tex = _texture_responses(lab[0])
-        if stride > 1:
-            tex = np.ascontiguousarray(tex[:, ::stride, ::stride])
-        norm = np.sqrt(np.einsum("kij,kij->ij", tex, tex))
-        tex *= np.log1p(norm / np.float32(3.0)) / np.maximum(norm, np.float32(1e-6))
-        hist = _soft_histograms(
-            tex, sample, opts.n_textures, opts.texture_softness, p // stride, rng
-        )
-        parts.append(_normalise(hist, opts.centering, opts.texture_weight))
+    for kind, desc in descriptors.items():
+        k, softness, weight = _WORD_SETTINGS[kind](opts)
+        if vocab is None:
+            centres, gap = _fit_words(desc.reshape(desc.shape[0], -1)[:, sample].T, k, rng)
+            tau = _tau(softness, gap)
+        else:
+            centres, tau = vocab.words(kind, softness)
+        hist = _soft_histograms(desc, centres, tau, p // stride)
+        parts.append(_normalise(hist, opts.centering, weight))
     if opts.position_weight:
         parts.append(_position(h, w, opts.position_weight))
     return np.ascontiguousarray(np.concatenate(parts, axis=-1), dtype=np.float32)
+
+
+_WORD_SETTINGS = {  # kind -> (vocabulary size, softness, weight) of an extractor
+    "color": lambda o: (o.n_colors, o.color_softness, o.color_weight),
+    "texture": lambda o: (o.n_textures, o.texture_softness, o.texture_weight),
+}
+
+
+def _descriptors(rgb: np.ndarray, opts: DefaultFeatures) -> dict[str, np.ndarray]:
+    """Per-pixel colour and texture descriptors (d, H / s, W / s) of the parts in use (s: stride)."""
+    stride = _stride(opts.patch_size)
+    lab = _rgb2lab(rgb)  # (3, H, W) float32
+    out = {}
+    if opts.color_weight:
+        out["color"] = lab * np.array([opts.lightness_scale, 1.0, 1.0], np.float32)[:, None, None]
+    if opts.texture_weight:
+        tex = _texture_responses(lab[0])
+        norm = np.sqrt(np.einsum("kij,kij->ij", tex, tex))
+        tex *= np.log1p(norm / np.float32(3.0)) / np.maximum(norm, np.float32(1e-6))
+        out["texture"] = tex
+    if stride > 1:
+        out = {kind: np.ascontiguousarray(d[:, ::stride, ::stride]) for kind, d in out.items()}
+    return out
 
 
 _SAMPLES_PER_SIDE = 8  # 8 x 8 pixels per patch in the histograms; 4 x 4 lost 0.03 covering
@@ -303,29 +523,37 @@ def _rgb2lab(rgb: np.ndarray) -> np.ndarray:
     return lab.reshape(3, H, W)
 
 
-def _soft_histograms(
-    desc: np.ndarray, sample: np.ndarray, k: int, softness: float, p: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Per-patch mean of each pixel's soft assignment to ``k`` k-means words of ``desc``.
+def _fit_words(pts: np.ndarray, k: int, rng: np.random.Generator,
+               iters: int = 8) -> tuple[np.ndarray, float]:
+    """``k`` k-means words of sampled descriptors ``pts`` (n, d) and their gap.
 
-    ``desc`` is (d, H, W) float32 with H, W multiples of ``p``; returns (H/p, W/p, k) float32.
-    Channels-first throughout: reductions over the k words then run across rows, which NumPy
-    does several times faster than along a short last axis.
+    The gap is the median, over the points, of the difference between the squared distances to
+    the nearest and the second-nearest word (1 with a single word).
+    """
+    pts = np.asarray(pts, np.float64)
+    centres = _kmeans(pts, k, rng, iters)
+    if k == 1:
+        return centres, 1.0
+    two = np.partition(_sq_dist(pts, centres), 1, axis=1)[:, :2]
+    return centres, float(np.median(two[:, 1] - two[:, 0]))
+
+
+def _tau(softness: float, gap: float) -> float:
+    """Temperature of the soft assignment: ``softness`` times the gap."""
+    return softness * gap if gap > 1e-6 else 1.0  # no gap: (nearly) one colour, any tau will do
+
+
+def _soft_histograms(desc: np.ndarray, centres: np.ndarray, tau: float, p: int) -> np.ndarray:
+    """Per-patch mean of each pixel's soft assignment ``exp(-|x - c|^2 / tau)`` to the words.
+
+    ``desc`` is (d, H, W) float32 with H, W multiples of ``p``, ``centres`` (k, d); returns
+    (H/p, W/p, k) float32.  Channels-first throughout: reductions over the k words then run
+    across rows, which NumPy does several times faster than along a short last axis.
     """
     d, H, W = desc.shape
     h, w = H // p, W // p
+    k = centres.shape[0]
     flat = desc.reshape(d, H * W)
-    pts = flat[:, sample].T.astype(np.float64)
-    centres = _kmeans(pts, k, rng)
-    # tau: softness times the median gap between the nearest and second-nearest word
-    dist = _sq_dist(pts, centres)
-    if k > 1:
-        two = np.partition(dist, 1, axis=1)[:, :2]
-        gap = float(np.median(two[:, 1] - two[:, 0]))
-    else:
-        gap = 1.0
-    tau = softness * gap if gap > 1e-6 else 1.0  # no gap: (nearly) one colour, any tau will do
     # logit = -|x - c|^2 / tau up to a per-pixel constant (|x|^2 cancels in the normalisation)
     weight = (2.0 / tau * centres).astype(np.float32)  # (k, d)
     bias = ((centres * centres).sum(1) / tau).astype(np.float32)[:, None]

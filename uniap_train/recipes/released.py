@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..loss import QuerySDLoss, build_region_pairs, distributed_sum, sample_maps
+from ..loss import QuerySDLoss, build_region_pairs, distributed_sum, sample_maps, view_entropy
 from ..model import QueryHead, pixel_logits, query_attention
 from ..pooling import pooled_queries
 
@@ -66,7 +66,7 @@ class ReleasedRecipe:
 
     def build_loss(self) -> nn.Module:
         lc = self.cfg.loss
-        return QuerySDLoss(self.cfg.model.out_dim, lc.student_temp, lc.center_momentum)
+        return QuerySDLoss(self.cfg.model.out_dim, lc.student_temp, lc.center_momentum, lc.centering)
 
     # -- one step ----------------------------------------------------------------------
     def loss(self, batch: dict, grids: list[torch.Tensor], student: nn.Module, teacher: nn.Module,
@@ -112,7 +112,8 @@ class ReleasedRecipe:
             if len(pairs) == 0:  # keep every parameter in the graph (DDP expects gradients)
                 loss = loss + 0.0 * s_query.float().sum()
         stats = {"pairs": float(n_global.item()), "queries_per_view": sum(counts) / len(counts),
-                 **getattr(loss_fn, "last_stats", {})}
+                 **getattr(loss_fn, "last_stats", {}),
+                 "teacher_view_entropy": view_entropy(t_maps, loss_fn.center, teacher_temp)}
         return StepOutput(loss, stats, after_step=lambda: loss_fn.update_center(t_pts))
 
     @staticmethod
