@@ -152,6 +152,31 @@ class TestVitFeatures:
         assert g.features.shape == (4, 5, 24)
 
 
+class TestBatchFeatures:
+    @pytest.mark.parametrize("layer", ["tokens", "keys"])
+    def test_equals_one_image_at_a_time(self, tiny, layer):
+        _, path = tiny
+        ext = VitFeatures(MODEL, weights=path, layer_output=layer, **TINY)
+        images = np.stack([_image(48, 64, seed) for seed in range(3)])
+        batch = ext.batch_features(torch.from_numpy(images))
+        assert batch.shape == (3, 6, 8, 32) and batch.dtype == torch.float32
+        assert not batch.is_inference()
+        for i in range(3):
+            np.testing.assert_allclose(batch[i].numpy(), ext(images[i]).features, rtol=1e-4, atol=1e-5)
+
+    def test_rejects_bad_batches(self, tiny):
+        _, path = tiny
+        ext = VitFeatures(MODEL, weights=path, **TINY)
+        with pytest.raises(TypeError, match="uint8 torch.Tensor"):
+            ext.batch_features(np.zeros((1, 8, 8, 3), np.uint8))
+        with pytest.raises(TypeError, match="float32"):
+            ext.batch_features(torch.zeros(1, 8, 8, 3))
+        with pytest.raises(ValueError, match="multiples of 8"):
+            ext.batch_features(torch.zeros(1, 12, 8, 3, dtype=torch.uint8))
+        with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+            ext.batch_features(torch.zeros(8, 8, 3, dtype=torch.uint8))
+
+
 class TestCheckpointFiles:
     def test_safetensors(self, tiny, tmp_path):
         safetensors = pytest.importorskip("safetensors.torch")

@@ -136,14 +136,7 @@ class Backbone:
         """
         ex = self.extractor
         p = self.patch_size
-        b, s1, s2 = views.shape[:3]
-        forward = getattr(ex, "_forward", None)  # VitFeatures' batched forward (no public one yet)
-        if self.kind == "vit" and forward is not None and s1 % p == 0 and s2 % p == 0:
-            x = views.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-            mean = torch.tensor(ex.mean, device=self.device).view(1, 3, 1, 1)
-            std = torch.tensor(ex.std, device=self.device).view(1, 3, 1, 1)
-            x = ((x - mean) / std).to(next(ex.model.parameters()).dtype)
-            feats = forward(x, torch)
-            return feats.reshape(b, s1 // p, s2 // p, -1).float().clone()
+        if self.kind == "vit" and views.shape[1] % p == 0 and views.shape[2] % p == 0:
+            return ex.batch_features(views)
         grids = [ex(v.cpu().numpy()).features for v in views]
         return torch.from_numpy(np.stack(grids)).to(self.device)

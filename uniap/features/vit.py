@@ -351,6 +351,46 @@ class VitFeatures:
             original_shape=original, resized_shape=tuple(shape),
         )
 
+    def batch_features(self, images: Any) -> Any:
+        """Patch features of a batch of same-size images, computed and returned on the device.
+
+        The training loop's path: no resizing, no host round trip, one forward pass.
+
+        Parameters
+        ----------
+        images : torch.Tensor, uint8, (B, H, W, 3)
+            RGB images whose sides are multiples of :attr:`patch_size` (on any device; moved
+            to :attr:`device`).
+
+        Returns
+        -------
+        torch.Tensor, float32, (B, H / p, W / p, C)
+            On :attr:`device`; an ordinary tensor (not an inference-mode one), so it can enter
+            autograd graphs as a constant.
+
+        Raises
+        ------
+        TypeError
+            If ``images`` is not a uint8 torch tensor.
+        ValueError
+            If its shape is not (B, H, W, 3) with H and W multiples of the patch size.
+        """
+        import torch
+
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            raise TypeError(f"images must be a uint8 torch.Tensor, got {type(images).__name__}"
+                            + (f" of {images.dtype}" if isinstance(images, torch.Tensor) else ""))
+        p = self.patch_size
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] % p or images.shape[2] % p:
+            raise ValueError(f"images must be (B, H, W, 3) with H and W multiples of {p}, "
+                             f"got {tuple(images.shape)}")
+        b, height, width = images.shape[:3]
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        feats = self._forward(((x - mean) / std).to(getattr(torch, self.dtype)), torch)
+        return feats.reshape(b, height // p, width // p, -1).float().clone()
+
     def _forward(self, x, torch):
         """(B, h*w, C) patch tokens or keys for a normalised (B, 3, H, W) batch."""
         model = self.model
