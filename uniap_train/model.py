@@ -51,8 +51,13 @@ class DINOHead(nn.Module):
             self.last_layer.parametrizations.weight.original0.requires_grad_(False)
 
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        """The L2-normalised bottleneck features (..., bottleneck_dim)."""
-        return F.normalize(self.mlp(x), dim=-1, p=2)
+        """The L2-normalised bottleneck features (..., bottleneck_dim), float32.
+
+        The norm is taken in float32: under float16 autocast the squares of a small bottleneck
+        (a freshly initialised head on small inputs) underflow to 0 and the normalisation
+        would divide 0 by 0.
+        """
+        return F.normalize(self.mlp(x).float(), dim=-1, p=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(self.bottleneck(x))

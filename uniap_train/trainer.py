@@ -47,6 +47,10 @@ from .utils import (
 
 __all__ = ["train", "train_one_step", "NonFiniteLossError", "Schedules", "save_checkpoint", "load_checkpoint"]
 
+# Where optim.amp turns on float16 autocast and a gradient scaler.  CPUs gain nothing from
+# float16 here, but the tests add "cpu" to run the mixed-precision path on machines without a GPU.
+AMP_DEVICE_TYPES = ("cuda",)
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped at ``step``."""
@@ -337,9 +341,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
 
     # ============ optimizer, mixed precision, schedules ... ============
     optimizer = torch.optim.AdamW(get_params_groups(student_module), lr=0.0, betas=tuple(cfg.optim.betas))
-    use_amp = cfg.optim.amp and dist.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    autocast = partial(torch.autocast, device_type="cuda", dtype=torch.float16) if use_amp else nullcontext
+    use_amp = cfg.optim.amp and dist.device.type in AMP_DEVICE_TYPES
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=use_amp)
+    autocast = partial(torch.autocast, device_type=dist.device.type, dtype=torch.float16) if use_amp else nullcontext
     schedules = Schedules.build(cfg, sampler.batches_per_epoch)
     end_step = min(schedules.total_steps, cfg.optim.max_steps or schedules.total_steps)
 
