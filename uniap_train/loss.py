@@ -204,6 +204,10 @@ class QuerySDLoss(nn.Module):
         T_s.
     center_momentum : float
         m of ``c <- m c + (1 - m) mean(teacher logits)``.
+    centering : {"ema", "sinkhorn"}
+        Teacher targets: ``softmax((t - c) / T_t)`` with the EMA centre (DINO, the released
+        code), or :func:`sinkhorn_knopp` of ``t / T_t`` over the global batch.  The centre is
+        kept up to date either way (the ``teacher_view_entropy`` monitor reads it).
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,

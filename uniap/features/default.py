@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
 
@@ -227,11 +227,10 @@ class DefaultFeatures:
                 pts = pts[rng.choice(len(pts), size=max_points, replace=False)]
             k, _, _ = _WORD_SETTINGS[kind](self)
             words[kind] = _fit_words(pts, k, rng, iters=20)
-        vocab = Vocabulary(
-            color=words.get("color", (None, 1.0))[0], color_gap=words.get("color", (None, 1.0))[1],
-            texture=words.get("texture", (None, 1.0))[0], texture_gap=words.get("texture", (None, 1.0))[1],
-            lightness_scale=self.lightness_scale, images=count,
-        )
+        color, color_gap = words.get("color", (None, 1.0))
+        texture, texture_gap = words.get("texture", (None, 1.0))
+        vocab = Vocabulary(color=color, color_gap=color_gap, texture=texture, texture_gap=texture_gap,
+                           lightness_scale=self.lightness_scale, images=count)
         return replace(self, vocabulary=vocab)
 
     @property
@@ -306,7 +305,7 @@ class Vocabulary:
     lightness_scale: float = 0.7
     images: int = 0
 
-    _DIMS = {"color": 3, "texture": 6}
+    _DIMS: ClassVar[dict[str, int]] = {"color": 3, "texture": 6}  # descriptor length per kind
 
     def __post_init__(self) -> None:
         for kind, d in self._DIMS.items():
