@@ -2,7 +2,7 @@
 
 CPU (torch against Numba on the core sizes)::
 
-    python -m pytest bench/test_gpu.py --benchmark-only -k 64x64
+    python -m pytest bench/test_gpu.py --benchmark-only -k "test_cpu and 64x64"
 
 Numba is single-threaded, so ``torch-1-thread`` is the like-for-like comparison; the
 ``torch-default-threads`` case uses torch's default intra-op threads as a user would.
@@ -11,7 +11,10 @@ GPU (skipped without CUDA): a training-shaped batch of 32 images x (2 global 28x
 12x12 crops) x 384 channels, one 128x128x768 grid, and 32 x 64x64x768 grids, each one graph
 contracted in one pass per threshold::
 
-    python -m pytest bench/test_gpu.py --benchmark-only -k gpu
+    python -m pytest bench/test_gpu.py --benchmark-only -m gpu
+
+(``-k gpu`` would also select the CPU cases, whose module is test_gpu.py, and ``-k 64x64``
+the 32x64x64x768 GPU case.)
 
 Every GPU timing ends with a device synchronisation inside the timed function; images/s and
 ms per image are in ``extra_info`` (``--benchmark-json``), a batch counting its images, not
@@ -120,6 +123,8 @@ def test_gpu(benchmark, case, library, exact):
 
     run()  # CUDA context, kernels, allocator caches
     result = benchmark(run)
+    if benchmark.stats is None:  # --benchmark-disable: run once, nothing timed
+        return
     median = benchmark.stats.stats.median
     hs = result if isinstance(result, list) else [result]
     benchmark.extra_info.update(

@@ -49,6 +49,14 @@ class NumpyDeviceLoop(NumpyBackend):
 
     name = "numpy-device-loop"
 
+    @property
+    def xp(self):
+        # The array-API wrappers the CuPy backend gets (array_api_compat.cupy shares them with
+        # array_api_compat.numpy), not bare NumPy's own functions.
+        from array_api_compat import numpy as xp
+
+        return xp
+
     def score_dtype(self, x):
         return np.float32
 

@@ -18,7 +18,8 @@ __all__ = ["RunLogger", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = [
     "step", "epoch", "loss", "lr", "weight_decay", "momentum", "teacher_temp", "pairs",
-    "queries_per_view", "teacher_entropy", "teacher_batch_entropy", "teacher_view_entropy", "grad_norm", "seconds_per_step",
+    "queries_per_view", "teacher_entropy", "teacher_batch_entropy", "teacher_view_entropy", "grad_norm",
+    "seconds_per_step", "gpu_memory_mb",
 ]
 
 

@@ -178,11 +178,14 @@ def train_one_step(state: TrainState, batch: dict, step: int) -> dict:
     if out.after_step is not None:
         out.after_step()
 
-    return {
+    stats = {
         "loss": loss_value, "lr": float(s.lr[step]), "weight_decay": float(s.weight_decay[step]),
         "momentum": float(s.momentum[step]), "teacher_temp": float(s.teacher_temp[step]),
         "grad_norm": grad_norm, **out.stats,
     }
+    if dev.type == "cuda":
+        stats["gpu_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20  # peak so far
+    return stats
 
 
 # =============================================================================================
@@ -216,7 +219,9 @@ def load_checkpoint(path: Path, state: TrainState) -> int:
 
     Missing or unexpected entries are reported, not fatal (as DINO's ``restart_from_checkpoint``).
     """
-    ckpt = torch.load(path, map_location=state.dist.device, weights_only=True)
+    # Loaded to the CPU: load_state_dict copies onto the parameters' device, and the RNG
+    # states must stay CPU byte tensors (mapped to CUDA, torch.set_rng_state refuses them).
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for name, obj in (("student", state.student_module), ("teacher", state.teacher), ("loss", state.loss_fn)):
         if name not in ckpt:
             _log(f"resume: {path} has no '{name}'; it starts fresh", state.dist)

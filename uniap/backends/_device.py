@@ -208,7 +208,12 @@ def check_finite(be: "Backend", xp: Any, sums: Any, norms: Any | None = None) ->
 
 def row_norms(xp: Any, v: Any) -> Any:
     """max(|v_k|, eps) for each row (one reduction kernel, no temporaries)."""
-    return xp.clip(xp.linalg.vector_norm(v, axis=1), min=EPS)
+    norms = xp.linalg.vector_norm(v, axis=1)
+    # Not xp.clip: array-api-compat's clip for CuPy assigns through boolean masks, and a
+    # boolean-mask gather waits for the device (it sizes its result from the data); this is
+    # called in every pass.  A Python scalar keeps the dtype (and torch needs no copy of it
+    # to the device); a NaN norm stays NaN, as check_finite expects.
+    return xp.where(norms < EPS, EPS, norms)
 
 
 def _propagate(be: "Backend", xp: Any, parent: Any, a: Any, b: Any, rounds: int) -> Any:

@@ -126,9 +126,12 @@ class CupyBackend(Backend):
 
     def segment_sum(self, values: Any, labels: Any, num: int, rows: Any | None = None) -> Any:
         cp = _cupy()
-        src = values if rows is None else cp.take(values, rows, axis=0)
-        out = cp.zeros((num, *values.shape[1:]), dtype=values.dtype)
-        self.index_add_(out, labels, src)
+        # Also called after run() (the cluster means), outside its device context: the sums
+        # belong on the values' GPU, not the current one.
+        with values.device:
+            src = values if rows is None else cp.take(values, rows, axis=0)
+            out = cp.zeros((num, *values.shape[1:]), dtype=values.dtype)
+            self.index_add_(out, labels, src)
         return out
 
     def first_occurrences(self, comp: Any, k: int) -> Any:
