@@ -16,6 +16,8 @@ computed from the caller's tensor, so they are differentiable when it requires g
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
@@ -80,11 +82,15 @@ class TorchBackend(Backend):
         # read again for the cluster means.
         torch = _torch()
         x = x.detach()
-        if x.device.type == "cpu" and x.dtype in (torch.float16, torch.float32, torch.float64):
-            # NumPy asks the kernel for huge pages for large buffers, torch's CPU allocator
-            # does not: a float64 copy made by NumPy takes a small fraction of the page faults.
-            return torch.from_numpy(np.array(x.numpy(), dtype=np.float64, order="C"))
-        return x.to(dtype=torch.float64, memory_format=torch.contiguous_format, copy=True)
+        if self._numba_reads(x):
+            return x.contiguous()  # read as it is; run() copies it if another path takes it
+        return _float64_copy(x)
+
+    def _numba_reads(self, x: Any) -> bool:
+        """Whether the Numba kernels would read ``x`` directly (CPU, float32 or float64)."""
+        torch = _torch()
+        return (self.numba_on_cpu and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and _numba_backend() is not None)
 
     def from_any(self, x: Any) -> Any:
         torch = _torch()
@@ -204,12 +210,24 @@ class TorchBackend(Backend):
     ) -> "RunResult":
         from ._device import check_finite, run_released, wants_device_loop
 
+        if wants_device_loop(options, track_margin) and self._numba_reads(graph.x):
+            return _run_on_numba(graph, options)
+        if graph.x.device.type == "cpu" and graph.x.dtype != _torch().float64:
+            graph = replace(graph, x=_float64_copy(graph.x))  # left as it was for the kernels
         if wants_device_loop(options, track_margin):
-            if self.numba_on_cpu and graph.x.device.type == "cpu" and _numba_backend() is not None:
-                return _run_on_numba(graph, options)
             return run_released(self, graph, options, exact=exact)  # checks finiteness
         check_finite(self, self.xp, graph.x)
         return super().run(graph, options, track_margin=track_margin, exact=exact)
+
+
+def _float64_copy(x: Any) -> Any:
+    """A contiguous float64 copy of a detached tensor, on its device."""
+    torch = _torch()
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.float32, torch.float64):
+        # NumPy asks the kernel for huge pages for large buffers, torch's CPU allocator
+        # does not: a float64 copy made by NumPy takes a small fraction of the page faults.
+        return torch.from_numpy(np.array(x.numpy(), dtype=np.float64, order="C"))
+    return x.to(dtype=torch.float64, memory_format=torch.contiguous_format, copy=True)
 
 
 def _numba_backend() -> Any:
@@ -227,8 +245,6 @@ def _run_on_numba(graph: "Graph", options: "Options") -> "RunResult":
     it pays per-operation overhead for every pass; the kernels read the tensor's memory
     without a copy and give the same partitions.
     """
-    from dataclasses import replace
-
     torch = _torch()
     result = _numba_backend().run(replace(graph, x=graph.x.numpy()), options)
     as_tensor = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
