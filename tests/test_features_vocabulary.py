@@ -124,6 +124,18 @@ def test_load_errors(tmp_path):
     np.savez(other, x=np.zeros(3))
     with pytest.raises(ValueError, match="not a saved vocabulary"):
         Vocabulary.load(other)
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.zeros((16, 3)))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        Vocabulary.load(plain)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, color=np.array([{"a": 1}], dtype=object), lightness_scale=0.7)
+    with pytest.raises(ValueError, match="not a saved vocabulary"):
+        Vocabulary.load(pickled)
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a saved vocabulary"):
+        Vocabulary.load(empty)
 
 
 def test_mismatched_settings_are_refused():

@@ -383,9 +383,15 @@ class Vocabulary:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"vocabulary file not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{path} is not a saved vocabulary: {err}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy array
+            raise ValueError(f"{path} is not a saved vocabulary (an .npy array, not an .npz archive)")
+        try:
+            with data:
                 fields = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError) as err:
             raise ValueError(f"{path} is not a saved vocabulary: {err}") from None
         if "lightness_scale" not in fields or not any(kind in fields for kind in cls._DIMS):
             raise ValueError(f"{path} is not a saved vocabulary (no words in it)")
