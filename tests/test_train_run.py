@@ -237,6 +237,12 @@ def test_shared_vocabulary_is_saved_and_reused(images, tmp_path, capsys):
     for name in a["teacher"]:
         assert torch.equal(a["teacher"][name], b["teacher"][name])
     assert not (reused / "vocabulary.npz").exists()
+    # resuming keeps the checkpoint's words, even where a refit would now give others
+    resumed = tmp_path / "resumed"
+    train(load_config(None, small(images, resumed, "backbone.vocabulary=shared", "optim.max_steps=4",
+                                  "backbone.vocabulary_images=2", f"resume={fitted / 'checkpoint_last.pt'}")))
+    assert Vocabulary.load(resumed / "vocabulary.npz") == words
+    assert DefaultFeatures().fit(load_resized(q, 96) for q in paths[:2]).vocabulary != words
     per_image = tmp_path / "per_image"
     train(load_config(None, small(images, per_image, "optim.max_steps=3")))
     c = load(per_image / "checkpoint_last.pt")

@@ -82,13 +82,14 @@ class Backbone:
         self.crop_features = cfg.kind == "default"
 
     def share_vocabulary(self, paths: list, max_side: int, output: Path | None = None,
-                         progress: bool = False) -> str:
+                         progress: bool = False, saved: Path | None = None) -> str:
         """Give the default extractor the words ``cfg.vocabulary`` asks for; returns what was done.
 
         ``"shared"``: fit them on the first ``cfg.vocabulary_images`` of ``paths`` (each loaded
-        as the data pipeline loads it) and write them to ``output`` (a deterministic function of
-        the images and the seed, so every process of a run gets the same words); a path: read
-        them.  Nothing to do without ``cfg.vocabulary``.
+        as the data pipeline loads it; a deterministic function of the images and the seed, so
+        every process of a run gets the same words), or read them from ``saved`` when given
+        (a resumed run's words), and write them to ``output``; a path: read them.  Nothing to
+        do without ``cfg.vocabulary``.
 
         Raises
         ------
@@ -102,11 +103,16 @@ class Backbone:
             return "per image"
         try:
             if choice == "shared":
-                images = (load_resized(q, max_side) for q in paths[: self.cfg.vocabulary_images])
-                self.extractor = self.extractor.fit(images, progress=progress)
-                if output is not None:
+                if saved is not None:
+                    self.extractor = replace(self.extractor, vocabulary=Vocabulary.load(saved))
+                    done = f"shared, read from {saved}"
+                else:
+                    images = (load_resized(q, max_side) for q in paths[: self.cfg.vocabulary_images])
+                    self.extractor = self.extractor.fit(images, progress=progress)
+                    done = f"shared, fitted on {self.extractor.vocabulary.images} images"
+                if output is not None and (saved is None or Path(saved).resolve() != Path(output).resolve()):
                     self.extractor.vocabulary.save(output)
-                return f"shared, fitted on {self.extractor.vocabulary.images} images"
+                return done
             path = expand_path(choice)
             self.extractor = replace(self.extractor, vocabulary=Vocabulary.load(path))
             return f"read from {path}"

@@ -306,8 +306,12 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
 
     # ============ data ... ============
     paths = list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images)
+    resume = _resume_path(cfg, out)
+    # A resumed run keeps the words its checkpoint was trained with, even if the images changed.
+    trained_words = None if resume is None else resume.parent / "vocabulary.npz"
     words = backbone.share_vocabulary(paths, cfg.data.max_side, out / "vocabulary.npz" if dist.is_main else None,
-                                      progress=dist.is_main and cfg.log.progress)
+                                      progress=dist.is_main and cfg.log.progress,
+                                      saved=trained_words if trained_words and trained_words.is_file() else None)
     words = f", words {words}" if backbone.kind == "default" else ""
     in_pipeline = backbone.crop_features
     dataset = MultiCropDataset(
@@ -357,7 +361,6 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
 
     # ============ optionally resume ... ============
     step = 0
-    resume = _resume_path(cfg, out)
     if resume is not None:
         step = load_checkpoint(resume, state)
         _log(f"resume: {resume} at step {step}", dist)
