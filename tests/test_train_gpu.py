@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("yaml")
 
-from test_train_run import images, load, read_metrics, small  # noqa: E402, F401  (images: a fixture)
+from test_train_run import images, load, read_metrics, small, tiny_vit  # noqa: E402, F401  (images: a fixture)
 from uniap_train.config import load_config  # noqa: E402
 
 pytestmark = [
@@ -51,18 +51,10 @@ def test_amp_run_resumes_on_the_gpu(images, tmp_path):
 
 
 def test_vit_backbone_on_the_gpu(images, tmp_path):
-    timm = pytest.importorskip("timm")
     from uniap_train.trainer import train
 
-    kw = dict(depth=1, embed_dim=24, num_heads=2, patch_size=8)
-    weights = tmp_path / "tiny_vit.pth"
-    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=0, **kw).state_dict(), weights)
     out = tmp_path / "run"
-    options = "{depth: 1, embed_dim: 24, num_heads: 2, patch_size: 8, layer_output: keys}"
-    summary = train(load_config(None, on_gpu(
-        images, out, "backbone.kind=vit", "backbone.model=vit_tiny_patch16_224",
-        f"backbone.weights={weights}", f"backbone.options={options}", "optim.max_steps=3",
-    )))
+    summary = train(load_config(None, on_gpu(images, out, *tiny_vit(tmp_path), "optim.max_steps=3")))
     rows = read_metrics(out / "metrics.csv")
     assert summary["step"] == len(rows) == 3
     assert all(np.isfinite(float(r["loss"])) for r in rows)

@@ -190,20 +190,23 @@ def test_nan_loss_stops_with_the_step(images, tmp_path, capsys):
     assert not (out / "checkpoint_last.pt").exists()
 
 
+def tiny_vit(folder: Path) -> list[str]:
+    """Overrides for a tiny randomly initialised timm ViT whose weights are saved in ``folder``."""
+    timm = pytest.importorskip("timm")
+    kw = dict(depth=1, embed_dim=24, num_heads=2, patch_size=8)
+    weights = folder / "tiny_vit.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=0, **kw).state_dict(), weights)
+    options = "{depth: 1, embed_dim: 24, num_heads: 2, patch_size: 8, layer_output: keys}"
+    return ["backbone.kind=vit", "backbone.model=vit_tiny_patch16_224", f"backbone.weights={weights}",
+            f"backbone.options={options}"]
+
+
 def test_tiny_random_vit_backbone(images, tmp_path):
     """The per-view path: a tiny randomly initialised timm ViT (weights from a local file)."""
-    timm = pytest.importorskip("timm")
     from uniap_train.trainer import train
 
-    kw = dict(depth=1, embed_dim=24, num_heads=2, patch_size=8)
-    weights = tmp_path / "tiny_vit.pth"
-    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=0, **kw).state_dict(), weights)
     out = tmp_path / "run"
-    options = "{depth: 1, embed_dim: 24, num_heads: 2, patch_size: 8, layer_output: keys}"
-    summary = train(load_config(None, small(
-        images, out, "backbone.kind=vit", "backbone.model=vit_tiny_patch16_224",
-        f"backbone.weights={weights}", f"backbone.options={options}", "optim.epochs=2",
-    )))
+    summary = train(load_config(None, small(images, out, *tiny_vit(tmp_path), "optim.epochs=2")))
     rows = read_metrics(out / "metrics.csv")
     assert summary["step"] == len(rows) == 4
     assert all(np.isfinite(float(r["loss"])) for r in rows)
