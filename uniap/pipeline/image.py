@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .api import segment
-from .hierarchy import Hierarchy
-from .pixels import pixel_labels as to_pixel_labels
-from .records import hierarchy_records, semantic_of_clusters
+from ..api import segment
+from ..hierarchy import Hierarchy
+from ..pixels import pixel_labels as to_pixel_labels
+from ..records import hierarchy_records, semantic_of_clusters
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ImageSegmentation:
 
     def uniap_info(self) -> dict:
         """Provenance for output files: version, thresholds, options, grid and features."""
-        from . import __version__
+        from .. import __version__
 
         return {
             "version": __version__,
@@ -89,7 +89,7 @@ def segment_image(
     >>> result.pixel_labels.shape
     (2, 400, 600)
     """
-    from .features import get_extractor, load_image
+    from ..features import get_extractor, load_image
 
     pixels = load_image(image)
     if extractor is None:
