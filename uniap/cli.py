@@ -1,23 +1,21 @@
-"""``uniap-cli``: masks for images, files or folders, as SAM/COCO JSON or PNG label maps.
+"""``uniap-cli``: masks for images, folders, file lists or tar shards, as SAM/COCO JSON or PNG.
 
-Exit status: 0 when every image was written (or skipped because its output exists), 2 for a
-usage error (bad arguments, nothing to read, missing weights), 1 when any image failed.
+The command only turns its arguments into one :func:`uniap.pipeline.run`; the pipeline
+(sources, stages, sinks and the engine that composes them) lives in :mod:`uniap.pipeline`.
+
+Exit status: 0 when every image was written (or skipped because its outputs exist), 2 for a
+usage error (bad arguments, nothing to read, unsafe outputs, missing weights), 1 when any
+image failed (listed in ``failures.jsonl``), 130 / 143 when interrupted by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
+import signal
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-# Below this many images per process the NumPy backend finishes before Numba has loaded.
-NUMBA_PAYS_OFF = 64
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+from .pipeline.runner import NUMBA_PAYS_OFF
 
 
 class UsageError(Exception):
@@ -67,20 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: uniap-cli photo.jpg --out masks.json --viz masks.png",
     )
     io = parser.add_argument_group("input and output")
-    io.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    io.add_argument("inputs", nargs="*",
+                    help="image files, folders (searched recursively), glob patterns or .tar shards")
+    io.add_argument("--file-list", action="append", metavar="FILE",
+                    help="a file naming one input a line, relative to its folder ('-': standard input); repeatable")
     io.add_argument("--out", required=True,
-                    help="output file for one image (a folder with --format png); a folder for "
-                    "many (one <stem>.json or <stem>/ each); with --format coco always one file")
+                    help="a file for one image; a folder (existing, ending in '/', or for several "
+                    "images) mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
+                    "--format coco: one file; --format png: a folder with one folder per image")
     io.add_argument("--format", choices=("sam", "coco", "png"), default="sam",
                     help="sam: one SA-1B-like JSON per image (default); coco: one COCO data set; "
                     "png: 16-bit label maps per level plus metadata.csv")
     io.add_argument("--viz", metavar="PNG",
                     help="also draw the image and each level's masks: a file for one image, a folder for many")
-    io.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace these images' existing outputs (default: skip images done with the "
+                    "same settings; refuse outputs made otherwise)")
+    io.add_argument("--all-levels", action="store_true",
+                    help="one record per mask and level (default: each distinct mask once, with the levels it spans)")
     io.add_argument("--shard", type=_shard, metavar="I/N",
-                    help="process only images i, i+n, i+2n, ... of the sorted inputs (0 <= i < n)")
+                    help="process only images i, i+n, i+2n, ... of the inputs sorted by path (0 <= i < n)")
     io.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                    help="images processed in parallel by N processes (default 1)")
+                    help="processes working on different images, this one included (default 1)")
+    io.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
+                    help="images per batch: pooled in one call, one ViT batch per image shape (default 4)")
     io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     algo = parser.add_argument_group("UniAP settings (defaults: the library's)")
@@ -98,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also output semantic groups (alike regions anywhere in the image)")
     algo.add_argument("--backend", choices=("auto", "numpy", "numba", "torch", "cupy"),
                       help=f"pooling backend (default: numpy below {NUMBA_PAYS_OFF} images, "
-                      "where loading Numba would cost more than it saves; numba above)")
+                      "where loading Numba would cost more than it saves; numba above; torch "
+                      "for ViT features on a GPU)")
     algo.add_argument("--upsampling", choices=("nearest", "bilinear"), default="nearest",
                       help="patch labels to pixels: nearest (default) or a bilinear refinement")
 
@@ -149,218 +158,44 @@ def extractor_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files, folders (recursively) and globs, as one sorted list without duplicates."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        elif path.is_file():
-            found.append(path)
-        elif glob.has_magic(item):
-            matches = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
-            if not matches:
-                raise UsageError(f"no file matches {item!r}")
-            found += matches
-        else:
-            raise UsageError(f"no such file or folder: {item}")
-    unique = sorted(dict.fromkeys(p.resolve() for p in found))
-    if not unique:
-        raise UsageError("no images found in " + ", ".join(inputs))
-    return unique
-
-
-@dataclass
-class Job:
-    """Where one image's outputs go."""
-
-    image: Path
-    out: Path | None  # None with --format coco (one file for all)
-    viz: Path | None
-
-
-def plan_jobs(images: list[Path], args: argparse.Namespace, single: bool) -> list[Job]:
-    """Outputs of each image; ``single``: one input image, so --out names a file."""
-    out = Path(args.out)
-    if args.format == "coco":
-        if out.is_dir():
-            raise UsageError(f"--format coco writes one file, but --out {out} is a folder")
-        outs: list[Path | None] = [None] * len(images)
-    elif single:
-        outs = [out]
-    else:
-        stems = [p.stem for p in images]
-        clash = sorted({s for s in stems if stems.count(s) > 1})
-        if clash:
-            raise UsageError(f"several inputs share the name {clash[0]!r}; outputs are named by stem")
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {out} is a file, but {len(images)} images need a folder")
-        suffix = ".json" if args.format == "sam" else ""
-        outs = [out / f"{p.stem}{suffix}" for p in images]
-    vizs: list[Path | None] = [None] * len(images)
-    if args.viz:
-        viz = Path(args.viz)
-        vizs = [viz] if single else [viz / f"{p.stem}.png" for p in images]
-    return [Job(p, o, v) for p, o, v in zip(images, outs, vizs)]
-
-
-def check_writable(folder: Path) -> None:
-    if not folder.is_dir():
-        raise UsageError(f"cannot write to {folder}: no such folder")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write to {folder}: permission denied")
-
-
-# -- one image ---------------------------------------------------------------------------
-
-_STATE: dict[str, Any] = {}
-
-
-def _init_worker(features: str, extractor_kwargs: dict, options: dict, args_dict: dict) -> None:
-    from .features import get_extractor
-
-    _STATE["extractor"] = get_extractor(features, **extractor_kwargs)
-    _STATE["options"] = options
-    _STATE["args"] = args_dict
-
-
-def _process(job: Job) -> dict:
-    """Segment one image and write its outputs; returns a small report (never raises)."""
-    from . import io, viz
-    from .pipeline import segment_image
-
-    args = _STATE["args"]
-    report: dict[str, Any] = {"image": str(job.image), "status": "ok"}
-    try:
-        result = segment_image(job.image, _STATE["extractor"], upsampling=args["upsampling"], **_STATE["options"])
-        written = time.perf_counter()
-        height, width = result.pixel_labels.shape[1:]
-        info = {"file_name": job.image.name, "height": int(height), "width": int(width)}
-        if args["format"] == "sam":
-            io.write_json(job.out, io.sam_document(info, result.uniap_info(), result.records))
-        elif args["format"] == "png":
-            io.write_png(job.out, result.pixel_labels, result.records, result.semantic_labels)
-        else:
-            report["coco"] = (info, result.records, result.uniap_info())
-        if job.viz is not None:
-            titles = [job.image.name] + [
-                f"t={lv.threshold:g}: {int((lv.sizes >= result.hierarchy.min_size).sum())} masks"
-                for lv in result.hierarchy.levels
-            ]
-            viz.save_panels(job.viz, viz.hierarchy_panels(result.image, result.pixel_labels, titles))
-        report["timings"] = dict(result.timings, writing=time.perf_counter() - written)
-        report["masks"] = len(result.records)
-    except Exception as err:  # one bad image must not stop a folder run
-        report.update(status="failed", error=f"{type(err).__name__}: {err}")
-    return report
-
-
-def _exists(job: Job) -> bool:
-    return job.out is not None and job.out.exists()
-
-
 def run(args: argparse.Namespace) -> int:
-    images = expand_inputs(args.inputs)
-    # Whether --out names a file or a folder depends on the inputs, not on the shard, so
-    # that every shard of a data set writes into the same folder.
-    single = len(images) == 1
-    if args.shard:
-        index, count = args.shard
-        images = images[index::count]
-        if not images:
-            if not args.quiet:
-                print(f"uniap-cli: shard {index}/{count} holds no image", file=sys.stderr)
-            return 0
-    jobs = plan_jobs(images, args, single)
-    out = Path(args.out)
-    many = not single and args.format != "coco"
-    if args.format == "coco" and out.exists() and not args.overwrite:
-        raise UsageError(f"{out} exists; pass --overwrite to replace it")
-    if single and _exists(jobs[0]) and not args.overwrite:
-        raise UsageError(f"{jobs[0].out} exists; pass --overwrite to replace it")
-    if many:
-        out.mkdir(parents=True, exist_ok=True)
-    check_writable(out if many else (out.parent if str(out.parent) else Path(".")))
-    if args.viz:
-        viz = Path(args.viz)
-        if not single:
-            viz.mkdir(parents=True, exist_ok=True)
-        check_writable(viz if not single else (viz.parent if str(viz.parent) else Path(".")))
+    """Turn the arguments into one :func:`uniap.pipeline.run` and report what it did."""
+    from .pipeline.plan import PlanError
+    from .pipeline.runner import run as run_pipeline
+    from .pipeline.sources import InputError
 
-    skipped = [j for j in jobs if _exists(j) and not args.overwrite] if many else []
-    todo = [j for j in jobs if j not in skipped]
-    options = segment_options(args)
-    if "backend" not in options and len(todo) < NUMBA_PAYS_OFF:
-        # Loading Numba and its compiled kernels costs about 1 s per process, more than the
-        # NumPy reference spends on a few dozen images; both give the same partitions.
-        options["backend"] = "numpy"
-    extractor_kwargs = extractor_options(args)
-    args_dict = {"format": args.format, "upsampling": args.upsampling}
-    # Build the extractor once here: a missing weights file or unknown model is a usage error.
+    if not args.inputs and not args.file_list:
+        raise UsageError("give at least one image, folder, glob, tar shard or --file-list")
     try:
-        _init_worker(args.features, extractor_kwargs, options, args_dict)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+        summary = run_pipeline(
+            args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
+            overwrite=args.overwrite, shard=args.shard, workers=args.workers, batch_size=args.batch_size,
+            features=args.features, extractor_options=extractor_options(args),
+            segment_options=segment_options(args), upsampling=args.upsampling,
+            all_levels=bool(args.all_levels), progress=not args.quiet,
+        )
+    except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None
-
-    reports = _run_jobs(todo, args, extractor_kwargs, options, args_dict)
-    failed = [r for r in reports if r["status"] != "ok"]
-    for r in failed:
-        print(f"uniap-cli: {r['image']}: {r['error']}", file=sys.stderr)
-    if args.format == "coco":
-        from .io import coco_dataset, write_json
-
-        done = [r["coco"] for r in reports if r["status"] == "ok"]
-        if done:
-            write_json(out, coco_dataset([(info, recs) for info, recs, _ in done], done[0][2]))
+    except (FileNotFoundError, ValueError, ImportError) as err:  # the extractor cannot be built
+        raise UsageError(str(err)) from None
+    for report in summary.failures:
+        print(f"uniap-cli: {report.source}: {report.error}", file=sys.stderr)
     if not args.quiet:
-        _summary(reports, skipped, failed)
-    return 1 if failed else 0
+        _summary(summary)
+    return 1 if summary.failures else 0
 
 
-def _run_jobs(todo: list[Job], args, extractor_kwargs, options, args_dict) -> list[dict]:
-    progress = None
-    if len(todo) > 1 and not args.quiet:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=len(todo), unit="image", desc="uniap", file=sys.stderr)
-    reports = []
-    try:
-        if args.workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(
-                max_workers=args.workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(args.features, extractor_kwargs, options, args_dict),
-            ) as pool:
-                for report in pool.map(_process, todo, chunksize=1):
-                    reports.append(report)
-                    if progress:
-                        progress.update()
-        else:
-            for job in todo:
-                reports.append(_process(job))
-                if progress:
-                    progress.update()
-    finally:
-        if progress:
-            progress.close()
-    return reports
-
-
-def _summary(reports: list[dict], skipped: list[Job], failed: list[dict]) -> None:
-    ok = [r for r in reports if r["status"] == "ok"]
-    parts = [f"{len(ok)} written"]
-    if skipped:
-        parts.append(f"{len(skipped)} skipped (output exists; --overwrite replaces)")
-    if failed:
-        parts.append(f"{len(failed)} failed")
-    line = f"uniap-cli: {len(reports) + len(skipped)} image(s): " + ", ".join(parts)
-    if ok:
-        per = {k: sum(r["timings"][k] for r in ok) / len(ok) for k in ok[0]["timings"]}
-        line += " | mean s/image: " + ", ".join(f"{k} {v:.3f}" for k, v in per.items())
+def _summary(summary) -> None:
+    parts = [f"{summary.written} written"]
+    if summary.skipped:
+        parts.append(f"{summary.skipped} skipped (done with the same settings; --overwrite replaces)")
+    if summary.failures:
+        parts.append(f"{len(summary.failures)} failed (listed in {summary.failures_path})")
+    total = summary.written + summary.skipped + len(summary.failures)
+    line = f"uniap-cli: {total} image(s): " + ", ".join(parts)
+    if summary.written:
+        line += " | mean s/image: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.timings.items())
+        line += f" | {summary.written / max(summary.wall, 1e-9):.1f} images/s"
     print(line, file=sys.stderr)
 
 
@@ -378,15 +213,35 @@ def run_command(parser: argparse.ArgumentParser, run: Any, args: argparse.Namesp
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 1
+        return 130
+    except _Terminated:
+        print(f"{parser.prog}: terminated", file=sys.stderr)
+        return 143
     except OSError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temporaries are removed on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    return run_command(parser, run, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return run_command(parser, run, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

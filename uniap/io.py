@@ -60,9 +60,14 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         raise
 
 
+def json_text(document: Any) -> str:
+    """``document`` as compact JSON (the text every writer of uniap produces)."""
+    return json.dumps(document, separators=(",", ":"))
+
+
 def write_json(path: str | os.PathLike, document: Any) -> None:
     """Write ``document`` as JSON to ``path`` atomically."""
-    text = json.dumps(document, separators=(",", ":"))
+    text = json_text(document)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
@@ -99,12 +104,14 @@ def write_png(
     pixel_labels: np.ndarray,
     records: list[dict],
     semantic_labels: np.ndarray | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
     """``--format png``: one 16-bit label PNG per level plus ``metadata.csv``, atomically.
 
     ``level_<i>.png`` holds level i's instance labels (cluster ids, 0-based, canonical);
     ``semantic_<i>.png`` the semantic groups when present; ``metadata.csv`` one row per
-    record (its ``label`` column is the cluster id in the PNG of its level and kind).
+    record (its ``label`` column is the cluster id in the PNG of its level and kind);
+    ``extra_files`` maps further file names to their text (the pipeline's ``uniap.json``).
     """
     from PIL import Image
 
@@ -126,3 +133,5 @@ def write_png(
                     rec["id"], rec["level"], rec["threshold"], rec["kind"], label, rec["area"],
                     *rec["bbox"], rec["num_patches"], rec["parent"], rec["score"], px, py,
                 ])
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)

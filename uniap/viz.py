@@ -74,9 +74,12 @@ def hierarchy_panels(
     return np.asarray(sheet)
 
 
-def save_panels(path: str | os.PathLike, sheet: np.ndarray) -> None:
-    """Write an RGB picture as PNG, atomically."""
-    from PIL import Image
+def save_panels(path: str | os.PathLike, sheet: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Write an RGB picture as PNG, atomically; ``text`` goes into PNG text chunks."""
+    from PIL import Image, PngImagePlugin
 
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     with atomic_path(path) as tmp:
-        Image.fromarray(sheet).save(tmp, format="PNG", compress_level=3)
+        Image.fromarray(sheet).save(tmp, format="PNG", compress_level=3, pnginfo=info)

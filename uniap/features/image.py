@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from .base import MissingFileError
 
-__all__ = ["load_image"]
+__all__ = ["load_image", "load_image_bytes"]
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -64,22 +65,59 @@ def load_image(image: ImageLike) -> np.ndarray:
 
 
 def _read_file(path: Path) -> np.ndarray:
-    from PIL import Image
-
     if not path.exists():
         raise MissingFileError(2, "image file not found", str(path))
     if path.is_dir():
         raise ValueError(f"cannot read image {str(path)!r}: it is a directory")
+    return _decode(path, str(path))
+
+
+def load_image_bytes(data: bytes, where: str) -> np.ndarray:
+    """Decode an encoded image (the bytes of a JPEG, PNG, ... file) as :func:`load_image` does.
+
+    Parameters
+    ----------
+    data : bytes
+        The file's contents, e.g. a tar member's (:mod:`uniap.pipeline.sources`).
+    where : str
+        Where the bytes come from, named in error messages.
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+        As :func:`load_image` returns for the same file on disk.
+
+    Raises
+    ------
+    ValueError
+        If the bytes are not a readable image (the message names ``where``).
+
+    Examples
+    --------
+    >>> from io import BytesIO
+    >>> from PIL import Image
+    >>> buf = BytesIO()
+    >>> Image.new("L", (5, 4), 7).save(buf, format="PNG")
+    >>> load_image_bytes(buf.getvalue(), "tiny.png").shape
+    (4, 5, 3)
+    """
+    return _decode(io.BytesIO(data), where)
+
+
+def _decode(source, where: str) -> np.ndarray:
+    """Open ``source`` (a path or a binary file object) with Pillow; errors name ``where``."""
+    from PIL import Image
+
     try:
-        with Image.open(path) as img:
-            return _from_pil(img, str(path))
+        with Image.open(source) as img:
+            return _from_pil(img, where)
     except ValueError as err:
-        if str(path) in str(err):
+        if where in str(err):
             raise
-        raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+        raise ValueError(f"cannot read image {where!r}: {err}") from err
     except Exception as err:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
         reason = str(err) or type(err).__name__
-        raise ValueError(f"cannot read image {str(path)!r}: {reason}") from err
+        raise ValueError(f"cannot read image {where!r}: {reason}") from err
 
 
 def _from_pil(img, where: str) -> np.ndarray:

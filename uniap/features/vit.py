@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -323,33 +323,64 @@ class VitFeatures:
             ``features`` of shape (h, w, C), float32, with ``(h * p, w * p)`` the resized
             image's shape (see Notes of the class).
         """
+        (grid, _), = self.batch_grids([image])
+        return grid
+
+    def batch_grids(self, images: Sequence[ImageLike]) -> list[tuple[FeatureGrid, Any]]:
+        """Feature grids of several images, one forward pass per working shape.
+
+        Each image is preprocessed as by :meth:`__call__` (see Notes of the class); images of
+        equal working shape run as one batch.
+
+        Parameters
+        ----------
+        images : sequence of str, path-like or ndarray
+            Anything :func:`uniap.features.load_image` accepts, of any sizes.
+
+        Returns
+        -------
+        list of (FeatureGrid, torch.Tensor)
+            Per image, in order: its grid (features on the host) and the same features,
+            (h, w, C) float32, on :attr:`device` (the host tensor shares the grid's memory).
+        """
         import torch
 
-        rgb = load_image(image)
-        original = rgb.shape[:2]
+        rgbs = [load_image(image) for image in images]
+        shapes = [tuple(working_shape(rgb.shape[:2], self.patch_size, self.max_side, always=True)
+                        or rgb.shape[:2]) for rgb in rgbs]
+        out: list[Any] = [None] * len(rgbs)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, shape in enumerate(shapes):
+            groups.setdefault(shape, []).append(i)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         p = self.patch_size
-        shape = working_shape(original, p, self.max_side, always=True) or original
+        for shape, members in groups.items():
+            batch = torch.cat([self._resized(rgbs[i], shape, torch) for i in members])
+            feats = self._forward(((batch - mean) / std).to(getattr(torch, self.dtype)), torch)
+            h, w = shape[0] // p, shape[1] // p
+            if feats.shape[1] != h * w:
+                raise ValueError(
+                    f"{self.model_name!r} returned {feats.shape[1]} patch tokens for a "
+                    f"{shape[0]}x{shape[1]} image, expected {h}x{w}"
+                )
+            feats = feats.reshape(len(members), h, w, -1).float().contiguous()
+            host = feats.cpu().numpy()
+            for j, i in enumerate(members):
+                grid = FeatureGrid(host[j], p, shape, name=self.name,
+                                   original_shape=rgbs[i].shape[:2], resized_shape=shape)
+                out[i] = (grid, feats[j].clone() if self.device.type != "cpu" else torch.from_numpy(grid.features))
+        return out
+
+    def _resized(self, rgb: np.ndarray, shape: tuple[int, int], torch) -> Any:
+        """(1, 3, H, W) float image in [0, 1] at the working shape, on the device."""
         x = torch.as_tensor(np.array(rgb, copy=not rgb.flags.writeable), device=self.device)
         x = x.permute(2, 0, 1)[None].float().div_(255.0)
-        if tuple(shape) != tuple(original):
+        if tuple(shape) != tuple(rgb.shape[:2]):
             x = torch.nn.functional.interpolate(
                 x, size=shape, mode="bilinear", align_corners=False, antialias=True
             ).clamp_(0.0, 1.0)
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(getattr(torch, self.dtype))
-        feats = self._forward(x, torch)
-        h, w = shape[0] // p, shape[1] // p
-        if feats.shape[1] != h * w:
-            raise ValueError(
-                f"{self.model_name!r} returned {feats.shape[1]} patch tokens for a "
-                f"{shape[0]}x{shape[1]} image, expected {h}x{w}"
-            )
-        grid = feats[0].reshape(h, w, -1).float().cpu().numpy()
-        return FeatureGrid(
-            np.ascontiguousarray(grid, dtype=np.float32), p, tuple(shape), name=self.name,
-            original_shape=original, resized_shape=tuple(shape),
-        )
+        return x
 
     def batch_features(self, images: Any) -> Any:
         """Patch features of a batch of same-size images, computed and returned on the device.

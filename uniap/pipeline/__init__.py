@@ -1,11 +1,34 @@
 """From images to masks: one image (:func:`segment_image`), or many through a streaming pipeline.
 
-The pipeline is sources (files, folders, globs, file lists, tar shards) -> stages (decode,
-features, pool, encode) -> sinks (SAM JSON, COCO, PNG label maps, pictures), composed by an
-engine.  Stages and sinks know nothing of processes or queues, so every engine composes the
-same pieces.
+The pipeline is sources (files, folders, globs, file lists, tar shards:
+:mod:`~uniap.pipeline.sources`) -> stages (decode, features, pool, encode:
+:mod:`~uniap.pipeline.stages`) -> sinks (SAM JSON, PNG label maps, pictures, COCO:
+:mod:`~uniap.pipeline.sinks`), planned by :mod:`~uniap.pipeline.plan` (names, safety,
+resuming) and composed by an engine (:class:`~uniap.pipeline.engine.LocalEngine`).  Stages and
+sinks know nothing of processes or queues, so every engine composes the same pieces.
+:func:`run` is the whole pipeline as one call; ``uniap-cli`` is a thin layer over it.
 """
 
+from .engine import LocalEngine, Report
 from .image import ImageSegmentation, segment_image
+from .plan import Job, PlanError
+from .runner import RunSummary, run
+from .sources import InputError, Item, decode, expand_inputs
+from .stages import Settings, Stages
 
-__all__ = ["ImageSegmentation", "segment_image"]
+__all__ = [
+    "ImageSegmentation",
+    "InputError",
+    "Item",
+    "Job",
+    "LocalEngine",
+    "PlanError",
+    "Report",
+    "RunSummary",
+    "Settings",
+    "Stages",
+    "decode",
+    "expand_inputs",
+    "run",
+    "segment_image",
+]

@@ -1,0 +1,340 @@
+"""The streaming pipeline behind uniap-cli: output layout, file safety, resuming, workers, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import uniap
+from uniap.cli import main
+from uniap.pipeline import run
+from uniap.records import decode_rle
+
+
+def run_cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        return int(exc.code)
+
+
+def _save(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """Images with the same name in different folders, and one at the top."""
+    import skimage.data
+
+    root = tmp_path / "images"
+    _save(root / "a" / "img.jpg", skimage.data.coffee()[::4, ::4])
+    _save(root / "b" / "img.jpg", skimage.data.chelsea()[::4, ::4])
+    _save(root / "top.png", skimage.data.astronaut()[::8, ::8])
+    return root
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
+def masks_of(path: Path) -> list[np.ndarray]:
+    return [decode_rle(a["segmentation"]) for a in json.loads(path.read_text())["annotations"]]
+
+
+# -- layout -----------------------------------------------------------------------------------
+
+def test_outputs_mirror_input_paths(tree, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(tree), "--out", str(out), "--viz", str(tmp_path / "viz"), "--quiet"]) == 0
+    assert files_under(out) == {"a/img.json", "b/img.json", "top.json"}
+    assert files_under(tmp_path / "viz") == {"a/img.png", "b/img.png", "top.png"}
+    doc = json.loads((out / "b" / "img.json").read_text())
+    assert doc["image"]["file_name"] == "b/img.jpg"
+    assert doc["image"]["image_id"] == 2  # sorted: a/img.jpg, b/img.jpg, top.png
+
+
+def test_shards_mirror_names_and_complete_the_set(tree, tmp_path):
+    out = tmp_path / "out"
+    for i in range(3):
+        assert main([str(tree), "--out", str(out), "--shard", f"{i}/3", "--quiet"]) == 0
+    assert files_under(out) == {"a/img.json", "b/img.json", "top.json"}
+    whole = tmp_path / "whole"
+    assert main([str(tree), "--out", str(whole), "--quiet"]) == 0
+    for name in files_under(whole):
+        assert (out / name).read_bytes() == (whole / name).read_bytes()
+
+
+@pytest.mark.parametrize("spelling", ["trailing-slash", "existing-folder"])
+def test_folder_out_for_one_image(tree, tmp_path, spelling):
+    out = tmp_path / "masks"
+    if spelling == "existing-folder":
+        out.mkdir()
+    arg = str(out) + ("/" if spelling == "trailing-slash" else "")
+    assert main([str(tree / "top.png"), "--out", arg, "--quiet"]) == 0
+    assert files_under(out) == {"top.json"}
+
+
+def test_folder_with_one_image_writes_a_folder(tmp_path):
+    import skimage.data
+
+    folder = tmp_path / "one"
+    _save(folder / "x.png", skimage.data.astronaut()[::8, ::8])
+    out = tmp_path / "out" / "x"
+    (tmp_path / "out").mkdir()
+    assert main([str(folder), "--out", str(out), "--quiet"]) == 0
+    assert out.is_dir() and files_under(out) == {"x.json"}
+
+
+def test_png_format_writes_one_folder_per_image(tree, tmp_path):
+    out = tmp_path / "labels"
+    assert main([str(tree / "top.png"), "--out", str(out), "--format", "png", "--quiet"]) == 0
+    assert {"top/level_0.png", "top/metadata.csv", "top/uniap.json"} <= files_under(out)
+
+
+def test_file_list_and_tar_shards(tree, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# inputs\nimages/a/img.jpg\n\nimages/top.png\n")
+    out = tmp_path / "from_list"
+    assert main(["--file-list", str(listing), "--out", str(out), "--quiet"]) == 0
+    assert files_under(out) == {"images/a/img.json", "images/top.json"}
+
+    shard = tmp_path / "shard.tar"
+    with tarfile.open(shard, "w") as tar:
+        tar.add(tree / "a" / "img.jpg", arcname="sa_1.jpg")
+        tar.add(tree / "top.png", arcname="sub/sa_2.png")
+        info = tarfile.TarInfo("sa_1.json")
+        info.size = 2
+        tar.addfile(info, __import__("io").BytesIO(b"{}"))
+    out = tmp_path / "from_tar"
+    assert main([str(shard), "--out", str(out), "--quiet"]) == 0
+    assert files_under(out) == {"sa_1.json", "sub/sa_2.json"}
+    # a member gives the same masks as the file it was made from
+    assert (out / "sa_1.json").exists()
+    same = tmp_path / "same.json"
+    assert main([str(tree / "a" / "img.jpg"), "--out", str(same), "--quiet"]) == 0
+    from_tar = json.loads((out / "sa_1.json").read_text())["annotations"]
+    from_file = json.loads(same.read_text())["annotations"]
+    assert [a["segmentation"] for a in from_tar] == [a["segmentation"] for a in from_file]
+
+
+def test_same_stem_with_other_suffix_is_a_usage_error(tmp_path, capsys):
+    import skimage.data
+
+    _save(tmp_path / "in" / "x.jpg", skimage.data.astronaut()[::8, ::8])
+    _save(tmp_path / "in" / "x.png", skimage.data.astronaut()[::8, ::8])
+    assert run_cli([str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "x.jpg" in err and "x.png" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# -- file safety ------------------------------------------------------------------------------
+
+def test_viz_never_writes_over_an_input_or_the_json(tree, tmp_path, capsys):
+    image = tree / "top.png"
+    before = image.read_bytes()
+    assert run_cli([str(image), "--out", str(tmp_path / "m.json"), "--viz", str(image), "--overwrite"]) == 2
+    assert "input" in capsys.readouterr().err
+    assert image.read_bytes() == before
+    same = tmp_path / "same.json"
+    assert run_cli([str(image), "--out", str(same), "--viz", str(same)]) == 2
+    assert "both write" in capsys.readouterr().err and not same.exists()
+    # --out over an input image
+    assert run_cli([str(image), "--out", str(image), "--overwrite"]) == 2
+    assert image.read_bytes() == before
+
+
+def test_existing_viz_is_kept_without_overwrite(tree, tmp_path, capsys):
+    viz = tmp_path / "picture.png"
+    viz.write_bytes(b"precious")
+    assert run_cli([str(tree / "top.png"), "--out", str(tmp_path / "m.json"), "--viz", str(viz)]) == 2
+    assert viz.read_bytes() == b"precious" and not (tmp_path / "m.json").exists()
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_png_overwrite_replaces_only_that_images_outputs(tree, tmp_path):
+    out = tmp_path / "labels"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "other").mkdir()
+    (out / "other" / "level_0.png").write_bytes(b"someone else's")
+    for _ in range(2):
+        assert main([str(tree / "top.png"), "--out", str(out), "--format", "png", "--overwrite", "--quiet"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "other" / "level_0.png").read_bytes() == b"someone else's"
+    assert (out / "top" / "level_0.png").is_file()
+
+
+def test_overwrite_in_a_folder_run_touches_only_its_images(tree, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "unrelated.json").write_text("keep")
+    assert main([str(tree), "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert (out / "unrelated.json").read_text() == "keep"
+
+
+def test_resume_writes_only_missing_outputs(tree, tmp_path, capsys):
+    out, viz = tmp_path / "out", tmp_path / "viz"
+    assert main([str(tree), "--out", str(out), "--viz", str(viz), "--quiet"]) == 0
+    (viz / "b" / "img.png").unlink()  # as if the run had been killed between the two files
+    json_before = {n: (out / n).stat().st_mtime_ns for n in files_under(out)}
+    assert main([str(tree), "--out", str(out), "--viz", str(viz)]) == 0
+    assert (viz / "b" / "img.png").is_file()
+    assert {n: (out / n).stat().st_mtime_ns for n in files_under(out)} == json_before
+    err = capsys.readouterr().err
+    assert "1 written" in err and "2 skipped" in err
+
+
+def test_other_settings_are_refused_then_replaced_with_overwrite(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(tree), "--out", str(out), "--quiet"]) == 0
+    before = (out / "top.json").read_bytes()
+    assert run_cli([str(tree), "--out", str(out), "--levels", "0.9,0.5", "--quiet"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert (out / "top.json").read_bytes() == before
+    assert main([str(tree), "--out", str(out), "--levels", "0.9,0.5", "--overwrite", "--quiet"]) == 0
+    assert json.loads((out / "top.json").read_text())["uniap"]["thresholds"] == [0.9, 0.5]
+    # the same settings again: every image is done
+    assert main([str(tree), "--out", str(out), "--levels", "0.9,0.5"]) == 0
+    assert "3 skipped" in capsys.readouterr().err
+
+
+def test_failures_manifest(tree, tmp_path):
+    (tree / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    assert main([str(tree), "--out", str(out), "--quiet"]) == 1
+    lines = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [line["key"] for line in lines] == ["broken.jpg"] and "broken.jpg" in lines[0]["path"]
+    assert lines[0]["error"]
+    (tree / "broken.jpg").unlink()
+    assert main([str(tree), "--out", str(out), "--quiet"]) == 0
+    assert not (out / "failures.jsonl").exists()
+
+
+def test_stale_temporaries_of_this_runs_outputs_are_removed(tree, tmp_path):
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / ".img.json.k1ll3d.tmp").write_text("half")
+    (out / ".someone.json.x.tmp").write_text("a concurrent run's")
+    assert main([str(tree), "--out", str(out), "--quiet"]) == 0
+    assert not (out / "a" / ".img.json.k1ll3d.tmp").exists()
+    assert (out / ".someone.json.x.tmp").exists()
+
+
+# -- engine -----------------------------------------------------------------------------------
+
+def test_workers_and_batches_write_the_same_bytes(tree, tmp_path):
+    serial = tmp_path / "serial"
+    assert main([str(tree), "--out", str(serial), "--quiet", "--batch-size", "1"]) == 0
+    parallel = tmp_path / "parallel"
+    assert main([str(tree), "--out", str(parallel), "--quiet", "--workers", "2", "--batch-size", "2"]) == 0
+    assert files_under(serial) == files_under(parallel)
+    for name in files_under(serial):
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes()
+
+
+def test_library_run_matches_segment_image(tree, tmp_path):
+    summary = run([str(tree)], str(tmp_path / "out"), progress=False, segment_options={"levels": (0.8, 0.5)})
+    assert summary.written == 3 and not summary.failures
+    assert set(summary.timings) >= {"decode", "features", "pooling", "records", "writing"}
+    doc = json.loads((tmp_path / "out" / "top.json").read_text())
+    expected = uniap.segment_image(tree / "top.png", levels=(0.8, 0.5)).records
+    assert [a["segmentation"] for a in doc["annotations"]] == [r["segmentation"] for r in expected]
+
+
+def test_vit_with_workers_and_batches(tree, tmp_path):
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pt"
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    torch.save(model.state_dict(), weights)
+    vit = ["--features", "vit", "--model", "vit_tiny_patch16_224", "--weights", str(weights), "--quiet"]
+    one = tmp_path / "one"
+    assert main([str(tree), "--out", str(one), "--batch-size", "1", *vit]) == 0
+    many = tmp_path / "many"
+    # spawned workers (torch is loaded here): each builds its own model from the weights
+    assert main([str(tree), "--out", str(many), "--workers", "2", "--batch-size", "4", *vit]) == 0
+    assert files_under(one) == files_under(many) == {"a/img.json", "b/img.json", "top.json"}
+    for name in files_under(one):
+        a, b = json.loads((one / name).read_text()), json.loads((many / name).read_text())
+        assert a["uniap"]["features"] == "vit:vit_tiny_patch16_224:tokens"
+        assert len(a["annotations"]) > 0
+        # batching changes float summation order only: masks agree almost everywhere
+        assert abs(len(a["annotations"]) - len(b["annotations"])) <= max(2, len(a["annotations"]) // 10)
+
+
+# -- kills ------------------------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the workers")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_and_leaves_no_temporaries(tmp_path, sig):
+    import skimage.data
+
+    source = skimage.data.astronaut()
+    for i in range(16):
+        _save(tmp_path / "in" / f"{i:02d}.png", np.roll(source, 37 * i, axis=1)[::2, ::2])
+    out, viz = tmp_path / "out", tmp_path / "viz"
+    command = [sys.executable, "-m", "uniap", str(tmp_path / "in"), "--out", str(out), "--viz", str(viz),
+               "--workers", "2", "--batch-size", "1", "--quiet"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.rglob("*.json"))) < 2:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "no worker process was started"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, log.read_text()
+        assert not temporaries(tmp_path)
+    end = time.monotonic() + 20
+    while time.monotonic() < end and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "workers outlived their main process"
+    written = len(list(out.rglob("*.json")))
+    assert written < 16, "the run finished before it was killed; the test proves nothing"
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert files_under(out) == {f"{i:02d}.json" for i in range(16)}
+    assert files_under(viz) == {f"{i:02d}.png" for i in range(16)}
+    assert not temporaries(tmp_path)
+    for path in out.iterdir():
+        assert masks_of(path)  # every file is whole and decodes

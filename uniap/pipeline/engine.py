@@ -1,0 +1,257 @@
+"""The local engine: the stages composed over jobs, in this process and in worker processes.
+
+One *chunk* (``batch_size`` jobs) is the unit of work: decode its images (in a thread, so the
+next image decodes while this one's features are computed), features image by image or as
+batches of equal working shape (ViT), UniAP on the whole chunk in one call, then records and
+files image by image.  With ``workers=N`` the main process is one worker and N - 1 worker
+processes take chunks too, at most two chunks queued each, so memory stays bounded by a few
+images whatever the number of inputs.
+
+Worker processes are forked only while torch is not loaded (a fork after torch started its
+threads deadlocks); otherwise they are spawned and build their own extractor.  Each worker
+turns SIGTERM into an exception (so its temporary files are removed) and exits when the main
+process dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from .plan import Job
+from .sinks import SINKS, ImageOutput
+from .stages import Settings, Stages, timed, uniap_info
+
+
+@dataclass
+class Report:
+    """The outcome of one image (small: it travels back from worker processes)."""
+
+    key: str
+    source: str
+    image_id: int
+    status: str = "ok"  # "ok" | "failed"
+    error: str | None = None
+    masks: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    coco: tuple[dict, list[dict]] | None = None  # (image info, records) when collecting COCO
+
+
+def process_chunk(stages: Stages, jobs: Sequence[Job], collect: bool = False,
+                  decoder: ThreadPoolExecutor | None = None) -> list[Report]:
+    """Run every stage on ``jobs`` and write their outputs; never raises for one bad image."""
+    reports = [Report(job.item.key, job.item.describe(), job.image_id) for job in jobs]
+    decoding = [_submit(decoder, stages.decode, job.item) for job in jobs]
+    ok: list[tuple[int, Any, Any]] = []  # (index, image, extracted)
+    for i, future in enumerate(decoding):
+        start = time.perf_counter()
+        try:
+            image = future.result()
+        except Exception as err:  # an unreadable file fails alone
+            _fail(reports[i], err)
+            continue
+        start = timed(reports[i].timings, "decode", start)
+        if not stages.features.batched:
+            try:
+                (extracted,) = stages.features([image])
+            except Exception as err:
+                _fail(reports[i], err)
+                continue
+            timed(reports[i].timings, "features", start)
+        else:
+            extracted = None
+        ok.append((i, image, extracted))
+    if stages.features.batched and ok:
+        ok = _batched_features(stages, ok, reports)
+    hierarchies = _pool(stages, ok, reports)
+    for (i, image, extracted), h in zip(ok, hierarchies):
+        if h is not None:
+            _encode_and_write(stages, jobs[i], reports[i], image, extracted.grid, h, collect)
+    return reports
+
+
+def _batched_features(stages: Stages, ok: list, reports: list[Report]) -> list:
+    start = time.perf_counter()
+    try:
+        extracted = stages.features([image for _, image, _ in ok])
+    except Exception:  # find the image that fails: the others still get their masks
+        kept = []
+        for i, image, _ in ok:
+            start = time.perf_counter()
+            try:
+                (one,) = stages.features([image])
+            except Exception as err:
+                _fail(reports[i], err)
+                continue
+            timed(reports[i].timings, "features", start)
+            kept.append((i, image, one))
+        return kept
+    share = (time.perf_counter() - start) / len(ok)
+    for i, _, _ in ok:
+        reports[i].timings["features"] = share
+    return [(i, image, e) for (i, image, _), e in zip(ok, extracted)]
+
+
+def _pool(stages: Stages, ok: list, reports: list[Report]) -> list:
+    if not ok:
+        return []
+    start = time.perf_counter()
+    try:
+        hierarchies = stages.pool([e.features for _, _, e in ok])
+    except Exception:
+        hierarchies = []
+        for i, _, e in ok:
+            one = time.perf_counter()
+            try:
+                hierarchies.append(stages.pool([e.features])[0])
+                timed(reports[i].timings, "pooling", one)
+            except Exception as err:
+                _fail(reports[i], err)
+                hierarchies.append(None)
+        return hierarchies
+    share = (time.perf_counter() - start) / len(ok)
+    for i, _, _ in ok:
+        reports[i].timings["pooling"] = share
+    return hierarchies
+
+
+def _encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, collect: bool) -> None:
+    start = time.perf_counter()
+    try:
+        encoded = stages.encode(grid, h)
+        start = timed(report.timings, "records", start)
+        height, width = image.shape[:2]
+        info = {"image_id": job.image_id, "file_name": job.item.key, "height": int(height),
+                "width": int(width)}
+        out = ImageOutput(info, uniap_info(h, grid, stages.signature), image, h, encoded)
+        for kind, path in job.outputs.items():
+            SINKS[kind](path, out)
+        timed(report.timings, "writing", start)
+        report.masks = len(encoded.records)
+        if collect:
+            report.coco = (info, encoded.records, out.uniap)
+    except Exception as err:
+        _fail(report, err)
+
+
+def _fail(report: Report, err: BaseException) -> None:
+    report.status = "failed"
+    report.error = f"{type(err).__name__}: {err}"
+
+
+def _submit(pool: ThreadPoolExecutor | None, fn: Callable, *args: Any) -> Future:
+    if pool is not None:
+        return pool.submit(fn, *args)
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:
+        future.set_exception(err)
+    return future
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _raise_on_sigterm() -> None:
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the main process is gone (a killed parent must not leave workers behind)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)  # through the handler: temporaries are removed
+    time.sleep(5)
+    os._exit(1)
+
+
+def _init_worker(settings: Settings, collect: bool, parent: int) -> None:
+    _raise_on_sigterm()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    _WORKER.update(stages=Stages(settings), collect=collect,
+                   decoder=ThreadPoolExecutor(1, thread_name_prefix="uniap-decode"))
+
+
+def _worker_chunk(jobs: Sequence[Job]) -> list[Report]:
+    return process_chunk(_WORKER["stages"], jobs, _WORKER["collect"], _WORKER["decoder"])
+
+
+class LocalEngine:
+    """Runs jobs on this machine: the main process plus ``workers - 1`` worker processes.
+
+    Parameters
+    ----------
+    workers : int
+        Processes working on different chunks (the main process included).
+    batch_size : int
+        Images per chunk: pooled in one call, and one ViT batch per working shape.
+    """
+
+    def __init__(self, workers: int = 1, batch_size: int = 4) -> None:
+        if workers < 1 or batch_size < 1:
+            raise ValueError(f"workers and batch_size must be >= 1, got {workers} and {batch_size}")
+        self.workers = int(workers)
+        self.batch_size = int(batch_size)
+
+    def run(self, jobs: Sequence[Job], stages: Stages, collect: bool = False) -> Iterator[Report]:
+        """Reports of every job, in the order they finish."""
+        chunks = deque(jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size))
+        helpers = min(self.workers - 1, max(0, len(chunks) - 1))
+        if helpers == 0:
+            with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder:
+                while chunks:
+                    yield from process_chunk(stages, chunks.popleft(), collect, decoder)
+            return
+        yield from self._run_with_workers(chunks, stages, collect, helpers)
+
+    def _run_with_workers(self, chunks: deque, stages: Stages, collect: bool, helpers: int) -> Iterator[Report]:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        method = "fork" if "torch" not in sys.modules and "fork" in mp.get_all_start_methods() else "spawn"
+        cores = os.cpu_count() or 1
+        settings = stages.settings
+        if settings.threads is None and settings.features != "default":
+            from dataclasses import replace
+
+            settings = replace(settings, threads=max(1, cores // self.workers))
+        pool = ProcessPoolExecutor(helpers, mp_context=mp.get_context(method), initializer=_init_worker,
+                                   initargs=(settings, collect, os.getpid()))
+        pending: deque[tuple[Future, Sequence[Job]]] = deque()
+        broken = False
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder:
+                while chunks or pending:
+                    while not broken and chunks and len(pending) < 2 * helpers:
+                        chunk = chunks.popleft()
+                        pending.append((pool.submit(_worker_chunk, chunk), chunk))
+                    while pending and (pending[0][0].done() or not chunks):
+                        future, chunk = pending.popleft()
+                        try:
+                            yield from future.result()
+                        except BrokenProcessPool:  # a worker died (killed, out of memory)
+                            broken = True
+                            chunks.append(chunk)  # this process redoes its images
+                    if chunks:
+                        yield from process_chunk(stages, chunks.popleft(), collect, decoder)
+        except BaseException:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()  # SIGTERM: the workers remove their temporaries
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)

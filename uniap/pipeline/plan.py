@@ -1,0 +1,270 @@
+"""Where each image's outputs go, which images are done, and the rules that keep files safe.
+
+A :class:`Job` is one input image and the paths of the outputs it must write.  Planning is
+pure bookkeeping on names (no image is opened), linear in the number of inputs:
+
+* outputs mirror each input's key (its path relative to its input root), so names never clash;
+* a folder ``--out`` is a folder whatever the input count: an existing folder, a path ending in
+  ``/``, or more than one input (``--format png`` always writes a folder per image below it);
+* no output is an input file, lies over one, or is another output of the run;
+* an image is done when every requested output exists and was made with the same settings
+  (each output records a :func:`signature` of them); without ``overwrite`` an output made with
+  other settings is an error, never silently replaced;
+* temporary files left by a killed run beside this run's outputs are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .sources import Item, output_stem
+
+# Output kinds: the per-image files a job can write.
+SAM, PNG, VIZ = "sam", "png", "viz"
+FAILURES = "failures.jsonl"
+SIGNATURE_FILE = "uniap.json"  # inside a --format png folder
+_SIGNATURE_RE = re.compile(rb'"signature":"([0-9a-f]{8,64})"')
+
+
+class PlanError(ValueError):
+    """Outputs that cannot be written safely (a clash with an input, an existing file, ...)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image and the outputs it writes.
+
+    Attributes
+    ----------
+    item : Item
+        The input (a file or a tar member).
+    image_id : int
+        Position of the image in the sorted list of every input (from 1), the same in every
+        shard: COCO image ids.
+    outputs : dict
+        Output kind (``"sam"``, ``"png"``, ``"viz"``) -> path still to write.  Kinds whose output
+        already exists with the same settings are left out.
+    """
+
+    item: Item
+    image_id: int
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What a run will do: the jobs to run and the images already done."""
+
+    jobs: list[Job]
+    done: int
+    failures_path: Path | None
+    out_is_folder: bool
+    viz_is_folder: bool
+
+
+def signature(settings: dict[str, Any]) -> str:
+    """A short digest of everything that decides an image's outputs (stored in every output)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def read_signature(kind: str, path: str) -> str | None:
+    """The signature recorded in an existing output, or None when it has none (not ours)."""
+    try:
+        if kind == SAM:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)  # "image" and "uniap" come before the annotations
+            match = _SIGNATURE_RE.search(head.split(b'"annotations"', 1)[0])
+            return match.group(1).decode() if match else None
+        if kind == PNG:
+            with open(os.path.join(path, SIGNATURE_FILE), "rb") as f:
+                match = _SIGNATURE_RE.search(f.read(1 << 16))
+            return match.group(1).decode() if match else None
+        if kind == VIZ:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return img.info.get("uniap-signature")
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def folder_like(path: str) -> bool:
+    """Whether the user named a folder: an existing one, or a path ending in a separator."""
+    return path.endswith(("/", os.sep)) or os.path.isdir(path)
+
+
+def plan_jobs(
+    items: Sequence[Item],
+    *,
+    out: str,
+    format: str,
+    viz: str | None,
+    overwrite: bool,
+    settings_signature: str,
+    single: bool,
+    shard: tuple[int, int] | None = None,
+) -> Plan:
+    """Outputs of every input, after the safety rules (module docstring).
+
+    Parameters
+    ----------
+    items : sequence of Item
+        Every input of the run, sorted by key (all shards: the layout and the image ids do
+        not depend on the shard).
+    out : str
+        ``--out``: a file for one image (``sam``), a folder otherwise; the data set file for
+        ``coco``; the root folder for ``png``.
+    format : {"sam", "coco", "png"}
+    viz : str or None
+        A picture file for one image, a folder otherwise.
+    overwrite : bool
+        Replace existing outputs of these images (never anything else).
+    settings_signature : str
+        :func:`signature` of the run's settings.
+    single : bool
+        The user named exactly one image file: ``out`` and ``viz`` may then name files.
+        Folders, globs, lists and tar shards always write into folders, however many images
+        they hold, so the layout never depends on what was found.
+    shard : (i, n), optional
+        Keep images i, i+n, i+2n, ... of ``items``.
+
+    Raises
+    ------
+    PlanError
+        An output would be an input or lie over one, two outputs share a path, an output
+        exists as the wrong kind of file, or an output made with other settings exists and
+        ``overwrite`` is False.
+    """
+    single = single and len(items) == 1
+    out_is_folder = format == "png" or (format == "sam" and (not single or folder_like(out)))
+    if format == "coco" and folder_like(out):
+        raise PlanError(f"--format coco writes one file, but --out {out} is a folder")
+    if format == "sam" and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
+        raise PlanError(f"--out {out} is a file, but {len(items)} images need a folder")
+    viz_is_folder = viz is not None and (not single or folder_like(viz))
+    if viz_is_folder and os.path.isfile(viz.rstrip("/" + os.sep)):
+        raise PlanError(f"--viz {viz} is a file, but {len(items)} images need a folder")
+
+    def paths_of(key: str) -> dict[str, str]:
+        paths = {}
+        if format == "sam":
+            paths[SAM] = os.path.join(out, output_stem(key) + ".json") if out_is_folder else out
+        elif format == "png":
+            paths[PNG] = os.path.join(out, output_stem(key))
+        if viz is not None:
+            paths[VIZ] = os.path.join(viz, output_stem(key) + ".png") if viz_is_folder else viz
+        return {kind: os.path.abspath(p) for kind, p in paths.items()}
+
+    numbered = list(enumerate(items, start=1))
+    if shard is not None:
+        index, count = shard
+        numbered = numbered[index::count]
+    planned = [(image_id, item, paths_of(item.key)) for image_id, item in numbered]
+
+    _check_against_inputs(items, planned, out if format == "coco" else None)
+    failures = Path(out if out_is_folder else (os.path.dirname(os.path.abspath(out)) or "."))
+    failures = failures / (FAILURES if shard is None else f"failures-{shard[0]}-of-{shard[1]}.jsonl")
+
+    listing = _Listing()
+    jobs, done, conflicts = [], 0, []
+    for image_id, item, paths in planned:
+        todo = {}
+        for kind, path in paths.items():
+            exists = listing.exists(path)
+            if exists and (os.path.isdir(path) != (kind == PNG)):
+                raise PlanError(f"{path} exists and is a {'folder' if kind != PNG else 'file'}; "
+                                "move it away or choose another --out")
+            if not exists or overwrite:
+                todo[kind] = path
+            elif read_signature(kind, path) != settings_signature:
+                conflicts.append(path)
+        if todo or format == "coco":  # the data set file is written whole every run
+            jobs.append(Job(item, image_id, todo))
+        else:
+            done += 1
+    if conflicts:
+        raise PlanError(
+            f"{len(conflicts)} existing output(s) were made with other settings or not by uniap, "
+            f"e.g. {conflicts[0]}; pass --overwrite to replace them or choose another --out"
+        )
+    listing.remove_stale_temporaries(path for job in jobs for path in job.outputs.values())
+    return Plan(jobs=jobs, done=done, failures_path=failures, out_is_folder=out_is_folder,
+                viz_is_folder=viz_is_folder)
+
+
+def _check_against_inputs(items: Sequence[Item], planned: list, coco_out: str | None) -> None:
+    """No output is an input, contains one (a png folder), or is another output."""
+    inputs = {os.path.abspath(item.path) for item in items}
+    seen: dict[str, str] = {}
+    folders = set()
+    outputs = [(coco_out and os.path.abspath(coco_out), "--out")] if coco_out else []
+    for _, item, paths in planned:
+        outputs += [(path, item.describe()) for path in paths.values()]
+        if PNG in paths:
+            folders.add(paths[PNG])
+    for path, owner in outputs:
+        if path in inputs:
+            raise PlanError(f"output {path} would overwrite an input image; choose another --out/--viz")
+        if path in seen:
+            raise PlanError(f"{seen[path]} and {owner} would both write {path}; "
+                            "give --out and --viz different paths")
+        seen[path] = owner
+    if folders:
+        for path in inputs:
+            parent = os.path.dirname(path)
+            while parent and parent not in folders and os.path.dirname(parent) != parent:
+                parent = os.path.dirname(parent)
+            if parent in folders:
+                raise PlanError(f"output folder {parent} holds the input {path}; choose another --out")
+
+
+class _Listing:
+    """Folder listings read once each, so that checking 100k outputs costs one scan per folder."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, set[str]] = {}
+
+    def names(self, folder: str) -> set[str]:
+        if folder not in self._names:
+            try:
+                with os.scandir(folder) as entries:
+                    self._names[folder] = {e.name for e in entries}
+            except (FileNotFoundError, NotADirectoryError):
+                self._names[folder] = set()
+        return self._names[folder]
+
+    def exists(self, path: str) -> bool:
+        return os.path.basename(path) in self.names(os.path.dirname(path))
+
+    def remove_stale_temporaries(self, paths: Iterable[str]) -> None:
+        """Remove ``.<name>.*.tmp`` / ``.old`` left beside ``paths`` by a killed run.
+
+        Only names of this run's own outputs are touched: a concurrent shard writing other
+        images into the same folder keeps its temporaries.
+        """
+        wanted: dict[str, set[str]] = {}
+        for path in paths:
+            wanted.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+        for folder, names in wanted.items():
+            for entry in self.names(folder):
+                if not (entry.startswith(".") and entry.endswith((".tmp", ".old"))):
+                    continue
+                owner = entry[1:].rsplit(".", 2)[0]
+                if owner in names:
+                    stale = os.path.join(folder, entry)
+                    if os.path.isdir(stale):
+                        shutil.rmtree(stale, ignore_errors=True)
+                    else:
+                        try:
+                            os.unlink(stale)
+                        except FileNotFoundError:
+                            pass

@@ -1,0 +1,215 @@
+"""``uniap.pipeline.run``: images, folders, lists or tar shards -> mask files, as one call.
+
+This is what ``uniap-cli`` runs: sources -> plan -> engine(stages) -> sinks, then the COCO
+data set and the failures manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import io
+from .engine import LocalEngine, Report
+from .plan import PlanError, plan_jobs, signature
+from .sources import expand_inputs
+from .stages import Settings, Stages
+
+FORMATS = ("sam", "coco", "png")
+# Below this many images per run the NumPy backend finishes before Numba has loaded.
+NUMBA_PAYS_OFF = 64
+
+
+@dataclass
+class RunSummary:
+    """What a run did.
+
+    Attributes
+    ----------
+    written : int
+        Images whose outputs were written.
+    skipped : int
+        Images whose outputs already existed, made with the same settings.
+    failures : list of Report
+        Images that failed (``source`` and ``error`` say which and why).
+    timings : dict
+        Mean seconds per written image in each stage (decode, features, pooling, records,
+        writing).
+    wall : float
+        Seconds from the first image to the last.
+    failures_path : Path or None
+        The ``failures.jsonl`` written, when anything failed.
+    """
+
+    written: int = 0
+    skipped: int = 0
+    failures: list[Report] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+    failures_path: Path | None = None
+
+
+def run(
+    inputs: Sequence[str],
+    out: str,
+    *,
+    file_lists: Sequence[str] = (),
+    format: str = "sam",
+    viz: str | None = None,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    workers: int = 1,
+    batch_size: int = 4,
+    features: str = "default",
+    extractor_options: dict[str, Any] | None = None,
+    segment_options: dict[str, Any] | None = None,
+    upsampling: str = "nearest",
+    all_levels: bool = False,
+    progress: bool = True,
+    extractor: Any | None = None,
+) -> RunSummary:
+    """Masks for many images, written as files; a failing image is reported, not fatal.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Image files, folders (searched recursively), glob patterns and ``.tar`` shards
+        (:func:`uniap.pipeline.sources.expand_inputs`).
+    out : str
+        A file for one image, a folder for several (``docs/cli.md``: the layout rules).
+    file_lists : sequence of str
+        Files listing one input path a line (``-``: standard input).
+    format : {"sam", "coco", "png"}
+        One SA-1B-like JSON per image, one COCO data set, or a folder of label maps per image.
+    viz : str, optional
+        Also draw each image's levels: a file for one image, a folder for several.
+    overwrite : bool
+        Replace existing outputs of these images; without it an image whose outputs exist
+        (made with the same settings) is skipped, and outputs made otherwise are an error.
+    shard : (i, n), optional
+        Only images i, i+n, ... of the sorted inputs.
+    workers, batch_size : int
+        Processes (this one included) and images per chunk (:class:`LocalEngine`).
+    features, extractor_options : str, dict
+        The extractor and its options (:func:`uniap.features.get_extractor`).
+    segment_options : dict
+        Options of :func:`uniap.segment`.
+    upsampling : {"nearest", "bilinear"}
+        Patch labels to pixels.
+    all_levels : bool
+        One record per mask and level instead of one per distinct mask.
+    progress : bool
+        A progress bar on standard error.
+    extractor : FeatureExtractor, optional
+        An extractor built already (used by this process; workers build their own from
+        ``features`` and ``extractor_options``).
+
+    Returns
+    -------
+    RunSummary
+
+    Raises
+    ------
+    uniap.pipeline.sources.InputError, uniap.pipeline.plan.PlanError
+        Bad inputs, or outputs that cannot be written safely; nothing is written then.
+    ValueError, FileNotFoundError, ImportError
+        The extractor cannot be built (unknown model, missing weights, ...).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    items = expand_inputs(inputs, file_lists)
+    settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
+                        segment_options=dict(segment_options or {}), upsampling=upsampling,
+                        unique=not all_levels)
+    digest = signature(settings.signature_fields())
+    if format == "coco" and os.path.exists(out) and not overwrite:
+        raise PlanError(f"{out} exists; pass --overwrite to replace it")
+    single = len(inputs) == 1 and not file_lists and os.path.isfile(inputs[0]) and len(items) == 1 \
+        and items[0].member is None
+    plan = plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
+                     settings_signature=digest, single=single, shard=shard)
+    summary = RunSummary(skipped=plan.done)
+    if "backend" not in settings.segment_options and len(plan.jobs) < NUMBA_PAYS_OFF:
+        # Loading Numba and its compiled kernels costs about 0.5 s per process, more than the
+        # NumPy reference spends on a few dozen images; both give the same partitions.
+        from dataclasses import replace
+
+        settings = replace(settings, host_backend="numpy")
+    stages = Stages(settings, extractor)  # builds the extractor: bad weights fail here, early
+    _prepare_folders(out, viz, plan)
+
+    reports = _run(LocalEngine(workers, batch_size), plan.jobs, stages, format == "coco", progress, summary)
+    ok = [r for r in reports if r.status == "ok"]
+    summary.written = len(ok)
+    summary.failures = [r for r in reports if r.status != "ok"]
+    if ok:
+        summary.timings = {k: sum(r.timings.get(k, 0.0) for r in ok) / len(ok) for k in ok[0].timings}
+    if format == "coco" and ok:
+        done = sorted((r.coco for r in ok), key=lambda c: c[0]["image_id"])
+        io.write_json(out, io.coco_dataset([(info, recs) for info, recs, _ in done], done[0][2]))
+    _write_failures(plan.failures_path, summary)
+    return summary
+
+
+def _run(engine: LocalEngine, jobs, stages: Stages, collect: bool, progress: bool,
+         summary: RunSummary) -> list[Report]:
+    bar = None
+    if progress and len(jobs) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), unit="image", desc="uniap", file=sys.stderr)
+    reports = []
+    start = time.perf_counter()
+    try:
+        for report in engine.run(jobs, stages, collect):
+            reports.append(report)
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+        summary.wall = time.perf_counter() - start
+    return reports
+
+
+def _prepare_folders(out: str, viz: str | None, plan) -> None:
+    def writable(folder: Path) -> None:
+        if not folder.is_dir():
+            raise PlanError(f"cannot write to {folder}: no such folder")
+        if not os.access(folder, os.W_OK):
+            raise PlanError(f"cannot write to {folder}: permission denied")
+
+    def prepare(path: str, is_folder: bool) -> None:
+        target = Path(path)
+        if is_folder:
+            parent = target.resolve().parent
+            if not target.exists():
+                writable(next(p for p in [parent, *parent.parents] if p.exists()))
+                target.mkdir(parents=True, exist_ok=True)
+            writable(target)
+        else:
+            writable(target.parent if str(target.parent) else Path("."))
+
+    prepare(out, plan.out_is_folder)
+    if viz is not None:
+        prepare(viz, plan.viz_is_folder)
+
+
+def _write_failures(path: Path | None, summary: RunSummary) -> None:
+    """``failures.jsonl``: one line per failed image; a stale one goes when nothing failed."""
+    if path is None:
+        return
+    if not summary.failures:
+        if path.is_file():
+            path.unlink()
+        return
+    lines = "".join(json.dumps({"path": r.source, "key": r.key, "error": r.error}) + "\n"
+                    for r in summary.failures)
+    with io.atomic_path(path) as tmp:
+        tmp.write_text(lines)
+    summary.failures_path = path

@@ -1,0 +1,213 @@
+"""The stages of the pipeline: decode -> features -> pool -> encode, as plain callables.
+
+Each stage takes and returns plain data (arrays, :class:`~uniap.features.FeatureGrid`,
+:class:`~uniap.Hierarchy`, records), knows nothing of processes, threads or queues, and is
+built once per worker from :class:`Settings`, so any engine (the local one, Ray) composes the
+same pieces and writes the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..api import segment
+from ..hierarchy import Hierarchy
+from ..pixels import pixel_labels as to_pixel_labels
+from ..records import hierarchy_records, semantic_of_clusters
+from .sources import Item, decode
+
+__all__ = ["Settings", "Extracted", "Encoded", "decode", "ExtractFeatures", "Pool", "encode"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides an image's outputs; plain data, so it travels to workers.
+
+    Attributes
+    ----------
+    features : {"default", "vit"}
+        The extractor (:func:`uniap.features.get_extractor`).
+    extractor_options : dict
+        Its keyword arguments (``vocabulary`` may be a :class:`~uniap.features.Vocabulary`).
+    segment_options : dict
+        Keyword arguments of :func:`uniap.segment` (levels, min_size, ...; library defaults
+        for the rest).
+    host_backend : str, optional
+        Backend for features on the host when ``segment_options`` names none (the CLI picks
+        NumPy for short runs, where loading Numba costs more than it saves; same partitions).
+    upsampling : {"nearest", "bilinear"}
+        Patch labels to pixels (:func:`uniap.pixels.pixel_labels`).
+    unique : bool
+        One record per distinct mask (default) or one per level (``--all-levels``).
+    threads : int, optional
+        torch threads of a worker (several workers share the cores).
+    """
+
+    features: str = "default"
+    extractor_options: dict = field(default_factory=dict)
+    segment_options: dict = field(default_factory=dict)
+    host_backend: str | None = None
+    upsampling: str = "nearest"
+    unique: bool = True
+    threads: int | None = None
+
+    def build_extractor(self) -> Any:
+        from ..features import get_extractor
+
+        if self.threads and self.features != "default":
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return get_extractor(self.features, **self.extractor_options)
+
+    def signature_fields(self) -> dict[str, Any]:
+        """What an output records so that a rerun can tell whether it is still valid."""
+        from ..options import resolve_options
+
+        options = {k: v for k, v in self.segment_options.items() if k != "backend"}
+        resolved = resolve_options(**{k: v for k, v in options.items() if k in _RESOLVED})
+        extractor = {k: _describe(v) for k, v in sorted(self.extractor_options.items()) if v is not None}
+        extractor.pop("device", None)  # where the model runs does not change what it computes
+        return {"features": self.features, "extractor": extractor,
+                "options": {**resolved.as_dict(), **{k: v for k, v in options.items() if k not in _RESOLVED}},
+                "upsampling": self.upsampling, "unique": self.unique}
+
+
+_RESOLVED = {"levels", "preset", "passes", "pooling", "vote_weight", "temperature", "semantic", "min_size"}
+
+
+def _describe(value: Any) -> Any:
+    """A JSON-able stand-in for an option value (a vocabulary by the digest of its words)."""
+    from ..features import Vocabulary
+
+    if isinstance(value, Vocabulary):
+        digest = hashlib.sha1()
+        for words in (value.color, value.texture):
+            if words is not None:
+                digest.update(np.ascontiguousarray(words).tobytes())
+        digest.update(repr((value.color_gap, value.texture_gap, value.lightness_scale)).encode())
+        return "vocabulary:" + digest.hexdigest()[:16]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass
+class Extracted:
+    """Features of one image: ``grid`` on the host, ``features`` wherever they were computed
+    (a device tensor for a ViT on a GPU, else ``grid.features``)."""
+
+    grid: Any
+    features: Any
+
+
+class ExtractFeatures:
+    """Stage 2: images -> feature grids, in batches where the extractor has a batched path.
+
+    A ViT (:meth:`uniap.features.VitFeatures.batch_grids`) runs images of equal working shape
+    as one batch on its device; other extractors run image by image.
+    """
+
+    def __init__(self, extractor: Any) -> None:
+        self.extractor = extractor
+        self.batched = hasattr(extractor, "batch_grids")
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the features stay on an accelerator (pooling then runs there too)."""
+        device = getattr(self.extractor, "device", None)
+        return device is not None and getattr(device, "type", "cpu") != "cpu"
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Extracted]:
+        if self.batched:
+            device = self.on_device
+            return [Extracted(grid, feats if device else grid.features)
+                    for grid, feats in self.extractor.batch_grids(images)]
+        return [Extracted(grid, grid.features) for grid in map(self.extractor, images)]
+
+
+class Pool:
+    """Stage 3: UniAP on a whole batch of grids in one :func:`uniap.segment` call.
+
+    Features on a GPU are pooled there by the torch backend, with ``exact=True`` so the
+    partitions equal the CPU reference's; hierarchies come back on the host.
+    """
+
+    def __init__(self, options: dict[str, Any], host_backend: str | None = None) -> None:
+        self.options = dict(options)
+        self.host_backend = host_backend
+
+    def __call__(self, features: Sequence[Any]) -> list[Hierarchy]:
+        options = dict(self.options)
+        on_host = all(isinstance(f, np.ndarray) for f in features)
+        if on_host and "backend" not in options and self.host_backend:
+            options["backend"] = self.host_backend
+        if not on_host:
+            options.setdefault("exact", True)
+        return [h.numpy() for h in segment(list(features), **options)]
+
+
+@dataclass
+class Encoded:
+    """Stage 4's result for one image: pixel label maps and records."""
+
+    records: list[dict]
+    pixel_labels: np.ndarray
+    semantic_labels: np.ndarray | None
+
+
+def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", unique: bool = True) -> Encoded:
+    """Stage 4: grid labels -> pixel label maps (L, H, W) and SAM-style records."""
+    labels = to_pixel_labels(hierarchy, grid, upsampling)
+    semantic = None
+    if hierarchy.level(0).semantic_labels is not None:
+        semantic = np.empty_like(labels)
+        for i, lv in enumerate(hierarchy.levels):
+            semantic[i] = semantic_of_clusters(lv)[labels[i]]
+    records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique)
+    return Encoded(records, labels, semantic)
+
+
+def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str) -> dict:
+    """Provenance for output files: version, thresholds, options, grid, features, settings digest."""
+    from .. import __version__
+
+    return {
+        "version": __version__,
+        "thresholds": list(hierarchy.thresholds),
+        "options": hierarchy.options,
+        "grid": list(grid.grid_shape),
+        "patch_size": int(grid.patch_size),
+        "features": grid.name,
+        "signature": signature,
+    }
+
+
+class Stages:
+    """Every stage of one worker, built once from :class:`Settings`."""
+
+    def __init__(self, settings: Settings, extractor: Any | None = None) -> None:
+        from .plan import signature
+
+        self.settings = settings
+        self.signature = signature(settings.signature_fields())
+        self.features = ExtractFeatures(extractor if extractor is not None else settings.build_extractor())
+        self.pool = Pool(settings.segment_options, settings.host_backend)
+
+    def decode(self, item: Item) -> np.ndarray:
+        return decode(item)
+
+    def encode(self, grid: Any, hierarchy: Hierarchy) -> Encoded:
+        return encode(grid, hierarchy, upsampling=self.settings.upsampling, unique=self.settings.unique)
+
+
+def timed(timings: dict[str, float], name: str, start: float) -> float:
+    """Add the seconds since ``start`` to ``timings[name]``; returns now."""
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - start
+    return now
