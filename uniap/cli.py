@@ -37,11 +37,13 @@ def _levels(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _shard(text: str) -> tuple[int, int]:
+def _shard(text: str) -> tuple[int, int] | str:
+    if text == "auto":
+        return text
     try:
         index, count = (int(v) for v in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes i/n such as 0/4; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--shard takes i/n such as 0/4, or auto; got {text!r}") from None
     if count < 1 or not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"--shard i/n needs 0 <= i < n; got {text!r}")
     return index, count
@@ -73,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a file for one image; a folder (existing, ending in '/', or for several "
                     "images) mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
                     "--format coco: one file; --format png: a folder with one folder per image")
-    io.add_argument("--format", choices=("sam", "coco", "png"), default="sam",
+    io.add_argument("--format", choices=("sam", "coco", "png", "parquet"), default="sam",
                     help="sam: one SA-1B-like JSON per image (default); coco: one COCO data set; "
-                    "png: 16-bit label maps per level plus metadata.csv")
+                    "png: 16-bit label maps per level plus metadata.csv; parquet: part files, "
+                    "one row per record")
+    io.add_argument("--image-ids", metavar="COCO_JSON",
+                    help="take image ids from this COCO file, matched by file_name (default: stable "
+                    "ids from each image's relative path)")
     io.add_argument("--viz", metavar="PNG",
                     help="also draw the image and each level's masks: a file for one image, a folder for many")
     io.add_argument("--overwrite", action="store_true",
@@ -83,13 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "same settings; refuse outputs made otherwise)")
     io.add_argument("--all-levels", action="store_true",
                     help="one record per mask and level (default: each distinct mask once, with the levels it spans)")
-    io.add_argument("--shard", type=_shard, metavar="I/N",
-                    help="process only images i, i+n, i+2n, ... of the inputs sorted by path (0 <= i < n)")
+    io.add_argument("--shard", type=_shard, metavar="I/N|auto",
+                    help="process only images i, i+n, i+2n, ... of the inputs sorted by path (0 <= i < n); "
+                    "auto: from SLURM array or RANK/WORLD_SIZE variables (docs/scale.md)")
     io.add_argument("--workers", type=positive_int, default=1, metavar="N",
                     help="processes working on different images, this one included (default 1)")
     io.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
                     help="images per batch: pooled in one call, one ViT batch per image shape (default 4)")
     io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    io.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this machine's processes (default); ray: Ray Data, on a local Ray "
+                    "or the cluster at --ray-address (pip install 'uniap[ray]')")
+    io.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (--engine ray)")
+    io.add_argument("--num-gpus", type=float, metavar="G",
+                    help="GPUs per Ray actor (default: 1 with --device cuda, else 0)")
 
     algo = parser.add_argument_group("UniAP settings (defaults: the library's)")
     algo.add_argument("--levels", type=_levels, metavar="T1,T2,...",
@@ -166,11 +179,34 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.file_list:
         raise UsageError("give at least one image, folder, glob, tar shard or --file-list")
+    if args.engine != "ray" and (args.ray_address or args.num_gpus is not None):
+        raise UsageError("--ray-address and --num-gpus apply to --engine ray only")
+    shard, extractor_kwargs = args.shard, extractor_options(args)
+    if shard == "auto":
+        from .pipeline.shards import shard_from_environment
+
+        try:
+            info = shard_from_environment()
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        shard = info.shard
+        device = extractor_kwargs.get("device")
+        if info.local_rank is not None and device == "cuda":
+            extractor_kwargs["device"] = f"cuda:{info.local_rank}"  # one GPU per process
+    image_ids = None
+    if args.image_ids is not None:
+        from .io import coco_image_ids
+
+        try:
+            image_ids = coco_image_ids(args.image_ids)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--image-ids: {err}") from None
     try:
         summary = run_pipeline(
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
-            overwrite=args.overwrite, shard=args.shard, workers=args.workers, batch_size=args.batch_size,
-            features=args.features, extractor_options=extractor_options(args),
+            overwrite=args.overwrite, shard=shard, workers=args.workers, batch_size=args.batch_size,
+            engine=args.engine, ray_address=args.ray_address, num_gpus=args.num_gpus, image_ids=image_ids,
+            features=args.features, extractor_options=extractor_kwargs,
             segment_options=segment_options(args), upsampling=args.upsampling,
             all_levels=bool(args.all_levels), progress=not args.quiet,
         )

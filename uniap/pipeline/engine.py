@@ -41,12 +41,18 @@ class Report:
     error: str | None = None
     masks: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    coco: tuple[dict, list[dict]] | None = None  # (image info, records) when collecting COCO
+    collected: tuple[dict, list[dict], dict] | None = None  # (image info, records, provenance)
 
 
 def process_chunk(stages: Stages, jobs: Sequence[Job], collect: bool = False,
-                  decoder: ThreadPoolExecutor | None = None) -> list[Report]:
-    """Run every stage on ``jobs`` and write their outputs; never raises for one bad image."""
+                  decoder: ThreadPoolExecutor | None = None,
+                  writer: ThreadPoolExecutor | None = None) -> list[Report]:
+    """Run every stage on ``jobs`` and write their outputs; never raises for one bad image.
+
+    With a ``writer`` pool, records and files are made there and this returns once the
+    chunk is pooled: the caller waits for :func:`finished` before it uses the reports, and
+    meanwhile computes the next chunk's features (an accelerator is busy, the CPU encodes).
+    """
     reports = [Report(job.item.key, job.item.describe(), job.image_id) for job in jobs]
     decoding = [_submit(decoder, stages.decode, job.item) for job in jobs]
     ok: list[tuple[int, Any, Any]] = []  # (index, image, extracted)
@@ -71,10 +77,24 @@ def process_chunk(stages: Stages, jobs: Sequence[Job], collect: bool = False,
     if stages.features.batched and ok:
         ok = _batched_features(stages, ok, reports)
     hierarchies = _pool(stages, ok, reports)
-    for (i, image, extracted), h in zip(ok, hierarchies):
-        if h is not None:
-            _encode_and_write(stages, jobs[i], reports[i], image, extracted.grid, h, collect)
-    return reports
+    writes = [_submit(writer, _encode_and_write, stages, jobs[i], reports[i], image, extracted.grid, h, collect)
+              for (i, image, extracted), h in zip(ok, hierarchies) if h is not None]
+    return _Pending(reports, writes) if writer is not None else reports
+
+
+class _Pending(list):
+    """Reports whose records and files are still being written (see :func:`process_chunk`)."""
+
+    def __init__(self, reports: list[Report], writes: list[Future]) -> None:
+        super().__init__(reports)
+        self.writes = writes
+
+
+def finished(reports: list[Report]) -> list[Report]:
+    """``reports`` once every write of their chunk is done."""
+    for future in getattr(reports, "writes", ()):
+        future.result()
+    return list(reports)
 
 
 def _batched_features(stages: Stages, ok: list, reports: list[Report]) -> list:
@@ -136,7 +156,7 @@ def _encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, 
         timed(report.timings, "writing", start)
         report.masks = len(encoded.records)
         if collect:
-            report.coco = (info, encoded.records, out.uniap)
+            report.collected = (info, encoded.records, out.uniap)
     except Exception as err:
         _fail(report, err)
 
@@ -199,24 +219,38 @@ class LocalEngine:
         Processes working on different chunks (the main process included).
     batch_size : int
         Images per chunk: pooled in one call, and one ViT batch per working shape.
+    overlap : bool, optional
+        Make one chunk's records and files in a thread while the next chunk's features are
+        computed.  Default: when the features come from an accelerator (the CPU would be idle
+        otherwise); on the CPU, workers are the better use of the cores.
     """
 
-    def __init__(self, workers: int = 1, batch_size: int = 4) -> None:
+    def __init__(self, workers: int = 1, batch_size: int = 4, overlap: bool | None = None) -> None:
         if workers < 1 or batch_size < 1:
             raise ValueError(f"workers and batch_size must be >= 1, got {workers} and {batch_size}")
         self.workers = int(workers)
         self.batch_size = int(batch_size)
+        self.overlap = overlap
 
     def run(self, jobs: Sequence[Job], stages: Stages, collect: bool = False) -> Iterator[Report]:
         """Reports of every job, in the order they finish."""
         chunks = deque(jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size))
         helpers = min(self.workers - 1, max(0, len(chunks) - 1))
         if helpers == 0:
-            with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder:
-                while chunks:
-                    yield from process_chunk(stages, chunks.popleft(), collect, decoder)
+            yield from self._run_here(chunks, stages, collect)
             return
         yield from self._run_with_workers(chunks, stages, collect, helpers)
+
+    def _run_here(self, chunks: deque, stages: Stages, collect: bool) -> Iterator[Report]:
+        overlap = stages.features.on_device if self.overlap is None else self.overlap
+        with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder, \
+                ThreadPoolExecutor(1, thread_name_prefix="uniap-write") as writer:
+            previous: list[Report] = []
+            while chunks:
+                reports = process_chunk(stages, chunks.popleft(), collect, decoder, writer if overlap else None)
+                yield from finished(previous)
+                previous = reports
+            yield from finished(previous)
 
     def _run_with_workers(self, chunks: deque, stages: Stages, collect: bool, helpers: int) -> Iterator[Report]:
         import multiprocessing as mp
@@ -234,6 +268,7 @@ class LocalEngine:
                                    initargs=(settings, collect, os.getpid()))
         pending: deque[tuple[Future, Sequence[Job]]] = deque()
         broken = False
+        restore_threads = _share_torch_threads(settings.threads)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder:
                 while chunks or pending:
@@ -254,4 +289,17 @@ class LocalEngine:
                 process.terminate()  # SIGTERM: the workers remove their temporaries
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+        finally:
+            restore_threads()
         pool.shutdown(wait=True)
+
+
+def _share_torch_threads(threads: int | None) -> Callable[[], None]:
+    """Give this process the same torch thread count as each worker; returns the undo."""
+    if not threads or "torch" not in sys.modules:
+        return lambda: None
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return lambda: torch.set_num_threads(before)

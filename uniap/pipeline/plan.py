@@ -46,8 +46,8 @@ class Job:
     item : Item
         The input (a file or a tar member).
     image_id : int
-        Position of the image in the sorted list of every input (from 1), the same in every
-        shard: COCO image ids.
+        The image's id in every output (COCO ``image_id``): from ``image_ids`` when given,
+        else :func:`stable_image_ids` of its key, so it is the same in every shard and run.
     outputs : dict
         Output kind (``"sam"``, ``"png"``, ``"viz"``) -> path still to write.  Kinds whose output
         already exists with the same settings are left out.
@@ -67,6 +67,24 @@ class Plan:
     failures_path: Path | None
     out_is_folder: bool
     viz_is_folder: bool
+
+
+def stable_image_ids(keys: Sequence[str]) -> list[int]:
+    """Image ids from the keys alone: 52 bits of their SHA-1, unique among ``keys``.
+
+    The same key gets the same id in every shard and every run over the same inputs (a clash,
+    about one in a million pairs of 10M images, moves the later key in sorted order to the
+    next free id).  Ids stay below 2**52, exact in JSON readers that use doubles.
+    """
+    taken: set[int] = set()
+    ids = []
+    for key in keys:
+        image_id = int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:7], "big") >> 4
+        while image_id in taken or image_id == 0:
+            image_id = (image_id + 1) % (1 << 52)
+        taken.add(image_id)
+        ids.append(image_id)
+    return ids
 
 
 def signature(settings: dict[str, Any]) -> str:
@@ -112,6 +130,7 @@ def plan_jobs(
     settings_signature: str,
     single: bool,
     shard: tuple[int, int] | None = None,
+    image_ids: dict[str, int] | None = None,
 ) -> Plan:
     """Outputs of every input, after the safety rules (module docstring).
 
@@ -123,7 +142,8 @@ def plan_jobs(
     out : str
         ``--out``: a file for one image (``sam``), a folder otherwise; the data set file for
         ``coco``; the root folder for ``png``.
-    format : {"sam", "coco", "png"}
+    format : {"sam", "coco", "png", "parquet"}
+        ``coco`` and ``parquet`` write files of every image at the end (every image is a job).
     viz : str or None
         A picture file for one image, a folder otherwise.
     overwrite : bool
@@ -136,6 +156,9 @@ def plan_jobs(
         they hold, so the layout never depends on what was found.
     shard : (i, n), optional
         Keep images i, i+n, i+2n, ... of ``items``.
+    image_ids : dict, optional
+        Image id of every key (e.g. from a ground-truth COCO file); default
+        :func:`stable_image_ids`.
 
     Raises
     ------
@@ -145,7 +168,8 @@ def plan_jobs(
         ``overwrite`` is False.
     """
     single = single and len(items) == 1
-    out_is_folder = format == "png" or (format == "sam" and (not single or folder_like(out)))
+    collected = format in ("coco", "parquet")  # one writer for every image, in the main process
+    out_is_folder = format in ("png", "parquet") or (format == "sam" and (not single or folder_like(out)))
     if format == "coco" and folder_like(out):
         raise PlanError(f"--format coco writes one file, but --out {out} is a folder")
     if format == "sam" and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
@@ -164,7 +188,15 @@ def plan_jobs(
             paths[VIZ] = os.path.join(viz, output_stem(key) + ".png") if viz_is_folder else viz
         return {kind: os.path.abspath(p) for kind, p in paths.items()}
 
-    numbered = list(enumerate(items, start=1))
+    if image_ids is None:
+        ids = stable_image_ids([item.key for item in items])
+    else:
+        missing = [item.key for item in items if item.key not in image_ids]
+        if missing:
+            raise PlanError(f"{len(missing)} input(s) have no image id in --image-ids, e.g. {missing[0]!r} "
+                            "(matched by file_name, the path relative to the input root)")
+        ids = [int(image_ids[item.key]) for item in items]
+    numbered = list(zip(ids, items))
     if shard is not None:
         index, count = shard
         numbered = numbered[index::count]
@@ -187,7 +219,7 @@ def plan_jobs(
                 todo[kind] = path
             elif read_signature(kind, path) != settings_signature:
                 conflicts.append(path)
-        if todo or format == "coco":  # the data set file is written whole every run
+        if todo or collected:  # those files are written whole every run
             jobs.append(Job(item, image_id, todo))
         else:
             done += 1

@@ -17,10 +17,12 @@ from typing import Any, Sequence
 from .. import io
 from .engine import LocalEngine, Report
 from .plan import PlanError, plan_jobs, signature
+from .sinks import COLLECTORS
 from .sources import expand_inputs
 from .stages import Settings, Stages
 
-FORMATS = ("sam", "coco", "png")
+FORMATS = ("sam", "coco", "png", "parquet")
+ENGINES = ("local", "ray")
 # Below this many images per run the NumPy backend finishes before Numba has loaded.
 NUMBA_PAYS_OFF = 64
 
@@ -65,6 +67,10 @@ def run(
     shard: tuple[int, int] | None = None,
     workers: int = 1,
     batch_size: int = 4,
+    engine: str = "local",
+    ray_address: str | None = None,
+    num_gpus: float | None = None,
+    image_ids: dict[str, int] | None = None,
     features: str = "default",
     extractor_options: dict[str, Any] | None = None,
     segment_options: dict[str, Any] | None = None,
@@ -84,8 +90,9 @@ def run(
         A file for one image, a folder for several (``docs/cli.md``: the layout rules).
     file_lists : sequence of str
         Files listing one input path a line (``-``: standard input).
-    format : {"sam", "coco", "png"}
-        One SA-1B-like JSON per image, one COCO data set, or a folder of label maps per image.
+    format : {"sam", "coco", "png", "parquet"}
+        One SA-1B-like JSON per image, one COCO data set, a folder of label maps per image, or
+        Parquet part files with one row per record.
     viz : str, optional
         Also draw each image's levels: a file for one image, a folder for several.
     overwrite : bool
@@ -95,6 +102,14 @@ def run(
         Only images i, i+n, ... of the sorted inputs.
     workers, batch_size : int
         Processes (this one included) and images per chunk (:class:`LocalEngine`).
+    engine : {"local", "ray"}
+        This machine's processes, or Ray Data (a local Ray, or the cluster at ``ray_address``).
+    ray_address : str, optional
+        The Ray cluster to join (``engine="ray"``).
+    num_gpus : float, optional
+        GPUs per Ray actor (default: 1 with a CUDA ``device``, else 0).
+    image_ids : dict, optional
+        Image id by key (e.g. :func:`uniap.io.coco_image_ids` of a ground-truth file).
     features, extractor_options : str, dict
         The extractor and its options (:func:`uniap.features.get_extractor`).
     segment_options : dict
@@ -122,6 +137,8 @@ def run(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     items = expand_inputs(inputs, file_lists)
     settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
@@ -132,7 +149,7 @@ def run(
     single = len(inputs) == 1 and not file_lists and os.path.isfile(inputs[0]) and len(items) == 1 \
         and items[0].member is None
     plan = plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
-                     settings_signature=digest, single=single, shard=shard)
+                     settings_signature=digest, single=single, shard=shard, image_ids=image_ids)
     summary = RunSummary(skipped=plan.done)
     if "backend" not in settings.segment_options and len(plan.jobs) < NUMBA_PAYS_OFF:
         # Loading Numba and its compiled kernels costs about 0.5 s per process, more than the
@@ -143,20 +160,26 @@ def run(
     stages = Stages(settings, extractor)  # builds the extractor: bad weights fail here, early
     _prepare_folders(out, viz, plan)
 
-    reports = _run(LocalEngine(workers, batch_size), plan.jobs, stages, format == "coco", progress, summary)
+    if engine == "ray":
+        from .ray_engine import RayEngine
+
+        runner: Any = RayEngine(address=ray_address, batch_size=batch_size, num_gpus=num_gpus)
+    else:
+        runner = LocalEngine(workers, batch_size)
+    collector = COLLECTORS[format](out, shard=shard) if format in COLLECTORS else None
+    reports = _run(runner, plan.jobs, stages, collector, progress, summary)
     ok = [r for r in reports if r.status == "ok"]
     summary.written = len(ok)
     summary.failures = [r for r in reports if r.status != "ok"]
     if ok:
         summary.timings = {k: sum(r.timings.get(k, 0.0) for r in ok) / len(ok) for k in ok[0].timings}
-    if format == "coco" and ok:
-        done = sorted((r.coco for r in ok), key=lambda c: c[0]["image_id"])
-        io.write_json(out, io.coco_dataset([(info, recs) for info, recs, _ in done], done[0][2]))
+    if collector is not None:
+        collector.close()
     _write_failures(plan.failures_path, summary)
     return summary
 
 
-def _run(engine: LocalEngine, jobs, stages: Stages, collect: bool, progress: bool,
+def _run(engine: Any, jobs, stages: Stages, collector: Any, progress: bool,
          summary: RunSummary) -> list[Report]:
     bar = None
     if progress and len(jobs) > 1:
@@ -166,7 +189,10 @@ def _run(engine: LocalEngine, jobs, stages: Stages, collect: bool, progress: boo
     reports = []
     start = time.perf_counter()
     try:
-        for report in engine.run(jobs, stages, collect):
+        for report in engine.run(jobs, stages, collector is not None):
+            if collector is not None and report.status == "ok":
+                collector.add(*report.collected)
+                report.collected = None  # the collector holds what it needs
             reports.append(report)
             if bar is not None:
                 bar.update()

@@ -58,3 +58,28 @@ def write_viz(path: str, out: ImageOutput) -> None:
 
 
 SINKS = {SAM: write_sam, PNG: write_png, VIZ: write_viz}
+
+
+class CocoWriter:
+    """``--format coco``: one data set of every image, written when the run ends.
+
+    Images are listed in the order of their ids, whatever order the engine finished them in.
+    """
+
+    def __init__(self, path: str, shard: tuple[int, int] | None = None) -> None:
+        self.path = path
+        self.items: list[tuple[dict, list[dict], dict]] = []
+
+    def add(self, info: dict, records: list[dict], uniap: dict) -> None:
+        self.items.append((info, records, uniap))
+
+    def close(self) -> None:
+        if not self.items:
+            return
+        done = sorted(self.items, key=lambda item: item[0]["image_id"])
+        io.write_json(self.path, io.coco_dataset([(info, recs) for info, recs, _ in done], done[0][2]))
+
+
+# Formats whose records are collected from every image (in the main process) and written by
+# one writer, rather than per image by the workers.
+COLLECTORS = {"coco": CocoWriter}
