@@ -101,8 +101,13 @@ class DefaultFeatures:
     to the image mean, so patches near the mean (often the largest region) get unstable
     directions and two different colours on the same side of the mean look alike.
 
-    Cost: about 35 ms of CPU time for a 481x321 image on one core, linear in the pixel count;
-    the soft assignment runs in bands of patch rows, so memory stays bounded on big images.
+    Cost: about 30 ms of CPU time for a 481x321 image on one core, linear in the pixel count.
+    Memory: an image of over about a million pixels is never converted whole: the words are
+    fitted on descriptors computed at the sampled pixels only, and the descriptors and their
+    soft assignment are computed in bands of patch rows (the texture filters with halos), with
+    bit for bit the result of the whole-image computation.  Beyond the image itself, that
+    takes about 120 MB for a band plus about 8 * C bytes a patch for the histograms and the
+    output: about 200 MB in all at 4000x4000, 400 MB at 8000x8000.
 
     References
     ----------
@@ -211,12 +216,13 @@ class DefaultFeatures:
         rng = np.random.default_rng(self.seed)
         pooled: dict[str, list[np.ndarray]] = {}
         count = 0
+        kinds = _kinds(self)
         for image in tqdm(images, desc="vocabulary", unit="image", disable=not progress):
-            rgb = self._working_image(load_image(image))
-            for kind, desc in _descriptors(rgb, self).items():
-                flat = desc.reshape(desc.shape[0], -1)
-                take = rng.choice(flat.shape[1], size=min(self.sample_size, flat.shape[1]), replace=False)
-                pooled.setdefault(kind, []).append(flat[:, take].T)
+            img = self._padded_image(load_image(image))
+            n = img.sampled_pixels(_stride(self.patch_size))
+            takes = {kind: rng.choice(n, size=min(self.sample_size, n), replace=False) for kind in kinds}
+            for kind, desc in _sampled_descriptors(img, self, takes).items():
+                pooled.setdefault(kind, []).append(desc.T)
             count += 1
         if count == 0:
             raise ValueError("fit needs at least one image")
@@ -260,20 +266,19 @@ class DefaultFeatures:
         original = rgb.shape[:2]
         shape = working_shape(original, self.patch_size, self.max_side)
         resized = original if shape is None else tuple(shape)
-        rgb = self._working_image(rgb)
-        feats = _histogram_features(rgb, self)
+        img = self._padded_image(rgb)
+        feats = _histogram_features(img, self)
         return FeatureGrid(
-            feats, self.patch_size, rgb.shape[:2], name=self.name, original_shape=original,
+            feats, self.patch_size, img.shape, name=self.name, original_shape=original,
             resized_shape=resized,
         )
 
-    def _working_image(self, rgb: np.ndarray) -> np.ndarray:
-        """``rgb`` resized for ``max_side`` and padded to multiples of the patch size."""
-        p = self.patch_size
-        shape = working_shape(rgb.shape[:2], p, self.max_side)
+    def _padded_image(self, rgb: np.ndarray) -> _PaddedImage:
+        """``rgb`` resized for ``max_side``, padded (lazily) to multiples of the patch size."""
+        shape = working_shape(rgb.shape[:2], self.patch_size, self.max_side)
         if shape is not None:
             rgb = _resize_rgb(rgb, shape)
-        return np.pad(rgb, ((0, -rgb.shape[0] % p), (0, -rgb.shape[1] % p), (0, 0)), mode="symmetric")
+        return _PaddedImage(rgb, self.patch_size)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -411,37 +416,125 @@ def _resize_rgb(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _histogram_features(rgb: np.ndarray, opts: DefaultFeatures) -> np.ndarray:
-    """Features of an image whose sides are multiples of the patch size (steps of the class doc)."""
+class _PaddedImage:
+    """A working image padded (symmetric reflection) at the bottom and right to multiples of ``p``.
+
+    The padding is virtual: rows, bands of rows and single pixels of the padded image are read
+    from the unpadded array through index maps (the same ones ``np.pad(..., mode="symmetric")``
+    uses), so no padded copy of a big image is ever made.
+    """
+
+    def __init__(self, rgb: np.ndarray, p: int) -> None:
+        self.rgb = rgb
+        H, W = rgb.shape[:2]
+        self.row_map = np.pad(np.arange(H), (0, -H % p), mode="symmetric")
+        self.col_map = np.pad(np.arange(W), (0, -W % p), mode="symmetric")
+        self.shape = (len(self.row_map), len(self.col_map))
+
+    def sampled_pixels(self, stride: int) -> int:
+        """How many pixels the descriptors keep at ``stride`` (the range of the sample draws)."""
+        return (self.shape[0] // stride) * (self.shape[1] // stride)
+
+    def whole(self) -> np.ndarray:
+        """The padded image, (H, W, 3) uint8, C-contiguous (the unpadded array if no padding)."""
+        return self.rows(0, self.shape[0])
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows ``[a, b)`` of the padded image, (b - a, W, 3) uint8, C-contiguous (may be a view)."""
+        H, W = self.rgb.shape[:2]
+        part = self.rgb[a:b] if b <= H else self.rgb[self.row_map[a:b]]
+        if self.shape[1] > W:  # np.pad pads each axis on its own: the columns of any rows alike
+            part = np.pad(part, ((0, 0), (0, self.shape[1] - W), (0, 0)), mode="symmetric")
+        return part
+
+    def pixels(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Pixels at padded coordinates ``y``, ``x`` (broadcast together): shape + (3,), uint8."""
+        return self.rgb[self.row_map[y], self.col_map[x]]
+
+
+def _histogram_features(img: _PaddedImage, opts: DefaultFeatures) -> np.ndarray:
+    """Features of a padded working image (steps of the class doc).
+
+    The per-pixel descriptors of a big image are never held whole: the words are fitted on
+    descriptors computed at the sampled pixels only (:func:`_sampled_descriptors`), then the
+    descriptors are computed band by band (:func:`_band_descriptors`, with halos for the
+    filters) and assigned to the words.  Both give bit for bit the values of the whole-image
+    computation (:func:`_descriptors`), which an image of one band still uses.
+    """
     p = opts.patch_size
-    H, W = rgb.shape[:2]
+    H, W = img.shape
     h, w = H // p, W // p
     stride = _stride(p)
-    descriptors = _descriptors(rgb, opts)
+    q = p // stride  # patch side in descriptor pixels
+    kinds = _kinds(opts)
+    band = _band_rows(q, W // stride)
+    whole = _descriptors(img.whole(), opts) if _one_band(img, opts) else None
     vocab = opts.vocabulary
+    words = {}
     if vocab is None:
         rng = np.random.default_rng(opts.seed)
-        n_sampled = (H // stride) * (W // stride)
+        n_sampled = img.sampled_pixels(stride)
         sample = rng.choice(n_sampled, size=min(opts.sample_size, n_sampled), replace=False)
-    parts = []
-    for kind, desc in descriptors.items():
-        k, softness, weight = _WORD_SETTINGS[kind](opts)
-        if vocab is None:
-            centres, gap = _fit_words(desc.reshape(desc.shape[0], -1)[:, sample].T, k, rng)
-            tau = _tau(softness, gap)
+        if whole is not None:
+            samples = {kind: d.reshape(d.shape[0], -1)[:, sample] for kind, d in whole.items()}
         else:
-            centres, tau = vocab.words(kind, softness)
-        hist = _soft_histograms(desc, centres, tau, p // stride)
-        parts.append(_normalise(hist, opts.centering, weight))
+            samples = _sampled_descriptors(img, opts, {kind: sample for kind in kinds})
+        for kind in kinds:  # in this order: the k-means draws share ``rng``
+            k, softness, _ = _WORD_SETTINGS[kind](opts)
+            centres, gap = _fit_words(samples.pop(kind).T, k, rng)
+            words[kind] = centres, _tau(softness, gap)
+    else:
+        for kind in kinds:
+            words[kind] = vocab.words(kind, _WORD_SETTINGS[kind](opts)[1])
+    hists = {kind: np.empty((words[kind][0].shape[0], h, w), np.float32) for kind in kinds}
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        desc = whole if whole is not None else _band_descriptors(img, opts, r0 * p, r1 * p)
+        for kind in kinds:
+            d = desc[kind]
+            flat = d.reshape(d.shape[0], -1)
+            if whole is not None:
+                flat = flat[:, r0 * q * d.shape[2]: r1 * q * d.shape[2]]
+            _soft_band(flat, *words[kind], q, hists[kind][:, r0:r1])
+        del desc
+    del whole
+    dims = [hists[kind].shape[0] for kind in kinds] + ([2] if opts.position_weight else [])
+    out = np.empty((h, w, sum(dims)), np.float32)
+    c0 = 0
+    for kind in kinds:
+        hist = hists.pop(kind)
+        hist *= np.float32(1.0 / (q * q))
+        k = hist.shape[0]
+        _normalise(hist.transpose(1, 2, 0), opts.centering, _WORD_SETTINGS[kind](opts)[2],
+                   out=out[..., c0:c0 + k])
+        del hist
+        c0 += k
     if opts.position_weight:
-        parts.append(_position(h, w, opts.position_weight))
-    return np.ascontiguousarray(np.concatenate(parts, axis=-1), dtype=np.float32)
+        out[..., c0:] = _position(h, w, opts.position_weight)
+    return out
 
 
 _WORD_SETTINGS = {  # kind -> (vocabulary size, softness, weight) of an extractor
     "color": lambda o: (o.n_colors, o.color_softness, o.color_weight),
     "texture": lambda o: (o.n_textures, o.texture_softness, o.texture_weight),
 }
+
+
+def _kinds(opts: DefaultFeatures) -> list[str]:
+    """The descriptor kinds in use, in feature order."""
+    return [kind for kind, settings in _WORD_SETTINGS.items() if settings(opts)[2]]
+
+
+def _band_rows(p: int, W: int) -> int:
+    """Patch rows per band of the soft assignment (and of the descriptors of a big image)."""
+    return max(1, _CHUNK_PIXELS // (p * W))
+
+
+def _one_band(img: _PaddedImage, opts: DefaultFeatures) -> bool:
+    """Whether the image is small enough for its descriptors to be computed whole."""
+    p, (H, W) = opts.patch_size, img.shape
+    stride = _stride(p)
+    return H // p <= _band_rows(p // stride, W // stride) and H * W <= max(_CHUNK_PIXELS, p * W)
 
 
 def _descriptors(rgb: np.ndarray, opts: DefaultFeatures) -> dict[str, np.ndarray]:
@@ -452,12 +545,138 @@ def _descriptors(rgb: np.ndarray, opts: DefaultFeatures) -> dict[str, np.ndarray
     if opts.color_weight:
         out["color"] = lab * np.array([opts.lightness_scale, 1.0, 1.0], np.float32)[:, None, None]
     if opts.texture_weight:
-        tex = _texture_responses(lab[0])
-        norm = np.sqrt(np.einsum("kij,kij->ij", tex, tex))
-        tex *= np.log1p(norm / np.float32(3.0)) / np.maximum(norm, np.float32(1e-6))
-        out["texture"] = tex
+        out["texture"] = _contrast_normalise(_texture_responses(lab[0]))
     if stride > 1:
         out = {kind: np.ascontiguousarray(d[:, ::stride, ::stride]) for kind, d in out.items()}
+    return out
+
+
+def _contrast_normalise(tex: np.ndarray) -> np.ndarray:
+    """``r * log(1 + |r| / 3) / |r|`` of responses ``tex`` (6, H, W), in place."""
+    norm = np.sqrt(np.einsum("kij,kij->ij", tex, tex))
+    tex *= np.log1p(norm / np.float32(3.0)) / np.maximum(norm, np.float32(1e-6))
+    return tex
+
+
+def _contrast_normalise_part(tex: np.ndarray) -> np.ndarray:
+    """:func:`_contrast_normalise` of the responses (6, ...) of a part of an image of several pixels.
+
+    A lone pixel is normalised as a pair: with one pixel the einsum's loop runs over the six
+    responses instead of across pixels and sums them in another order.
+    """
+    if tex[0].size == 1:
+        return np.ascontiguousarray(_contrast_normalise(np.repeat(tex, 2, axis=-1))[..., :1])
+    return _contrast_normalise(tex)
+
+
+def _texture_halo() -> int:
+    """Rows a texture response reads on each side: the radius of the widest Gaussian filter."""
+    return int(4.0 * max(_TEXTURE_SIGMAS) + 0.5)  # gaussian_filter1d's radius at truncate=4
+
+
+def _lab_pixels(rgb: np.ndarray) -> np.ndarray:
+    """:func:`_rgb2lab` of a part of an image of several pixels, (3,) + rgb.shape[:-1].
+
+    A lone pixel is converted as a pair: NumPy's 3 x 1 matrix product (matrix-vector, not the
+    matrix-matrix kernel used for more pixels) rounds differently.
+    """
+    shape = rgb.shape[:-1]
+    flat = np.ascontiguousarray(rgb.reshape(1, -1, 3))
+    if flat.shape[1] == 1:
+        return _rgb2lab(np.repeat(flat, 2, axis=1))[:, :, :1].reshape((3,) + shape)
+    return _rgb2lab(flat).reshape((3,) + shape)
+
+
+def _band_descriptors(img: _PaddedImage, opts: DefaultFeatures, y0: int, y1: int) -> dict[str, np.ndarray]:
+    """:func:`_descriptors` of rows ``[y0, y1)`` of the padded image (``y0`` a multiple of the stride).
+
+    The texture filters read ``_texture_halo()`` rows on each side; the band is converted with
+    that many extra rows (fewer at the image's edges, where the filters reflect just as on the
+    whole image), so its responses equal the whole image's exactly.
+    """
+    p, (H, W) = opts.patch_size, img.shape
+    step = max(p, _CHUNK_PIXELS // W // p * p)  # rows at full resolution per piece
+    if y1 - y0 > step:  # with a stride over 1: the band's pieces, each subsampled, stacked
+        pieces = [_band_descriptors(img, opts, a, min(y1, a + step)) for a in range(y0, y1, step)]
+        return {kind: np.concatenate([piece[kind] for piece in pieces], axis=1) for kind in pieces[0]}
+    stride = _stride(p)
+    halo = _texture_halo() if opts.texture_weight else 0
+    a, b = max(0, y0 - halo), min(H, y1 + halo)
+    lab = _lab_pixels(img.rows(a, b))  # (3, b - a, W)
+    out = {}
+    if opts.color_weight:
+        out["color"] = lab[:, y0 - a: y1 - a] * np.array([opts.lightness_scale, 1.0, 1.0],
+                                                         np.float32)[:, None, None]
+    if opts.texture_weight:
+        tex = _texture_responses(lab[0])
+        del lab
+        out["texture"] = _contrast_normalise_part(np.ascontiguousarray(tex[:, y0 - a: y1 - a]))
+    if stride > 1:
+        out = {kind: np.ascontiguousarray(d[:, ::stride, ::stride]) for kind, d in out.items()}
+    return out
+
+
+def _sampled_descriptors(img: _PaddedImage, opts: DefaultFeatures,
+                         samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Descriptors (d, n) at the sampled pixels, per kind: ``samples[kind]`` indexes the pixels
+    kept at the stride, row-major (as ``_descriptors(...)[kind].reshape(d, -1)[:, samples[kind]]``).
+
+    An image of one band gets its whole descriptors; a bigger one only the pixels' own colours
+    and, for the texture, a window of +-``_texture_halo()`` pixels around each (reflected at the
+    image's edges as the filters do), which gives the same responses at its centre.
+    """
+    stride = _stride(opts.patch_size)
+    H, W = img.shape
+    if _one_band(img, opts):
+        whole = _descriptors(img.whole(), opts)
+        return {kind: whole[kind].reshape(whole[kind].shape[0], -1)[:, idx] for kind, idx in samples.items()}
+    out = {}
+    for kind, idx in samples.items():
+        y, x = np.divmod(idx, W // stride)
+        y, x = y * stride, x * stride
+        if kind == "color":
+            lab = _lab_pixels(img.pixels(y, x))  # (3, n)
+            out[kind] = lab * np.array([opts.lightness_scale, 1.0, 1.0], np.float32)[:, None]
+        else:
+            r = _texture_halo()
+            offsets = np.arange(-r, r + 1)
+            tex = np.empty((3 * len(_TEXTURE_SIGMAS), 1, len(idx)), np.float32)
+            for i in range(0, len(idx), _WINDOWS_PER_BATCH):  # batches bound the temporaries
+                rows = _reflect(y[i:i + _WINDOWS_PER_BATCH, None] + offsets, H)  # (n, 2r + 1)
+                cols = _reflect(x[i:i + _WINDOWS_PER_BATCH, None] + offsets, W)
+                light = _lab_pixels(img.pixels(rows[:, :, None], cols[:, None, :]))[0]  # (n, 2r+1, 2r+1)
+                tex[:, 0, i:i + _WINDOWS_PER_BATCH] = _window_texture_responses(light)
+            out[kind] = _contrast_normalise_part(tex)[:, 0]
+    return out
+
+
+_WINDOWS_PER_BATCH = 512  # texture windows converted and filtered at once when sampling
+
+
+def _reflect(i: np.ndarray, n: int) -> np.ndarray:
+    """Indices ``i`` reflected into ``[0, n)`` as scipy.ndimage's mode "reflect" extends a line."""
+    m = np.mod(i, 2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+def _window_texture_responses(light: np.ndarray) -> np.ndarray:
+    """:func:`_texture_responses` at the centres of windows ``light`` (n, 2r + 1, 2r + 1): (6, n).
+
+    The same 1-D passes as on the whole image, restricted to the centre's row and column, so
+    each value is computed from the same inputs in the same order.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    n, size, _ = light.shape
+    c = size // 2
+    out = np.empty((3 * len(_TEXTURE_SIGMAS), n), np.float32)
+    for i, sigma in enumerate(_TEXTURE_SIGMAS):
+        smooth_y = gaussian_filter1d(light, sigma, axis=1)[:, c, :]  # (n, size): the centre row
+        out[3 * i] = gaussian_filter1d(smooth_y, sigma, axis=1, order=1)[:, c]
+        out[3 * i + 2] = gaussian_filter1d(smooth_y, sigma, axis=1, order=2)[:, c]
+        smooth_x = gaussian_filter1d(light, sigma, axis=2)[:, :, c]  # (n, size): the centre column
+        out[3 * i + 1] = gaussian_filter1d(smooth_x, sigma, axis=1, order=1)[:, c]
+        out[3 * i + 2] += gaussian_filter1d(smooth_x, sigma, axis=1, order=2)[:, c]
     return out
 
 
@@ -548,33 +767,27 @@ def _tau(softness: float, gap: float) -> float:
     return softness * gap if gap > 1e-6 else 1.0  # no gap: (nearly) one colour, any tau will do
 
 
-def _soft_histograms(desc: np.ndarray, centres: np.ndarray, tau: float, p: int) -> np.ndarray:
-    """Per-patch mean of each pixel's soft assignment ``exp(-|x - c|^2 / tau)`` to the words.
+def _soft_band(flat: np.ndarray, centres: np.ndarray, tau: float, p: int, out: np.ndarray) -> None:
+    """Per-patch sums of each pixel's soft assignment ``exp(-|x - c|^2 / tau)`` to the words.
 
-    ``desc`` is (d, H, W) float32 with H, W multiples of ``p``, ``centres`` (k, d); returns
-    (H/p, W/p, k) float32.  Channels-first throughout: reductions over the k words then run
-    across rows, which NumPy does several times faster than along a short last axis.
+    For a band of patch rows: ``flat`` (d, rows * p * W) float32 holds its descriptors, row-major,
+    ``centres`` is (k, d); the sums go to ``out`` (k, rows, W / p).  Channels-first throughout:
+    reductions over the k words then run across rows, which NumPy does several times faster
+    than along a short last axis.
     """
-    d, H, W = desc.shape
-    h, w = H // p, W // p
     k = centres.shape[0]
-    flat = desc.reshape(d, H * W)
+    rows, w = out.shape[1:]
+    W = w * p
     # logit = -|x - c|^2 / tau up to a per-pixel constant (|x|^2 cancels in the normalisation)
     weight = (2.0 / tau * centres).astype(np.float32)  # (k, d)
     bias = ((centres * centres).sum(1) / tau).astype(np.float32)[:, None]
-    out = np.empty((k, h, w), np.float32)
-    band = max(1, _CHUNK_PIXELS // (p * W))  # patch rows per band: bounds memory on big images
-    for r0 in range(0, h, band):
-        r1 = min(h, r0 + band)
-        a = weight @ flat[:, r0 * p * W: r1 * p * W]
-        a -= bias
-        a -= a.max(axis=0)
-        np.exp(a, out=a)
-        a *= np.float32(1.0) / a.sum(axis=0)
-        a = a.reshape(k * (r1 - r0), p, W).sum(axis=1)  # sum the p rows of each patch
-        out[:, r0:r1] = a.reshape(k, r1 - r0, w, p).sum(axis=3)  # and its p columns
-    out *= np.float32(1.0 / (p * p))
-    return out.transpose(1, 2, 0)
+    a = weight @ flat
+    a -= bias
+    a -= a.max(axis=0)
+    np.exp(a, out=a)
+    a *= np.float32(1.0) / a.sum(axis=0)
+    a = a.reshape(k * rows, p, W).sum(axis=1)  # sum the p rows of each patch
+    out[...] = a.reshape(k, rows, w, p).sum(axis=3)  # and its p columns
 
 
 def _kmeans(pts: np.ndarray, k: int, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
@@ -603,12 +816,13 @@ def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def _normalise(hist: np.ndarray, centering: float, weight: float) -> np.ndarray:
+def _normalise(hist: np.ndarray, centering: float, weight: float,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Subtract ``centering`` x the mean histogram, scale each patch to length ``weight``."""
     k = hist.shape[-1]
     x = hist - np.float32(centering) * hist.reshape(-1, k).mean(0)
     norm = np.sqrt(np.einsum("ijk,ijk->ij", x, x))[..., None]
-    return x * (np.float32(weight) / np.maximum(norm, np.float32(_EPS)))
+    return np.multiply(x, np.float32(weight) / np.maximum(norm, np.float32(_EPS)), out=out)
 
 
 def _position(h: int, w: int, weight: float) -> np.ndarray:
