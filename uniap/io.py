@@ -1,29 +1,55 @@
-"""Output files: SAM-style JSON, one COCO data set, PNG label maps; always written atomically.
+"""Output files: SAM-style JSON, one COCO data set, PNG label maps, Parquet parts; always atomic.
 
 Every writer builds the whole output beside its destination (a temporary file or folder in
 the same directory) and renames it into place, so a failure never leaves a half-written
-file and never damages what was there before.
+file and never damages what was there before.  :func:`read_records` reads the records of any
+of these formats back (PNG label maps excepted), :func:`coco_image_ids` the image ids of a
+ground-truth COCO file.
+
+Parquet parts (``--format parquet``) hold one row per record: the image's ``file_name``,
+``image_id``, ``height``, ``width``, then every record key, ``segmentation`` as
+``segmentation_size`` (list of 2 int) and ``segmentation_counts`` (the COCO RLE string), lists
+(``bbox``, ``point_coords``, ``crop_box``, ``levels``) as list columns.  Keys this module does
+not know are JSON text columns (field metadata ``uniap.json``).  An image without records is
+one row whose record columns are all null, so every image survives a round trip; a key missing
+from a record is a null.  The schema metadata ``uniap`` holds the provenance of the part's
+first image (as COCO's ``info.uniap`` does for a data set).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-FORMATS = ("sam", "coco", "png")
+FORMATS = ("sam", "coco", "png", "parquet")
 CATEGORY = {"id": 1, "name": "fg", "supercategory": "fg"}
+SEMANTIC_CATEGORY = {"id": 2, "name": "semantic", "supercategory": "fg"}
 PNG_COLUMNS = (
     "id", "level", "threshold", "kind", "label", "area", "bbox_x0", "bbox_y0", "bbox_w",
     "bbox_h", "num_patches", "parent", "score", "point_x", "point_y",
 )
+# Keys the COCO writer adds to a record (``id`` becomes the data-set-wide annotation id).
+_COCO_KEYS = ("uniap_id", "id", "image_id", "category_id", "iscrowd")
+PARQUET_IMAGE_COLUMNS = ("file_name", "image_id", "height", "width")
+# Every documented record key as a Parquet column, in record order: (name, arrow type).
+PARQUET_RECORD_COLUMNS = (
+    ("id", "int64"), ("segmentation_size", "list<int64>"), ("segmentation_counts", "string"),
+    ("area", "int64"), ("bbox", "list<double>"), ("predicted_iou", "double"),
+    ("stability_score", "double"), ("point_coords", "list<list<double>>"),
+    ("crop_box", "list<int64>"), ("level", "int64"), ("levels", "list<int64>"),
+    ("threshold", "double"), ("kind", "string"), ("num_patches", "int64"), ("parent", "int64"),
+    ("score", "double"),
+)
+PARQUET_INSTALL = "Parquet files need pyarrow: pip install 'uniap[parquet]'"
 
 
 @contextmanager
@@ -77,26 +103,80 @@ def sam_document(image_info: dict, uniap_info: dict, records: list[dict]) -> dic
     return {"image": image_info, "uniap": uniap_info, "annotations": records}
 
 
-def coco_dataset(items: Sequence[tuple[dict, list[dict]]], uniap_info: dict | None = None) -> dict:
+def coco_dataset(items: Iterable[tuple[dict, list[dict]]], uniap_info: dict | None = None) -> dict:
     """One COCO data set from ``(image_info, records)`` pairs, loadable by pycocotools.
 
-    Image ids count from 1 in the order given; annotation ids count from 1 over the whole
-    data set and every annotation carries ``image_id``, ``category_id`` 1 ("fg"),
-    ``iscrowd`` 0 and its ``score``, so the file also loads as results with ``COCO.loadRes``.
-    UniAP's per-image record ids become ``uniap_id`` (parents keep pointing at them).
+    Images keep their ``image_id`` (an ``info`` without one gets its position from 1) and are
+    listed by id; annotations follow by image id, then record ``id``, with ids counting from 1
+    over the whole data set, so the same images give the same file whatever order (or shards)
+    they came in.  Every annotation carries ``image_id``, ``category_id`` (1 "fg", 2
+    "semantic" for ``kind == "semantic"``), ``iscrowd`` 0 and its ``score``, so the file also
+    loads as results with ``COCO.loadRes``.  The "semantic" category is listed only when some
+    record is semantic.  UniAP's per-image record ids become ``uniap_id`` (parents keep
+    pointing at them).
+
+    Raises
+    ------
+    ValueError
+        Two images share an id.
     """
-    images, annotations = [], []
-    for image_id, (info, records) in enumerate(items, start=1):
-        images.append({"id": image_id, **info})
-        for rec in records:
+    numbered = []
+    for position, (info, records) in enumerate(items, start=1):
+        numbered.append((int(info.get("image_id", position)), info, records))
+    numbered.sort(key=lambda item: item[0])
+    for (a, info_a, _), (b, info_b, _) in zip(numbered, numbered[1:]):
+        if a == b:
+            raise ValueError(f"image id {a} is given to both {info_a.get('file_name')!r} and "
+                             f"{info_b.get('file_name')!r}")
+    images, annotations, semantic = [], [], False
+    for image_id, info, records in numbered:
+        images.append({"id": image_id, **{k: v for k, v in info.items() if k != "image_id"}})
+        for rec in sorted(records, key=lambda r: r.get("id", 0)):
             ann = dict(rec)
-            ann["uniap_id"] = ann.pop("id")
-            ann.update(id=len(annotations) + 1, image_id=image_id, category_id=1, iscrowd=0)
+            ann["uniap_id"] = ann.pop("id", None)
+            is_semantic = rec.get("kind") == "semantic"
+            semantic |= is_semantic
+            ann.update(id=len(annotations) + 1, image_id=image_id, category_id=2 if is_semantic else 1,
+                       iscrowd=0)
             annotations.append(ann)
-    dataset = {"images": images, "categories": [CATEGORY], "annotations": annotations}
+    categories = [CATEGORY, SEMANTIC_CATEGORY] if semantic else [CATEGORY]
+    dataset = {"images": images, "categories": categories, "annotations": annotations}
     if uniap_info is not None:
         dataset["info"] = {"description": "UniAP pseudo-masks", "uniap": uniap_info}
     return dataset
+
+
+def coco_image_ids(path: str | os.PathLike) -> dict[str, int]:
+    """Image id by ``file_name`` of a COCO file (``images[].file_name`` -> ``images[].id``).
+
+    ``uniap-cli --image-ids GT.json`` uses it so that pseudo-masks carry a ground truth's ids.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        ``path`` is not JSON, has no ``images`` list, an image lacks ``file_name`` or an
+        integer ``id``, or two images share a ``file_name`` or an ``id``.
+    """
+    document = _load_json(path)
+    images = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(images, list):
+        raise ValueError(f"{path} is not a COCO file: it has no \"images\" list")
+    ids: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for i, image in enumerate(images):
+        name = image.get("file_name") if isinstance(image, dict) else None
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if not isinstance(name, str) or not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise ValueError(f"{path}: images[{i}] needs a string \"file_name\" and an integer \"id\"")
+        if name in ids:
+            raise ValueError(f"{path}: file_name {name!r} is listed twice (ids {ids[name]} and {image_id})")
+        if image_id in owner:
+            raise ValueError(f"{path}: image id {image_id} is given to both {owner[image_id]!r} and {name!r}")
+        ids[name] = image_id
+        owner[image_id] = name
+    return ids
 
 
 def write_png(
@@ -135,3 +215,249 @@ def write_png(
                 ])
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+
+
+# ------------------------------------------------------------------------------- Parquet
+
+
+def pyarrow_modules():
+    """``(pyarrow, pyarrow.parquet)``, or an ImportError that says how to install them."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ImportError(PARQUET_INSTALL) from None
+    return pyarrow, pyarrow.parquet
+
+
+def _arrow_type(pa, name: str):
+    if name.startswith("list<"):
+        return pa.list_(_arrow_type(pa, name[5:-1]))
+    return {"int64": pa.int64(), "double": pa.float64(), "string": pa.string()}[name]
+
+
+def parquet_table(items: Iterable[tuple[dict, list[dict]]], uniap_info: dict | None = None):
+    """A ``pyarrow.Table`` with one row per record of ``(image_info, records)`` pairs.
+
+    Columns and conventions: the module docstring.  Rows follow ``items`` and each image's
+    records in the order given.
+
+    Raises
+    ------
+    ValueError
+        A segmentation is not a COCO RLE with string counts, or a value does not fit its column.
+    ImportError
+        pyarrow is not installed.
+    """
+    pa, _ = pyarrow_modules()
+    items = list(items)
+    known = {name for name, _ in PARQUET_RECORD_COLUMNS} | {"segmentation"}
+    extra = sorted({key for _, records in items for rec in records for key in rec} - known)
+    columns: dict[str, list] = {name: [] for name in PARQUET_IMAGE_COLUMNS}
+    columns.update({name: [] for name, _ in PARQUET_RECORD_COLUMNS})
+    columns.update({name: [] for name in extra})
+    for info, records in items:
+        for rec in records or [None]:  # an image without records: one row of nulls
+            for name in PARQUET_IMAGE_COLUMNS:
+                columns[name].append(info.get(name))
+            if rec is None:
+                for name in columns:
+                    if name not in PARQUET_IMAGE_COLUMNS:
+                        columns[name].append(None)
+                continue
+            seg = rec.get("segmentation")
+            if seg is not None and not (isinstance(seg, dict) and isinstance(seg.get("counts"), str)):
+                raise ValueError(f"{info.get('file_name')!r}: Parquet stores segmentations as COCO RLE "
+                                 f"with string counts, not {type(seg).__name__} {str(seg)[:40]}")
+            for name, _ in PARQUET_RECORD_COLUMNS:
+                if name == "segmentation_size":
+                    columns[name].append(None if seg is None else seg.get("size"))
+                elif name == "segmentation_counts":
+                    columns[name].append(None if seg is None else seg["counts"])
+                else:
+                    columns[name].append(rec.get(name))
+            for name in extra:
+                columns[name].append(json_text(rec[name]) if name in rec else None)
+    fields, arrays = [], []
+    typed = [(name, "string" if name == "file_name" else "int64") for name in PARQUET_IMAGE_COLUMNS]
+    for name, type_name in typed + list(PARQUET_RECORD_COLUMNS):
+        kind = _arrow_type(pa, type_name)
+        try:
+            arrays.append(pa.array(columns[name], type=kind))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ValueError(f"record key {name!r} does not fit a {type_name} column: {err}") from None
+        fields.append(pa.field(name, kind))
+    for name in extra:
+        arrays.append(pa.array(columns[name], type=pa.string()))
+        fields.append(pa.field(name, pa.string(), metadata={"uniap.json": "1"}))
+    metadata = {"uniap": json_text(uniap_info)} if uniap_info is not None else None
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def write_parquet(path: str | os.PathLike, items: Iterable[tuple[dict, list[dict]]],
+                  uniap_info: dict | None = None) -> None:
+    """Write :func:`parquet_table` of ``items`` to ``path`` atomically (one part file)."""
+    _, pq = pyarrow_modules()
+    table = parquet_table(items, uniap_info)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, str(tmp))
+
+
+def _read_parquet(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
+    _, pq = pyarrow_modules()
+    try:
+        table = pq.read_table(str(path))
+    except Exception as err:  # pyarrow's own errors for a file that is not Parquet
+        raise ValueError(f"{path} is not a Parquet file: {err}") from None
+    missing = [name for name in PARQUET_IMAGE_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} is not a uniap Parquet part: no column {missing[0]!r}")
+    meta = table.schema.metadata or {}
+    uniap_info = json.loads(meta[b"uniap"]) if b"uniap" in meta else None
+    as_json = {f.name for f in table.schema if f.metadata and f.metadata.get(b"uniap.json") == b"1"}
+    record_columns = [name for name in table.column_names if name not in PARQUET_IMAGE_COLUMNS]
+    data = table.to_pydict()
+    out: dict[str, tuple[dict, list[dict], dict | None]] = {}  # rows of an image may be apart
+    for row in range(table.num_rows):
+        name = data["file_name"][row]
+        if name not in out:
+            info = {"image_id": data["image_id"][row], "file_name": name,
+                    "height": data["height"][row], "width": data["width"][row]}
+            out[name] = (info, [], uniap_info)
+        values = {key: data[key][row] for key in record_columns}
+        if all(v is None for v in values.values()):
+            continue  # the row of an image without records
+        rec: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key == "segmentation_size":
+                rec["segmentation"] = {"size": value, "counts": values.get("segmentation_counts")}
+            elif key == "segmentation_counts":
+                rec.setdefault("segmentation", {"size": None, "counts": value})
+            else:
+                rec[key] = json.loads(value) if key in as_json else value
+        out[name][1].append(rec)
+    return list(out.values())
+
+
+# ------------------------------------------------------------------------- reading back
+
+
+def _load_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path)) from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a JSON file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not JSON: {err}") from None
+
+
+def _records_of_json(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
+    document = _load_json(path)
+    if isinstance(document, dict) and isinstance(document.get("images"), list):
+        return _records_of_coco(path, document)
+    if isinstance(document, dict) and isinstance(document.get("image"), dict) \
+            and isinstance(document.get("annotations"), list):
+        return [(dict(document["image"]), document["annotations"], document.get("uniap"))]
+    raise ValueError(f"{path} is neither a SAM-style file (\"image\", \"annotations\") nor a COCO "
+                     "data set (\"images\")")
+
+
+def _records_of_coco(path: Path, dataset: dict) -> list[tuple[dict, list[dict], dict | None]]:
+    info_block = dataset.get("info")
+    uniap_info = info_block.get("uniap") if isinstance(info_block, dict) else None
+    by_id: dict[int, tuple[dict, list[dict], dict | None]] = {}
+    for image in dataset["images"]:
+        if not isinstance(image, dict) or "id" not in image:
+            raise ValueError(f"{path}: an entry of \"images\" has no \"id\"")
+        info = {"image_id": image["id"], **{k: v for k, v in image.items() if k != "id"}}
+        if image["id"] in by_id:
+            raise ValueError(f"{path}: image id {image['id']} is listed twice")
+        by_id[image["id"]] = (info, [], uniap_info)
+    for ann in dataset.get("annotations", []):
+        entry = by_id.get(ann.get("image_id"))
+        if entry is None:
+            raise ValueError(f"{path}: annotation {ann.get('id')} names image id {ann.get('image_id')}, "
+                             "which is not in \"images\"")
+        if "uniap_id" in ann:  # ours: undo what coco_dataset added
+            rec = {"id": ann["uniap_id"], **{k: v for k, v in ann.items() if k not in _COCO_KEYS}}
+        else:
+            rec = {k: v for k, v in ann.items() if k != "image_id"}
+        entry[1].append(rec)
+    return list(by_id.values())
+
+
+def _record_files(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / f for f in sorted(files)
+                  if not f.startswith(".") and f.lower().endswith((".json", ".parquet"))]
+    return found
+
+
+def read_record_sets(path: str | os.PathLike) -> list[tuple[dict, list[dict], dict | None]]:
+    """``(image_info, records, provenance)`` of every image in ``path``, by image id.
+
+    As :func:`read_records`, with each image's ``uniap`` provenance (None when the file has
+    none; a COCO data set and a Parquet part record one for all their images).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(path))
+    files = _record_files(path) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        raise ValueError(f"{path} holds no .json or .parquet record files")
+    sets: list[tuple[dict, list[dict], dict | None]] = []
+    origin: dict[str, Path] = {}
+    for file in files:
+        read = _read_parquet(file) if file.suffix.lower() == ".parquet" else _records_of_json(file)
+        for entry in read:
+            name = entry[0].get("file_name")
+            if not isinstance(name, str):
+                raise ValueError(f"{file}: an image has no \"file_name\"")
+            if name in origin:
+                where = str(file) if origin[name] == file else f"{origin[name]} and {file}"
+                raise ValueError(f"image {name!r} is listed twice: in {where}")
+            origin[name] = file
+            sets.append(entry)
+    missing = [entry for entry in sets if entry[0].get("image_id") is None]
+    if missing:  # SAM files from before image ids: the ids uniap-cli gives their names
+        from .pipeline.plan import stable_image_ids
+
+        for entry, image_id in zip(missing, stable_image_ids([e[0]["file_name"] for e in missing])):
+            entry[0]["image_id"] = image_id
+    sets.sort(key=lambda entry: (entry[0]["image_id"], entry[0]["file_name"]))
+    for a, b in zip(sets, sets[1:]):
+        if a[0]["image_id"] == b[0]["image_id"]:
+            raise ValueError(f"image id {a[0]['image_id']} is given to both {a[0]['file_name']!r} "
+                             f"({origin[a[0]['file_name']]}) and {b[0]['file_name']!r} "
+                             f"({origin[b[0]['file_name']]})")
+    return sets
+
+
+def read_records(path: str | os.PathLike) -> dict[str, tuple[dict, list[dict]]]:
+    """The records of any uniap output, back as ``{file_name: (image_info, records)}``.
+
+    ``path`` is a SAM-style JSON (one image), a COCO data set, a Parquet part, or a folder
+    holding any of these (searched recursively; hidden names skipped). ``image_info`` is
+    ``{"image_id", "file_name", "height", "width"}`` (plus whatever else a COCO ``images``
+    entry holds); ``records`` are the SAM-style dicts of :mod:`uniap.records`, equal (``==``)
+    whichever format they were read from: COCO's ``uniap_id`` is the record ``id`` again and
+    the keys the COCO writer adds are dropped (a COCO file not made by uniap keeps its
+    annotations as they are, less ``image_id``).  The dict is ordered by image id.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        A file is not one of these formats, or two images share a ``file_name`` or an id.
+    ImportError
+        A Parquet file is read without pyarrow installed.
+    """
+    return {info["file_name"]: (info, records) for info, records, _ in read_record_sets(path)}

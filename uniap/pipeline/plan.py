@@ -178,15 +178,22 @@ def plan_jobs(
     if viz_is_folder and os.path.isfile(viz.rstrip("/" + os.sep)):
         raise PlanError(f"--viz {viz} is a file, but {len(items)} images need a folder")
 
+    # Keys are normalised relative paths, so a root plus a key is already a normalised
+    # absolute path: no per-image abspath (planning 100k images stays about a second).
+    out_root, viz_root = os.path.abspath(out), viz and os.path.abspath(viz)
+
     def paths_of(key: str) -> dict[str, str]:
+        stem = output_stem(key)
+        if os.sep != "/":
+            stem = stem.replace("/", os.sep)
         paths = {}
         if format == "sam":
-            paths[SAM] = os.path.join(out, output_stem(key) + ".json") if out_is_folder else out
+            paths[SAM] = f"{out_root}{os.sep}{stem}.json" if out_is_folder else out_root
         elif format == "png":
-            paths[PNG] = os.path.join(out, output_stem(key))
-        if viz is not None:
-            paths[VIZ] = os.path.join(viz, output_stem(key) + ".png") if viz_is_folder else viz
-        return {kind: os.path.abspath(p) for kind, p in paths.items()}
+            paths[PNG] = f"{out_root}{os.sep}{stem}"
+        if viz_root:
+            paths[VIZ] = f"{viz_root}{os.sep}{stem}.png" if viz_is_folder else viz_root
+        return paths
 
     if image_ids is None:
         ids = stable_image_ids([item.key for item in items])
@@ -235,7 +242,7 @@ def plan_jobs(
 
 def _check_against_inputs(items: Sequence[Item], planned: list, coco_out: str | None) -> None:
     """No output is an input, contains one (a png folder), or is another output."""
-    inputs = {os.path.abspath(item.path) for item in items}
+    inputs = {item.path for item in items}  # absolute already (sources)
     seen: dict[str, str] = {}
     folders = set()
     outputs = [(coco_out and os.path.abspath(coco_out), "--out")] if coco_out else []
@@ -275,7 +282,8 @@ class _Listing:
         return self._names[folder]
 
     def exists(self, path: str) -> bool:
-        return os.path.basename(path) in self.names(os.path.dirname(path))
+        folder, _, name = path.rpartition(os.sep)
+        return name in self.names(folder or os.sep)
 
     def remove_stale_temporaries(self, paths: Iterable[str]) -> None:
         """Remove ``.<name>.*.tmp`` / ``.old`` left beside ``paths`` by a killed run.
@@ -285,18 +293,18 @@ class _Listing:
         """
         wanted: dict[str, set[str]] = {}
         for path in paths:
-            wanted.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+            folder, _, name = path.rpartition(os.sep)
+            wanted.setdefault(folder or os.sep, set()).add(name)
         for folder, names in wanted.items():
-            for entry in self.names(folder):
-                if not (entry.startswith(".") and entry.endswith((".tmp", ".old"))):
-                    continue
+            stale = [e for e in self.names(folder) if e.startswith(".") and e.endswith((".tmp", ".old"))]
+            for entry in stale:
                 owner = entry[1:].rsplit(".", 2)[0]
                 if owner in names:
-                    stale = os.path.join(folder, entry)
-                    if os.path.isdir(stale):
-                        shutil.rmtree(stale, ignore_errors=True)
+                    path = os.path.join(folder, entry)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path, ignore_errors=True)
                     else:
                         try:
-                            os.unlink(stale)
+                            os.unlink(path)
                         except FileNotFoundError:
                             pass

@@ -144,8 +144,8 @@ def run(
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
                         unique=not all_levels)
     digest = signature(settings.signature_fields())
-    if format == "coco" and os.path.exists(out) and not overwrite:
-        raise PlanError(f"{out} exists; pass --overwrite to replace it")
+    if format in COLLECTORS and not overwrite and (existing := COLLECTORS[format].existing(out, shard)):
+        raise PlanError(f"{existing} exists; pass --overwrite to replace it")
     single = len(inputs) == 1 and not file_lists and os.path.isfile(inputs[0]) and len(items) == 1 \
         and items[0].member is None
     plan = plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
@@ -166,7 +166,8 @@ def run(
         runner: Any = RayEngine(address=ray_address, batch_size=batch_size, num_gpus=num_gpus)
     else:
         runner = LocalEngine(workers, batch_size)
-    collector = COLLECTORS[format](out, shard=shard) if format in COLLECTORS else None
+    collector = COLLECTORS[format](out, shard=shard, image_ids=[job.image_id for job in plan.jobs],
+                                   overwrite=overwrite) if format in COLLECTORS else None
     reports = _run(runner, plan.jobs, stages, collector, progress, summary)
     ok = [r for r in reports if r.status == "ok"]
     summary.written = len(ok)
@@ -193,6 +194,8 @@ def _run(engine: Any, jobs, stages: Stages, collector: Any, progress: bool,
             if collector is not None and report.status == "ok":
                 collector.add(*report.collected)
                 report.collected = None  # the collector holds what it needs
+            elif collector is not None:
+                collector.discard(report.image_id)  # its part is complete without it
             reports.append(report)
             if bar is not None:
                 bar.update()

@@ -1,0 +1,180 @@
+"""``uniap-merge``: join record sets (COCO shards, Parquet parts, SAM files) into one, or convert.
+
+``uniap-merge all.json shard-0.json shard-1.json`` writes one COCO data set of every image of
+the inputs: image ids are kept, annotation ids count from 1 in the order of image id, then
+record id, exactly as ``uniap-cli --format coco`` orders an unsharded run, so merging the
+shards of a run gives the file the unsharded run writes.  ``--format parquet`` or ``sam``
+writes the same records as Parquet parts or one SAM-style JSON per image (``OUT/<file_name
+without suffix>.json``, as ``uniap-cli`` names them) instead; any input format goes to any
+output format (:func:`uniap.io.read_records` reads them).
+
+Exit status: 0 done; 2 a usage error (a missing or unreadable input, an image in two inputs,
+an output that exists without ``--overwrite`` or that would be written over an input);
+1 an operating system error while writing.  Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import io
+from .cli import UsageError, positive_int, run_command
+
+FORMATS = ("coco", "parquet", "sam")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uniap-merge",
+        description="Merge uniap record sets (COCO shards, Parquet parts, SAM JSON files or "
+        "folders of them) into one COCO data set, or convert them to Parquet parts or SAM files.",
+        epilog="Example: uniap-merge coco.json coco-0-of-2.json coco-1-of-2.json",
+    )
+    parser.add_argument("out", metavar="OUT",
+                        help="the output: a COCO file (--format coco), a folder otherwise")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+",
+                        help="COCO or SAM JSON files, Parquet parts, or folders holding them")
+    parser.add_argument("--format", choices=FORMATS, default="coco",
+                        help="coco: one data set (default); parquet: part files of one row per "
+                        "record in OUT; sam: one SAM-style JSON per image in OUT")
+    parser.add_argument("--images-per-part", type=positive_int, metavar="N",
+                        help="--format parquet: images per part file (default "
+                        "uniap.pipeline.sinks.IMAGES_PER_PART, 1000)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT (coco), existing parts (parquet) or the "
+                        "images' existing files (sam)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read every input, check that no image is in two of them, write OUT."""
+    if args.images_per_part is not None and args.format != "parquet":
+        raise UsageError("--images-per-part applies to --format parquet only")
+    out = Path(args.out)
+    if args.format == "coco" and (out.is_dir() or args.out.endswith(("/", os.sep))):
+        raise UsageError(f"--format coco writes one file, but {args.out} is a folder "
+                         "(--format parquet or sam write folders)")
+    if args.format != "coco" and out.is_file():
+        raise UsageError(f"--format {args.format} writes a folder, but {args.out} is a file")
+    _check_not_an_input(out, args.inputs)
+    if not args.overwrite:  # before reading anything (SAM files are checked once their names are known)
+        from .pipeline.sinks import CocoWriter, ParquetWriter
+
+        existing = {"coco": CocoWriter.existing, "parquet": ParquetWriter.existing}.get(args.format)
+        taken = existing(args.out) if existing else None
+        if taken:
+            raise UsageError(f"{taken} exists; pass --overwrite to replace it")
+
+    sets: list[tuple[dict, list[dict], dict | None]] = []
+    origin: dict[str, str] = {}
+    ids: dict[int, str] = {}
+    for path in args.inputs:
+        try:
+            read = io.read_record_sets(path)
+        except (FileNotFoundError, ValueError, ImportError) as err:
+            raise UsageError(str(err)) from None
+        for entry in read:
+            name, image_id = entry[0]["file_name"], entry[0]["image_id"]
+            if name in origin:
+                where = f"{path}, named twice" if origin[name] == path else f"both {origin[name]} and {path}"
+                raise UsageError(f"image {name!r} is in {where}")
+            if image_id in ids:
+                raise UsageError(f"image id {image_id} is given to {ids[image_id]!r} ({origin[ids[image_id]]}) "
+                                 f"and to {name!r} ({path})")
+            origin[name], ids[image_id] = path, name
+            sets.append(entry)
+    sets.sort(key=lambda entry: entry[0]["image_id"])
+    try:
+        if args.format == "coco":
+            _write_coco(out, sets, args.overwrite)
+        elif args.format == "parquet":
+            _write_parquet(out, sets, args.overwrite, args.images_per_part)
+        else:
+            _write_sam(out, sets, args.overwrite)
+    except (ValueError, ImportError) as err:  # records that a format cannot hold, no pyarrow
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def _check_not_an_input(out: Path, inputs: Sequence[str]) -> None:
+    """OUT is no input, lies in no input folder and holds no input."""
+    target = out.resolve()
+    for path in inputs:
+        source = Path(path).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise UsageError(f"{out} would be written over the input {path}; choose another OUT")
+
+
+def _provenance(sets) -> dict | None:
+    return next((uniap for _, _, uniap in sets if uniap is not None), None)
+
+
+def _write_coco(out: Path, sets, overwrite: bool) -> None:
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {out}: no folder {out.parent}")
+    io.write_json(out, io.coco_dataset([(info, records) for info, records, _ in sets], _provenance(sets)))
+
+
+def _write_parquet(out: Path, sets, overwrite: bool, per_part: int | None) -> None:
+    from .pipeline.plan import PlanError
+    from .pipeline.sinks import ParquetWriter
+
+    try:
+        writer = ParquetWriter(str(out), image_ids=[info["image_id"] for info, _, _ in sets],
+                               overwrite=overwrite, images_per_part=per_part)
+    except PlanError as err:
+        raise UsageError(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    for info, records, uniap in sets:
+        writer.add(info, records, uniap)
+    writer.close()
+
+
+def _write_sam(out: Path, sets, overwrite: bool) -> None:
+    from .pipeline.sources import output_stem
+
+    paths = []
+    for info, _, _ in sets:
+        name = info["file_name"]
+        parts = name.replace("\\", "/").split("/")
+        if os.path.isabs(name) or ".." in parts or not name:
+            raise UsageError(f"file_name {name!r} is not a relative path inside OUT")
+        paths.append(out / (output_stem(name) + ".json"))
+    if len(set(paths)) != len(paths):
+        seen: dict[Path, str] = {}
+        for (info, _, _), path in zip(sets, paths):
+            if path in seen:
+                raise UsageError(f"{seen[path]!r} and {info['file_name']!r} would both write {path}")
+            seen[path] = info["file_name"]
+    if not overwrite:
+        taken = next((p for p in paths if p.exists()), None)
+        if taken is not None:
+            raise UsageError(f"{taken} exists; pass --overwrite to replace it")
+    for (info, records, uniap), path in zip(sets, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_json(path, io.sam_document(info, uniap, records))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .cli import _on_sigterm
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return run_command(parser, run, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
