@@ -64,9 +64,11 @@ def test_whole_image_cluster_is_reported(backend):
     for i in range(len(h)):
         assert h.masks(i).shape == (1, 6, 5)
         assert h.masks(i).all()
-    records = h.to_records((12, 10))
+    records = h.to_records((12, 10), unique=False)
     assert [r["level"] for r in records] == list(range(len(h)))
     assert all(r["area"] == 120 for r in records)
+    (distinct,) = h.to_records((12, 10))  # the same mask at every level: one record
+    assert distinct["levels"] == list(range(len(h))) and distinct["area"] == 120
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -30,7 +30,9 @@ def images(tmp_path: Path) -> Path:
 
 def check_sam_document(doc: dict, image_path: Path) -> None:
     height, width = np.asarray(Image.open(image_path)).shape[:2]
-    assert doc["image"] == {"file_name": image_path.name, "height": height, "width": width}
+    assert {k: doc["image"][k] for k in ("file_name", "height", "width")} == {
+        "file_name": image_path.name, "height": height, "width": width}
+    assert isinstance(doc["image"]["image_id"], int)
     assert doc["uniap"]["thresholds"] == [0.8, 0.7, 0.6, 0.5, 0.4]
     assert doc["uniap"]["patch_size"] >= 1 and len(doc["uniap"]["grid"]) == 2
     anns = doc["annotations"]
@@ -48,9 +50,10 @@ def check_sam_document(doc: dict, image_path: Path) -> None:
         if ann["parent"] >= 0:
             parent = decode_rle(by_id[ann["parent"]]["segmentation"])
             assert not (mask & ~parent).any(), "a mask is not inside its parent"
-    # each level's instance masks are disjoint
-    for level in {a["level"] for a in anns}:
-        stack = [decode_rle(a["segmentation"]) for a in anns if a["level"] == level and a["kind"] == "instance"]
+    # each level's instance masks are disjoint (a record belongs to every level it spans)
+    spans = {a["id"]: a.get("levels", [a["level"]]) for a in anns}
+    for level in {lv for span in spans.values() for lv in span}:
+        stack = [decode_rle(a["segmentation"]) for a in anns if level in spans[a["id"]] and a["kind"] == "instance"]
         assert np.sum(stack, axis=0).max() <= 1
 
 
@@ -90,8 +93,9 @@ def test_coco_format_loads_in_pycocotools(images, tmp_path):
 
 
 def test_png_format(images, tmp_path):
-    out = tmp_path / "coffee_png"
-    assert main([str(images / "coffee.jpg"), "--out", str(out), "--format", "png", "--quiet"]) == 0
+    root = tmp_path / "labels"
+    assert main([str(images / "coffee.jpg"), "--out", str(root), "--format", "png", "--quiet"]) == 0
+    out = root / "coffee"  # a folder per image below --out, as SAM's amg.py
     level_maps = sorted(out.glob("level_*.png"))
     assert [p.name for p in level_maps] == [f"level_{i}.png" for i in range(5)]
     maps = [np.asarray(Image.open(p)) for p in level_maps]
@@ -116,14 +120,18 @@ def test_existing_outputs_are_kept_unless_overwrite(images, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main([str(images / "coffee.jpg"), "--out", str(out), "--overwrite", "--quiet"]) == 0
     assert json.loads(out.read_text())["annotations"]
-    # in a folder run, existing outputs are skipped, others written
+    # in a folder run, outputs made with the same settings are skipped, others written
     folder = tmp_path / "many"
-    folder.mkdir()
-    (folder / "coffee.json").write_text("old")
+    assert main([str(images / "coffee.jpg"), "--out", str(folder) + "/", "--quiet"]) == 0
+    done = (folder / "coffee.json").read_bytes()
     assert main([str(images), "--out", str(folder)]) == 0
-    assert (folder / "coffee.json").read_text() == "old"
+    assert (folder / "coffee.json").read_bytes() == done
     assert (folder / "chelsea.json").exists()
     assert "1 skipped" in capsys.readouterr().err
+    # a file uniap did not make is never replaced without --overwrite
+    (folder / "camera.json").write_text("old")
+    assert main([str(images), "--out", str(folder)]) == 2
+    assert (folder / "camera.json").read_text() == "old"
 
 
 def test_bad_image_in_folder_is_reported_and_skipped(images, tmp_path, capsys):
@@ -133,7 +141,7 @@ def test_bad_image_in_folder_is_reported_and_skipped(images, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "1 failed" in err and "3 written" in err
     assert not (out / "broken.json").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["camera.json", "chelsea.json", "coffee.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["camera.json", "chelsea.json", "coffee.json", "failures.jsonl"]
 
 
 @pytest.mark.parametrize(
@@ -161,7 +169,9 @@ def test_errors_exit_cleanly_and_write_nothing(images, tmp_path, capsys, argv, c
     assert run_cli(argv) == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert set(tmp_path.rglob("*")) == before  # nothing written, no temporary left behind
+    after = set(tmp_path.rglob("*"))
+    # nothing written, no temporary left behind; a failed image is listed in failures.jsonl
+    assert after == before | ({tmp_path / "failures.jsonl"} if code == 1 else set())
 
 
 def run_cli(argv: list[str]) -> int:

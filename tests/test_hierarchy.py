@@ -36,21 +36,25 @@ def test_upsample_rejects_bad_shapes(hierarchy):
         hierarchy.upsample((5, 5), mode="cubic")
 
 
-def test_records_round_trip(hierarchy):
+@pytest.mark.parametrize("unique", [True, False])
+def test_records_round_trip(hierarchy, unique):
     image_shape = (48, 64)
-    records = hierarchy.to_records(image_shape)
+    records = hierarchy.to_records(image_shape, unique=unique)
     json.dumps(records)  # JSON-ready: counts are str, numbers are Python numbers
     up = hierarchy.upsample(image_shape)
     instance = [r for r in records if r["kind"] == "instance"]
     expected_count = sum(hierarchy.masks(i).shape[0] for i in range(len(hierarchy)))
-    assert len(instance) == expected_count
+    # one record per cluster and level, or one per distinct mask, spanning its levels
+    assert sum(len(r["levels"]) for r in instance) == expected_count
     assert [r["id"] for r in records] == list(range(len(records)))
     by_id = {r["id"]: r for r in records}
     for r in instance:
         mask = decode_rle(r["segmentation"])
+        assert r["level"] == r["levels"][0] and (unique or r["levels"] == [r["level"]])
         lv = hierarchy.level(r["level"])
         cluster = int(np.bincount(up[r["level"]][mask]).argmax())
-        np.testing.assert_array_equal(mask, up[r["level"]] == cluster)
+        for i in r["levels"]:
+            np.testing.assert_array_equal(mask, up[i] == int(np.bincount(up[i][mask]).argmax()))
         assert r["area"] == int(mask.sum())
         assert r["num_patches"] == int(lv.sizes[cluster]) >= hierarchy.min_size
         ys, xs = np.nonzero(mask)
@@ -59,14 +63,20 @@ def test_records_round_trip(hierarchy):
         assert mask[int(py), int(px)]
         assert -1.0 <= r["score"] <= 1.0 + 1e-9
         assert r["threshold"] == lv.threshold and r["crop_box"] == [0, 0, 64, 48]
-        if r["level"] == len(hierarchy) - 1:
+        if r["levels"][-1] == len(hierarchy) - 1:
             assert r["parent"] == -1
         else:
             parent = by_id[r["parent"]]
-            assert parent["level"] == r["level"] + 1
-            assert not (mask & ~decode_rle(parent["segmentation"])).any()  # nested
+            assert r["levels"][-1] + 1 in parent["levels"]  # the cluster one level up
+            parent_mask = decode_rle(parent["segmentation"])
+            assert not (mask & ~parent_mask).any()  # nested
+            if unique:
+                assert parent_mask.sum() > mask.sum()  # the next *different* mask
     semantic = [r for r in records if r["kind"] == "semantic"]
     assert semantic and all(r["parent"] == -1 for r in semantic)
+    if unique:
+        strings = [r["segmentation"]["counts"] for r in instance]
+        assert len(set(strings)) == len(strings)
 
 
 def test_records_load_in_pycocotools(hierarchy, tmp_path):

@@ -184,11 +184,20 @@ class Hierarchy:
         cols = xp.asarray(cols, device=dev)
         return xp.take(xp.take(labels, rows, axis=1), cols, axis=2)
 
-    def to_records(self, image_shape: Sequence[int] | None = None) -> list[dict]:
-        """SAM-style mask records (COCO RLE) at image resolution; see :mod:`uniap.records`."""
+    def to_records(self, image_shape: Sequence[int] | None = None, *, unique: bool = True) -> list[dict]:
+        """SAM-style mask records (COCO RLE) at image resolution; see :mod:`uniap.records`.
+
+        Parameters
+        ----------
+        image_shape : (H, W), optional
+            Output resolution (nearest-neighbour upsampling); the grid's when None.
+        unique : bool
+            True (default): each distinct mask once, at its finest level, with ``levels``
+            listing the levels it spans; False: one record per cluster and level.
+        """
         from .records import hierarchy_records
 
-        return hierarchy_records(self.numpy(), image_shape)
+        return hierarchy_records(self.numpy(), image_shape, unique=unique)
 
 
 def nearest_index(n_out: int, n_in: int) -> np.ndarray:

@@ -5,46 +5,64 @@ Record keys follow ``SamAutomaticMaskGenerator.generate``:
 ``id`` (int)
     Index of the record within the image.
 ``segmentation`` (dict)
-    COCO RLE ``{"size": [H, W], "counts": str}`` of the mask at image resolution.
+    COCO RLE ``{"size": [H, W], "counts": str}`` of the mask at image resolution, the
+    same string as ``pycocotools.mask.encode`` gives.
 ``area`` (int)
-    Mask area in pixels.
+    Mask area in pixels (always > 0: a cluster left with no pixel has no record).
 ``bbox`` (list of 4 float)
-    Box ``[x, y, w, h]`` (XYWH) in pixels; zeros for an empty mask.
+    Box ``[x, y, w, h]`` (XYWH) in pixels.
 ``predicted_iou``, ``stability_score`` (float)
     SAM's quality estimates; UniAP has none, so both carry the neutral value 1.0.
 ``point_coords`` (list of one [x, y])
-    A pixel inside the mask: its first pixel in row-major order.
+    An interior point: a pixel of the mask far from its boundary (the maximum of a distance
+    transform of the label map's boundaries, on a subsample of the pixels for large images).
 ``crop_box`` (list of 4 int)
     ``[0, 0, W, H]``: UniAP always sees the whole image.
 
 plus UniAP's own keys:
 
-``level`` (int), ``threshold`` (float)
-    The level the cluster belongs to (0 = finest) and its cosine threshold.
+``level`` (int), ``levels`` (list of int), ``threshold`` (float)
+    ``levels`` lists every level (0 = finest) at which this exact mask is a cluster (or a
+    semantic group); ``level`` is the first of them and ``threshold`` its cosine threshold.
 ``kind`` ("instance" | "semantic")
     Instance clusters are connected; semantic groups join alike clusters anywhere.
 ``num_patches`` (int)
-    Cells (patches) in the cluster.
+    Cells (patches) in the cluster at ``level``.
 ``parent`` (int)
-    ``id`` of the record of the enclosing cluster at the next level, -1 at the last level
-    and for semantic records.
+    ``id`` of the record of the next *different* mask enclosing this one (the cluster
+    containing it at the level after the last of ``levels``); -1 when there is none and for
+    semantic records.
 ``score`` (float)
-    Cohesion: the mean cosine between the members' features and the cluster's feature, in
-    [-1, 1]; 1 for a cluster of identical directions.
+    Cohesion at ``level``: the mean cosine between the members' features and the cluster's
+    feature, in [-1, 1]; 1 for a cluster of identical directions.
+
+Records are distinct masks: a region that survives several levels unchanged is one record
+(instance records span consecutive levels; a semantic group may recur at non-consecutive
+ones). ``unique=False`` gives one record per cluster and level instead (``levels == [level]``,
+``parent`` the record of the enclosing cluster at the next level), as SAM-style consumers
+that index masks by level may want.
+
+Masks are encoded straight from each level's (H, W) label map, all of its labels in one pass,
+so memory stays O(H * W) whatever the number of masks; no (K, H, W) stack is ever built.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
     from .hierarchy import Hierarchy
 
+# Interior points are searched on a strided subsample of about this many pixels.
+POINT_SAMPLES = 1 << 14
+_TAXICAB = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # 4-connectivity for ndimage
+
 
 def encode_rle(masks: np.ndarray) -> list[dict]:
-    """COCO RLE of boolean masks (K, H, W), with ``counts`` as ``str`` for JSON."""
+    """COCO RLE of boolean masks (K, H, W), with ``counts`` as ``str`` for JSON (pycocotools)."""
     from pycocotools import mask as mask_utils
 
     if masks.shape[0] == 0:
@@ -77,58 +95,346 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+# ----------------------------------------------------------------------- label-map encoder
+
+
+@dataclass(frozen=True)
+class LabelMapMasks:
+    """Per-label columns of one label map, as :func:`encode_label_map` returns them.
+
+    Attributes
+    ----------
+    size : (H, W)
+    labels : ndarray of shape (K,)
+        The labels present, increasing.
+    counts : list of K str
+        COCO compressed RLE strings (``pycocotools.mask.encode`` of ``labels_map == label``).
+    areas : ndarray of shape (K,), int64
+        Pixels per label.
+    boxes : ndarray of shape (K, 4), float64
+        XYWH boxes ``[x, y, w, h]``.
+    points : ndarray of shape (K, 2), float64
+        ``[x, y]`` of an interior pixel of each mask.
+    """
+
+    size: tuple[int, int]
+    labels: np.ndarray
+    counts: list[str]
+    areas: np.ndarray
+    boxes: np.ndarray
+    points: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def rle(self, j: int) -> dict:
+        """COCO RLE dict ``{"size": [H, W], "counts": str}`` of the ``j``-th label."""
+        return {"size": [int(self.size[0]), int(self.size[1])], "counts": self.counts[j]}
+
+
+def encode_label_map(labels: np.ndarray, ids: Sequence[int] | np.ndarray | None = None) -> LabelMapMasks:
+    """COCO RLE, area, box and interior point of every label of a label map, in one pass.
+
+    The map is read once in column-major (COCO) order; its runs of equal labels are grouped
+    per label, so the cost is O(H * W) plus O(runs), and memory O(H * W), whatever the
+    number of labels (no mask is ever materialised).
+
+    Parameters
+    ----------
+    labels : ndarray of shape (H, W), integer
+        A label map (any integer values, gaps and negatives allowed).
+    ids : sequence of int, optional
+        Encode only these labels (those absent from the map are left out); all labels
+        present when None.
+
+    Returns
+    -------
+    LabelMapMasks
+        Columns ``labels``, ``counts``, ``areas``, ``boxes``, ``points``, one row per label
+        present (increasing).
+
+    Raises
+    ------
+    TypeError
+        If ``labels`` is not of an integer (or boolean) dtype.
+    ValueError
+        If ``labels`` is not 2-D or is empty.
+
+    Notes
+    -----
+    ``counts`` are byte for byte what ``pycocotools.mask.encode`` returns for the mask of
+    each label (pycocotools' ``rleToString``: counts alternate starting with zeros, the
+    last run is included, from the fourth on each is stored as the difference to the one
+    two before, in 5-bit groups with a continuation bit, offset by 48).  Areas and boxes are
+    exact integers (pycocotools' ``area``/``toBbox`` overflow past 255 masks under NumPy 2).
+    The point of a label is its pixel farthest (taxicab) from any pixel whose 4-neighbour
+    differs, searched on a strided subsample of about ``POINT_SAMPLES`` pixels; a label that
+    misses the subsample gets the middle of its longest column run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from uniap.records import encode_label_map
+    >>> m = encode_label_map(np.array([[7, 7, 3], [7, 3, 3]]))
+    >>> m.labels.tolist(), m.counts, m.areas.tolist()
+    ([3, 7], ['33', '033'], [3, 3])
+    >>> m.boxes.tolist()
+    [[1.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]]
+    >>> from pycocotools import mask as mask_utils
+    >>> mask = np.array([[7, 7, 3], [7, 3, 3]]) == 3
+    >>> mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+    b'33'
+    """
+    return _encode_label_map(labels, ids)
+
+
+def _encode_label_map(labels, ids=None, samples=None) -> LabelMapMasks:
+    """:func:`encode_label_map`, with the point samples given when a caller has them."""
+    labels = np.asarray(labels)
+    if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be an integer label map, got dtype {labels.dtype}")
+    if labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty (H, W) label map, got shape {labels.shape}")
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    height, width = (int(s) for s in labels.shape)
+    n = height * width
+
+    # Runs in column-major order: starts, and the label of each run.
+    flat = labels.T.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1])
+    starts = np.empty(change.size + 1, np.int64)
+    starts[0] = 0
+    starts[1:] = change + 1
+    del change
+    run_labels = flat[starts]
+    del flat
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = n
+    # Group the runs by label (then start): a stable sort of each run's row in ``keys``.
+    keys = np.unique(run_labels if ids is None else np.asarray(ids, dtype=np.int64).ravel())
+    row = _index_in(run_labels, keys)
+    del run_labels
+    if ids is not None:  # drop the runs of other labels, and keys absent from the map
+        present = np.bincount(row[row >= 0], minlength=keys.size) > 0
+        compact = np.cumsum(present) - 1
+        compact = np.append(compact, keys.size)  # row -1 (not wanted) sorts last
+        row = compact[row]
+        keys = keys[present]
+    k = keys.size
+    sort_key = row.astype(np.int16) if k < np.iinfo(np.int16).max else row  # radix sort
+    order = np.argsort(sort_key, kind="stable")[: int(np.count_nonzero(row < k))]
+    del sort_key
+    starts, ends, group = starts[order], ends[order], row[order]
+    if k == 0:
+        return LabelMapMasks((height, width), keys, [], np.zeros(0, np.int64), np.zeros((0, 4)),
+                             np.zeros((0, 2)))
+    runs_per = np.bincount(group, minlength=k)
+    last = np.cumsum(runs_per) - 1
+    first = last - runs_per + 1
+    uniq = keys
+    lengths = ends - starts
+
+    counts = _label_counts(starts, ends, group, first, last, n)
+    areas = np.add.reduceat(lengths, first)
+    boxes = _label_boxes(starts, ends, first, last, height)
+    if samples is None:
+        stride = _point_stride(height, width)
+        sub = np.ascontiguousarray(labels[::stride, ::stride])
+        samples = (stride, sub, _sample_distances([sub])[0])
+    points = _label_points(uniq, starts, lengths, group, first, height, samples)
+    return LabelMapMasks((height, width), uniq, counts, areas, boxes, points)
+
+
+def _index_in(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Position of each value in ``keys`` (sorted, distinct), -1 where absent."""
+    out = np.full(values.shape, -1, np.int64)
+    if keys.size == 0 or values.size == 0:
+        return out
+    keys = keys.astype(np.int64, copy=False)
+    low, high = int(keys[0]), int(keys[-1])
+    if high - low < 4 * values.size + 1024:  # a lookup table
+        table = np.full(high - low + 2, -1, np.int64)
+        table[keys - low] = np.arange(keys.size)
+        offset = values.astype(np.int64) - low
+        offset[(offset < 0) | (offset > high - low)] = high - low + 1
+        return table[offset]
+    where = np.minimum(np.searchsorted(keys, values), keys.size - 1)
+    found = keys[where] == values
+    out[found] = where[found]
+    return out
+
+
+def _label_counts(starts, ends, group, first, last, n) -> list[str]:
+    """COCO compressed RLE strings of runs grouped per label (sorted by label, then start)."""
+    r, k = starts.size, first.size
+    # Uncompressed counts of each label: zeros, ones, zeros, ..., ones, trailing zeros (left
+    # out when the mask reaches the last pixel).
+    prev_end = np.empty(r, np.int64)
+    prev_end[1:] = ends[:-1]
+    prev_end[first] = 0
+    pairs = np.empty((r, 2), np.int64)
+    np.subtract(starts, prev_end, out=pairs[:, 0])
+    np.subtract(ends, starts, out=pairs[:, 1])
+    trailing = n - ends[last]
+    tail = np.flatnonzero(trailing > 0)
+    values = np.insert(pairs.ravel(), 2 * (last[tail] + 1), trailing[tail])
+    per_group = 2 * (last - first + 1)
+    per_group[tail] += 1
+    offsets = np.cumsum(per_group) - per_group
+    # From the fourth count of each label on, store the difference to the count two before.
+    later = np.ones(values.size, bool)
+    later[offsets] = False
+    later[offsets + 1] = False  # every label has at least two counts
+    third = offsets + 2
+    later[third[third < values.size]] = False  # (or it is the next label's first count)
+    x = values.copy()
+    np.subtract(values[2:], values[:-2], out=x[2:], where=later[2:])
+    # Signed 5-bit groups, least significant first; bit 0x20 says another group follows.
+    magnitude = x ^ (x >> 63)  # -x - 1 for negatives: same number of significant bits
+    chunks = (np.frexp(magnitude.astype(np.float64))[1].astype(np.int64) + 5) // 5
+    total = np.cumsum(chunks)
+    pos = total - chunks
+    out = np.empty(int(total[-1]), np.uint8)
+    out[pos] = (x & 0x1F) + (chunks > 1) * 0x20 + 48
+    for j in range(1, int(chunks.max())):
+        idx = np.flatnonzero(chunks > j)
+        out[pos[idx] + j] = ((x[idx] >> (5 * j)) & 0x1F) + (chunks[idx] > j + 1) * 0x20 + 48
+    text = out.tobytes().decode("ascii")
+    bounds = np.zeros(k + 1, np.int64)
+    np.cumsum(np.add.reduceat(chunks, offsets), out=bounds[1:])
+    b = bounds.tolist()
+    return [text[b[j]:b[j + 1]] for j in range(k)]
+
+
+def _label_boxes(starts, ends, first, last, height) -> np.ndarray:
+    """XYWH boxes of runs grouped per label."""
+    col0, row0 = np.divmod(starts, height)
+    col1, row1 = np.divmod(ends - 1, height)
+    spans = col1 > col0  # a run across a column boundary covers the top and the bottom row
+    top = np.where(spans, 0, row0)
+    bottom = np.where(spans, height - 1, row1)
+    x0, x1 = col0[first], col1[last]
+    y0, y1 = np.minimum.reduceat(top, first), np.maximum.reduceat(bottom, first)
+    return np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1).astype(np.float64)
+
+
+def _point_stride(height: int, width: int) -> int:
+    """Sampling step of the point search: about ``POINT_SAMPLES`` samples per map."""
+    return max(1, int(np.ceil(np.sqrt(height * width / POINT_SAMPLES))))
+
+
+def _sample_distances(subs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per subsampled map (all of one shape): the taxicab distance, in samples, of every
+    sample to the nearest sample whose 4-neighbour differs, the border counting as one.
+
+    One distance transform serves all maps: stacked, they stay apart because their first
+    and last rows are boundary.
+    """
+    from scipy import ndimage
+
+    sh, sw = subs[0].shape
+    inner = np.zeros((len(subs), sh, sw), bool)
+    if sh >= 3 and sw >= 3:
+        for i, sub in enumerate(subs):
+            c = sub[1:-1, 1:-1]
+            inner[i, 1:-1, 1:-1] = ((c == sub[:-2, 1:-1]) & (c == sub[2:, 1:-1])
+                                    & (c == sub[1:-1, :-2]) & (c == sub[1:-1, 2:]))
+    if not inner.any():
+        return [np.zeros(sh * sw, np.int32) for _ in subs]
+    dist = ndimage.distance_transform_cdt(inner.reshape(len(subs) * sh, sw), metric=_TAXICAB)
+    return list(dist.reshape(len(subs), sh * sw))
+
+
+def _label_points(uniq, starts, lengths, group, first, height, samples) -> np.ndarray:
+    """An interior pixel [x, y] per label: distance maximum over the samples of its label.
+
+    ``samples`` is ``(stride, sub, dist)``: the map's samples ``labels[::stride, ::stride]``
+    and their :func:`_sample_distances`.
+    """
+    stride, sub, dist = samples
+    k = uniq.size
+    sw = sub.shape[1]
+    where = _index_in(sub.ravel(), uniq)
+    pixel = np.flatnonzero(where >= 0)
+    best = np.full(k, -1, np.int64)
+    np.maximum.at(best, where[pixel], dist[pixel].astype(np.int64) * sub.size + pixel)
+    points = np.empty((k, 2))
+    found = best >= 0
+    sy, sx = np.divmod(best[found] % sub.size, sw)
+    points[found, 0], points[found, 1] = sx * stride, sy * stride
+    if not found.all():
+        # Labels the subsample misses: the middle of their longest run (inside the mask).
+        longest = np.maximum.reduceat(lengths, first)
+        is_longest = np.flatnonzero(lengths == longest[group])
+        g = group[is_longest]
+        pick = is_longest[np.r_[True, g[1:] != g[:-1]]]
+        col, row = np.divmod(starts[pick] + lengths[pick] // 2, height)
+        points[~found, 0], points[~found, 1] = col[~found], row[~found]
+    return points
+
+
+# ----------------------------------------------------------------------------- cohesion
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of a (N, C) array scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.sqrt(np.add.reduce(x * x, axis=1))  # what np.linalg.norm computes
+    norms[~(norms > 1e-10)] = np.inf  # rows of (near) zero norm become zero
+    return x / norms[:, None]
+
+
+def _cohesions(x: np.ndarray, partitions: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """:func:`cohesion` of several partitions of the same cells (one sparse product for all).
+
+    Each cluster's sum of unit member rows is accumulated in member order, exactly as
+    ``np.add.at`` does, so the values are the same to the last bit.
+    """
+    from scipy import sparse
+
+    unit = _unit_rows(np.asarray(x).reshape(np.asarray(partitions[0][0]).size, -1))
+    n = unit.shape[0]
+    sizes = [int(np.asarray(f).shape[0]) for _, f in partitions]
+    offsets = np.cumsum([0] + sizes)
+    rows = np.concatenate([np.asarray(lab, np.int64).ravel() + off
+                           for (lab, _), off in zip(partitions, offsets)])
+    # CSR of the membership matrix, each cluster's members in cell order (a stable sort)
+    key = rows.astype(np.int16) if offsets[-1] < np.iinfo(np.int16).max else rows  # radix sort
+    cells = np.argsort(key, kind="stable") % n
+    indptr = np.zeros(int(offsets[-1]) + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=int(offsets[-1])), out=indptr[1:])
+    members = sparse.csr_matrix((np.ones(rows.size), cells, indptr), shape=(int(offsets[-1]), n))
+    sums = np.asarray(members @ unit)
+    out = []
+    for (lab, features), off, k in zip(partitions, offsets, sizes):
+        f_unit = _unit_rows(np.asarray(features, dtype=np.float64).reshape(k, -1))
+        count = np.bincount(np.asarray(lab).ravel(), minlength=k)
+        out.append(np.einsum("kc,kc->k", sums[off:off + k], f_unit) / np.maximum(count, 1))
+    return out
+
+
 def cohesion(x: np.ndarray, labels: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Mean cosine between member features and their cluster's feature, per cluster."""
-    x = np.asarray(x, dtype=np.float64).reshape(labels.size, -1)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 1e-10)
-    k = features.shape[0]
-    sums = np.zeros((k, unit.shape[1]))
-    np.add.at(sums, labels.ravel(), unit)
-    f = np.asarray(features, dtype=np.float64)
-    fn = np.linalg.norm(f, axis=1, keepdims=True)
-    f_unit = np.divide(f, fn, out=np.zeros_like(f), where=fn > 1e-10)
-    sizes = np.bincount(labels.ravel(), minlength=k)
-    return np.einsum("kc,kc->k", sums, f_unit) / np.maximum(sizes, 1)
+    """Mean cosine between member features and their cluster's feature, per cluster.
+
+    Parameters
+    ----------
+    x : ndarray of shape (*grid, C)
+        Input features of the cells.
+    labels : ndarray of shape (*grid,)
+        Cluster of each cell, 0..K-1.
+    features : ndarray of shape (K, C)
+        Cluster features.
+
+    Returns
+    -------
+    ndarray of shape (K,), float64
+    """
+    return _cohesions(x, [(np.asarray(labels), features)])[0]
 
 
-def _records_for(
-    pixel_labels: np.ndarray,
-    ids: np.ndarray,
-    common: dict[str, Any],
-    per_id: dict[str, np.ndarray],
-    start_id: int,
-) -> list[dict]:
-    """Records of the clusters ``ids`` of one pixel-resolution label map."""
-    height, width = pixel_labels.shape
-    masks = pixel_labels[None] == ids[:, None, None]
-    rles = encode_rle(masks)
-    if not rles:
-        return []
-    # Areas and boxes from the masks themselves: pycocotools' area()/toBbox() overflow on
-    # lists of more than 255 masks with NumPy 2.
-    areas = masks.sum(axis=(1, 2))
-    boxes = mask_boxes(masks)
-    first_pixel = masks.reshape(len(ids), -1).argmax(axis=1)
-    records = []
-    for j, (cid, rle) in enumerate(zip(ids.tolist(), rles)):
-        py, px = divmod(int(first_pixel[j]), width)
-        rec = {
-            "id": start_id + j,
-            "segmentation": rle,
-            "area": int(areas[j]),
-            "bbox": [float(v) for v in boxes[j]],
-            "predicted_iou": 1.0,
-            "stability_score": 1.0,
-            "point_coords": [[float(px), float(py)]],
-            "crop_box": [0, 0, int(width), int(height)],
-        }
-        rec.update(common)
-        for key, column in per_id.items():
-            value = column[cid]
-            rec[key] = value.item() if hasattr(value, "item") else value
-        records.append(rec)
-    return records
+# ------------------------------------------------------------------------------ records
 
 
 def semantic_of_clusters(level) -> np.ndarray:
@@ -138,12 +444,66 @@ def semantic_of_clusters(level) -> np.ndarray:
     return groups
 
 
+def _level_maps(
+    h: "Hierarchy", shape, pixel_labels, stride: int
+) -> tuple[Iterator[np.ndarray], list[np.ndarray]]:
+    """Each level's (H, W) pixel label map in turn (upsampled one level at a time), and every
+    level's point samples ``map[::stride, ::stride]`` at once."""
+    if pixel_labels is not None:
+        samples = [np.ascontiguousarray(pixel_labels[i, ::stride, ::stride]) for i in range(len(h))]
+        return (pixel_labels[i] for i in range(len(h))), samples
+    from .hierarchy import nearest_index
+
+    rows, cols = (nearest_index(n_out, n_in) for n_out, n_in in zip(shape, h.shape))
+    grids = [np.asarray(lv.labels) for lv in h.levels]
+    samples = [g[rows[::stride]][:, cols[::stride]] for g in grids]
+    return (g[rows][:, cols] for g in grids), samples
+
+
+def _make_records(
+    m: LabelMapMasks, rows: list[int], ids: list[int], levels: list[list[int]], threshold: float,
+    kind: str, num_patches: list[int], parents: list[int], scores: list[float], crop: tuple,
+) -> list[dict]:
+    """Record dicts of rows ``rows`` of ``m`` (columns as lists), keys in the documented order."""
+    size = [int(m.size[0]), int(m.size[1])]
+    counts, areas = m.counts, m.areas.tolist()
+    boxes, points = m.boxes.tolist(), m.points.tolist()
+    out = []
+    semantic = kind == "semantic"
+    for j, rid, lvls, n, parent, score in zip(rows, ids, levels, num_patches, parents, scores):
+        rec = {
+            "id": rid,
+            "segmentation": {"size": list(size), "counts": counts[j]},
+            "area": areas[j],
+            "bbox": boxes[j],
+            "predicted_iou": 1.0,
+            "stability_score": 1.0,
+            "point_coords": [points[j]],
+            "crop_box": list(crop),
+            "level": lvls[0],
+            "levels": lvls,
+            "threshold": threshold,
+            "kind": kind,
+        }
+        if semantic:  # the key order of earlier releases
+            rec["parent"] = parent
+            rec["num_patches"] = n
+        else:
+            rec["num_patches"] = n
+            rec["parent"] = parent
+        rec["score"] = score
+        out.append(rec)
+    return out
+
+
 def hierarchy_records(
     h: "Hierarchy",
     image_shape: Sequence[int] | None = None,
     pixel_labels: np.ndarray | None = None,
+    *,
+    unique: bool = True,
 ) -> list[dict]:
-    """Records of every mask of a (NumPy) hierarchy, finest level first; see module docs.
+    """Records of the masks of a (NumPy) hierarchy, finest level first; see module docs.
 
     Parameters
     ----------
@@ -152,54 +512,157 @@ def hierarchy_records(
     image_shape : (H, W), optional
         Output resolution for nearest-neighbour upsampling (default: the grid's).
     pixel_labels : ndarray of shape (L, H, W), optional
-        Instance label maps already at pixel resolution (e.g. from
-        :func:`uniap.pixels.pixel_labels`); they override ``image_shape``.
+        Instance label maps already at pixel resolution and nested like the hierarchy (e.g.
+        from :func:`uniap.pixels.pixel_labels`); they override ``image_shape``.
+    unique : bool
+        True (default): one record per distinct mask, at its finest level, with the levels
+        it spans; False: one record per cluster and level.
+
+    Returns
+    -------
+    list of dict
+        Instance records (ordered by ``level``, then cluster label), then semantic records.
+
+    Raises
+    ------
+    ValueError
+        If the hierarchy is not of a 2-D grid, or ``image_shape`` / ``pixel_labels`` have
+        the wrong shape.
     """
     grid = h.shape
     if len(grid) != 2:
         raise ValueError(f"records need a 2-D grid hierarchy, this one has shape {grid}")
-    if pixel_labels is None:
+    num_levels = len(h)
+    if pixel_labels is not None:
+        pixel_labels = np.asarray(pixel_labels)
+        if pixel_labels.ndim != 3 or pixel_labels.shape[0] != num_levels or 0 in pixel_labels.shape:
+            raise ValueError(f"pixel_labels must be ({num_levels}, H, W), got shape {pixel_labels.shape}")
+        shape = tuple(int(s) for s in pixel_labels.shape[1:])
+    else:
         image_shape = tuple(int(s) for s in (image_shape if image_shape is not None else grid))
         if len(image_shape) < 2 or min(image_shape[:2]) < 1:
             raise ValueError(f"image_shape must be (H, W[, ...]) with positive sizes, got {image_shape}")
-        pixel_labels = h.upsample(image_shape[:2])
+        shape = image_shape[:2]
+    crop = (0, 0, shape[1], shape[0])
+    levels = h.levels
+    scores = None
+    if h.input_features is not None:
+        scores = _cohesions(h.input_features, [(np.asarray(lv.labels), lv.features) for lv in levels])
 
-    # Record ids of each level's masks, so that children can name their parent's record.
-    record_of: list[np.ndarray] = []
-    next_id = 0
-    for lv in h.levels:
-        ids = np.flatnonzero(lv.sizes >= h.min_size)
-        mapping = np.full(lv.num_clusters, -1, np.int64)
-        mapping[ids] = np.arange(next_id, next_id + len(ids))
-        next_id += len(ids)
-        record_of.append(mapping)
-    records: list[dict] = []
-    for i, lv in enumerate(h.levels):
-        ids = np.flatnonzero(lv.sizes >= h.min_size)
-        if i + 1 < len(h.levels):
-            parents = record_of[i + 1][lv.parents]
-        else:
-            parents = np.full(lv.num_clusters, -1, np.int64)
-        if h.input_features is not None:
-            score = cohesion(h.input_features, lv.labels, lv.features)
-        else:
-            score = np.ones(lv.num_clusters)
-        records += _records_for(
-            pixel_labels[i], ids,
-            {"level": i, "threshold": float(lv.threshold), "kind": "instance"},
-            {"num_patches": lv.sizes, "parent": parents, "score": np.round(score, 6)},
-            start_id=len(records),
-        )
-    for i, lv in enumerate(h.levels):
-        if lv.semantic_labels is None:
+    # Point samples of every map first (one distance transform for all), then one pass per
+    # level: encode the instance map and, with semantic groups, the semantic map.
+    stride = _point_stride(*shape)
+    maps, subs = _level_maps(h, shape, pixel_labels, stride)
+    groups = [None if lv.semantic_labels is None else semantic_of_clusters(lv).astype(subs[i].dtype)
+              for i, lv in enumerate(levels)]
+    subs += [g[sub] for g, sub in zip(groups, subs) if g is not None]
+    dists = iter(_sample_distances(subs))
+    samples = [(stride, sub, next(dists)) for sub in subs]
+    sem_samples = iter(samples[len(levels):])
+    inst: list[LabelMapMasks] = []
+    sem: list[LabelMapMasks | None] = []
+    for i, (lv, pix) in enumerate(zip(levels, maps)):
+        inst.append(_encode_label_map(pix, np.flatnonzero(lv.sizes >= h.min_size), samples[i]))
+        if groups[i] is None:
+            sem.append(None)
             continue
-        groups = semantic_of_clusters(lv)
-        sizes = np.bincount(lv.semantic_labels.ravel())
-        ids = np.flatnonzero(sizes >= h.min_size)
-        records += _records_for(
-            groups[pixel_labels[i]], ids,
-            {"level": i, "threshold": float(lv.threshold), "kind": "semantic", "parent": -1},
-            {"num_patches": sizes, "score": np.ones(len(sizes))},
-            start_id=len(records),
+        sizes = np.bincount(np.asarray(lv.semantic_labels).ravel())
+        sem.append(_encode_label_map(groups[i][pix], np.flatnonzero(sizes >= h.min_size), next(sem_samples)))
+
+    records = _instance_records(h, inst, scores, crop, unique)
+    records += _semantic_records(h, sem, crop, unique, start=len(records))
+    return records
+
+
+def _instance_records(h, inst: list[LabelMapMasks], scores, crop, unique: bool) -> list[dict]:
+    levels = h.levels
+    num_levels = len(levels)
+    # Pixel area of every cluster (0: not recorded, or no pixel left) and row in inst[i].
+    area, row = [], []
+    for lv, m in zip(levels, inst):
+        a = np.zeros(lv.num_clusters, np.int64)
+        a[m.labels] = m.areas
+        r = np.full(lv.num_clusters, -1, np.int64)
+        r[m.labels] = np.arange(len(m))
+        area.append(a)
+        row.append(r)
+    parents = [np.asarray(lv.parents, np.int64) for lv in levels]
+
+    # same[i][k]: cluster k of level i has exactly its parent's mask (nested: equal areas).
+    same = []
+    for i in range(num_levels):
+        if unique and i + 1 < num_levels:
+            same.append((area[i] > 0) & (area[i] == area[i + 1][parents[i]]))
+        else:
+            same.append(np.zeros(levels[i].num_clusters, bool))
+    # top[i][k]: last level of the run of equal masks from (i, k); at[i][k]: its cluster there.
+    top, at = [None] * num_levels, [None] * num_levels
+    for i in reversed(range(num_levels)):
+        k = levels[i].num_clusters
+        top[i], at[i] = np.full(k, i, np.int64), np.arange(k)
+        if i + 1 < num_levels and same[i].any():
+            s = same[i]
+            top[i][s] = top[i + 1][parents[i][s]]
+            at[i][s] = at[i + 1][parents[i][s]]
+
+    # Record ids: a record starts at each recorded cluster that no child continues.
+    rid = []
+    starts = []
+    next_id = 0
+    for i in range(num_levels):
+        r = np.full(levels[i].num_clusters, -1, np.int64)
+        continued = np.zeros(levels[i].num_clusters, bool)
+        if i:
+            s = same[i - 1]
+            r[parents[i - 1][s]] = rid[i - 1][s]
+            continued[parents[i - 1][s]] = True
+        begin = np.flatnonzero((area[i] > 0) & ~continued)
+        r[begin] = np.arange(next_id, next_id + begin.size)
+        next_id += begin.size
+        rid.append(r)
+        starts.append(begin)
+
+    records = []
+    for i, begin in enumerate(starts):
+        lv, m = levels[i], inst[i]
+        last, cluster = top[i][begin], at[i][begin]
+        parent = np.full(begin.size, -1, np.int64)
+        for t in np.unique(last):
+            if t + 1 < num_levels:
+                sel = last == t
+                parent[sel] = rid[t + 1][parents[t][cluster[sel]]]
+        if scores is not None:
+            score = np.round(scores[i][begin], 6)
+        else:
+            score = np.ones(begin.size)
+        records += _make_records(
+            m, row[i][begin].tolist(), rid[i][begin].tolist(),
+            [list(range(i, t + 1)) for t in last.tolist()], float(lv.threshold), "instance",
+            np.asarray(lv.sizes)[begin].tolist(), parent.tolist(), score.tolist(), crop,
         )
+    return records
+
+
+def _semantic_records(h, sem: list[LabelMapMasks | None], crop, unique: bool, start: int) -> list[dict]:
+    records: list[dict] = []
+    seen: dict[str, dict] = {}
+    for i, (lv, m) in enumerate(zip(h.levels, sem)):
+        if m is None:
+            continue
+        sizes = np.bincount(np.asarray(lv.semantic_labels).ravel())
+        fresh = []
+        for j, counts in enumerate(m.counts):
+            rec = seen.get(counts) if unique else None
+            if rec is not None:
+                rec["levels"].append(i)
+            else:
+                fresh.append(j)
+        new = _make_records(
+            m, fresh, list(range(start + len(records), start + len(records) + len(fresh))),
+            [[i] for _ in fresh], float(lv.threshold), "semantic", sizes[m.labels[fresh]].tolist(),
+            [-1] * len(fresh), [1.0] * len(fresh), crop,
+        )
+        for rec in new:
+            seen[rec["segmentation"]["counts"]] = rec
+        records += new
     return records

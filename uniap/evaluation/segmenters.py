@@ -423,10 +423,11 @@ class HigraWatershed(Segmenter):
 def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_levels: int | None = None) -> np.ndarray:
     """Label maps (L, H, W) from SAM-style instance records.
 
-    Records are grouped by their ``level`` (all level 0 without one). Within a level, masks are
-    painted largest first, so a smaller overlapping mask wins its pixels. Pixels no mask covers
-    (e.g. clusters below ``uniap-cli --min-size``) become regions of their own, one per
-    4-connected component.
+    Records are grouped by the ``levels`` they span (``[level]`` without it, level 0 without
+    either): a distinct-mask record of ``uniap-cli`` belongs to every level it lists. Within a
+    level, masks are painted largest first, so a smaller overlapping mask wins its pixels.
+    Pixels no mask covers (e.g. clusters below ``uniap-cli --min-size``) become regions of
+    their own, one per 4-connected component.
     """
     from scipy import ndimage
 
@@ -434,12 +435,13 @@ def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_level
 
     height, width = int(shape[0]), int(shape[1])
     inst = [r for r in records if r.get("kind", "instance") == "instance"]
+    spans = [[int(v) for v in r.get("levels", [r.get("level", 0)])] for r in inst]
     if num_levels is None:
-        num_levels = 1 + max((int(r.get("level", 0)) for r in inst), default=0)
+        num_levels = 1 + max((max(s) for s in spans if s), default=0)
     out = np.empty((num_levels, height, width), np.int32)
     for lv in range(num_levels):
         labels = np.full((height, width), -1, np.int64)
-        mine = sorted((r for r in inst if int(r.get("level", 0)) == lv), key=lambda r: -float(r.get("area", 0)))
+        mine = sorted((r for r, s in zip(inst, spans) if lv in s), key=lambda r: -float(r.get("area", 0)))
         for j, rec in enumerate(mine):
             mask = decode_rle(rec["segmentation"])
             if mask.shape != (height, width):

@@ -62,6 +62,7 @@ def segment_image(
     extractor: Any | None = None,
     *,
     upsampling: str = "nearest",
+    unique: bool = True,
     **options: Any,
 ) -> ImageSegmentation:
     """Masks of one image: extract patch features, run :func:`uniap.segment`, map to pixels.
@@ -75,6 +76,9 @@ def segment_image(
         A feature extractor (:mod:`uniap.features`); the embedded default when None.
     upsampling : {"nearest", "bilinear"}
         How grid labels become pixel labels (:func:`uniap.pixels.pixel_labels`).
+    unique : bool
+        True (default): one record per distinct mask, with the ``levels`` it spans; False:
+        one record per cluster and level (:func:`uniap.records.hierarchy_records`).
     **options
         Passed to :func:`uniap.segment` (levels, min_size, preset, semantic, backend, ...).
 
@@ -102,9 +106,10 @@ def segment_image(
     labels = to_pixel_labels(h, grid, upsampling)
     semantic = None
     if h.level(0).semantic_labels is not None:
-        semantic = np.stack([semantic_of_clusters(lv)[labels[i]] for i, lv in enumerate(h.levels)])
-        semantic = semantic.astype(np.int32)
-    records = hierarchy_records(h, pixel_labels=labels)
+        semantic = np.empty(labels.shape, np.int32)
+        for i, lv in enumerate(h.levels):
+            semantic[i] = semantic_of_clusters(lv).astype(np.int32)[labels[i]]
+    records = hierarchy_records(h, pixel_labels=labels, unique=unique)
     t3 = time.perf_counter()
     return ImageSegmentation(
         hierarchy=h, records=records, pixel_labels=labels, semantic_labels=semantic, grid=grid,
