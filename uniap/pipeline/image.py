@@ -10,8 +10,7 @@ import numpy as np
 
 from ..api import segment
 from ..hierarchy import Hierarchy
-from ..pixels import pixel_labels as to_pixel_labels
-from ..records import hierarchy_records, semantic_of_clusters
+from .stages import encode, uniap_info
 
 
 @dataclass
@@ -45,16 +44,7 @@ class ImageSegmentation:
 
     def uniap_info(self) -> dict:
         """Provenance for output files: version, thresholds, options, grid and features."""
-        from .. import __version__
-
-        return {
-            "version": __version__,
-            "thresholds": list(self.hierarchy.thresholds),
-            "options": self.hierarchy.options,
-            "grid": list(self.grid.grid_shape),
-            "patch_size": int(self.grid.patch_size),
-            "features": self.grid.name,
-        }
+        return uniap_info(self.hierarchy, self.grid)
 
 
 def segment_image(
@@ -103,15 +93,10 @@ def segment_image(
     t1 = time.perf_counter()
     h = segment(grid.features, **options).numpy()
     t2 = time.perf_counter()
-    labels = to_pixel_labels(h, grid, upsampling)
-    semantic = None
-    if h.level(0).semantic_labels is not None:
-        semantic = np.empty(labels.shape, np.int32)
-        for i, lv in enumerate(h.levels):
-            semantic[i] = semantic_of_clusters(lv).astype(np.int32)[labels[i]]
-    records = hierarchy_records(h, pixel_labels=labels, unique=unique)
+    encoded = encode(grid, h, upsampling=upsampling, unique=unique)
     t3 = time.perf_counter()
     return ImageSegmentation(
-        hierarchy=h, records=records, pixel_labels=labels, semantic_labels=semantic, grid=grid,
+        hierarchy=h, records=encoded.records, pixel_labels=encoded.pixel_labels,
+        semantic_labels=encoded.semantic_labels, grid=grid,
         image=pixels, timings={"features": t1 - t0, "pooling": t2 - t1, "records": t3 - t2},
     )

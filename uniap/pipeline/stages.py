@@ -173,19 +173,22 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     return Encoded(records, labels, semantic)
 
 
-def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str) -> dict:
-    """Provenance for output files: version, thresholds, options, grid, features, settings digest."""
+def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) -> dict:
+    """Provenance for output files: version, thresholds, options, grid, features and the
+    digest of the run's settings (:func:`uniap.pipeline.plan.signature`) when given."""
     from .. import __version__
 
-    return {
+    info = {
         "version": __version__,
         "thresholds": list(hierarchy.thresholds),
         "options": hierarchy.options,
         "grid": list(grid.grid_shape),
         "patch_size": int(grid.patch_size),
         "features": grid.name,
-        "signature": signature,
     }
+    if signature is not None:
+        info["signature"] = signature
+    return info
 
 
 class Stages:
