@@ -75,9 +75,9 @@ def process_chunk(stages: Stages, jobs: Sequence[Job], collect: bool = False,
             extracted = None
         ok.append((i, image, extracted))
     if stages.features.batched and ok:
-        ok = _batched_features(stages, ok, reports)
-    hierarchies = _pool(stages, ok, reports)
-    writes = [_submit(writer, _encode_and_write, stages, jobs[i], reports[i], image, extracted.grid, h, collect)
+        ok = batched_features(stages, ok, reports)
+    hierarchies = pool_features(stages, ok, reports)
+    writes = [_submit(writer, encode_and_write, stages, jobs[i], reports[i], image, extracted.grid, h, collect)
               for (i, image, extracted), h in zip(ok, hierarchies) if h is not None]
     return _Pending(reports, writes) if writer is not None else reports
 
@@ -97,7 +97,7 @@ def finished(reports: list[Report]) -> list[Report]:
     return list(reports)
 
 
-def _batched_features(stages: Stages, ok: list, reports: list[Report]) -> list:
+def batched_features(stages: Stages, ok: list, reports: list[Report]) -> list:
     start = time.perf_counter()
     try:
         extracted = stages.features([image for _, image, _ in ok])
@@ -119,7 +119,7 @@ def _batched_features(stages: Stages, ok: list, reports: list[Report]) -> list:
     return [(i, image, e) for (i, image, _), e in zip(ok, extracted)]
 
 
-def _pool(stages: Stages, ok: list, reports: list[Report]) -> list:
+def pool_features(stages: Stages, ok: list, reports: list[Report]) -> list:
     if not ok:
         return []
     start = time.perf_counter()
@@ -142,7 +142,7 @@ def _pool(stages: Stages, ok: list, reports: list[Report]) -> list:
     return hierarchies
 
 
-def _encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, collect: bool) -> None:
+def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, collect: bool) -> None:
     start = time.perf_counter()
     try:
         encoded = stages.encode(grid, h)
@@ -200,6 +200,7 @@ def _watch_parent(parent: int) -> None:
 
 def _init_worker(settings: Settings, collect: bool, parent: int) -> None:
     _raise_on_sigterm()
+    _limit_threads(settings.threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     _WORKER.update(stages=Stages(settings), collect=collect,
@@ -260,7 +261,7 @@ class LocalEngine:
         method = "fork" if "torch" not in sys.modules and "fork" in mp.get_all_start_methods() else "spawn"
         cores = os.cpu_count() or 1
         settings = stages.settings
-        if settings.threads is None and settings.features != "default":
+        if settings.threads is None:  # the processes share the cores: no thread oversubscribes
             from dataclasses import replace
 
             settings = replace(settings, threads=max(1, cores // self.workers))
@@ -268,7 +269,7 @@ class LocalEngine:
                                    initargs=(settings, collect, os.getpid()))
         pending: deque[tuple[Future, Sequence[Job]]] = deque()
         broken = False
-        restore_threads = _share_torch_threads(settings.threads)
+        restore_threads = _limit_threads(settings.threads)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder:
                 while chunks or pending:
@@ -294,12 +295,26 @@ class LocalEngine:
         pool.shutdown(wait=True)
 
 
-def _share_torch_threads(threads: int | None) -> Callable[[], None]:
-    """Give this process the same torch thread count as each worker; returns the undo."""
-    if not threads or "torch" not in sys.modules:
-        return lambda: None
-    import torch
+def _limit_threads(threads: int | None) -> Callable[[], None]:
+    """Give this process the thread counts of a worker (BLAS, OpenMP, torch); returns the undo.
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return lambda: torch.set_num_threads(before)
+    Two processes running two OpenBLAS threads each on two cores run at half speed.
+    """
+    if not threads:
+        return lambda: None
+    from threadpoolctl import threadpool_limits
+
+    limits = threadpool_limits(limits=threads)
+    torch_before = None
+    if "torch" in sys.modules:
+        import torch
+
+        torch_before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+
+    def undo() -> None:
+        limits.restore_original_limits()
+        if torch_before is not None:
+            sys.modules["torch"].set_num_threads(torch_before)
+
+    return undo

@@ -45,7 +45,7 @@ class Settings:
     unique : bool
         One record per distinct mask (default) or one per level (``--all-levels``).
     threads : int, optional
-        torch threads of a worker (several workers share the cores).
+        BLAS, OpenMP and torch threads of a worker (several workers share the cores).
     """
 
     features: str = "default"
