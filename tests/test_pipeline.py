@@ -341,6 +341,7 @@ def test_killed_run_resumes_and_leaves_no_temporaries(tmp_path, sig):
     proc.wait(timeout=60)
     if sig == signal.SIGTERM:
         assert proc.returncode == 143, log.read_text()
+        assert not any(_alive(w) for w in workers), "the main process exited before its workers"
         assert not temporaries(tmp_path)
     end = time.monotonic() + 20
     while time.monotonic() < end and any(_alive(w) for w in workers):

@@ -238,9 +238,14 @@ def _summary(summary) -> None:
 def run_command(parser: argparse.ArgumentParser, run: Any, args: argparse.Namespace) -> int:
     """``run(args)`` with the exit statuses of uniap's commands: one line per error, no traceback.
 
-    A :class:`UsageError` prints the usage and returns 2; an interruption or an operating
+    A :class:`UsageError` prints the usage and returns 2; SIGINT returns 130 and SIGTERM 143
+    (both raised in the main thread, so temporaries are removed on the way out); an operating
     system error (a disk full, say) returns 1.
     """
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return run(args)
     except UsageError as err:
@@ -256,6 +261,9 @@ def run_command(parser: argparse.ArgumentParser, run: Any, args: argparse.Namesp
     except OSError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class _Terminated(BaseException):
@@ -268,16 +276,7 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signatu
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
-        return run_command(parser, run, args)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    return run_command(parser, run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

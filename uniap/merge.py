@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -161,19 +160,8 @@ def _write_sam(out: Path, sets, overwrite: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import _on_sigterm
-
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
-        return run_command(parser, run, args)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    return run_command(parser, run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

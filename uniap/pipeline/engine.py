@@ -286,8 +286,11 @@ class LocalEngine:
                     if chunks:
                         yield from process_chunk(stages, chunks.popleft(), collect, decoder)
         except BaseException:
-            for process in list(getattr(pool, "_processes", {}).values()):
+            workers = list(getattr(pool, "_processes", {}).values())
+            for process in workers:
                 process.terminate()  # SIGTERM: the workers remove their temporaries
+            for process in workers:
+                process.join(timeout=10)  # before this process exits and says it is done
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
