@@ -15,6 +15,8 @@ from PIL import Image
 from uniap.cli import main
 from uniap.records import decode_rle
 
+from cli_helpers import exit_status
+
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
@@ -176,10 +178,7 @@ def test_errors_exit_cleanly_and_write_nothing(images, tmp_path, capsys, argv, c
 
 def run_cli(argv: list[str]) -> int:
     """main(argv), counting argparse's own usage exits (status 2) as return codes."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
+    return exit_status(main, argv)
 
 
 def test_shared_vocabulary(images, tmp_path):

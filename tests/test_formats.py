@@ -18,18 +18,10 @@ from uniap.pipeline import sinks
 
 pytest.importorskip("pyarrow")
 
-
-def run(entry, argv: list[str]) -> int:
-    try:
-        return entry(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        return int(exc.code)
+from cli_helpers import exit_status, save_image as _save  # noqa: E402
 
 
-def _save(path: Path, image: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-    return path
+run = exit_status
 
 
 @pytest.fixture(scope="module")

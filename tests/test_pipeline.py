@@ -12,25 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import uniap
 from uniap.cli import main
 from uniap.pipeline import run
 from uniap.records import decode_rle
 
+from cli_helpers import exit_status, save_image as _save
+
 
 def run_cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        return int(exc.code)
-
-
-def _save(path: Path, image: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-    return path
+    return exit_status(main, argv)
 
 
 @pytest.fixture

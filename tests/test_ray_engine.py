@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 ray = pytest.importorskip("ray")
 import psutil  # noqa: E402 - Ray ships it (ray/thirdparty_files), on its path once ray is imported
@@ -28,6 +27,7 @@ from uniap.cli import main  # noqa: E402
 from uniap.pipeline import Settings, Stages, expand_inputs, run  # noqa: E402
 from uniap.pipeline.plan import plan_jobs  # noqa: E402
 from uniap.pipeline.ray_engine import RayEngine  # noqa: E402
+from cli_helpers import save_image as _save  # noqa: E402
 
 # Ray Data's own deprecation chatter (its DataContext warns while copying itself) is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
@@ -48,10 +48,6 @@ def local_ray():
         ray.shutdown()
 
 
-def _save(path: Path, image: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
