@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -75,6 +76,9 @@ class CropConfig:
     global_scale: tuple[float, float] = (0.4, 1.0)  # area fraction of the image per global crop
     local_scale: tuple[float, float] = (0.05, 0.4)  # area fraction per local crop
     ratio: tuple[float, float] = (0.75, 1.3333333)  # aspect ratio range of crops (w / h)
+    # recipe paper: the teacher sees the whole image, its longer side resized to this many
+    # pixels and padded to a square (a multiple of the patch size); the global crops are unused
+    teacher_size: int = 224
     flip_prob: float = 0.5  # probability of a horizontal flip per view
     jitter_prob: float = 0.8  # probability of colour jitter per view
     brightness: float = 0.4  # jitter strengths (factor drawn in [1 - s, 1 + s])
@@ -93,6 +97,9 @@ class BackboneConfig:
     # ("shared", saved as OUTPUT_DIR/vocabulary.npz), or read from a saved .npz file (a path)
     vocabulary: Optional[str] = None
     vocabulary_images: int = 500  # most training images the shared words are fitted on
+    # recipe paper: fine-tune the backbone with the neck (not supported yet: the backbone stays
+    # frozen and the neck, decoder and heads train)
+    trainable: bool = False
 
 
 @dataclass
@@ -110,6 +117,13 @@ class ModelConfig:
     out_dim: int = 512  # K, number of prototypes (weight-normed last layer)
     norm_last_layer: bool = True  # fix the prototypes' norms to 1 (DINO's default)
     attention_temp: float = 0.1  # T of the per-pixel attention softmax(cos(pixel, query) / T)
+    # recipe paper: the neck and the Mask2Former-style decoder
+    dim: int = 256  # width of the neck's projections and of the decoder's queries
+    decoder_layers: int = 6  # L decoder layers (masked cross-attention, self-attention, FFN)
+    num_heads: int = 8  # attention heads of the decoder (dim must be divisible by it)
+    ffn_dim: int = 1024  # hidden width of the decoder's feed-forward layers
+    num_semantic_queries: int = 50  # learnable [SEM] queries
+    num_instance_queries: int = 150  # learnable [INS] queries
 
 
 @dataclass
@@ -121,12 +135,22 @@ class LossConfig:
     center_momentum: float = 0.9  # EMA of the centre (averaged over the global batch)
     centering: Literal["ema", "sinkhorn"] = "ema"  # teacher centring: DINO's EMA centre or Sinkhorn-Knopp
     region_size: int = 7  # points per side sampled in the common region of two views
+    # recipe paper: weights of the loss terms and Mask2Former's point sampling
+    querysd_weight: float = 1.0  # QuerySD cross-entropy of matched queries
+    dice_weight: float = 5.0  # Dice loss of matched masks
+    bce_weight: float = 5.0  # binary cross-entropy of matched masks
+    num_points: int = 12544  # points sampled per mask for the mask losses (Mask2Former: 112 * 112)
+    oversample_ratio: float = 3.0  # candidate points per sampled point
+    importance_ratio: float = 0.75  # share of points taken where the student is most uncertain
+    min_mask_area: float = 0.02  # a cropped teacher mask covering less of the view is dropped
 
 
 @dataclass
 class OptimConfig:
     epochs: float = 100.0  # training length (fractional epochs allowed)
     max_steps: int = 0  # stop after this many steps (0 = epochs decide); schedules keep their length
+    total_steps: int = 0  # schedule length in steps (0 = epochs x steps per epoch)
+    warmup_steps: int = 0  # learning-rate warm-up in steps (0 = warmup_epochs decide)
     lr: float = 5e-4  # base learning rate for a global batch of 256 (scaled by batch / 256)
     min_lr: float = 1e-6  # final learning rate of the cosine
     warmup_epochs: float = 1.0  # linear learning-rate warm-up
@@ -181,7 +205,9 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads per process (0 = torch's default)
     resume: Optional[str] = None  # checkpoint path, or "auto" = output_dir/checkpoint_last.pt if any
-    recipe: Literal["released"] = "released"  # training recipe (the released code's lighter one)
+    # training recipe: the released code's (DINO heads on UniAP queries) or the paper's (a mask
+    # decoder with semantic and instance queries, Dice-matched to the teacher's UniAP masks)
+    recipe: Literal["released", "paper"] = "released"
     data: DataConfig = field(default_factory=DataConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -210,12 +236,25 @@ def _need(cond: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key}: {message}, got {value!r}")
 
 
+def _finite(obj: Any, prefix: str) -> None:
+    """Every number of the configuration is finite (``optim.lr=.inf`` would pass ``> 0``)."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _finite(value, key + ".")
+        elif isinstance(value, float) or (isinstance(value, tuple) and value and isinstance(value[0], float)):
+            values = value if isinstance(value, tuple) else (value,)
+            _need(all(math.isfinite(v) for v in values), key, "must be finite", value)
+
+
 def _validate(c: TrainConfig) -> None:
+    _finite(c, "")
     _need(bool(c.output_dir), "output_dir", "must be a non-empty path", c.output_dir)
     _need(
         c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:"),
         "device", "must be auto, cpu, cuda or cuda:N", c.device,
     )
+    _need(0 <= c.seed < 2**63, "seed", "must be an integer in [0, 2**63)", c.seed)
     _need(c.threads >= 0, "threads", "must be >= 0 (0 = torch's default)", c.threads)
     d = c.data
     _need(bool(d.root), "data.root", "must name a folder of images", d.root)
@@ -229,6 +268,10 @@ def _validate(c: TrainConfig) -> None:
     _need(k.global_size >= 8, "crops.global_size", "must be >= 8", k.global_size)
     _need(k.local_size >= 8, "crops.local_size", "must be >= 8", k.local_size)
     _need(k.num_local >= 0, "crops.num_local", "must be >= 0", k.num_local)
+    _need(k.teacher_size >= 8, "crops.teacher_size", "must be >= 8", k.teacher_size)
+    if c.recipe == "paper":
+        _need(k.num_local >= 1, "crops.num_local", "must be >= 1 for recipe paper (the student sees local crops)",
+              k.num_local)
     for name in ("global_scale", "local_scale"):
         lo, hi = getattr(k, name)
         _need(0 < lo <= hi <= 1, f"crops.{name}", "must be [lo, hi] with 0 < lo <= hi <= 1", [lo, hi])
@@ -244,6 +287,8 @@ def _validate(c: TrainConfig) -> None:
         _need(b.kind == "default", "backbone.vocabulary", "applies to kind default only", b.vocabulary)
         _need(bool(b.vocabulary), "backbone.vocabulary", "must be null, shared or a .npz path", b.vocabulary)
     _need(b.vocabulary_images >= 1, "backbone.vocabulary_images", "must be >= 1", b.vocabulary_images)
+    _need(not b.trainable, "backbone.trainable",
+          "true is not supported yet (the backbone is frozen; the paper recipe trains its neck)", b.trainable)
     u = c.uniap
     _need(len(u.levels) >= 1, "uniap.levels", "must hold at least one threshold", list(u.levels))
     _need(all(-1 <= t <= 1 for t in u.levels), "uniap.levels", "must lie in [-1, 1]", list(u.levels))
@@ -256,6 +301,9 @@ def _validate(c: TrainConfig) -> None:
     for name in ("hidden_dim", "bottleneck_dim", "out_dim"):
         _need(getattr(m, name) >= 1, f"model.{name}", "must be >= 1", getattr(m, name))
     _need(m.attention_temp > 0, "model.attention_temp", "must be > 0", m.attention_temp)
+    for name in ("dim", "decoder_layers", "num_heads", "ffn_dim", "num_semantic_queries", "num_instance_queries"):
+        _need(getattr(m, name) >= 1, f"model.{name}", "must be >= 1", getattr(m, name))
+    _need(m.dim % m.num_heads == 0, "model.dim", f"must be divisible by model.num_heads ({m.num_heads})", m.dim)
     lo = c.loss
     for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
         _need(getattr(lo, name) > 0, f"loss.{name}", "must be > 0", getattr(lo, name))
@@ -263,10 +311,19 @@ def _validate(c: TrainConfig) -> None:
           lo.warmup_teacher_temp_epochs)
     _need(0 <= lo.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)", lo.center_momentum)
     _need(lo.region_size >= 1, "loss.region_size", "must be >= 1", lo.region_size)
+    for name in ("querysd_weight", "dice_weight", "bce_weight"):
+        _need(math.isfinite(getattr(lo, name)) and getattr(lo, name) >= 0, f"loss.{name}",
+              "must be a finite number >= 0", getattr(lo, name))
+    _need(lo.num_points >= 1, "loss.num_points", "must be >= 1", lo.num_points)
+    _need(lo.oversample_ratio >= 1, "loss.oversample_ratio", "must be >= 1", lo.oversample_ratio)
+    _need(0 <= lo.importance_ratio <= 1, "loss.importance_ratio", "must be in [0, 1]", lo.importance_ratio)
+    _need(0 <= lo.min_mask_area < 1, "loss.min_mask_area", "must be in [0, 1)", lo.min_mask_area)
     o = c.optim
     _need(o.epochs > 0, "optim.epochs", "must be > 0", o.epochs)
     _need(o.max_steps >= 0, "optim.max_steps", "must be >= 0", o.max_steps)
     _need(o.lr > 0, "optim.lr", "must be > 0", o.lr)
+    _need(o.total_steps >= 0, "optim.total_steps", "must be >= 0 (0 = epochs decide)", o.total_steps)
+    _need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0 (0 = warmup_epochs decide)", o.warmup_steps)
     _need(0 <= o.min_lr, "optim.min_lr", "must be >= 0", o.min_lr)
     _need(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0", o.warmup_epochs)
     _need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)

@@ -247,19 +247,20 @@ def crop_feature_grid(features: np.ndarray, crop: Crop, cells: int, scale: tuple
         Features of the whole image; cell ``(i, j)`` is centred on image pixel
         ``((i + 0.5) * p / sy, (j + 0.5) * p / sx)``.
     crop : Crop
-    cells : int
-        Side of the view's grid (view size / patch size).
+    cells : int or (rows, cols)
+        Side of the view's grid (view size / patch size), or its rows and columns.
     scale : (sy, sx)
         Grid cells per image pixel along y and x (``resized / original / p``).
 
     Returns
     -------
-    ndarray (cells, cells, C), float32
+    ndarray (rows, cols, C), float32
         The features at the view's cell centres, as if the view had been cut from the image.
     """
     h, w = features.shape[:2]
-    steps = (np.arange(cells) + 0.5) / cells
-    x, y = crop.to_image(steps, steps)  # image coordinates of the view's columns / rows
+    rows, cols = (cells, cells) if np.isscalar(cells) else cells
+    x, _ = crop.to_image((np.arange(cols) + 0.5) / cols, np.zeros(1))  # image coordinates of the
+    _, y = crop.to_image(np.zeros(1), (np.arange(rows) + 0.5) / rows)  # view's columns / rows
     gx = np.clip(x * scale[1] - 0.5, 0, w - 1)
     gy = np.clip(y * scale[0] - 0.5, 0, h - 1)
     x0 = np.minimum(np.floor(gx).astype(np.int64), w - 1)

@@ -25,13 +25,14 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from .config import ConfigError, expand_path
-from .crops import Crop, MultiCrop, crop_feature_grid
+from .crops import Crop, MultiCrop, color_jitter, crop_feature_grid, sample_crop_box
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "list_images",
     "load_resized",
     "MultiCropDataset",
+    "PaperDataset",
     "ResumableDistributedSampler",
     "collate_views",
 ]
@@ -105,6 +106,7 @@ class Sample:
     crops: list[Crop]
     views: list[np.ndarray] | None = None
     features: list[np.ndarray] | None = None
+    teacher_cells: tuple[int, int] | None = None  # recipe paper: the teacher grid's image part
 
 
 class MultiCropDataset(Dataset):
@@ -144,6 +146,10 @@ class MultiCropDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def num_views(self) -> int:
+        return self.multicrop.num_views
 
     def _get_extractor(self):
         if self._extractor is None:
@@ -193,6 +199,8 @@ def collate_views(samples: list[Sample]) -> dict:
         "index": torch.tensor([s.index for s in samples], dtype=torch.int64),
         "crops": [s.crops for s in samples],
     }
+    if samples[0].teacher_cells is not None:
+        out["teacher_cells"] = torch.tensor([s.teacher_cells for s in samples], dtype=torch.int64)
     if samples[0].features is not None:
         nv = len(samples[0].features)
         out["features"] = [torch.from_numpy(np.stack([s.features[v] for s in samples])) for v in range(nv)]
@@ -200,6 +208,92 @@ def collate_views(samples: list[Sample]) -> dict:
         nv = len(samples[0].views)
         out["views"] = [torch.from_numpy(np.stack([s.views[v] for s in samples])) for v in range(nv)]
     return out
+
+
+def teacher_crop(height: int, width: int, size: int) -> Crop:
+    """The teacher's whole-image view: the image's longer side resized to ``size``, padded to a
+    square at the bottom / right (the crop box is the square ``max(H, W)`` a side)."""
+    side = float(max(height, width))
+    return Crop((0.0, 0.0, side, side), False, int(size))
+
+
+def teacher_cells(height: int, width: int, cells: int) -> tuple[int, int]:
+    """Rows and columns of a ``cells`` x ``cells`` teacher grid whose centres lie in the image."""
+    side = max(height, width)
+    rows = int(np.clip(np.ceil(cells * height / side - 0.5), 1, cells))
+    cols = int(np.clip(np.ceil(cells * width / side - 0.5), 1, cells))
+    return rows, cols
+
+
+class PaperDataset(MultiCropDataset):
+    """Samples of the paper recipe: the whole image for the teacher, local crops for the student.
+
+    View 0 is the teacher's (:func:`teacher_crop`: the image's own aspect, resized so that its
+    longer side is ``crop_cfg.teacher_size`` and padded; padded cells are zero), views
+    ``1..num_local`` are local crops (scale ``local_scale``, flips and colour jitter as
+    :class:`~uniap_train.crops.MultiCrop` draws them).  Sample ``(e, i)`` depends only on
+    ``(seed, e, i)``.  Parameters are those of :class:`MultiCropDataset`.
+    """
+
+    @property
+    def num_views(self) -> int:
+        return 1 + self.multicrop.cfg.num_local
+
+    def _local_crops(self, rng: np.random.Generator, height: int, width: int,
+                     image: np.ndarray | None) -> tuple[list[Crop], list[np.ndarray]]:
+        from PIL import Image
+
+        c = self.multicrop.cfg
+        pil = Image.fromarray(image) if image is not None else None
+        crops, views = [], []
+        for _ in range(c.num_local):
+            box = sample_crop_box(rng, height, width, c.local_scale, c.ratio)
+            flip = bool(rng.random() < c.flip_prob)
+            jitter = dict(brightness=c.brightness, contrast=c.contrast, saturation=c.saturation,
+                          jitter_prob=c.jitter_prob, grayscale_prob=c.grayscale_prob)
+            if pil is not None:
+                view = np.asarray(pil.resize((c.local_size, c.local_size), Image.BILINEAR, box=box))
+                view = view[:, ::-1] if flip else view
+                views.append(np.ascontiguousarray(color_jitter(view, rng, **jitter)))
+            else:
+                color_jitter(np.zeros((1, 1, 3), np.uint8), rng, **jitter)  # same draws
+            crops.append(Crop(tuple(float(t) for t in box), flip, c.local_size))
+        return crops, views
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Sample:
+        from PIL import Image
+
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = int(index)
+        rng = np.random.default_rng([self.seed, int(epoch), index])
+        size, p = self.multicrop.cfg.teacher_size, self.patch_size
+        cells = size // p
+        if self.crop_features:
+            feats, scale, shape = self.image_grid(index)
+            tcrop = teacher_crop(shape[0], shape[1], size)
+            rows, cols = teacher_cells(shape[0], shape[1], cells)
+            teacher = crop_feature_grid(feats, tcrop, cells, scale)
+            teacher[rows:] = 0
+            teacher[:, cols:] = 0
+            crops, _ = self._local_crops(rng, shape[0], shape[1], None)
+            views = [teacher] + [crop_feature_grid(feats, c, c.size // p, scale) for c in crops]
+            return Sample(index, [tcrop] + crops, features=views, teacher_cells=(rows, cols))
+        image = load_resized(self.paths[index], self.max_side)
+        height, width = image.shape[:2]
+        tcrop = teacher_crop(height, width, size)
+        r = size / max(height, width)
+        resized = np.asarray(Image.fromarray(image).resize(
+            (max(1, round(width * r)), max(1, round(height * r))), Image.BILINEAR))
+        teacher = np.zeros((size, size, 3), np.uint8)
+        teacher[: resized.shape[0], : resized.shape[1]] = resized
+        crops, views = self._local_crops(rng, height, width, image)
+        valid = teacher_cells(height, width, cells)
+        views = [teacher] + views
+        if self.pipeline_extractor is None:
+            return Sample(index, [tcrop] + crops, views=views, teacher_cells=valid)
+        ex = self._get_extractor()
+        feats = [np.ascontiguousarray(ex(v).features, dtype=np.float32) for v in views]
+        return Sample(index, [tcrop] + crops, features=feats, teacher_cells=valid)
 
 
 class ResumableDistributedSampler(DistributedSampler):

@@ -56,10 +56,14 @@ class RunLogger:
         (a one-line note otherwise).
     start_step : int
         The step a resumed run starts from (rows after it are dropped).
+    columns : list of str, optional
+        Columns of ``metrics.csv`` (default :data:`METRIC_COLUMNS`; a recipe adds its own).
     """
 
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0) -> None:
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0,
+                 columns: list[str] | None = None) -> None:
         self.dir = Path(output_dir)
+        self.columns = list(columns or METRIC_COLUMNS)
         self.enabled = enabled
         self.writer = None
         if not enabled:
@@ -101,7 +105,7 @@ class RunLogger:
         """One training row (``step`` and the columns of :data:`METRIC_COLUMNS`)."""
         if not self.enabled:
             return
-        self._append_csv(self.metrics_path, METRIC_COLUMNS, row)
+        self._append_csv(self.metrics_path, self.columns, row)
         self._jsonl({"kind": "train", **row})
         if self.writer is not None:
             for k, v in row.items():

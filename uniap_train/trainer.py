@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 
 from .backbone import Backbone
 from .config import ConfigError, TrainConfig, config_to_dict, save_config
-from .data import MultiCropDataset, ResumableDistributedSampler, collate_views, list_images, load_resized
+from .data import ResumableDistributedSampler, collate_views, list_images, load_resized
 from .model import ema_update
 from .recipes import get_recipe
-from .runlog import RunLogger
+from .runlog import METRIC_COLUMNS, RunLogger
 from .utils import (
     DistInfo,
     atomic_torch_save,
@@ -39,6 +39,7 @@ from .utils import (
     get_params_groups,
     get_rng_state,
     git_sha,
+    library_version,
     init_distributed,
     linear_warmup_then_constant,
     seed_everything,
@@ -80,10 +81,11 @@ class Schedules:
     @classmethod
     def build(cls, cfg: TrainConfig, steps_per_epoch: int) -> "Schedules":
         o, lo = cfg.optim, cfg.loss
-        total = max(1, math.ceil(o.epochs * steps_per_epoch))
+        total = o.total_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
         spe = steps_per_epoch
+        warmup = o.warmup_steps or round(o.warmup_epochs * spe)
         return cls(
-            lr=cosine_scheduler(o.lr * cfg.data.batch_size / 256.0, o.min_lr, total, round(o.warmup_epochs * spe)),
+            lr=cosine_scheduler(o.lr * cfg.data.batch_size / 256.0, o.min_lr, total, warmup),
             weight_decay=cosine_scheduler(o.weight_decay, o.weight_decay_end, total),
             momentum=cosine_scheduler(o.momentum_teacher, 1.0, total),
             teacher_temp=linear_warmup_then_constant(
@@ -210,6 +212,8 @@ def save_checkpoint(path: Path, state: TrainState, step: int) -> None:
         "scaler": state.scaler.state_dict(),
         "rng": get_rng_state(),
         "config": config_to_dict(state.cfg),
+        "in_dim": int(state.recipe.in_dim),
+        "version": library_version(),
         "git": git_sha(),
     }, path)
 
@@ -299,10 +303,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     # ============ backbone (frozen) ... ============
     backbone = Backbone(cfg.backbone, dist.device)
     p = backbone.patch_size
-    for key in ("global_size", "local_size"):
-        size = getattr(cfg.crops, key)
-        if size % p:
-            raise ConfigError(f"crops.{key}: {size} is not a multiple of the backbone's patch size {p}")
+    recipe_cls = get_recipe(cfg.recipe)
 
     # ============ data ... ============
     paths = list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images)
@@ -313,12 +314,12 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
                                       progress=dist.is_main and cfg.log.progress,
                                       saved=trained_words if trained_words and trained_words.is_file() else None)
     words = f", words {words}" if backbone.kind == "default" else ""
-    in_pipeline = backbone.crop_features
-    dataset = MultiCropDataset(
-        paths, cfg.crops, cfg.seed, cfg.data.max_side,
-        pipeline_extractor=backbone.factory() if in_pipeline else None,
-        crop_features=backbone.crop_features, patch_size=p,
-    )
+    in_dim = backbone.dim(load_resized(paths[0], cfg.data.max_side))
+    recipe = recipe_cls(cfg, in_dim)
+    for key, size in recipe.view_sizes().items():
+        if size % p:
+            raise ConfigError(f"crops.{key}: {size} is not a multiple of the backbone's patch size {p}")
+    dataset = recipe.build_dataset(paths, backbone, backbone.factory() if backbone.crop_features else None)
     sampler = ResumableDistributedSampler(dataset, batch_per_process, num_replicas=dist.world_size,
                                           rank=dist.rank, seed=cfg.seed)
     if sampler.batches_per_epoch == 0:
@@ -329,11 +330,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
         pin_memory=dist.device.type == "cuda",
     )
     _log(f"data: {len(dataset)} images, {sampler.batches_per_epoch} steps per epoch, "
-         f"{batch_per_process} images per process per step, {2 + cfg.crops.num_local} views each", dist)
+         f"{batch_per_process} images per process per step, {dataset.num_views} views each", dist)
 
     # ============ student and teacher ... ============
-    in_dim = backbone.dim(load_resized(paths[0], cfg.data.max_side))
-    recipe = get_recipe(cfg.recipe)(cfg, in_dim)
     student_module = recipe.build_student().to(dist.device)
     teacher = copy.deepcopy(student_module)
     teacher.requires_grad_(False)
@@ -364,7 +363,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     if resume is not None:
         step = load_checkpoint(resume, state)
         _log(f"resume: {resume} at step {step}", dist)
-    logger = RunLogger(out, dist.is_main, cfg.log.tensorboard, start_step=step)
+    logger = RunLogger(out, dist.is_main, cfg.log.tensorboard, start_step=step,
+                       columns=METRIC_COLUMNS + list(getattr(recipe, "metric_columns", ())))
     logger.text({"kind": "start", "step": step, "git": git_sha(), "world_size": dist.world_size,
                  "total_steps": schedules.total_steps, "end_step": end_step})
 

@@ -27,6 +27,7 @@ __all__ = [
     "seed_everything",
     "atomic_torch_save",
     "git_sha",
+    "library_version",
 ]
 
 
@@ -241,3 +242,15 @@ def git_sha() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def library_version() -> str:
+    """The installed ``uniap`` distribution's version (``uniap_train`` ships with it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("uniap")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+        import uniap
+
+        return str(getattr(uniap, "__version__", "unknown"))

@@ -60,6 +60,17 @@ class ReleasedRecipe:
                                   connectivity=u.connectivity)
 
     # -- construction ------------------------------------------------------------------
+    def view_sizes(self) -> dict[str, int]:
+        """View sides (pixels) that must be multiples of the patch size, by config key."""
+        return {"global_size": self.cfg.crops.global_size, "local_size": self.cfg.crops.local_size}
+
+    def build_dataset(self, paths, backbone, pipeline_extractor):
+        from ..data import MultiCropDataset
+
+        return MultiCropDataset(paths, self.cfg.crops, self.cfg.seed, self.cfg.data.max_side,
+                                pipeline_extractor=pipeline_extractor, crop_features=backbone.crop_features,
+                                patch_size=backbone.patch_size)
+
     def build_student(self) -> nn.Module:
         """A fresh student head (the teacher is a copy)."""
         return QueryHead(self.in_dim, self.cfg.model)
