@@ -6,15 +6,20 @@
   process (``threadpoolctl``), as Ray does for its workers (``OMP_NUM_THREADS=1``): two
   processes of two BLAS threads each on two cores lose time to each other.
 * ``test_throughput[ray-warm]``: ``--engine ray`` with a local Ray already started in this
-  process (as in a long-lived driver or on a cluster): Ray Data's actors start every run.
+  process (as in a long-lived driver or on a cluster): on the CPU every stage of a block runs
+  in one task on Ray's pooled workers (``compute="tasks"``), which outlive the run.
+* ``test_throughput[ray-warm-actors]``: the same with features in an actor pool between
+  decoding and writing tasks (``RayEngine(compute="actors")``, the layout for GPUs): Ray Data
+  starts the actors every run.
 * ``test_throughput[ray-cold]``: ``--engine ray`` with no Ray up: the run starts a local Ray
   and shuts it down (what one ``uniap-cli --engine ray`` does).
 * ``test_peak_memory[ENGINE-N]``: one run of N = 100 and 1000 images (the 100 images as
   symlinks under 1000 names), sampling every 0.25 s the RSS of this process (the driver) and
   of every process below it (local workers; Ray's raylet, GCS and workers), and their summed
   PSS (shared pages, e.g. Ray's object store, counted once).
-* ``test_killed_actor_run``: ``--engine ray`` on the 100 images while one feature actor is
-  killed (SIGKILL) once 20 outputs exist; every output must still equal the local engine's.
+* ``test_killed_worker_run``: ``--engine ray`` on the 100 images while the Ray worker running
+  a block is killed (SIGKILL) once 20 outputs exist; every output must still equal the local
+  engine's.
 
 ``extra_info`` holds images/s, the memory peaks and the wall times; ``-s`` prints them::
 
@@ -35,12 +40,14 @@ ray = pytest.importorskip("ray")
 import psutil  # noqa: E402 - Ray ships it (ray/thirdparty_files), on its path once ray is imported
 
 from uniap.cli import main  # noqa: E402
+from uniap.pipeline import run  # noqa: E402
+from uniap.pipeline.ray_engine import RayEngine  # noqa: E402
 
 # Ray Data's own deprecation chatter (its DataContext warns while copying itself) is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds500" / "images" / "val"
-ACTOR = "MapBatches(_Segment)"
+WORKER = "MapBatches(_process_batch)"  # the title of a Ray worker running a block (compute="tasks")
 RESULTS: dict[str, dict] = {}  # by test id, for the summary at the end
 
 
@@ -89,12 +96,20 @@ def _record(benchmark, key: str, images: int, **extra) -> None:
 # -- throughput -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ["local-workers=2", "local-workers=2-blas1", "ray-cold", "ray-warm"])
+def _actors_run(argv: list[str]) -> int:
+    """What ``uniap-cli FOLDER --out OUT --overwrite --engine ray`` runs, with an actor pool."""
+    summary = run([argv[0]], argv[2], overwrite=True, progress=False, engine=RayEngine(compute="actors"))
+    return 0 if summary.written == 100 else 1
+
+
+@pytest.mark.parametrize("engine", ["local-workers=2", "local-workers=2-blas1", "ray-cold", "ray-warm",
+                                    "ray-warm-actors"])
 def test_throughput(benchmark, request, folder, reference, tmp_path, engine):
     out = tmp_path / "out"
     argv = [str(folder), "--out", str(out), "--overwrite", "--quiet"]
     argv += ["--workers", "2"] if engine.startswith("local") else ["--engine", "ray"]
-    if engine == "ray-warm":
+    command = _actors_run if engine == "ray-warm-actors" else main
+    if engine.startswith("ray-warm"):
         request.getfixturevalue("warm_ray")
     elif ray.is_initialized():
         ray.shutdown()
@@ -103,9 +118,9 @@ def test_throughput(benchmark, request, folder, reference, tmp_path, engine):
         threadpoolctl = pytest.importorskip("threadpoolctl")
         limits = threadpoolctl.threadpool_limits(1)  # forked workers inherit it
     with limits:
-        assert main(argv) == 0  # warm-up: imports, Numba's kernels, the OS's file cache
+        assert command(argv) == 0  # warm-up: imports, Numba's kernels, the OS's file cache
         assert same_files(reference, out)
-        benchmark.pedantic(main, args=(argv,), rounds=3, iterations=1)
+        benchmark.pedantic(command, args=(argv,), rounds=3, iterations=1)
     _record(benchmark, engine, 100)
     if {"local-workers=2", "ray-cold", "ray-warm"} <= RESULTS.keys():
         local, cold, warm = (RESULTS[k]["median_s"] for k in ("local-workers=2", "ray-cold", "ray-warm"))
@@ -191,15 +206,15 @@ def test_peak_memory(benchmark, request, folder, thousand, tmp_path, engine, cou
         print("  1000 / 100 images: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
 
 
-# -- a killed actor -----------------------------------------------------------------------------
+# -- a killed worker ----------------------------------------------------------------------------
 
 
-def _kill_an_actor_after(out: Path, outputs: int, killed: list[int], stop: threading.Event) -> None:
+def _kill_a_worker_after(out: Path, outputs: int, killed: list[int], stop: threading.Event) -> None:
     while not stop.is_set():
         if sum(1 for _ in out.glob("*.json")) >= outputs:
             for proc in psutil.Process().children(recursive=True):
                 try:
-                    if any(ACTOR in part for part in proc.cmdline()):
+                    if any(WORKER in part for part in proc.cmdline()):
                         proc.kill()
                         killed.append(proc.pid)
                         return
@@ -208,7 +223,7 @@ def _kill_an_actor_after(out: Path, outputs: int, killed: list[int], stop: threa
         stop.wait(0.05)
 
 
-def test_killed_actor_run(benchmark, folder, reference, tmp_path, warm_ray):
+def test_killed_worker_run(benchmark, folder, reference, tmp_path, warm_ray):
     out = tmp_path / "out"
     argv = [str(folder), "--out", str(out), "--overwrite", "--quiet", "--engine", "ray"]
     killed: list[int] = []
@@ -217,7 +232,7 @@ def test_killed_actor_run(benchmark, folder, reference, tmp_path, warm_ray):
         for path in out.glob("*.json"):
             path.unlink()
         stop = threading.Event()
-        killer = threading.Thread(target=_kill_an_actor_after, args=(out, 20, killed, stop), daemon=True)
+        killer = threading.Thread(target=_kill_a_worker_after, args=(out, 20, killed, stop), daemon=True)
         killer.start()
         try:
             return main(argv)
@@ -227,6 +242,6 @@ def test_killed_actor_run(benchmark, folder, reference, tmp_path, warm_ray):
 
     out.mkdir()
     assert benchmark.pedantic(one_run, rounds=3, iterations=1) == 0
-    assert len(killed) == 3, "an actor was not found to kill"
+    assert len(killed) == 3, "a worker was not found to kill"
     assert same_files(reference, out)
-    _record(benchmark, "ray-killed-actor", 100, killed=len(killed))
+    _record(benchmark, "ray-killed-worker", 100, killed=len(killed))

@@ -32,7 +32,8 @@ from cli_helpers import save_image as _save  # noqa: E402
 # Ray Data's own deprecation chatter (its DataContext warns while copying itself) is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
-ACTOR = "MapBatches(_Segment)"  # in the process title of every feature actor
+# in the process title of the workers that compute features: an actor, or a task of every stage
+WORKER_TITLE = {"actors": "MapBatches(_Segment)", "tasks": "MapBatches(_process_batch)"}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,42 @@ def test_ray_writes_the_local_engines_bytes(local_ray, images, tmp_path, fmt):
         assert any(name.endswith(".parquet") for name in files_under(outs["ray"]))
 
 
+@pytest.mark.parametrize("compute", ["tasks", "actors"])
+def test_both_ways_of_computing_write_the_local_engines_bytes(local_ray, images, tmp_path, compute):
+    """Every stage in one task, or features in an actor pool between tasks: the same files."""
+    run([str(images)], str(tmp_path / "local"), viz=str(tmp_path / "local-viz"), progress=False)
+    engine = RayEngine(batch_size=2, compute=compute)
+    summary = run([str(images)], str(tmp_path / "ray"), viz=str(tmp_path / "ray-viz"), engine=engine,
+                  progress=False)
+    assert summary.written == 8 and not summary.failures
+    operators = engine.last_dataset.stats()
+    assert WORKER_TITLE[compute].split("(")[1].rstrip(")") in operators
+    assert_same_files(tmp_path / "local", tmp_path / "ray")
+    assert_same_files(tmp_path / "local-viz", tmp_path / "ray-viz")
+
+
+def test_an_unknown_way_of_computing_is_refused():
+    with pytest.raises(ValueError, match="compute must be one of auto, tasks, actors"):
+        RayEngine(compute="threads")
+    with pytest.raises(TypeError, match="engine must be a name"):
+        run(["x.jpg"], "out", engine=object())
+
+
+def test_tasks_hold_several_batches_but_keep_every_slot_busy():
+    """Fewer Ray tasks than batches (a task costs Ray Data tens of ms), at least 4 per slot."""
+    from uniap.pipeline.ray_engine import MAX_JOBS_PER_BLOCK, jobs_per_block
+
+    assert jobs_per_block(100, batch_size=4, slots=2) == 12  # 9 blocks of whole batches, 2 slots
+    assert jobs_per_block(10, batch_size=4, slots=2) == 4  # never less than a batch
+    assert jobs_per_block(10**6, batch_size=4, slots=2) == MAX_JOBS_PER_BLOCK  # a lost task costs little
+    assert jobs_per_block(10**6, batch_size=128, slots=2) == 128
+    for jobs in range(1, 300, 7):
+        for slots in (1, 2, 16):
+            per_block = jobs_per_block(jobs, batch_size=4, slots=slots)
+            blocks = -(-jobs // per_block)
+            assert per_block % 4 == 0 and (blocks >= 4 * slots or per_block == 4)
+
+
 def test_bsds500_images_give_the_local_engines_bytes(local_ray, shared_data, tmp_path):
     sources = sorted((shared_data / "bsds500" / "images" / "val").glob("*.jpg"))[:16]
     if not sources:
@@ -128,18 +165,19 @@ def test_bsds500_images_give_the_local_engines_bytes(local_ray, shared_data, tmp
 
 
 @pytest.mark.slow
-def test_vit_batches_in_the_actors(local_ray, images, tmp_path):
-    """The batched ViT path (one batch per working shape) inside the actor pool."""
+@pytest.mark.parametrize("compute", ["tasks", "actors"])
+def test_vit_batches_on_ray(local_ray, images, tmp_path, compute):
+    """The batched ViT path (one batch per working shape) in the tasks and in the actor pool."""
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     weights = tmp_path / "tiny.pt"
     torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).state_dict(), weights)
-    vit = ["--features", "vit", "--model", "vit_tiny_patch16_224", "--weights", str(weights), "--quiet",
-           "--batch-size", "4"]
-    folder = images / "a"  # two images of different working shapes: one block, one actor
-    assert main([str(folder), "--out", str(tmp_path / "local"), *vit]) == 0
-    assert main([str(folder), "--out", str(tmp_path / "ray"), "--engine", "ray", *vit]) == 0
+    vit = {"features": "vit", "extractor_options": {"model": "vit_tiny_patch16_224", "weights": str(weights)},
+           "progress": False}
+    folder = [str(images / "a")]  # two images of different working shapes: one block
+    assert run(folder, str(tmp_path / "local"), batch_size=4, **vit).written == 2
+    assert run(folder, str(tmp_path / "ray"), engine=RayEngine(batch_size=4, compute=compute), **vit).written == 2
     local, ray_files = files_under(tmp_path / "local"), files_under(tmp_path / "ray")
     assert local.keys() == ray_files.keys() and len(local) == 2
     for name in local:
@@ -235,12 +273,12 @@ def test_a_lost_block_is_reported_and_a_repeated_one_dropped(local_ray, images, 
     assert "Ray task failed 4 times" in reports[-1].error
 
 
-def _feature_actors() -> list[psutil.Process]:
-    """This process's feature actors (its local Ray's raylet is its child): never another run's."""
+def _feature_workers(compute: str) -> list[psutil.Process]:
+    """This process's Ray workers computing features now (its local Ray's raylet is its child)."""
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if any(ACTOR in part for part in proc.cmdline()):
+            if any(WORKER_TITLE[compute] in part for part in proc.cmdline()):
                 found.append(proc)
         except psutil.NoSuchProcess:
             pass
@@ -248,7 +286,9 @@ def _feature_actors() -> list[psutil.Process]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's workers by process title")
-def test_a_killed_actor_is_restarted_and_no_image_is_lost(local_ray, tmp_path):
+@pytest.mark.parametrize("compute", ["tasks", "actors"])
+def test_a_killed_worker_is_replaced_and_no_image_is_lost(local_ray, tmp_path, compute):
+    """SIGKILL of a worker mid-run: its task is retried (or its actor restarted), once each."""
     import skimage.data
 
     source = skimage.data.astronaut()
@@ -258,13 +298,13 @@ def test_a_killed_actor_is_restarted_and_no_image_is_lost(local_ray, tmp_path):
     stages = Stages(Settings())
     jobs = _jobs(tmp_path / "in", tmp_path / "ray", stages)
     reports, killed = [], None
-    for report in RayEngine(batch_size=2).run(jobs, stages):
+    for report in RayEngine(batch_size=2, compute=compute).run(jobs, stages):
         reports.append(report)
-        if killed is None:  # the actors are up and have work queued: kill one mid-run
-            actors = _feature_actors()
-            assert actors, "no feature actor found"
-            killed = actors[0].pid
-            actors[0].kill()
+        if killed is None:  # the workers are busy and have work queued: kill one mid-run
+            workers = _feature_workers(compute)
+            assert workers, f"no worker titled {WORKER_TITLE[compute]}"
+            killed = workers[0].pid
+            workers[0].kill()
     assert killed is not None and not _alive(killed)
     assert sorted(r.key for r in reports) == sorted(job.item.key for job in jobs)  # each exactly once
     assert [r for r in reports if r.status != "ok"] == []

@@ -1,21 +1,29 @@
 """The Ray Data engine: the local engine's stages composed as one streaming Ray Data pipeline.
 
-What runs where (``docs/scale.md``)::
+What runs where (``docs/scale.md``), in one of two layouts (``RayEngine(compute=...)``)::
 
+    compute="tasks" (default on the CPU)
+    jobs ----> decode -> features + UniAP -> records + files ----> reports
+    from_items  one CPU task per block (map_batches): Stages        iter_rows
+    (driver)    built once per worker process, kept across tasks    (driver)
+
+    compute="actors" (default when the extractor runs on a GPU)
     jobs ----> decode -------> features + UniAP -------------> records + files ----> reports
     from_items  CPU tasks       actor pool: Stages built once   CPU tasks: every      iter_rows
     (driver)    (map_batches)   per actor, one GPU each on CUDA  sink of the job       (driver)
                                 (map_batches, ActorPoolStrategy) (map_batches)
 
-* The jobs become a Dataset of one block per ``batch_size`` jobs (:func:`ray.data.from_items`).
-* Decoding runs in CPU tasks, one block each (:meth:`ray.data.Dataset.map_batches` with a
-  function).
-* Features and UniAP run in an actor pool (``map_batches`` with a callable class): each actor
-  builds its :class:`~uniap.pipeline.stages.Stages` (its extractor) once, computes the
-  features of a batch (ViT: one batch per working shape) and pools the whole batch in one
-  :func:`uniap.segment` call.  With a CUDA extractor each actor holds one GPU
-  (``num_gpus``); on the CPU the actors and the tasks share the cores.
-* Records and files are made in CPU tasks, by the local engine's own function
+* The jobs become a Dataset of blocks (:func:`ray.data.from_items`): with tasks, several
+  batches a block (:func:`jobs_per_block`: a Ray task costs tens of milliseconds), with actors
+  one batch a block.
+* Tasks: each block is one Ray task that decodes, computes features (ViT: one batch per
+  working shape), pools each batch in one :func:`uniap.segment` call and writes, on Ray's
+  pooled worker processes, which build the extractor once and keep it across tasks and runs
+  (an actor pool is started anew for every Dataset, a cost of seconds per run).
+* Actors: decoding runs in CPU tasks; features and UniAP in an actor pool (``map_batches``
+  with a callable class) whose actors build their :class:`~uniap.pipeline.stages.Stages`
+  once and hold one GPU each (``num_gpus``); records and files in CPU tasks.
+* Records and files are made by the local engine's own function
   (:func:`uniap.pipeline.engine.encode_and_write`), so both engines write the same bytes;
   COCO and Parquet records travel back in the reports and the driver writes those files.
 * Only :class:`~uniap.pipeline.engine.Report` objects come back to the driver, streamed
@@ -54,6 +62,8 @@ from .stages import Settings, Stages, timed
 
 __all__ = ["RayEngine"]
 
+COMPUTE = ("auto", "tasks", "actors")
+
 INSTALL_HINT = "pip install 'uniap[ray]'"
 
 
@@ -89,19 +99,58 @@ def _load(blob: Any) -> Any:
 # -- the stages as Ray Data functions and classes ------------------------------------------
 
 
-def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """CPU task: the jobs' images decoded (or their reports failed)."""
-    out = []
-    for blob in batch["state"]:
-        state: _State = _load(blob)
+def _decode_states(states: list[_State]) -> None:
+    """The jobs' images decoded (or their reports failed)."""
+    for state in states:
         start = time.perf_counter()
         try:
             state.image = decode(state.job.item)  # what Stages.decode does, without an extractor
             timed(state.report.timings, "decode", start)
         except Exception as err:  # an unreadable file fails alone
             _fail(state.report, err)
-        out.append(_dump(state))
-    return {"i": np.asarray(batch["i"]), "state": _object_array(out)}
+
+
+def _segment_states(stages: Stages, states: list[_State]) -> None:
+    """Features and UniAP of a batch: one ViT batch per working shape, one UniAP call."""
+    reports = [s.report for s in states]
+    ok: list[tuple[int, Any, Any]] = []  # (index, image, extracted), as in process_chunk
+    for i, state in enumerate(states):
+        if state.report.status != "ok":
+            continue
+        if stages.features.batched:
+            ok.append((i, state.image, None))
+            continue
+        start = time.perf_counter()
+        try:
+            (extracted,) = stages.features([state.image])
+        except Exception as err:
+            _fail(state.report, err)
+            continue
+        timed(state.report.timings, "features", start)
+        ok.append((i, state.image, extracted))
+    if stages.features.batched and ok:
+        ok = batched_features(stages, ok, reports)
+    for (i, _, extracted), h in zip(ok, pool_features(stages, ok, reports)):
+        if h is not None:
+            states[i].grid, states[i].hierarchy = extracted.grid, h
+    for state in states:
+        if state.report.status != "ok":
+            state.image = state.grid = state.hierarchy = None  # nothing more to carry
+
+
+def _write_states(stages: Stages, states: list[_State], collect: bool) -> list[Report]:
+    """Records and every file of each job (the local engine's own function)."""
+    for state in states:
+        if state.report.status == "ok":
+            encode_and_write(stages, state.job, state.report, state.image, state.grid, state.hierarchy, collect)
+    return [state.report for state in states]
+
+
+def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """CPU task: decoding."""
+    states = [_load(blob) for blob in batch["state"]]
+    _decode_states(states)
+    return _states_batch(batch, states)
 
 
 class _Segment:
@@ -111,37 +160,13 @@ class _Segment:
         self.stages = Stages(_on_this_actor(settings))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        stages = self.stages
-        states: list[_State] = [_load(blob) for blob in batch["state"]]
-        reports = [s.report for s in states]
-        ok: list[tuple[int, Any, Any]] = []  # (index, image, extracted), as in process_chunk
-        for i, state in enumerate(states):
-            if state.report.status != "ok":
-                continue
-            if stages.features.batched:
-                ok.append((i, state.image, None))
-                continue
-            start = time.perf_counter()
-            try:
-                (extracted,) = stages.features([state.image])
-            except Exception as err:
-                _fail(state.report, err)
-                continue
-            timed(state.report.timings, "features", start)
-            ok.append((i, state.image, extracted))
-        if stages.features.batched and ok:
-            ok = batched_features(stages, ok, reports)
-        for (i, _, extracted), h in zip(ok, pool_features(stages, ok, reports)):
-            if h is not None:
-                states[i].grid, states[i].hierarchy = extracted.grid, h
-        for state in states:
-            if state.report.status != "ok":
-                state.image = state.grid = state.hierarchy = None  # nothing more to carry
-        return {"i": np.asarray(batch["i"]), "state": _object_array([_dump(s) for s in states])}
+        states = [_load(blob) for blob in batch["state"]]
+        _segment_states(self.stages, states)
+        return _states_batch(batch, states)
 
 
 def _on_this_actor(settings: Settings) -> Settings:
-    """``settings`` with ``cuda:N`` read as this actor's GPU (Ray shows an actor only its own)."""
+    """``settings`` with ``cuda:N`` read as this worker's GPU (Ray shows a worker only its own)."""
     device = settings.extractor_options.get("device")
     if isinstance(device, str) and device.startswith("cuda:"):
         import ray
@@ -151,7 +176,9 @@ def _on_this_actor(settings: Settings) -> Settings:
     return settings
 
 
-_WRITERS: dict[bytes, Stages] = {}  # per worker process, the last run's: Stages without an extractor
+# Per worker process, the last run's Stages: Ray reuses a task's worker process for the next
+# tasks (and runs), so an extractor is built once per process, as an actor builds its own once.
+_STAGES: dict[tuple[bytes, bool], Stages] = {}
 
 
 class _NoExtractor:
@@ -161,19 +188,41 @@ class _NoExtractor:
         raise RuntimeError("the writing stage computes no features")
 
 
-def _write_batch(batch: dict[str, np.ndarray], settings: bytes, collect: bool) -> dict[str, np.ndarray]:
-    """CPU task: records and every file of each job (the local engine's own function)."""
-    stages = _WRITERS.get(settings)
+def _cached_stages(settings: bytes, extractor: bool) -> Stages:
+    """This process's Stages of ``settings`` (with an extractor, or for writing only)."""
+    stages = _STAGES.get((settings, True))  # a full one writes as well
+    if stages is None and not extractor:
+        stages = _STAGES.get((settings, False))
     if stages is None:
-        _WRITERS.clear()
-        stages = _WRITERS[settings] = Stages(_load(settings), extractor=_NoExtractor())
-    reports = []
-    for blob in batch["state"]:
-        state: _State = _load(blob)
-        if state.report.status == "ok":
-            encode_and_write(stages, state.job, state.report, state.image, state.grid, state.hierarchy, collect)
-        reports.append(_dump(state.report))
-    return {"i": np.asarray(batch["i"]), "report": _object_array(reports)}
+        _STAGES.clear()
+        loaded = _load(settings)
+        stages = Stages(_on_this_actor(loaded)) if extractor else Stages(loaded, extractor=_NoExtractor())
+        _STAGES[settings, extractor] = stages
+    return stages
+
+
+def _write_batch(batch: dict[str, np.ndarray], settings: bytes, collect: bool) -> dict[str, np.ndarray]:
+    """CPU task: records and files."""
+    states = [_load(blob) for blob in batch["state"]]
+    reports = _write_states(_cached_stages(settings, extractor=False), states, collect)
+    return _reports_batch(batch, reports)
+
+
+def _process_batch(batch: dict[str, np.ndarray], settings: bytes, collect: bool) -> dict[str, np.ndarray]:
+    """CPU task: every stage of a batch (``compute="tasks"``), the images never leaving the task."""
+    states = [_load(blob) for blob in batch["state"]]
+    stages = _cached_stages(settings, extractor=True)
+    _decode_states(states)
+    _segment_states(stages, states)
+    return _reports_batch(batch, _write_states(stages, states, collect))
+
+
+def _states_batch(batch: dict[str, np.ndarray], states: list[_State]) -> dict[str, np.ndarray]:
+    return {"i": np.asarray(batch["i"]), "state": _object_array([_dump(s) for s in states])}
+
+
+def _reports_batch(batch: dict[str, np.ndarray], reports: list[Report]) -> dict[str, np.ndarray]:
+    return {"i": np.asarray(batch["i"]), "report": _object_array([_dump(r) for r in reports])}
 
 
 def _object_array(values: list) -> np.ndarray:
@@ -196,19 +245,29 @@ class RayEngine:
         machine's cores (no dashboard) and shut down when the run ends.  Either way a Ray
         this process has already started or joined is used as it is, and left up.
     batch_size : int
-        Jobs per block: one decoding task, one actor call (features, one UniAP call), one
-        writing task.
+        Jobs per block: one task (``"tasks"``), or one decoding task, one actor call
+        (features, one UniAP call) and one writing task (``"actors"``).
+    compute : {"auto", "tasks", "actors"}
+        Where features and UniAP run.  ``"actors"``: an actor pool that builds its extractor
+        once per actor, between decoding and writing tasks (one GPU per actor).
+        ``"tasks"``: every stage of a block in one task on Ray's pooled worker processes,
+        which build the extractor once per process and keep it across tasks and runs; the
+        images never travel through the object store.  ``"auto"`` (default): actors when
+        the extractor runs on an accelerator, else tasks (an actor pool costs every run a
+        few seconds to start, and on CPUs buys nothing: ``docs/scale.md``).
     num_gpus : float, optional
         GPUs per actor; default 1 when the extractor runs on CUDA
         (``stages.features.on_device``), else 0.
     num_actors : int, optional
-        Actors computing features; default one per GPU of the cluster (``num_gpus`` each),
-        on the CPU one per core of the cluster; never more than there are blocks.
+        Actors computing features (``"actors"``); default one per GPU of the cluster
+        (``num_gpus`` each), on the CPU one per core of the cluster; never more than there
+        are blocks.
     actor_cpus, task_cpus : float, optional
-        Logical CPUs of an actor and of a decoding or writing task.  Defaults: 1 and 1 with
-        GPUs; on the CPU 0.5 and 0.25, so that one actor per core leaves Ray Data half of the
-        logical CPUs to schedule decoding and writing (an actor holding more starves them:
-        ``docs/scale.md``), while the operating system shares the physical cores.
+        Logical CPUs of an actor and of a task.  Defaults: with ``"tasks"`` 1 per task (one
+        block per core at a time); with ``"actors"`` 1 and 1 with GPUs, on the CPU 0.5 and
+        0.25, so that one actor per core leaves Ray Data half of the logical CPUs to schedule
+        decoding and writing (an actor holding more starves them: ``docs/scale.md``), while
+        the operating system shares the physical cores.
     object_store_memory : int, optional
         Bytes of Ray's object store the run's images in flight may use (Ray Data's
         ``resource_limits``, beyond which it holds back the stages that produce them).  Default:
@@ -230,12 +289,15 @@ class RayEngine:
         Ray Data is not installed (the message says ``pip install 'uniap[ray]'``).
     """
 
-    def __init__(self, address: str | None = None, batch_size: int = 4, num_gpus: float | None = None,
+    def __init__(self, address: str | None = None, batch_size: int = 4, compute: str = "auto",
+                 num_gpus: float | None = None,
                  num_actors: int | None = None, actor_cpus: float | None = None,
                  task_cpus: float | None = None, object_store_memory: int | None = None,
                  max_retries: int = 3, verbose: bool = False, init_options: dict[str, Any] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if compute not in COMPUTE:
+            raise ValueError(f"compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
         if num_actors is not None and num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         if num_gpus is not None and num_gpus < 0:
@@ -243,6 +305,7 @@ class RayEngine:
         import_ray()  # fail early, before any work, with the install hint
         self.address = address
         self.batch_size = int(batch_size)
+        self.compute = compute
         self.num_gpus = num_gpus
         self.num_actors = num_actors
         self.actor_cpus = actor_cpus
@@ -295,12 +358,22 @@ class RayEngine:
         settings = stages.settings
         on_device = stages.features.on_device
         gpus = float(self.num_gpus) if self.num_gpus is not None else (1.0 if on_device else 0.0)
+        compute = self.compute if self.compute != "auto" else ("actors" if on_device or gpus else "tasks")
         actor_cpus = self.actor_cpus if self.actor_cpus is not None else (1.0 if gpus else 0.5)
-        task_cpus = self.task_cpus if self.task_cpus is not None else (1.0 if gpus else 0.25)
+        task_cpus = self.task_cpus if self.task_cpus is not None else \
+            (1.0 if gpus or compute == "tasks" else 0.25)
+        if compute == "tasks":
+            actor_cpus = task_cpus  # the torch threads of a task
         blocks = max(1, -(-len(jobs) // self.batch_size))
+        resources = ray.cluster_resources()
+        if compute == "tasks":
+            # A task costs Ray Data tens of milliseconds however small: a block holds several
+            # batches (the function is still called per batch), enough blocks to keep every
+            # task slot busy to the end, never so many jobs that a lost worker costs much.
+            slots = max(1, int(resources.get("CPU", 1) // task_cpus))
+            blocks = max(1, -(-len(jobs) // jobs_per_block(len(jobs), self.batch_size, slots)))
         actors = self.num_actors
         if actors is None:
-            resources = ray.cluster_resources()
             actors = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1))
         actors = max(1, min(actors, blocks))
         if settings.threads is None and settings.features != "default" and not on_device:
@@ -322,17 +395,21 @@ class RayEngine:
         retries = {"max_retries": self.max_retries}
         restarts = {"max_restarts": -1, "max_task_retries": self.max_retries}
         batches = {"batch_size": self.batch_size, "batch_format": "numpy"}
+        written = {"settings": _dump(settings), "collect": collect}
         with warnings.catch_warnings():
             # Ray Data 2.60 deprecates remote arguments beyond its named ones (to be removed in
             # 2.64): while **ray_remote_args exists the retries are given, else Ray's defaults
             # apply (tasks retried 3 times, actors restarted with their tasks retried).
             warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+            if compute == "tasks":
+                return dataset.map_batches(_process_batch, fn_kwargs=written, num_cpus=task_cpus, num_gpus=gpus,
+                                           **batches, **_if_taken(dataset.map_batches, retries))
             dataset = dataset.map_batches(_decode_batch, num_cpus=task_cpus, **batches,
                                           **_if_taken(dataset.map_batches, retries))
             dataset = dataset.map_batches(_Segment, fn_constructor_args=(settings,), num_cpus=actor_cpus,
                                           num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors),
                                           **batches, **_if_taken(dataset.map_batches, restarts))
-            return dataset.map_batches(_write_batch, fn_kwargs={"settings": _dump(settings), "collect": collect},
+            return dataset.map_batches(_write_batch, fn_kwargs=written,
                                        num_cpus=task_cpus, **batches, **_if_taken(dataset.map_batches, retries))
 
     def _connect(self, ray: Any) -> bool:
@@ -355,8 +432,21 @@ class RayEngine:
         return True
 
 
+MAX_JOBS_PER_BLOCK = 64  # ``"tasks"``: at most this many images in one task
+BLOCKS_PER_SLOT = 4  # ``"tasks"``: at least this many blocks per task slot, when there are jobs enough
+
 BYTES_PER_PIXEL = 16  # between stages: the decoded image (3), features and the hierarchy (~10 at BSDS size)
 MIN_BUDGET = 256 << 20
+
+
+def jobs_per_block(jobs: int, batch_size: int, slots: int) -> int:
+    """Jobs in a block of ``"tasks"``: whole batches, at least ``BLOCKS_PER_SLOT`` blocks per slot.
+
+    A block is never smaller than a batch, nor larger than ``MAX_JOBS_PER_BLOCK`` (unless
+    the batch is), so a lost worker costs little work and progress stays smooth.
+    """
+    per_block = min(MAX_JOBS_PER_BLOCK, -(-jobs // (BLOCKS_PER_SLOT * max(1, slots))))
+    return max(batch_size, per_block // batch_size * batch_size)
 
 
 def _object_store_budget(job: Job, images: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +67,7 @@ def run(
     shard: tuple[int, int] | None = None,
     workers: int = 1,
     batch_size: int = 4,
-    engine: str = "local",
+    engine: Any = "local",
     ray_address: str | None = None,
     num_gpus: float | None = None,
     image_ids: dict[str, int] | None = None,
@@ -102,8 +102,12 @@ def run(
         Only images i, i+n, ... of the sorted inputs.
     workers, batch_size : int
         Processes (this one included) and images per chunk (:class:`LocalEngine`).
-    engine : {"local", "ray"}
-        This machine's processes, or Ray Data (a local Ray, or the cluster at ``ray_address``).
+    engine : {"local", "ray"} or engine
+        This machine's processes, or Ray Data (a local Ray, or the cluster at ``ray_address``);
+        or an engine made with its own options (:class:`LocalEngine`,
+        :class:`~uniap.pipeline.ray_engine.RayEngine`: anything with ``run(jobs, stages,
+        collect)``), which then ignores ``workers``, ``batch_size``, ``ray_address`` and
+        ``num_gpus``.
     ray_address : str, optional
         The Ray cluster to join (``engine="ray"``).
     num_gpus : float, optional
@@ -137,8 +141,11 @@ def run(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if engine not in ENGINES:
+    if isinstance(engine, str) and engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if not isinstance(engine, str) and not callable(getattr(engine, "run", None)):
+        raise TypeError(f"engine must be a name ({', '.join(ENGINES)}) or an engine with a run method, "
+                        f"got {type(engine).__name__}")
     items = expand_inputs(inputs, file_lists)
     settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
@@ -160,10 +167,12 @@ def run(
     stages = Stages(settings, extractor)  # builds the extractor: bad weights fail here, early
     _prepare_folders(out, viz, plan)
 
-    if engine == "ray":
+    if not isinstance(engine, str):
+        runner: Any = engine
+    elif engine == "ray":
         from .ray_engine import RayEngine
 
-        runner: Any = RayEngine(address=ray_address, batch_size=batch_size, num_gpus=num_gpus)
+        runner = RayEngine(address=ray_address, batch_size=batch_size, num_gpus=num_gpus)
     else:
         runner = LocalEngine(workers, batch_size)
     collector = COLLECTORS[format](out, shard=shard, image_ids=[job.image_id for job in plan.jobs],
@@ -184,9 +193,9 @@ def _run(engine: Any, jobs, stages: Stages, collector: Any, progress: bool,
          summary: RunSummary) -> list[Report]:
     bar = None
     if progress and len(jobs) > 1:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        bar = tqdm(total=len(jobs), unit="image", desc="uniap", file=sys.stderr)
+        bar = progress_bar(len(jobs), "uniap")  # plain lines when stderr is not a terminal
     reports = []
     start = time.perf_counter()
     try:
@@ -207,26 +216,65 @@ def _run(engine: Any, jobs, stages: Stages, collector: Any, progress: bool,
 
 
 def _prepare_folders(out: str, viz: str | None, plan) -> None:
+    """Check that the outputs can be written, then make the folders they need.
+
+    Writability is tried (a probe file), not inferred from permission bits, which a
+    read-only file system or root ignore.  Every target is checked before any folder is made,
+    and folders made for ``out`` are removed again when ``viz``'s cannot be made: a refused
+    run leaves nothing behind.  Problems are :class:`PlanError` (a usage error, exit 2).
+    """
+
     def writable(folder: Path) -> None:
         if not folder.is_dir():
             raise PlanError(f"cannot write to {folder}: no such folder")
-        if not os.access(folder, os.W_OK):
-            raise PlanError(f"cannot write to {folder}: permission denied")
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix=".uniap-probe-"):
+                pass
+        except OSError as err:
+            raise PlanError(f"cannot write to {folder}: {_reason(err)}") from None
 
-    def prepare(path: str, is_folder: bool) -> None:
+    def check(path: str, is_folder: bool) -> list[Path]:
+        """Check ``path``'s target; return the folders to make, outermost first."""
         target = Path(path)
-        if is_folder:
-            parent = target.resolve().parent
-            if not target.exists():
-                writable(next(p for p in [parent, *parent.parents] if p.exists()))
-                target.mkdir(parents=True, exist_ok=True)
-            writable(target)
-        else:
+        if not is_folder:
             writable(target.parent if str(target.parent) else Path("."))
+            return []
+        if target.exists():
+            writable(target)
+            return []
+        missing = [target]
+        for parent in target.absolute().parents:
+            if parent.exists():
+                writable(parent)
+                break
+            missing.append(parent)
+        return missing[::-1]
 
-    prepare(out, plan.out_is_folder)
+    todo = [check(out, plan.out_is_folder)]
     if viz is not None:
-        prepare(viz, plan.viz_is_folder)
+        todo.append(check(viz, plan.viz_is_folder))
+    made: list[Path] = []
+    try:
+        for folders in todo:
+            for folder in folders:
+                if not folder.exists():
+                    try:
+                        folder.mkdir()
+                    except OSError as err:
+                        raise PlanError(f"cannot create folder {folder}: {_reason(err)}") from None
+                    made.append(folder)
+    except PlanError:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _reason(err: OSError) -> str:
+    """An operating system error in words, without the errno: "permission denied"."""
+    return (err.strerror or str(err)).lower()
 
 
 def _write_failures(path: Path | None, summary: RunSummary) -> None:
