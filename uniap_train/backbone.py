@@ -31,7 +31,32 @@ import torch
 from .config import BackboneConfig, ConfigError, expand_path
 from .data import load_resized
 
-__all__ = ["Backbone", "build_extractor"]
+__all__ = ["Backbone", "build_extractor", "vocabulary_state", "vocabulary_from_state"]
+
+
+def vocabulary_state(vocabulary: Any) -> dict | None:
+    """A :class:`uniap.features.Vocabulary` as tensors and numbers (for a weights-only checkpoint)."""
+    if vocabulary is None:
+        return None
+    out: dict[str, Any] = {}
+    for name in ("color", "texture"):
+        words = getattr(vocabulary, name)
+        if words is not None:
+            out[name] = torch.tensor(np.asarray(words, np.float64))
+    for name in ("color_gap", "texture_gap", "lightness_scale"):
+        out[name] = float(getattr(vocabulary, name))
+    out["images"] = int(vocabulary.images)
+    return out
+
+
+def vocabulary_from_state(state: dict | None) -> Any:
+    """The :class:`uniap.features.Vocabulary` :func:`vocabulary_state` saved (None for none)."""
+    if not state:
+        return None
+    from uniap.features import Vocabulary
+
+    kwargs = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    return Vocabulary(**kwargs)
 
 
 def build_extractor(kind: str, model: str, weights: str | None, options: dict, device: str = "cpu") -> Any:

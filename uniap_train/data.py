@@ -225,6 +225,45 @@ def teacher_cells(height: int, width: int, cells: int) -> tuple[int, int]:
     return rows, cols
 
 
+def teacher_view_features(features: np.ndarray, scale: tuple[float, float], shape: tuple[int, int],
+                          size: int, patch_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The teacher's whole-image view cut from an image's feature grid, zero where padded.
+
+    Parameters
+    ----------
+    features : ndarray (h, w, C)
+        The image's features; ``scale`` cells per pixel (sy, sx), ``shape`` the image's (H, W).
+    size, patch_size : int
+        The view's side in pixels and the extractor's patch size.
+
+    Returns
+    -------
+    grid : ndarray (T, T, C), float32
+        ``T = size // patch_size``.
+    cells : (rows, cols)
+        The part of the grid that holds the image (:func:`teacher_cells`).
+    """
+    cells = size // patch_size
+    grid = crop_feature_grid(features, teacher_crop(shape[0], shape[1], size), cells, scale)
+    rows, cols = teacher_cells(shape[0], shape[1], cells)
+    grid[rows:] = 0
+    grid[:, cols:] = 0
+    return grid, (rows, cols)
+
+
+def teacher_view_pixels(image: np.ndarray, size: int) -> np.ndarray:
+    """The teacher's whole-image view as pixels: longer side ``size``, zero padding (size, size, 3)."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    r = size / max(height, width)
+    resized = np.asarray(Image.fromarray(image).resize(
+        (max(1, round(width * r)), max(1, round(height * r))), Image.BILINEAR))
+    view = np.zeros((size, size, 3), np.uint8)
+    view[: resized.shape[0], : resized.shape[1]] = resized[:size, :size]
+    return view
+
+
 class PaperDataset(MultiCropDataset):
     """Samples of the paper recipe: the whole image for the teacher, local crops for the student.
 
@@ -261,8 +300,6 @@ class PaperDataset(MultiCropDataset):
         return crops, views
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
-        from PIL import Image
-
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = int(index)
         rng = np.random.default_rng([self.seed, int(epoch), index])
@@ -271,21 +308,14 @@ class PaperDataset(MultiCropDataset):
         if self.crop_features:
             feats, scale, shape = self.image_grid(index)
             tcrop = teacher_crop(shape[0], shape[1], size)
-            rows, cols = teacher_cells(shape[0], shape[1], cells)
-            teacher = crop_feature_grid(feats, tcrop, cells, scale)
-            teacher[rows:] = 0
-            teacher[:, cols:] = 0
+            teacher, (rows, cols) = teacher_view_features(feats, scale, shape, size, p)
             crops, _ = self._local_crops(rng, shape[0], shape[1], None)
             views = [teacher] + [crop_feature_grid(feats, c, c.size // p, scale) for c in crops]
             return Sample(index, [tcrop] + crops, features=views, teacher_cells=(rows, cols))
         image = load_resized(self.paths[index], self.max_side)
         height, width = image.shape[:2]
         tcrop = teacher_crop(height, width, size)
-        r = size / max(height, width)
-        resized = np.asarray(Image.fromarray(image).resize(
-            (max(1, round(width * r)), max(1, round(height * r))), Image.BILINEAR))
-        teacher = np.zeros((size, size, 3), np.uint8)
-        teacher[: resized.shape[0], : resized.shape[1]] = resized
+        teacher = teacher_view_pixels(image, size)
         crops, views = self._local_crops(rng, height, width, image)
         valid = teacher_cells(height, width, cells)
         views = [teacher] + views

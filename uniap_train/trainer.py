@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .backbone import Backbone
+from .backbone import Backbone, vocabulary_state
 from .config import ConfigError, TrainConfig, config_to_dict, save_config
 from .data import ResumableDistributedSampler, collate_views, list_images, load_resized
 from .model import ema_update
@@ -213,6 +213,7 @@ def save_checkpoint(path: Path, state: TrainState, step: int) -> None:
         "rng": get_rng_state(),
         "config": config_to_dict(state.cfg),
         "in_dim": int(state.recipe.in_dim),
+        "vocabulary": vocabulary_state(getattr(state.backbone.extractor, "vocabulary", None)),
         "version": library_version(),
         "git": git_sha(),
     }, path)

@@ -54,13 +54,14 @@ SEGMENTER_FLAGS: dict[str, dict[str, str]] = {
     "regions": {"higra_watershed": "regions"},
     "attribute": {"higra_watershed": "attribute"},
     "sigma": {"felzenszwalb": "sigma", "slic_rag": "sigma", "higra_watershed": "sigma"},
+    "checkpoint": {"checkpoint": "checkpoint"},
 }
 FEATURE_FLAGS = {"model": "model", "weights": "weights", "layer": "layer_output", "max_side": "max_side",
                  "device": "device"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .segmenters import SEGMENTERS
+    from .segmenters import segmenter_names
 
     parser = argparse.ArgumentParser(
         prog="uniap-eval",
@@ -89,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="labelmaps: void label (default: manifest.json void_id, else none)")
 
     what = parser.add_argument_group("what is evaluated")
-    what.add_argument("--segmenter", choices=sorted(SEGMENTERS),
-                      help="the segmenter to run (default uniap)")
+    what.add_argument("--segmenter", choices=segmenter_names(),
+                      help="the segmenter to run (default uniap; checkpoint: a uniap-train model, "
+                      "with --checkpoint)")
+    what.add_argument("--checkpoint", metavar="FILE",
+                      help="--segmenter checkpoint: a uniap-train checkpoint of recipe paper")
     what.add_argument("--predictions", metavar="DIR",
                       help="evaluate saved masks instead: DIR/<image stem>.json from uniap-cli --format sam")
     what.add_argument("--score", choices=("stability", "persistence", "area", "level", "random", "record"),

@@ -19,6 +19,8 @@ AP / AR (see :mod:`uniap.evaluation.proposals` for the ranking rules).
                           where it has ``regions`` regions (nested).
 ``predictions``           Masks saved by ``uniap-cli --format sam`` (or any SAM-style list
                           of records), one ``<stem>.json`` per image.
+plugins                   Entry points of the ``uniap.segmenters`` group, e.g.
+                          ``checkpoint`` (``uniap_train``: a trained model, ``--checkpoint``).
 ========================  =================================================================
 """
 
@@ -35,6 +37,7 @@ import numpy as np
 from .proposals import SCORES, proposals_from_levels
 
 __all__ = [
+    "PLUGIN_GROUP",
     "SEGMENTERS",
     "Felzenszwalb",
     "HigraWatershed",
@@ -44,6 +47,8 @@ __all__ = [
     "Uniap",
     "build_segmenter",
     "levels_from_records",
+    "plugin_segmenters",
+    "segmenter_names",
 ]
 
 
@@ -513,13 +518,44 @@ class Predictions(Segmenter):
 SEGMENTERS = {"uniap": Uniap, "felzenszwalb": Felzenszwalb, "slic_rag": SlicRag,
               "higra_watershed": HigraWatershed}
 
+# Other packages add segmenters through this entry-point group (a name -> a Segmenter
+# subclass), e.g. uniap_train's ``checkpoint``; they are imported only when chosen, and
+# ``uniap`` itself never imports them.
+PLUGIN_GROUP = "uniap.segmenters"
+
+
+def plugin_segmenters() -> dict[str, Any]:
+    """Entry points of the :data:`PLUGIN_GROUP` group by name (not loaded; built-ins win).
+
+    Every installed distribution is read, not only the first of each name, so a stale
+    ``*.egg-info`` in the working directory does not hide an installed plugin.
+    """
+    from importlib.metadata import distributions
+
+    found: dict[str, Any] = {}
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == PLUGIN_GROUP and ep.name not in SEGMENTERS:
+                found.setdefault(ep.name, ep)
+    return found
+
+
+def segmenter_names() -> list[str]:
+    """Every segmenter ``build_segmenter`` knows: the built-ins and the installed plugins."""
+    return sorted(set(SEGMENTERS) | set(plugin_segmenters()))
+
 
 def build_segmenter(name: str, **params: Any) -> Segmenter:
     """A segmenter by name with its parameters (``None`` values take the defaults).
 
     ``build_segmenter(r["segmenter"]["name"], **r["segmenter"]["params"])`` rebuilds the
-    segmenter of a ``uniap-eval`` result ``r``.
+    segmenter of a ``uniap-eval`` result ``r``.  Names of the :data:`PLUGIN_GROUP` entry
+    points load their class on first use.
     """
-    if name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {name!r}; choose one of {sorted(SEGMENTERS)}")
-    return SEGMENTERS[name](**{k: v for k, v in params.items() if v is not None})
+    cls = SEGMENTERS.get(name)
+    if cls is None:
+        plugin = plugin_segmenters().get(name)
+        if plugin is None:
+            raise ValueError(f"unknown segmenter {name!r}; choose one of {segmenter_names()}")
+        cls = plugin.load()
+    return cls(**{k: v for k, v in params.items() if v is not None})

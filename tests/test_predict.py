@@ -1,0 +1,204 @@
+"""Using a trained paper-recipe model: Predictor, uniap-predict, uniap-eval --segmenter checkpoint.
+
+One tiny run on the synthetic images of test_train_run (a few seconds) gives the checkpoint
+every test here reads.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("yaml")
+
+from test_train_paper import paper_small  # noqa: E402
+from test_train_run import REPO, env, images, shared_data, small  # noqa: E402, F401 (images: a fixture)
+from uniap_train.config import load_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(images, tmp_path_factory):
+    from uniap_train.trainer import train
+
+    out = tmp_path_factory.mktemp("paper_run")
+    train(load_config(None, paper_small(images, out, "optim.epochs=6", "backbone.vocabulary=shared")))
+    return out / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    from uniap_train import Predictor
+
+    return Predictor.from_checkpoint(checkpoint, device="cpu", min_area=4)
+
+
+def picture(seed: int, shape=(50, 70)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape + (3,), np.uint8)
+    img[:] = rng.integers(0, 255, 3)
+    img[10:30, 15:45] = rng.integers(0, 255, 3)
+    img[:, 50:] = rng.integers(0, 255, 3)
+    return img
+
+
+def test_prediction_columns_and_nesting(predictor):
+    from uniap.records import decode_rle
+
+    img = picture(0)
+    pred = predictor(img)
+    n_sem = predictor.cfg.model.num_semantic_queries
+    assert pred.masks.shape[1:] == img.shape[:2] and pred.masks.dtype == bool
+    assert pred.scores.shape == (len(pred.masks),) and np.all(np.diff(pred.scores) <= 0)
+    assert np.all((pred.scores > 0) & (pred.scores <= 1))
+    assert pred.masks.reshape(len(pred.masks), -1).sum(1).min(initial=4) >= 4
+    assert pred.semantic.shape == img.shape[:2] and 0 <= pred.semantic.min() <= pred.semantic.max() < n_sem
+    level0, level1 = pred.levels
+    # every part lies in one region
+    pairs = np.unique(np.stack([level0.ravel(), level1.ravel()]), axis=1)
+    assert pairs.shape[1] == level0.max() + 1
+    by_id = {r["id"]: r for r in pred.records}
+    assert pred.records and {r["kind"] for r in pred.records} == {"instance", "semantic"}
+    for rec in pred.records:
+        mask = decode_rle(rec["segmentation"])
+        assert mask.shape == img.shape[:2] and mask.sum() == rec["area"] >= 4
+        assert 0 <= rec["score"] <= 1 and rec["predicted_iou"] == rec["score"]
+        if rec["kind"] == "instance" and rec["parent"] >= 0:
+            assert not (mask & ~decode_rle(by_id[rec["parent"]]["segmentation"])).any()
+
+
+def test_batch_equals_one_by_one(predictor):
+    a, b = picture(1), picture(2, (64, 40))
+    together = predictor.predict([a, b])
+    for image, pred in zip((a, b), together):
+        alone = predictor(image)
+        np.testing.assert_array_equal(alone.levels, pred.levels)
+        np.testing.assert_array_equal(alone.masks, pred.masks)
+        np.testing.assert_allclose(alone.scores, pred.scores, rtol=1e-5)
+        assert [r["segmentation"] for r in alone.records] == [r["segmentation"] for r in pred.records]
+
+
+def test_checkpoint_records_config_version_and_words(checkpoint):
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["recipe"] == "paper" and ckpt["config"]["recipe"] == "paper"
+    assert ckpt["version"] and ckpt["in_dim"] == 34
+    assert ckpt["vocabulary"]["color"].ndim == 2  # the shared words travel with the weights
+
+
+def test_bad_checkpoints_are_one_line_errors(checkpoint, images, tmp_path):
+    from uniap_train import Predictor
+    from uniap_train.checkpoint import CheckpointError
+    from uniap_train.trainer import train
+
+    released = tmp_path / "released"
+    train(load_config(None, small(images, released, "optim.max_steps=1")))
+    with pytest.raises(CheckpointError, match="recipe 'released'; the predictor needs recipe 'paper'"):
+        Predictor.from_checkpoint(released / "checkpoint_last.pt")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt["config"]["model"]["dim"] = 48
+    changed = tmp_path / "changed.pt"
+    torch.save(ckpt, changed)
+    with pytest.raises(CheckpointError, match="do not fit the model its configuration describes .*size mismatch"):
+        Predictor.from_checkpoint(changed)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        Predictor.from_checkpoint(empty)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        Predictor.from_checkpoint(truncated)
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"step": 1, "payload": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="refused|not a readable checkpoint"):
+        Predictor.from_checkpoint(evil)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        Predictor.from_checkpoint(tmp_path / "missing.pt")
+    for err in ("empty", "truncated", "evil"):
+        try:
+            Predictor.from_checkpoint(tmp_path / f"{err}.pt")
+        except CheckpointError as e:
+            assert "\n" not in str(e)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_uniap_predict_writes_records_like_uniap_cli(checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from uniap.records import decode_rle
+    from uniap_train.predict import main
+
+    folder = tmp_path / "in" / "sub"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(picture(10 + i)).save(folder / f"p{i}.png")
+    out = tmp_path / "out"
+    assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--viz", str(tmp_path / "viz"),
+                 "--batch-size", "2", "--quiet", "--min-area", "4"]) == 0
+    docs = sorted((out / "sub").glob("*.json"))
+    assert [d.name for d in docs] == ["p0.json", "p1.json", "p2.json"]
+    doc = json.loads(docs[0].read_text())
+    assert doc["image"]["file_name"] == "sub/p0.png" and doc["uniap"]["thresholds"] == [1.0, 0.0]
+    assert doc["uniap"]["features"].startswith("uniap_train:paper:checkpoint_last.pt@")
+    for rec in doc["annotations"]:
+        assert decode_rle(rec["segmentation"]).sum() == rec["area"]
+    assert len(list((tmp_path / "viz" / "sub").glob("*.png"))) == 3
+    # a rerun with the same settings skips; other settings are refused without --overwrite
+    assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--min-area", "4"]) == 0
+    assert "3 skipped" in capsys.readouterr().err
+    assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--quiet", "--min-area", "9"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    coco = tmp_path / "coco.json"
+    assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(coco), "--format", "coco", "--quiet"]) == 0
+    data = json.loads(coco.read_text())
+    assert len(data["images"]) == 3 and data["annotations"]
+
+
+def test_uniap_predict_usage_errors(checkpoint, tmp_path, capsys):
+    from uniap_train.predict import main
+
+    assert main([str(tmp_path / "nope.pt"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main([str(checkpoint), str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
+    assert main([str(checkpoint), str(tmp_path), "--out", str(tmp_path / "o"), "--shard", "3/2"]) == 2
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_segmenter_plugin_is_registered_and_lazy():
+    """uniap-eval lists the entry point without importing uniap_train."""
+    code = ("import sys; from uniap.evaluation.cli import build_parser; build_parser(); "
+            "from uniap.evaluation.segmenters import segmenter_names; "
+            "print('checkpoint' in segmenter_names(), 'uniap_train' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]
+
+
+def test_uniap_eval_checkpoint_segmenter(checkpoint, tmp_path, capsys):
+    from uniap.evaluation.cli import main
+
+    data = shared_data()
+    out = tmp_path / "coco.json"
+    argv = ["--dataset", "coco", "--data", str(data / "coco"), "--limit", "2", "--workers", "1",
+            "--segmenter", "checkpoint", "--checkpoint", str(checkpoint), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["segmenter"]["name"] == "checkpoint"
+    m = result["metrics"]
+    assert m["num_gt"] > 0 and 0 <= m["AP"] <= 1 and 0 <= m["AR@100"] <= 1 and m["proposals_per_image"] > 0
+    assert main(argv[:-5] + ["--segmenter", "checkpoint", "--out", str(tmp_path / "b.json")]) == 2
+    assert "needs --checkpoint" in capsys.readouterr().err
+    assert main(["--dataset", "coco", "--data", str(data / "coco"), "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "c.json")]) == 2
+    assert "--checkpoint does not apply to --segmenter uniap" in capsys.readouterr().err

@@ -1,0 +1,574 @@
+"""Using a trained paper-recipe model: :class:`Predictor` and the ``uniap-predict`` command.
+
+``Predictor.from_checkpoint(path, device=...)`` rebuilds the frozen backbone (with the shared
+words the run was trained with, stored in the checkpoint), the neck and the decoder (the EMA
+teacher's weights), and turns images into a :class:`Prediction`:
+
+* **instance masks** with scores: the [INS] queries' masks (``sigmoid > mask_threshold``),
+  scored as Mask2Former scores masks (the mean probability inside the mask), best first;
+* a **semantic map**: per pixel, the [SEM] query of the largest mask logit;
+* two **nested levels** of label maps and the **SAM-style records** ``uniap-cli`` writes
+  (:func:`uniap.records.hierarchy_records`): level 0 (``threshold`` 1.0) are the connected
+  parts of the panoptic map (each pixel to its best-scoring instance as Mask2Former's panoptic
+  inference assigns them, the rest to its semantic query), level 1 (``threshold`` 0.0) joins
+  neighbouring parts of the same semantic query; semantic records are the semantic map's
+  groups.  A record's ``score`` and ``predicted_iou`` are its query's mask score (area-weighted
+  over its parts at level 1).
+
+The work is done by module functions (:func:`teacher_grids`, :func:`decode_masks`,
+:func:`instance_masks`, :func:`nested_levels`, :func:`prediction_records`); the class holds
+the model and options.  ``uniap-predict`` runs a predictor through :func:`uniap.pipeline.run`
+(same inputs, plan, resuming and sinks as ``uniap-cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["Prediction", "Predictor", "build_parser", "main"]
+
+
+@dataclass
+class Prediction:
+    """What the predictor says about one image (arrays on the host, at the image's resolution).
+
+    Attributes
+    ----------
+    masks : ndarray (N, H, W), bool
+        Instance masks, best score first.
+    scores : ndarray (N,), float32
+        Their mask scores in [0, 1].
+    semantic : ndarray (H, W), int32
+        [SEM] query of every pixel.
+    levels : ndarray (2, H, W), int32
+        Nested label maps (parts, regions).
+    semantic_labels : ndarray (2, H, W), int32
+        Semantic group of every pixel, per level.
+    hierarchy : uniap.Hierarchy
+        The levels as a hierarchy on the pixel grid.
+    records : list of dict
+        SAM-style records (:mod:`uniap.records`).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    semantic: np.ndarray
+    levels: np.ndarray
+    semantic_labels: np.ndarray
+    hierarchy: Any
+    records: list[dict]
+    timings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- functions
+
+
+def teacher_grids(images: Sequence[np.ndarray], extractor: Any, kind: str, max_side: int, size: int,
+                  device) -> tuple[Any, list[tuple[int, int]]]:
+    """Whole-image views of ``images`` as the teacher saw them in training: (B, T, T, C) on
+    ``device``, and each image's working (resized) shape."""
+    import torch
+
+    from .data import load_resized, teacher_view_features, teacher_view_pixels
+
+    shapes, grids = [], []
+    for image in images:
+        work = _downscale(np.asarray(image), max_side, load_resized)
+        shapes.append(work.shape[:2])
+        if kind == "vit":
+            grids.append(teacher_view_pixels(work, size))
+            continue
+        g = extractor(work)
+        (hr, wr), (ho, wo) = g.resized_shape, g.original_shape
+        p = g.patch_size
+        feats, _ = teacher_view_features(np.ascontiguousarray(g.features, np.float32), (hr / ho / p, wr / wo / p),
+                                         work.shape[:2], size, p)
+        grids.append(feats)
+    if kind == "vit":
+        return extractor.batch_features(torch.from_numpy(np.stack(grids))), shapes
+    return torch.from_numpy(np.stack(grids)).to(device), shapes
+
+
+def _downscale(image: np.ndarray, max_side: int, load_resized) -> np.ndarray:
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return np.ascontiguousarray(image)
+    from PIL import Image
+
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.ascontiguousarray(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=None)))
+
+
+def decode_masks(logits: Any, image_shape: tuple[int, int], work_shape: tuple[int, int]) -> Any:
+    """Mask logits (Q, 2T, 2T) of a padded whole-image view, resampled at the image's pixel
+    centres: (Q, H, W) (bilinear)."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = image_shape
+    side = float(max(work_shape))
+    # pixel centre -> working image -> the teacher view's normalised coordinates
+    u = (torch.arange(width, device=logits.device, dtype=torch.float32) + 0.5) / width * (work_shape[1] / side)
+    v = (torch.arange(height, device=logits.device, dtype=torch.float32) + 0.5) / height * (work_shape[0] / side)
+    grid = torch.stack(torch.meshgrid(u * 2 - 1, v * 2 - 1, indexing="xy"), dim=-1)[None]
+    return F.grid_sample(logits[None].float(), grid, mode="bilinear", align_corners=False)[0]
+
+
+def instance_masks(logits: Any, mask_threshold: float, score_threshold: float, min_area: int) -> tuple[Any, Any, Any]:
+    """[INS] logits (N, H, W) -> kept masks (K, H, W) bool, scores (K,), probabilities (K, H, W), best first."""
+    import torch
+
+    prob = logits.sigmoid()
+    binary = prob > mask_threshold
+    area = binary.flatten(1).sum(-1)
+    scores = (prob * binary).flatten(1).sum(-1) / area.clamp_min(1)
+    keep = torch.nonzero((area >= min_area) & (scores >= score_threshold)).flatten()
+    order = keep[torch.argsort(scores[keep], descending=True, stable=True)]
+    return binary[order], scores[order], prob[order]
+
+
+def _relabel_connected(labels: np.ndarray) -> np.ndarray:
+    """Connected regions (4-connectivity) of equal labels, numbered 0.. in raster order."""
+    from skimage.measure import label
+
+    return (label(labels.astype(np.int64), background=-1, connectivity=1) - 1).astype(np.int32)
+
+
+def _canonical(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0.. in the order of their first pixel (row-major)."""
+    uniq, first = np.unique(labels.ravel(), return_index=True)
+    rank = np.empty(uniq.size, np.int64)
+    rank[np.argsort(first)] = np.arange(uniq.size)
+    return rank[np.searchsorted(uniq, labels)].astype(np.int32)
+
+
+def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray, semantic: np.ndarray,
+                  semantic_confidence: np.ndarray, overlap: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two nested label maps and a score per level-0 part.
+
+    Each pixel goes to the instance of largest ``score * prob`` that covers it; an instance
+    left with less than ``overlap`` of its mask is dropped (Mask2Former's panoptic rule); the
+    remaining pixels go to their semantic query.  Level 0: the connected parts of that map;
+    level 1: connected unions of parts of the same semantic query (the majority query of an
+    instance part), so level 0 nests in level 1.
+
+    Returns
+    -------
+    levels : ndarray (2, H, W), int32
+    groups : ndarray (K0,), int64
+        Semantic query of each level-0 part.
+    part_scores : ndarray (K0,), float64
+        An instance part's score, a semantic part's mean ``semantic_confidence``.
+    """
+    height, width = semantic.shape
+    n_sem = int(semantic.max()) + 1 if semantic.size else 1
+    panoptic = semantic.astype(np.int64) + masks.shape[0]  # stuff: after the instances
+    instance_score = np.zeros(masks.shape[0] + n_sem)
+    if masks.shape[0]:
+        weighted = scores[:, None, None] * prob
+        owner = weighted.argmax(0)
+        covered = np.take_along_axis(masks, owner[None], 0)[0]
+        assigned = np.bincount(owner[covered], minlength=masks.shape[0])
+        original = masks.reshape(masks.shape[0], -1).sum(1)
+        good = assigned >= overlap * np.maximum(original, 1)
+        take = covered & good[owner]
+        panoptic[take] = owner[take]
+        instance_score[: masks.shape[0]] = scores
+    level0 = _relabel_connected(panoptic)
+    k0 = int(level0.max()) + 1
+    flat0 = level0.ravel()
+    source = np.zeros(k0, np.int64)
+    source[flat0] = panoptic.ravel()
+    votes = np.bincount(flat0 * n_sem + semantic.ravel(), minlength=k0 * n_sem).reshape(k0, n_sem)
+    groups = votes.argmax(1)
+    is_instance = source < masks.shape[0]
+    sizes = np.bincount(flat0, minlength=k0)
+    confidence = np.bincount(flat0, weights=semantic_confidence.ravel(), minlength=k0) / np.maximum(sizes, 1)
+    part_scores = np.where(is_instance, instance_score[np.minimum(source, len(instance_score) - 1)], confidence)
+    level1 = _relabel_connected(groups[level0])
+    return np.stack([level0, level1]), groups, part_scores
+
+
+def prediction_records(levels: np.ndarray, groups: np.ndarray, part_scores: np.ndarray, min_area: int,
+                       options: dict) -> tuple[Any, list[dict], np.ndarray]:
+    """The levels as a :class:`uniap.Hierarchy` on the pixel grid, its SAM-style records (scores
+    set from ``part_scores``) and the per-level semantic label maps."""
+    from uniap.hierarchy import Hierarchy, Level
+    from uniap.records import hierarchy_records
+
+    level0, level1 = levels
+    k0, k1 = int(level0.max()) + 1, int(level1.max()) + 1
+    sizes0 = np.bincount(level0.ravel(), minlength=k0)
+    sizes1 = np.bincount(level1.ravel(), minlength=k1)
+    parents0 = np.zeros(k0, np.int64)
+    parents0[level0.ravel()] = level1.ravel()
+    semantic = _canonical(groups[level0])
+    built = [
+        Level(1.0, level0, sizes0.astype(np.int64), parents0, semantic),
+        Level(0.0, level1, sizes1.astype(np.int64), np.full(k1, -1, np.int64), semantic),
+    ]
+    h = Hierarchy(built, min_size=int(min_area), options=dict(options))
+    records = hierarchy_records(h, pixel_labels=levels, unique=True)
+    region_scores = (np.bincount(parents0, weights=part_scores * sizes0, minlength=k1)
+                     / np.maximum(np.bincount(parents0, weights=sizes0, minlength=k1), 1))
+    group_area = np.bincount(semantic.ravel())
+    group_scores = np.bincount(semantic.ravel(), weights=part_scores[level0].ravel()) / np.maximum(group_area, 1)
+    for rec in records:
+        x, y = (int(round(c)) for c in rec["point_coords"][0])
+        if rec["kind"] == "semantic":
+            score = group_scores[semantic[y, x]]
+        elif rec["level"] == 0:
+            score = part_scores[level0[y, x]]
+        else:
+            score = region_scores[level1[y, x]]
+        rec["score"] = rec["predicted_iou"] = round(float(score), 6)
+    return h, records, np.stack([semantic, semantic])
+
+
+# ---------------------------------------------------------------------------------- the class
+
+
+class Predictor:
+    """A trained paper-recipe model on a device, with its post-processing options.
+
+    Build it with :meth:`from_checkpoint`.
+
+    Parameters
+    ----------
+    model : uniap_train.decoder.PaperModel
+        In eval mode on ``device``.
+    cfg : TrainConfig
+        The configuration of the run that trained it.
+    extractor : feature extractor
+        The frozen backbone (with its shared words).
+    device : torch.device
+    mask_threshold : float
+        Probability above which a pixel is in a query's mask.
+    score_threshold : float
+        Instance masks scoring less are dropped.
+    min_area : int
+        Smallest instance mask and smallest recorded part (pixels).
+    """
+
+    def __init__(self, model, cfg, extractor, device, *, mask_threshold: float = 0.5, score_threshold: float = 0.0,
+                 min_area: int = 16, name: str = "uniap_train") -> None:
+        if not 0 < mask_threshold < 1:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
+        if not 0 <= score_threshold <= 1:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if min_area < 1:
+            raise ValueError(f"min_area must be >= 1, got {min_area}")
+        self.model = model
+        self.cfg = cfg
+        self.extractor = extractor
+        self.device = device
+        self.mask_threshold = float(mask_threshold)
+        self.score_threshold = float(score_threshold)
+        self.min_area = int(min_area)
+        self.name = name
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu", *, weights: str | None = None, **options: Any) -> "Predictor":
+        """A predictor from a ``recipe: paper`` checkpoint (the EMA teacher's weights).
+
+        Parameters
+        ----------
+        path : path-like
+            ``checkpoint_last.pt`` (or a kept ``checkpoint_<step>.pt``).
+        device : str
+            ``cpu``, ``cuda``, ``cuda:N`` (``auto``: CUDA when available).
+        weights : str, optional
+            The ViT weights file when it moved since training (``backbone.kind: vit``).
+        **options
+            ``mask_threshold``, ``score_threshold``, ``min_area``.
+
+        Raises
+        ------
+        uniap_train.checkpoint.CheckpointError
+            An unreadable file, a checkpoint of another recipe, or weights of other shapes
+            than its configuration (one line naming the file).
+        """
+        import torch
+
+        from .backbone import build_extractor, vocabulary_from_state
+        from .checkpoint import CheckpointError, read_checkpoint
+        from .config import ConfigError, config_from_dict
+        from .decoder import PaperModel
+
+        ckpt = read_checkpoint(path)
+        if ckpt["recipe"] != "paper":
+            raise CheckpointError(f"{path}: a checkpoint of recipe {ckpt['recipe']!r}; the predictor needs "
+                                  "recipe 'paper' (a mask decoder)")
+        try:
+            cfg = config_from_dict(ckpt["config"])
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: its configuration does not load here ({err})") from None
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+        b = cfg.backbone
+        extractor = build_extractor(b.kind, b.model, weights or b.weights, b.options,
+                                    str(dev) if b.kind == "vit" else "cpu")
+        vocabulary = vocabulary_from_state(ckpt.get("vocabulary"))
+        if vocabulary is not None:
+            from dataclasses import replace
+
+            extractor = replace(extractor, vocabulary=vocabulary)
+        in_dim = int(ckpt.get("in_dim") or _infer_in_dim(ckpt["teacher"]))
+        model = PaperModel(in_dim, cfg.model)
+        try:
+            model.load_state_dict(ckpt["teacher"])
+        except RuntimeError as err:
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line
+                          or "Missing key" in line or "Unexpected key" in line), str(err).splitlines()[0])
+            raise CheckpointError(f"{path}: the weights do not fit the model its configuration describes "
+                                  f"({first})") from None
+        model = model.to(dev).eval()
+        digest = hashlib.sha1(f"{Path(path).resolve()}:{ckpt['step']}:{ckpt.get('git')}".encode()).hexdigest()[:12]
+        return cls(model, cfg, extractor, dev, name=f"uniap_train:paper:{Path(path).name}@{ckpt['step']}:{digest}",
+                   **options)
+
+    def options(self) -> dict:
+        """What decides the outputs (recorded in output files)."""
+        return {"predictor": self.name, "mask_threshold": self.mask_threshold,
+                "score_threshold": self.score_threshold, "min_area": self.min_area}
+
+    def __call__(self, image: np.ndarray) -> Prediction:
+        """The prediction for one (H, W, 3) uint8 image."""
+        return self.predict([image])[0]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for several images: one batch through the model on the device."""
+        import torch
+
+        if len(images) == 0:
+            return []
+        for image in images:
+            if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.size):
+                raise ValueError(f"images must be (H, W, 3) arrays, got {getattr(image, 'shape', type(image))}")
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            grids, shapes = teacher_grids(images, self.extractor, cfg.backbone.kind, cfg.data.max_side,
+                                          cfg.crops.teacher_size, self.device)
+            t1 = time.perf_counter()
+            out = self.model(grids.to(self.device).float())
+            n_sem = self.model.num_semantic
+            results = []
+            for i, image in enumerate(images):
+                start = time.perf_counter()
+                logits = decode_masks(out["masks"][i], image.shape[:2], shapes[i])
+                sem_logits = logits[:n_sem]
+                semantic = sem_logits.argmax(0)
+                confidence = sem_logits.softmax(0).amax(0)
+                masks, scores, prob = instance_masks(logits[n_sem:], self.mask_threshold, self.score_threshold,
+                                                     self.min_area)
+                host = [t.cpu().numpy() for t in (masks, scores, prob, semantic, confidence)]  # the one host exit
+                masks, scores, prob, semantic, confidence = host
+                levels, groups, part_scores = nested_levels(masks, scores, prob, semantic.astype(np.int64),
+                                                            confidence)
+                h, records, sem_labels = prediction_records(levels, groups, part_scores, self.min_area,
+                                                            self.options())
+                timings = {"features": (t1 - t0) / len(images), "records": time.perf_counter() - start}
+                results.append(Prediction(masks, scores.astype(np.float32), semantic.astype(np.int32), levels,
+                                          sem_labels, h, records, timings))
+        return results
+
+
+def _infer_in_dim(state: dict) -> int:
+    return int(state["neck.adapter.0.weight"].shape[1])
+
+
+# ------------------------------------------------------------------ pipeline glue (uniap-predict)
+
+
+class _Grid:
+    """What :func:`uniap.pipeline.stages.uniap_info` reads of a grid, for a prediction."""
+
+    def __init__(self, prediction: Prediction, name: str) -> None:
+        self.prediction = prediction
+        self.grid_shape = tuple(prediction.levels.shape[1:])
+        self.patch_size = 1
+        self.name = name
+
+
+class _Extracted:
+    def __init__(self, grid: _Grid) -> None:
+        self.grid = grid
+        self.features = grid.prediction
+
+
+class _PredictFeatures:
+    """The features stage of :class:`PredictStages`: a whole chunk through the predictor."""
+
+    batched = True
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    @property
+    def on_device(self) -> bool:
+        return self.predictor.device.type != "cpu"
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[_Extracted]:
+        return [_Extracted(_Grid(p, self.predictor.name)) for p in self.predictor.predict(images)]
+
+
+class PredictStages:
+    """The pipeline's stages with the predictor in place of features + UniAP (one process)."""
+
+    def __init__(self, predictor: Predictor, stages: Any) -> None:
+        self.settings = stages.settings
+        self.signature = stages.signature
+        self.features = _PredictFeatures(predictor)
+        self.pool = lambda predictions: [p.hierarchy for p in predictions]
+        self._decode = stages.decode
+
+    def decode(self, item: Any) -> np.ndarray:
+        return self._decode(item)
+
+    def encode(self, grid: _Grid, hierarchy: Any) -> Any:
+        from uniap.pipeline.stages import Encoded
+
+        p = grid.prediction
+        return Encoded(p.records, p.levels, p.semantic_labels)
+
+
+class PredictEngine:
+    """An engine for :func:`uniap.pipeline.run` that runs a :class:`Predictor` in this process."""
+
+    def __init__(self, predictor: Predictor, batch_size: int = 4) -> None:
+        self.predictor = predictor
+        self.batch_size = int(batch_size)
+
+    def run(self, jobs, stages, collect: bool = False):
+        from uniap.pipeline.engine import LocalEngine
+
+        return LocalEngine(1, self.batch_size).run(jobs, PredictStages(self.predictor, stages), collect)
+
+
+class _NoFeatures:
+    """Stands in for the pipeline's extractor (the predictor has its own)."""
+
+    name = "uniap_train"
+
+    def __call__(self, image):  # pragma: no cover - never called: PredictStages replaces the stage
+        raise RuntimeError("the predictor computes its own features")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uniap-predict",
+        description="Masks from a trained S2-UniSeg model (uniap-train recipe: paper): instance masks, "
+        "semantic groups and their nested levels, written as uniap-cli writes them.",
+        epilog="Example: uniap-predict runs/paper/checkpoint_last.pt photos/ --out masks/ --viz viz/",
+    )
+    parser.add_argument("checkpoint", help="a uniap-train checkpoint of recipe paper (checkpoint_last.pt)")
+    io = parser.add_argument_group("input and output (as uniap-cli)")
+    io.add_argument("inputs", nargs="*",
+                    help="image files, folders (searched recursively), glob patterns or .tar shards")
+    io.add_argument("--file-list", action="append", metavar="FILE",
+                    help="a file naming one input a line, relative to its folder ('-': standard input); repeatable")
+    io.add_argument("--out", required=True,
+                    help="a file for one image; a folder mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
+                    "--format coco: one file; --format png: a folder with one folder per image")
+    io.add_argument("--format", choices=("sam", "coco", "png", "parquet"), default="sam",
+                    help="sam: one SA-1B-like JSON per image (default); coco: one COCO data set; png: 16-bit "
+                    "label maps per level plus metadata.csv; parquet: part files, one row per record")
+    io.add_argument("--image-ids", metavar="COCO_JSON",
+                    help="take image ids from this COCO file, matched by file_name")
+    io.add_argument("--viz", metavar="PNG", help="also draw each level's masks: a file for one image, a folder for many")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace these images' existing outputs (default: skip images done with the same settings)")
+    io.add_argument("--shard", metavar="I/N", help="only images i, i+n, ... of the sorted inputs")
+    io.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+                    help="images per batch through the model (default 4)")
+    io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    model = parser.add_argument_group("model")
+    model.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when available)")
+    model.add_argument("--weights", metavar="FILE", help="the ViT weights file, when it moved since training")
+    model.add_argument("--mask-threshold", type=float, metavar="P",
+                       help="probability above which a pixel is in a mask (default 0.5)")
+    model.add_argument("--score-threshold", type=float, metavar="S",
+                       help="drop instance masks scoring less (default 0)")
+    model.add_argument("--min-area", type=_positive_int, metavar="PIXELS",
+                       help="smallest instance mask and recorded part (default 16)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    from uniap.cli import positive_int
+
+    return positive_int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from uniap.cli import UsageError
+    from uniap.pipeline.plan import PlanError
+    from uniap.pipeline.runner import run as run_pipeline
+    from uniap.pipeline.sources import InputError
+
+    from .config import ConfigError
+
+    if not args.inputs and not args.file_list:
+        raise UsageError("give at least one image, folder, glob, tar shard or --file-list")
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = tuple(int(v) for v in args.shard.split("/"))
+        except ValueError:
+            shard = ()
+        if len(shard) != 2 or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+            raise UsageError(f"--shard takes i/n with 0 <= i < n, such as 0/4; got {args.shard!r}")
+    options = {k: getattr(args, k) for k in ("mask_threshold", "score_threshold", "min_area")
+               if getattr(args, k) is not None}
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, weights=args.weights, **options)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        raise UsageError(" ".join(str(err).split())) from None
+    image_ids = None
+    if args.image_ids is not None:
+        from uniap.io import coco_image_ids
+
+        try:
+            image_ids = coco_image_ids(args.image_ids)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--image-ids: {err}") from None
+    try:
+        summary = run_pipeline(
+            args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
+            overwrite=args.overwrite, shard=shard, engine=PredictEngine(predictor, args.batch_size),
+            image_ids=image_ids, features=predictor.name, extractor_options=predictor.options(),
+            extractor=_NoFeatures(), progress=not args.quiet,
+        )
+    except (InputError, PlanError) as err:
+        raise UsageError(str(err)) from None
+    for report in summary.failures:
+        print(f"uniap-predict: {report.source}: {report.error}", file=sys.stderr)
+    if not args.quiet:
+        total = summary.written + summary.skipped + len(summary.failures)
+        print(f"uniap-predict: {total} image(s): {summary.written} written, {summary.skipped} skipped, "
+              f"{len(summary.failures)} failed", file=sys.stderr)
+    return 1 if summary.failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from uniap.cli import run_command
+
+    parser = build_parser()
+    return run_command(parser, run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
