@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from .graph import Graph
 
 EPS = 1e-10
+# Cosine scores do not depend on the features' scale, but float64 squared norms overflow
+# above about 1e154 per value.  A run whose largest row norm exceeds this (or overflows)
+# first scales the features by a power of two (exact: no score changes) so that the largest
+# |value| lies in [0.5, 1); below it, even the sum of 2**40 such rows keeps its squared norm
+# far inside float64's range.
+HUGE_NORM = 2.0**300
 # Elements in one temporary block of a chunked product: bounds memory at 16 MiB (float64)
 # whatever the graph size, so nothing of size N x N is ever materialised.
 CHUNK_ELEMENTS = 1 << 21
@@ -52,6 +58,32 @@ class LevelResult:
 class RunResult:
     levels: list[LevelResult]
     min_margin: float | None = None  # smallest |s - t| over every decision taken
+    # The power of two the run multiplied the features by (1.0 unless they were huge; see
+    # HUGE_NORM): cluster means computed from the input use it too, so that no sum overflows.
+    scale: float = 1.0
+
+
+def overflow_scale(max_abs: float) -> float:
+    """The power of two that brings ``max_abs``, the largest |value|, into [0.5, 1).
+
+    >>> overflow_scale(3.0 * 2.0**600) == 2.0**-602
+    True
+    """
+    if not math.isfinite(max_abs) or max_abs <= 0:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(max_abs)[1])
+
+
+def scale_if_huge(be: "Backend", xp: Any, x: Any, norms: Any, limit: float = HUGE_NORM) -> float:
+    """The scale for features ``x`` whose row norms are ``norms``: 1.0 unless some norm
+    exceeds ``limit`` (or overflowed to inf), else :func:`overflow_scale` of max |x|.
+
+    ``x`` must be finite (checked before); one count of N norms is all the usual case costs.
+    """
+    (huge,) = be.fetch(xp.count_nonzero(~(norms < limit)))
+    if not huge:
+        return 1.0
+    return overflow_scale(float(be.to_numpy(xp.max(xp.abs(x)))))
 
 
 @dataclass
@@ -203,7 +235,7 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any) -> tuple[Any, A
     return rootmap, dst
 
 
-def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray) -> _State:
+def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any) -> _State:
     xp, opt = ctx.xp, ctx.options
     n = x.shape[0]
     dev = _device(x)
@@ -215,7 +247,7 @@ def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray) -> _State:
         sizes=xp.ones((n,), dtype=xp.int64, device=dev),
         unit_sums=unit_sums,
         feats=feats,
-        norms=row_norms(xp, feats),
+        norms=x_norms if feats is sums else row_norms(xp, feats),
         roots=xp.arange(n, dtype=xp.int64, device=dev),
         pos=xp.arange(n, dtype=xp.int64, device=dev),
         row_offsets=cell_offsets,
@@ -241,9 +273,15 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
     x = graph.x
     n = x.shape[0]
     dev = _device(x)
-    unit = x / row_norms(xp, x)[:, None] if options.needs_profiles else None
+    with np.errstate(over="ignore"):  # huge rows overflow here, and are scaled below
+        x_norms = row_norms(xp, x)
+    scale = scale_if_huge(be, xp, x, x_norms)
+    if scale != 1.0:
+        x = x * scale  # a new array: exact, and no score changes
+        x_norms = row_norms(xp, x)
+    unit = x / x_norms[:, None] if options.needs_profiles else None
     ctx = _Context(be=be, xp=xp, options=options, unit=unit)
-    st = _initial_state(ctx, x, graph.offsets)
+    st = _initial_state(ctx, x, graph.offsets, x_norms)
     edges_np = np.asarray(graph.edges, dtype=np.int64)
     if options.vote_weight != 0.0 and len(edges_np):
         edges_np = edges_np[np.lexsort((edges_np[:, 1], edges_np[:, 0]))]  # votes go by part
@@ -293,7 +331,7 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
                 semantic=semantic,
             )
         )
-    return RunResult(levels=results, min_margin=margin if track_margin else None)
+    return RunResult(levels=results, min_margin=margin if track_margin else None, scale=scale)
 
 
 # -- semantic groups ----------------------------------------------------------------------

@@ -82,12 +82,15 @@ class Graph:
         Part p owns nodes ``offsets[p]:offsets[p + 1]``.
     shapes : list of tuple
         The spatial shape of each part (``(n,)`` for a plain graph).
+    name : str
+        What the caller called the features (``features``, ``x``), for error messages.
     """
 
     x: Any
     edges: np.ndarray
     offsets: np.ndarray
     shapes: list[tuple[int, ...]]
+    name: str = "features"
 
     @property
     def num_nodes(self) -> int:

@@ -76,10 +76,17 @@ class Options:
 
 def check_levels(levels: Sequence[float] | float) -> tuple[float, ...]:
     """Return ``levels`` as a tuple of floats, or raise naming what is wrong."""
+    if isinstance(levels, (str, bytes)):
+        raise TypeError(
+            f"levels must be a sequence of numbers such as (0.8, 0.6), got the string {levels!r}"
+        )
     if isinstance(levels, (int, float)) and not isinstance(levels, bool):
         levels = (levels,)
     try:
-        values = tuple(float(t) for t in levels)  # type: ignore[union-attr]
+        items = list(levels)  # type: ignore[arg-type]
+        if any(isinstance(t, (str, bytes, bool)) for t in items):
+            raise TypeError
+        values = tuple(float(t) for t in items)
     except (TypeError, ValueError):
         raise TypeError(
             f"levels must be a sequence of numbers, got {levels!r}"
@@ -96,6 +103,16 @@ def check_levels(levels: Sequence[float] | float) -> tuple[float, ...]:
                 f"got {list(values)}: {b!r} does not follow {a!r}"
             )
     return values
+
+
+def _number(name: str, value: object) -> float:
+    """``value`` as a float; a string, None or a bool is a ``TypeError`` naming the option."""
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
 
 
 def resolve_options(
@@ -120,13 +137,10 @@ def resolve_options(
         raise ValueError(f"passes must be one of {list(PASSES)}, got {passes!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
-    try:
-        vote_weight = float(vote_weight)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"vote_weight must be a number, got {vote_weight!r}") from None
+    vote_weight = _number("vote_weight", vote_weight)
     if not 0.0 <= vote_weight <= 1.0:
         raise ValueError(f"vote_weight must lie in [0, 1], got {vote_weight!r}")
-    temperature = float(temperature)
+    temperature = _number("temperature", temperature)
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, (int,)) and not (

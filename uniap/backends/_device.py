@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from array_api_compat import device as _device
 
-from ..engine import EPS, LevelResult, RunResult, add_semantic
+from ..engine import EPS, HUGE_NORM, LevelResult, RunResult, add_semantic, overflow_scale
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 # A float32 cosine of C-channel vectors is off by at most a few times C * 2^-24 (pairwise
 # summation makes it log2(C) * 2^-24 in practice): 1e-5 covers every ViT width.
 EXACT_TOLERANCE = 1e-5
+# float32 scores: norms above this are scaled first (HUGE_NORM), so that the squared norm of
+# even a sum of 2**31 rows stays below float32's 2**128.
+FLOAT32_HUGE_NORM = 2.0**32
 # Rounds of (hook, jump, jump) before the pass's one fetch checks convergence.  Components of
 # selected grid edges converged within 4 rounds in every pass we measured (1-2 typically; a
 # 128x128 serpentine path needs 8-11); when they have not, more rounds follow, each batch
@@ -85,8 +88,16 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
     is_async = be.is_async(sums)
     rounds = CC_ROUNDS if is_async else CPU_CC_ROUNDS
     feats = sums if sdt == sums.dtype else xp.astype(sums, sdt)
-    norms = row_norms(xp, feats)
-    check_finite(be, xp, sums, norms)
+    with np.errstate(over="ignore"):  # huge rows overflow here (NumPy warns), and are scaled below
+        norms = row_norms(xp, feats)
+    # float32 scores overflow far sooner than float64 ones: squares of norms above 2**64
+    limit = HUGE_NORM if sdt == sums.dtype else FLOAT32_HUGE_NORM
+    scale = 1.0
+    if check_finite(be, xp, sums, norms, graph.name, limit=limit):
+        scale = overflow_scale(float(be.to_numpy(xp.max(xp.abs(sums)))))
+        sums = sums * scale  # exact (a power of two): no score changes
+        feats = sums if sdt == sums.dtype else xp.astype(sums, sdt)
+        norms = row_norms(xp, feats)
     sizes = xp.ones((n,), dtype=xp.int64, device=dev)
     rows = xp.arange(n, dtype=xp.int64, device=dev)
     cell_root = rows
@@ -181,29 +192,32 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
     counts = be.fetch(*(xp.count_nonzero(cr == rows) for _, _, cr, _ in pending))
     for (i, t, cr, sz), k in zip(pending, counts):
         levels[i] = _finish(be, xp, rows, t, cr, sz, k)
-    return RunResult(levels=levels, min_margin=None)  # type: ignore[arg-type]
+    return RunResult(levels=levels, min_margin=None, scale=scale)  # type: ignore[arg-type]
 
 
-def check_finite(be: "Backend", xp: Any, sums: Any, norms: Any | None = None) -> None:
+def check_finite(be: "Backend", xp: Any, sums: Any, norms: Any | None = None, name: str = "features",
+                 limit: float = math.inf) -> bool:
     """Raise ``ValueError`` naming the first NaN or inf of ``sums`` (the features, float64).
 
     A non-finite value makes its row's norm non-finite, so the norms the run computes anyway
-    answer with N values instead of N x C; only when some norm is not finite (or a finite
-    row so large that its norm overflows) are the values themselves examined.
+    answer with N values instead of N x C; only when some norm is not finite or reaches
+    ``limit`` are the values themselves examined.  Returns whether a finite row's norm
+    exceeds ``limit`` or overflowed: the features then need scaling (``HUGE_NORM``).
     """
     if norms is None:
         norms = row_norms(xp, sums)
-    (rows_bad,) = be.fetch(xp.count_nonzero(~xp.isfinite(norms)))
+    (rows_bad,) = be.fetch(xp.count_nonzero(~(norms < limit)))
     if not rows_bad:
-        return
+        return False
     bad = ~xp.isfinite(sums)
     (count,) = be.fetch(xp.count_nonzero(bad))
     if count:
         first = int(be.to_numpy(be.compact(xp.reshape(bad, (-1,)), count)[:1])[0])
         where = divmod(first, int(sums.shape[1]))
         raise ValueError(
-            f"features must be finite: {count} value(s) are NaN or inf, first at index {where}"
+            f"{name} must be finite: {count} value(s) are NaN or inf, first at index {where}"
         )
+    return True
 
 
 def row_norms(xp: Any, v: Any) -> Any:

@@ -19,6 +19,10 @@ import numpy as np
 from numba import njit
 
 EPS = 1e-10
+# A row whose squared norm exceeds this (engine.HUGE_NORM squared) makes init_scores return
+# HUGE: the caller scales the features by a power of two and runs again (no score changes).
+HUGE_SQUARED_NORM = 2.0**600
+HUGE = -2
 
 
 # Scores only decide "s > t" and need no fixed summation order, so dot products may be
@@ -59,7 +63,9 @@ def _score(x, sums, has_sum, norms, a, b):
 
 @njit(cache=True, fastmath=SCORE_MATH)
 def init_scores(x, ea, eb, norms, scores):
-    """Norms of every cell and the score of every edge; returns the first non-finite row or -1.
+    """Norms of every cell and the score of every edge; returns the first non-finite row, or
+    HUGE when some finite row's squared norm exceeds HUGE_SQUARED_NORM (scores are unusable
+    then), or -1.
 
     Edges come sorted by their first end, so one sweep over the rows computes each row's norm
     and its dot products with its (nearby, still cached) later neighbours.  Rows with two or
@@ -70,6 +76,7 @@ def init_scores(x, ea, eb, norms, scores):
     n, c = x.shape
     m = ea.shape[0]
     e = 0
+    huge = False
     for k in range(n):
         count = 0
         while e + count < m and ea[e + count] == k:
@@ -101,12 +108,15 @@ def init_scores(x, ea, eb, norms, scores):
             for i in range(e, e + count):
                 scores[i] = _dot(x, k, x, eb[i])
         e += count
-        if not np.isfinite(s):
+        if not s <= HUGE_SQUARED_NORM:  # NaN, inf, or so large that later sums may overflow
             for j in range(c):
                 if not np.isfinite(x[k, j]):
                     return k
+            huge = True
         s = np.sqrt(s)
         norms[k] = s if s > EPS else EPS
+    if huge:
+        return HUGE
     for e in range(m):
         scores[e] = scores[e] / (norms[ea[e]] * norms[eb[e]])
     return -1
@@ -234,7 +244,7 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
     """Every level of the released rule in one call.
 
     Returns ``(status, labels, counts, roots, sizes, sums)``: status is -1, or the first row
-    holding NaN or inf (nothing else is computed then); labels (L, N) int32 canonical per
+    holding NaN or inf, or HUGE (nothing else is computed then; see init_scores); labels (L, N) int32 canonical per
     level; counts (L,) clusters per level; then per cluster, level after level: roots
     (smallest cell) and sizes (sum of counts,), and sums (sum of counts, C) float64 feature
     sums when ``want_sums``, else (0, C).
@@ -247,7 +257,7 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
     norms = np.empty(n, np.float64)
     scores = np.empty(m, np.float64)
     status = init_scores(x, ea, eb, norms, scores)
-    if status >= 0:
+    if status != -1:
         empty = np.empty(0, np.int64)
         return status, labels, counts, empty, empty, np.empty((0, c), np.float64)
     ea = ea.copy()

@@ -186,7 +186,7 @@ class CupyBackend(Backend):
         with graph.x.device:  # kernels and new arrays on the input's GPU
             if wants_device_loop(options, track_margin):
                 return run_released(self, graph, options, exact=exact)  # checks finiteness
-            check_finite(self, self.xp, graph.x)
+            check_finite(self, self.xp, graph.x, name=graph.name)
             return super().run(graph, options, track_margin=track_margin, exact=exact)
 
 

@@ -71,20 +71,29 @@ def _unavailable_reason() -> str | None:
 
 
 def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunResult":
-    from ..engine import LevelResult, RunResult, add_semantic
+    from ..engine import LevelResult, RunResult, add_semantic, overflow_scale
     from . import _numba_kernels as k
 
-    status, labels, counts, roots, sizes, sums = k.contract_all(
-        graph.x,
-        np.ascontiguousarray(graph.edges[:, 0]),
-        np.ascontiguousarray(graph.edges[:, 1]),
-        np.asarray(options.levels, dtype=np.float64),
-        options.passes == "until_stable",
-        options.semantic,
-    )
+    def contract(x: np.ndarray):
+        return k.contract_all(
+            x,
+            np.ascontiguousarray(graph.edges[:, 0]),
+            np.ascontiguousarray(graph.edges[:, 1]),
+            np.asarray(options.levels, dtype=np.float64),
+            options.passes == "until_stable",
+            options.semantic,
+        )
+
+    status, labels, counts, roots, sizes, sums = contract(graph.x)
+    scale = 1.0
+    if status == k.HUGE:
+        # Finite but huge features: scaled by a power of two (exact, no score changes).
+        scale = overflow_scale(float(np.max(np.abs(graph.x))))
+        status, labels, counts, roots, sizes, sums = contract(np.asarray(graph.x, np.float64) * scale)
     if status >= 0:
+        where = "" if graph.name == "x" else f" (row {status} of the flattened (N, C) grid)"
         raise ValueError(
-            f"features must be finite: node {status} holds NaN or inf; clean or mask the input"
+            f"{graph.name} must be finite: node {status}{where} holds NaN or inf; clean or mask the input"
         )
     bounds = np.concatenate([[0], np.cumsum(counts)])
     levels = []
@@ -97,4 +106,4 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
         if options.semantic:
             add_semantic(be, graph, options, level, sums[span])
         levels.append(level)
-    return RunResult(levels=levels, min_margin=None)
+    return RunResult(levels=levels, min_margin=None, scale=scale)

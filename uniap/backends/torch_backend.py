@@ -212,11 +212,13 @@ class TorchBackend(Backend):
 
         if wants_device_loop(options, track_margin) and self._numba_reads(graph.x):
             return _run_on_numba(graph, options)
-        if graph.x.device.type == "cpu" and graph.x.dtype != _torch().float64:
-            graph = replace(graph, x=_float64_copy(graph.x))  # left as it was for the kernels
+        if self._numba_reads(graph.x):
+            # prepare_features left the caller's memory as it is for the kernels: the engines
+            # below overwrite rows, so they get their own float64 copy.
+            graph = replace(graph, x=_float64_copy(graph.x))
         if wants_device_loop(options, track_margin):
             return run_released(self, graph, options, exact=exact)  # checks finiteness
-        check_finite(self, self.xp, graph.x)
+        check_finite(self, self.xp, graph.x, name=graph.name)
         return super().run(graph, options, track_margin=track_margin, exact=exact)
 
 
