@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
+from .options import DEFAULT_LEVELS
 from .pipeline.runner import NUMBA_PAYS_OFF
 
 
@@ -23,10 +24,11 @@ class UsageError(Exception):
 
 
 def _levels(text: str) -> tuple[float, ...]:
+    """``0.8,0.6,0.4`` (commas, spaces or both between numbers) as checked thresholds."""
     from .options import check_levels
 
     try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+        values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--levels takes comma-separated numbers such as 0.8,0.6,0.4; got {text!r}"
@@ -49,6 +51,27 @@ def _shard(text: str) -> tuple[int, int] | str:
     return index, count
 
 
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the program's name and uniap's version, then exit 0."""
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, and a usage error for ``--flag=--``.
+
+    argparse (Python 3.11) takes ``--levels=--`` as an empty list of values without calling
+    the flag's type or checking its choices; the run would then fail late, image by image.
+    """
+    args = parser.parse_args(argv)
+    for action in parser._actions:
+        if action.option_strings and action.nargs is None and getattr(args, action.dest, None) == [] \
+                and action.default != []:
+            parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, got '--'")
+    return args
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -66,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(fast universal agglomerative pooling).",
         epilog="Example: uniap-cli photo.jpg --out masks.json --viz masks.png",
     )
+    add_version(parser)
     io = parser.add_argument_group("input and output")
     io.add_argument("inputs", nargs="*",
                     help="image files, folders (searched recursively), glob patterns or .tar shards")
@@ -106,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     algo = parser.add_argument_group("UniAP settings (defaults: the library's)")
     algo.add_argument("--levels", type=_levels, metavar="T1,T2,...",
-                      help="strictly decreasing cosine thresholds, e.g. 0.8,0.7,0.6,0.5,0.4")
+                      help="strictly decreasing cosine thresholds in [-1, 1] (default "
+                      f"{','.join(f'{t:g}' for t in DEFAULT_LEVELS)})")
     algo.add_argument("--min-size", type=positive_int, metavar="CELLS",
                       help="smallest cluster (in patches) reported as a mask (default 4)")
     algo.add_argument("--preset", choices=("released", "paper"),
@@ -276,7 +301,7 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signatu
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    return run_command(parser, run, parser.parse_args(argv))
+    return run_command(parser, run, parse_args(parser, argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -99,8 +99,39 @@ def write_json(path: str | os.PathLike, document: Any) -> None:
 
 
 def sam_document(image_info: dict, uniap_info: dict, records: list[dict]) -> dict:
-    """The ``--format sam`` document of one image (DESIGN.md 4)."""
-    return {"image": image_info, "uniap": uniap_info, "annotations": records}
+    """The ``--format sam`` document of one image (DESIGN.md 4).
+
+    Parameters
+    ----------
+    image_info : dict
+        ``file_name``, ``height``, ``width`` and optionally ``image_id`` (and anything else,
+        kept).  Without an ``image_id``, the image gets the stable id of its ``file_name``
+        (:func:`uniap.pipeline.plan.stable_image_ids`), the id ``uniap-cli`` gives it.
+    uniap_info : dict
+        The run's settings (``uniap`` block).
+    records : list of dict
+        The masks.
+
+    Returns
+    -------
+    dict
+        ``{"image": {"image_id", "file_name", "height", "width", ...}, "uniap", "annotations"}``.
+
+    Examples
+    --------
+    >>> doc = sam_document({"file_name": "a.jpg", "height": 4, "width": 6}, {}, [])
+    >>> list(doc["image"]), isinstance(doc["image"]["image_id"], int)
+    (['image_id', 'file_name', 'height', 'width'], True)
+    """
+    image = dict(image_info)
+    if image.get("image_id") is None:
+        if "file_name" not in image:
+            raise ValueError("image_info needs an image_id or a file_name to derive one from")
+        from .pipeline.plan import stable_image_ids
+
+        image["image_id"] = stable_image_ids([str(image["file_name"])])[0]
+    image = {"image_id": image.pop("image_id"), **image}
+    return {"image": image, "uniap": uniap_info, "annotations": records}
 
 
 def coco_dataset(items: Iterable[tuple[dict, list[dict]]], uniap_info: dict | None = None) -> dict:

@@ -1,8 +1,9 @@
 """``uniap-train CONFIG.yaml [--set key=value ...]``: train from a YAML configuration.
 
 Exit status: 0 when training finished; 2 for a usage or configuration error (unknown key,
-wrong type, bad value, missing data), reported in one line; 1 when training failed (a NaN or
-infinite loss: the message names the step).
+wrong type, bad value, missing data, an unusable checkpoint or output folder), reported in one
+line; 1 when training failed (a NaN or infinite loss: the message names the step; an operating
+system error such as a full disk).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: uniap-train examples/configs/tiny_cpu.yaml --set output_dir=runs/tiny "
         "--set optim.epochs=2. Every key is described in docs/training.md.",
     )
+    from uniap.cli import add_version
+
+    add_version(parser)
     parser.add_argument("config", help="YAML configuration file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a configuration key, e.g. --set optim.lr=1e-4 (repeatable; "
@@ -57,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("uniap-train: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a disk full while saving, say: the checkpoint on disk is the last good one
+        print(f"uniap-train: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cli import UsageError, positive_int, run_command
+from ..cli import UsageError, add_version, parse_args, positive_int, run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="uniap-eval",
         description="Measure mask quality: run a segmenter (or read saved masks) over a data set "
         "with ground truth, print a table and write the numbers as JSON.",
-        epilog="Example: uniap-eval --dataset bsds500 --data ../shared/data/bsds500 --out bsds.json",
+        epilog="Example: uniap-eval --dataset bsds500 --data BSDS500 --out bsds.json",
     )
+    add_version(parser)
     data = parser.add_argument_group("data and output")
     data.add_argument("--dataset", required=True, choices=("bsds500", "coco", "labelmaps"),
                       help="bsds500: covering, PRI, VI, boundary F; coco: class-agnostic mask AP/AR; "
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "coco: val2017 reads annotations/instances_val2017.json and val2017/")
     data.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (sorted)")
     data.add_argument("--out", required=True, metavar="JSON", help="results file (written atomically)")
+    data.add_argument("--overwrite", action="store_true",
+                      help="replace an existing --out file (default: refuse, as uniap-cli does)")
     data.add_argument("--workers", type=positive_int, metavar="N",
                       help="processes working on different images (default: every CPU available)")
     data.add_argument("--quiet", action="store_true", help="no progress bar and no table")
@@ -182,9 +185,11 @@ def _check_predictions(segmenter, dataset) -> None:
                          f"{segmenter.folder}, e.g. {missing[0]}.json")
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, overwrite: bool = False) -> None:
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as results.json")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"cannot write {out}: no such folder {parent}")
@@ -199,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from .runner import EvaluationError, default_workers, evaluate, format_table
 
     out = Path(args.out)
-    _check_out(out)
+    _check_out(out, args.overwrite)
     segmenter = _segmenter(args)
     extra: dict[str, Any] = {}
     if args.dataset == "labelmaps":
@@ -238,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     args.argv = argv
     return run_command(parser, run, args)
 

@@ -8,7 +8,6 @@ confusion matrices (label maps) come back, and the data-set summary is computed 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
@@ -110,9 +109,9 @@ def evaluate(dataset, segmenter, benchmark, *, workers: int = 1, progress: bool 
     _init(dataset, segmenter, benchmark)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        bar = tqdm(total=n, unit="image", desc=f"{segmenter.name} on {dataset.name}", file=sys.stderr)
+        bar = progress_bar(n, f"{segmenter.name} on {dataset.name}")  # plain lines off a terminal
     results: list[dict] = []
     try:
         if workers > 1 and n > 1:

@@ -425,6 +425,21 @@ class HigraWatershed(Segmenter):
 # ------------------------------------------------------------------------------- predictions
 
 
+def check_records(records: Sequence[dict], shape: Sequence[int] | None, source: object = "") -> None:
+    """``ValueError`` naming the first record (by position and id) whose mask is not a valid
+    RLE of an image of ``shape`` (:func:`uniap.records.check_rle`): nothing is decoded first."""
+    from ..records import check_rle
+
+    for i, rec in enumerate(records):
+        name = f"record {i}" + (f" (id {rec['id']!r})" if isinstance(rec, dict) and "id" in rec else "")
+        if not isinstance(rec, dict) or "segmentation" not in rec:
+            raise ValueError(f"{source}: {name} has no 'segmentation'")
+        try:
+            check_rle(rec["segmentation"], shape)
+        except ValueError as err:
+            raise ValueError(f"{source}: {name}: {err}") from None
+
+
 def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_levels: int | None = None) -> np.ndarray:
     """Label maps (L, H, W) from SAM-style instance records.
 
@@ -503,6 +518,7 @@ class Predictions(Segmenter):
     def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
         t0 = time.perf_counter()
         records, num_levels, names = self.read(key)
+        check_records(records, shape, self.path(key))
         levels = levels_from_records(records, shape, num_levels)
         t1 = time.perf_counter()
         out = Segmentation(levels, None, {"segment": t1 - t0}, names)
