@@ -53,7 +53,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
                                   "containers (loaded with weights_only=True)") from None
         raise CheckpointError(f"{p}: not a readable checkpoint ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0].rstrip(".")
         raise CheckpointError(f"{p}: not a readable checkpoint, truncated or damaged? ({first})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{p}: not a uniap-train checkpoint (it holds a {type(ckpt).__name__})")

@@ -1,8 +1,8 @@
 """What a run writes while it trains: metrics.csv, log.jsonl, eval.csv and TensorBoard events.
 
 Only the main process (rank 0) writes.  A fresh run (step 0) starts the files anew; a resumed
-run appends to them, after dropping rows beyond its resume step (left by the interrupted
-attempt), so each step appears once.
+run appends to them, after dropping rows (metrics.csv, eval.csv) and JSON lines (log.jsonl)
+beyond its resume step (left by the interrupted attempt), so each step appears once.
 """
 
 from __future__ import annotations
@@ -43,6 +43,28 @@ def _truncate_csv(path: Path, last_step: int) -> None:
     tmp.replace(path)
 
 
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop JSON lines whose ``step`` is after ``last_step`` (and lines cut short by a crash)."""
+    if not path.is_file():
+        return
+    kept, dropped = [], False
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            step = int(record.get("step", 0))
+        except (ValueError, TypeError, AttributeError):
+            dropped = True
+            continue
+        if step > last_step:
+            dropped = True
+            continue
+        kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
 class RunLogger:
     """Rows of metrics to CSV / JSON lines / TensorBoard; no-ops off the main process.
 
@@ -77,6 +99,8 @@ class RunLogger:
                 _truncate_csv(p, start_step)
         if start_step == 0:
             (self.dir / "log.jsonl").unlink(missing_ok=True)
+        else:
+            _truncate_jsonl(self.dir / "log.jsonl", start_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

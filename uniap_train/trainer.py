@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .backbone import Backbone, vocabulary_state
+from .checkpoint import CheckpointError, read_checkpoint
 from .config import ConfigError, TrainConfig, config_to_dict, save_config
 from .data import ResumableDistributedSampler, collate_views, list_images, load_resized
 from .model import ema_update
@@ -195,8 +196,12 @@ def train_one_step(state: TrainState, batch: dict, step: int) -> dict:
 # =============================================================================================
 
 
-def save_checkpoint(path: Path, state: TrainState, step: int) -> None:
-    """Everything exact resume needs, as tensors and primitive containers (atomic write)."""
+def save_checkpoint(path: Path, state: TrainState, step: int, previous: Path | None = None) -> None:
+    """Everything exact resume needs, as tensors and primitive containers (atomic write).
+
+    With ``previous``, the checkpoint ``path`` held so far is kept there (``resume: auto``
+    falls back to it when ``path`` is damaged).
+    """
     spe = state.schedules.steps_per_epoch
     atomic_torch_save({
         "step": int(step),
@@ -216,27 +221,44 @@ def save_checkpoint(path: Path, state: TrainState, step: int) -> None:
         "vocabulary": vocabulary_state(getattr(state.backbone.extractor, "vocabulary", None)),
         "version": library_version(),
         "git": git_sha(),
-    }, path)
+    }, path, previous=previous)
 
 
-def load_checkpoint(path: Path, state: TrainState) -> int:
+def load_checkpoint(path: Path, state: TrainState, ckpt: dict | None = None) -> int:
     """Restore a checkpoint into ``state`` by name; returns the global step to continue from.
 
-    Missing or unexpected entries are reported, not fatal (as DINO's ``restart_from_checkpoint``).
+    Missing or unexpected entries are reported, not fatal (as DINO's ``restart_from_checkpoint``);
+    ``ckpt`` is the file's contents when read already (:func:`uniap_train.checkpoint.read_checkpoint`).
+
+    Raises
+    ------
+    CheckpointError
+        The file cannot be read, is of another recipe, or holds weights of other shapes than
+        this run's model (changed model sizes): one line naming the file.
     """
     # Loaded to the CPU: load_state_dict copies onto the parameters' device, and the RNG
     # states must stay CPU byte tensors (mapped to CUDA, torch.set_rng_state refuses them).
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt is None:
+        ckpt = read_checkpoint(path)
+    _check_recipe(path, ckpt, state.cfg)
     for name, obj in (("student", state.student_module), ("teacher", state.teacher), ("loss", state.loss_fn)):
         if name not in ckpt:
             _log(f"resume: {path} has no '{name}'; it starts fresh", state.dist)
             continue
-        result = obj.load_state_dict(ckpt[name], strict=False)
+        try:
+            result = obj.load_state_dict(ckpt[name], strict=False)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: its {name} does not fit this run's model ({_first_mismatch(err)}); "
+                                  "resume with the model sizes it was trained with") from None
         if result.missing_keys or result.unexpected_keys:
             _log(f"resume: {name}: missing {result.missing_keys}, unexpected {result.unexpected_keys}", state.dist)
     for name, obj in (("optimizer", state.optimizer), ("scaler", state.scaler)):
         if ckpt.get(name):
-            obj.load_state_dict(ckpt[name])
+            try:
+                obj.load_state_dict(ckpt[name])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(f"{path}: its {name} state does not fit this run "
+                                      f"({' '.join(str(err).split())})") from None
         else:
             _log(f"resume: {path} has no '{name}' state; it starts fresh", state.dist)
     if "rng" in ckpt:
@@ -247,16 +269,57 @@ def load_checkpoint(path: Path, state: TrainState) -> int:
     return int(ckpt.get("step", 0))
 
 
-def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
+def _first_mismatch(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else str(err))
+
+
+def _check_recipe(path: Path, ckpt: dict, cfg: TrainConfig) -> None:
+    if ckpt.get("recipe") != cfg.recipe:
+        raise CheckpointError(f"{path}: a checkpoint of recipe {ckpt.get('recipe')!r}, this run is recipe "
+                              f"{cfg.recipe!r}")
+
+
+def resume_candidates(out: Path) -> list[Path]:
+    """Where ``resume: auto`` looks, in order: the last checkpoint, the one it replaced, then the
+    kept ``checkpoint_<step>.pt`` newest first."""
+    kept = sorted(out.glob("checkpoint_[0-9]*.pt"), reverse=True)
+    return [out / "checkpoint_last.pt", out / "checkpoint_prev.pt", *kept]
+
+
+def _resume(cfg: TrainConfig, out: Path, dist: DistInfo) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from and its contents (None, None: start fresh).
+
+    ``resume: auto`` takes the first readable checkpoint of :func:`resume_candidates`, saying
+    which damaged ones it passed over; a named checkpoint must be readable.
+    """
     if cfg.resume is None:
-        return None
-    if cfg.resume == "auto":
-        p = out / "checkpoint_last.pt"
-        return p if p.is_file() else None
-    p = Path(cfg.resume)
-    if not p.is_file():
-        raise ConfigError(f"resume: checkpoint not found: {cfg.resume!r}")
-    return p
+        return None, None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise ConfigError(f"resume: checkpoint not found: {cfg.resume!r}")
+        ckpt = read_checkpoint(path)
+        _check_recipe(path, ckpt, cfg)
+        return path, ckpt
+    damaged = []
+    for path in resume_candidates(out):
+        if not path.is_file():
+            continue
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as err:
+            damaged.append(str(err))
+            continue
+        for reason in damaged:
+            _log(f"resume: skipping a damaged checkpoint: {reason}", dist)
+        if damaged:
+            _log(f"resume: falling back to {path} (step {ckpt['step']})", dist)
+        _check_recipe(path, ckpt, cfg)
+        return path, ckpt
+    if damaged:
+        raise CheckpointError(f"resume: auto: no readable checkpoint in {out} ({damaged[0]})")
+    return None, None
 
 
 # =============================================================================================
@@ -291,9 +354,15 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {str(out)!r} is a file, not a folder")
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        except OSError as err:
+            raise ConfigError(f"output_dir: cannot write to {str(out)!r} ({(err.strerror or str(err)).lower()})") \
+                from None
     _log(f"uniap_train | git {git_sha()} | {dist.world_size} process(es) | device {dist.device}", dist)
     _log(f"config: {config_to_dict(cfg)}", dist)
     if cfg.data.batch_size % dist.world_size:
@@ -308,7 +377,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
 
     # ============ data ... ============
     paths = list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images)
-    resume = _resume_path(cfg, out)
+    resume, resume_ckpt = _resume(cfg, out, dist)
     # A resumed run keeps the words its checkpoint was trained with, even if the images changed.
     trained_words = None if resume is None else resume.parent / "vocabulary.npz"
     words = backbone.share_vocabulary(paths, cfg.data.max_side, out / "vocabulary.npz" if dist.is_main else None,
@@ -362,7 +431,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     # ============ optionally resume ... ============
     step = 0
     if resume is not None:
-        step = load_checkpoint(resume, state)
+        step = load_checkpoint(resume, state, resume_ckpt)
+        del resume_ckpt
         _log(f"resume: {resume} at step {step}", dist)
     logger = RunLogger(out, dist.is_main, cfg.log.tensorboard, start_step=step,
                        columns=METRIC_COLUMNS + list(getattr(recipe, "metric_columns", ())))
@@ -422,7 +492,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
                 logger.metrics(row)
                 window, tick = [], now
             if dist.is_main and (step % cfg.checkpoint.every_steps == 0 or step == end_step):
-                save_checkpoint(out / "checkpoint_last.pt", state, step)
+                save_checkpoint(out / "checkpoint_last.pt", state, step, previous=out / "checkpoint_prev.pt")
             if dist.is_main and cfg.checkpoint.keep_every and step % cfg.checkpoint.keep_every == 0:
                 save_checkpoint(out / f"checkpoint_{step:07d}.pt", state, step)
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != end_step:

@@ -220,15 +220,25 @@ def set_rng_state(state: dict) -> None:
 # -- files ----------------------------------------------------------------------------------
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, flushed, then ``os.replace``."""
+def atomic_torch_save(obj: Any, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
+    """``torch.save`` to a temporary file beside ``path``, flushed, then ``os.replace``.
+
+    A failed or interrupted save removes its temporary file (``path`` is left as it was).  With
+    ``previous``, the file ``path`` held is moved there just before the new one takes its place.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if previous is not None and path.is_file():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def git_sha() -> str:
