@@ -75,6 +75,7 @@ class Hierarchy:
     Attributes
     ----------
     levels : list of Level
+        The partitions, finest (highest threshold) first.
     min_size : int
         Clusters with fewer cells are not reported by :meth:`masks`, :meth:`queries` and
         :meth:`to_records` (label maps still cover every cell).
@@ -84,6 +85,9 @@ class Hierarchy:
         Smallest |s - t| over every decision the run took, when it was tracked (the NumPy
         reference with ``track_margin=True``); partitions of float32 backends can only
         differ from the reference when it is below about 1e-5.
+    input_features : array of shape (N, C), optional
+        The features the run read (channels last, flattened), in the input's library: the
+        cluster means of ``Level.features`` are computed from them on first access.
     """
 
     levels: list[Level]

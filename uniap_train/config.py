@@ -200,6 +200,36 @@ class DistConfig:
 
 @dataclass
 class TrainConfig:
+    """The whole configuration of a training run: one YAML file (``docs/training.md``).
+
+    Build it with :func:`load_config` (a file plus ``--set`` overrides, validated), not
+    directly; every key and its default is described in ``docs/training.md``.
+
+    Attributes
+    ----------
+    output_dir : str
+        Checkpoints, logs and the resolved config go here.
+    seed : int
+        Seeds every random generator (data order, crops, initialisation).
+    device : str
+        "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    threads : int
+        torch CPU threads per process (0: torch's default).
+    resume : str or None
+        A checkpoint to resume from, or "auto" (``output_dir/checkpoint_last.pt`` if any).
+    recipe : {"released", "paper"}
+        The released code's recipe (DINO heads on UniAP queries) or the paper's (a mask
+        decoder with semantic and instance queries, Dice-matched to the teacher's masks).
+    data, crops, backbone, uniap, model, loss, optim, log, checkpoint, eval, dist
+        The sections of the file (:class:`DataConfig`, :class:`CropConfig`, ...).
+
+    Examples
+    --------
+    >>> from uniap_train import load_config
+    >>> load_config(None, ["data.root=images", "recipe=paper"]).recipe
+    'paper'
+    """
+
     output_dir: str = "runs/uniap_train"
     seed: int = 0
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
@@ -527,6 +557,11 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     overrides : list of str
         ``key.sub=value`` strings, applied in order.
 
+    Returns
+    -------
+    TrainConfig
+        The validated configuration.
+
     Raises
     ------
     ConfigError
@@ -551,7 +586,15 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML (atomically)."""
+    """Write the resolved config as YAML (atomically).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The configuration.
+    path : path-like
+        The YAML file to write; :func:`load_config` reads it back to an equal config.
+    """
     import yaml
 
     path = Path(path)

@@ -56,6 +56,8 @@ class Prediction:
         The levels as a hierarchy on the pixel grid.
     records : list of dict
         SAM-style records (:mod:`uniap.records`).
+    timings : dict
+        Seconds spent in each step of the prediction.
     """
 
     masks: np.ndarray
@@ -257,6 +259,9 @@ class Predictor:
         Instance masks scoring less are dropped.
     min_area : int
         Smallest instance mask and smallest recorded part (pixels).
+    name : str
+        The predictor's name in output files (``from_checkpoint`` names the checkpoint,
+        its step and digest).
     """
 
     def __init__(self, model, cfg, extractor, device, *, mask_threshold: float = 0.5, score_threshold: float = 0.0,

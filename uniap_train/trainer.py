@@ -55,7 +55,15 @@ AMP_DEVICE_TYPES = ("cuda",)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped at ``step``."""
+    """The loss became NaN or infinite; training stopped at ``step``.
+
+    Parameters
+    ----------
+    step : int
+        The global step whose loss was not finite.
+    value : float
+        That loss (NaN or inf).
+    """
 
     def __init__(self, step: int, value: float) -> None:
         super().__init__(f"loss is {value} at step {step}; stopping (lower optim.lr, raise loss temperatures, "
@@ -332,6 +340,16 @@ def train(cfg: TrainConfig) -> dict:
 
     Run it with one process (``uniap-train config.yaml``) or under ``torchrun`` (one process
     per device; the process group comes from the environment).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The run's configuration (:func:`load_config`).
+
+    Returns
+    -------
+    dict
+        A summary of the run: steps done, the last loss, the final evaluation.
 
     Raises
     ------

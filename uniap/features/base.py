@@ -213,6 +213,23 @@ def working_shape(
     resizing: when ``max_side`` does not shrink the image and either ``always`` is False (the
     caller pads instead) or the sides already are multiples of ``patch_size``.
 
+    Parameters
+    ----------
+    shape : (int, int)
+        The image's (H, W).
+    patch_size : int
+        The side of one patch in pixels.
+    max_side : int, optional
+        The longest side allowed; None: no limit.
+    always : bool, default False
+        Also resize (rather than leave the image to be padded) when only the rounding to
+        multiples of ``patch_size`` changes it.
+
+    Returns
+    -------
+    (int, int) or None
+        The working (H, W), or None when the image is used as it is.
+
     Examples
     --------
     >>> working_shape((481, 321), 8, always=True)

@@ -82,13 +82,19 @@ class DefaultFeatures:
         If given and the image's longer side exceeds it, the image is first downscaled
         (antialiased bilinear) by ``max_side / max(H, W)``, each side rounded down to a
         multiple of ``patch_size``; the grid's ``fit`` is then ``"resize"`` instead of ``"pad"``.
+    vocabulary : Vocabulary, optional
+        Colour and texture words shared by every image (:meth:`fit`, :meth:`Vocabulary.load`);
+        without one each image gets its own words, so channels compare within an image only.
 
     Raises
     ------
     ValueError
         If a parameter is out of range (``patch_size``, ``n_colors``, ``n_textures``,
         ``sample_size``, ``max_side`` < 1; negative weights or ``lightness_scale``; softness
-        not > 0; ``centering`` outside [0, 1]; every weight 0).
+        not > 0; ``centering`` outside [0, 1]; every weight 0), or ``vocabulary`` was fitted
+        with other settings.
+    TypeError
+        If ``vocabulary`` is not a :class:`Vocabulary`.
 
     Notes
     -----

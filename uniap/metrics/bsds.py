@@ -82,6 +82,16 @@ def ucm_thresholds(n: int = N_THRESHOLDS) -> np.ndarray:
     with 8-bit levels (e.g. ``85/255`` vs ``1/3`` for n = 5) compare exactly as
     in the benchmark.
 
+    Parameters
+    ----------
+    n : int, default 99
+        Number of thresholds.
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+        Increasing thresholds in (0, 1).
+
     Examples
     --------
     >>> ucm_thresholds(5).round(4).tolist()
@@ -132,6 +142,18 @@ def ucm_segmentation(ucm2, threshold: float) -> np.ndarray:
 
 def ucm_boundaries(ucm2, threshold: float) -> np.ndarray:
     """Binary boundary map of a ucm2 at ``threshold``: ``ucm2[2::2, 2::2] >= threshold``.
+
+    Parameters
+    ----------
+    ucm2 : ndarray of shape (2H + 1, 2W + 1)
+        An ultrametric contour map on the doubled grid.
+    threshold : float
+        Boundaries at least this strong are kept.
+
+    Returns
+    -------
+    ndarray of shape (H, W), bool
+        The boundary pixels.
 
     Examples
     --------
@@ -252,7 +274,10 @@ def evaluate_image(
     region, boundary : bool
         Which benchmarks to run.
     max_dist : float, default 0.0075
+        Largest distance between matched boundary pixels, as a fraction of the image
+        diagonal (the benchmark's ``maxDist``).
     thin : bool, default True
+        Thin the machine boundaries to one pixel before matching (the benchmark's ``thinpb``).
     void : int or None, default None
         Label that is not a region (region benchmark; ``0`` in the BSDS
         convention -- BSDS maps start at 1, so it only matters for maps
@@ -407,7 +432,17 @@ class RegionResult:
 
 @dataclass
 class BSDSResult:
-    """Boundary and/or region summaries of a data set, plus the per-image counts."""
+    """Boundary and/or region summaries of a data set, plus the per-image counts.
+
+    Attributes
+    ----------
+    boundary : BoundaryResult or None
+        The boundary benchmark (ODS/OIS F, AP, curves), when it was run.
+    region : RegionResult or None
+        The region benchmarks (covering, PRI, VI), when they were run.
+    images : list of ImageCounts
+        The per-image counts the summaries were made from.
+    """
 
     boundary: BoundaryResult | None = None
     region: RegionResult | None = None
@@ -596,7 +631,18 @@ def collect_region(thresholds, per_image: Sequence[RegionCounts], *, emulate_tex
 def collect(images: Sequence[ImageCounts], *, emulate_text_files: bool = False) -> BSDSResult:
     """Summarise a list of :class:`ImageCounts` (same thresholds) into a :class:`BSDSResult`.
 
-    ``emulate_text_files``: see :func:`collect_boundary`.
+    Parameters
+    ----------
+    images : sequence of ImageCounts
+        Per-image counts (:func:`evaluate_image`), all at the same thresholds.
+    emulate_text_files : bool, default False
+        Round per-image numbers like the benchmark's ``%10g`` files (see
+        :func:`collect_boundary`).
+
+    Returns
+    -------
+    BSDSResult
+        The data set's summaries; ``images`` keeps the counts.
     """
     images = list(images)
     if not images:
@@ -676,7 +722,10 @@ def evaluate_hierarchies(
     region, boundary : bool
         Which benchmarks to run.
     max_dist : float, default 0.0075
+        Largest distance between matched boundary pixels, as a fraction of the image
+        diagonal (the benchmark's ``maxDist``).
     thin : bool, default True
+        Thin the machine boundaries to one pixel before matching (the benchmark's ``thinpb``).
     void : int or None, default None
         Label that is not a region (see :mod:`uniap.metrics.region`).
     n_jobs : int, default 1
@@ -725,8 +774,38 @@ def evaluate_ucms(
 ) -> BSDSResult:
     """Benchmark a data set of doubled-grid ucms (``ucm2``, values in [0, 1]).
 
-    Thresholds are :func:`ucm_thresholds` (``n_thresholds``, 99 by default);
-    see :func:`evaluate_hierarchies` for the other parameters.
+    Parameters
+    ----------
+    ucm2s : sequence of ndarray of shape (2H + 1, 2W + 1)
+        One ultrametric contour map per image on the doubled grid (the BSDS500 ``ucm2``
+        format): region boundaries at odd indices, their strength in [0, 1].
+    gt_segmentations : sequence (images) of sequences of label maps, or None
+        Human segmentations of each image (required for the region benchmark).
+    gt_boundaries : sequence (images) of sequences of boundary maps, optional
+        Human boundary maps (derived from ``gt_segmentations`` when omitted).
+    n_thresholds : int, default 99
+        The ucm is cut at :func:`ucm_thresholds` of this many levels.
+    region, boundary : bool, default True
+        Which benchmarks to run.
+    max_dist : float, default 0.0075
+        Largest boundary matching distance, as a fraction of the image diagonal.
+    thin : bool, default True
+        Thin the cut boundaries before matching.
+    void : int or None, default None
+        Label that is not a region.
+    n_jobs : int, default 1
+        Worker processes (-1: all CPUs).
+    emulate_text_files : bool, default False
+        Round per-image numbers like the benchmark's ``%10g`` files.
+
+    Returns
+    -------
+    BSDSResult
+        As :func:`evaluate_hierarchies`, with the ucm thresholds as the scale.
+
+    See Also
+    --------
+    evaluate_hierarchies : the same benchmark for a list of label maps per image.
     """
     ucm2s = list(ucm2s)
     n = len(ucm2s)
@@ -747,7 +826,30 @@ def evaluate_boundary_maps(
     n_jobs: int = 1,
     emulate_text_files: bool = False,
 ) -> BSDSResult:
-    """Boundary benchmark of soft boundary maps (values in [0, 1], or uint8 / 255)."""
+    """Boundary benchmark of soft boundary maps (values in [0, 1], or uint8 / 255).
+
+    Parameters
+    ----------
+    soft_boundaries : sequence of ndarray of shape (H, W)
+        One boundary strength map per image: float in [0, 1], or uint8 (read as value / 255).
+    gt_boundaries : sequence (images) of sequences of boundary maps
+        The human boundary maps of each image.
+    n_thresholds : int, default 99
+        Thresholds at which the maps are cut (:func:`ucm_thresholds`).
+    max_dist : float, default 0.0075
+        Largest boundary matching distance, as a fraction of the image diagonal.
+    thin : bool, default True
+        Thin the cut maps before matching.
+    n_jobs : int, default 1
+        Worker processes (-1: all CPUs).
+    emulate_text_files : bool, default False
+        Round per-image numbers like the benchmark's ``%10g`` files.
+
+    Returns
+    -------
+    BSDSResult
+        ``.boundary`` only (ODS/OIS F, AP and the precision-recall curve).
+    """
     maps = list(soft_boundaries)
     gbd = _per_image("gt_boundaries", gt_boundaries, len(maps))
     jobs = [dict(soft_boundaries=m, gt_boundaries=b, n_thresholds=n_thresholds, max_dist=max_dist, thin=thin,

@@ -34,6 +34,16 @@ MAX_DETS = (1, 10, 100, 1000)
 def encode_mask(mask) -> dict:
     """COCO compressed RLE of a binary mask (``counts`` as ``str``, JSON-ready).
 
+    Parameters
+    ----------
+    mask : ndarray of shape (H, W)
+        The mask; non-zero pixels are inside.
+
+    Returns
+    -------
+    dict
+        ``{"size": [H, W], "counts": str}``.
+
     Examples
     --------
     >>> import numpy as np

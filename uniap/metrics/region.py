@@ -319,6 +319,18 @@ def probabilistic_rand_index(seg, gts, *, void: int | None = None) -> float:
 def rand_index(seg, gt, *, void: int | None = None) -> float:
     """Rand index between two label maps (see :func:`probabilistic_rand_index`).
 
+    Parameters
+    ----------
+    seg, gt : ndarray of shape (H, W), integer
+        The two label maps.
+    void : int, optional
+        A label of ``gt`` whose pixels are left out.
+
+    Returns
+    -------
+    float
+        The fraction of pixel pairs on which both maps agree (same region or not), in [0, 1].
+
     Examples
     --------
     >>> import numpy as np
