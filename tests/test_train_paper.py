@@ -127,6 +127,28 @@ def test_teacher_masks_of_a_hierarchy():
     assert sorted(t.masks[t.kinds == SEMANTIC].sum((1, 2)).tolist()) == [8.0, 16.0]
 
 
+@pytest.mark.parametrize("name", ["paper_tiny_cpu.yaml", "paper_vitb8.yaml"])
+def test_paper_example_configs_load(name, monkeypatch):
+    monkeypatch.setenv("UNIAP_TRAIN_IMAGES", "/data/images")
+    cfg = load_config(REPO / "examples" / "configs" / name)
+    assert cfg.recipe == "paper"
+    if name == "paper_vitb8.yaml":  # the paper's schedule: peak lr 6.25e-4 at batch 16, 160k steps
+        assert cfg.optim.lr * cfg.data.batch_size / 256 == pytest.approx(6.25e-4)
+        assert (cfg.optim.total_steps, cfg.optim.warmup_steps) == (160000, 10000)
+        assert (cfg.model.num_semantic_queries, cfg.model.num_instance_queries, cfg.model.out_dim) == (50, 150, 512)
+        assert cfg.model.decoder_layers == 6 and cfg.crops.num_local == 2 and cfg.backbone.model.startswith("vit_base_patch8")
+
+
+def test_schedules_in_steps():
+    from uniap_train.trainer import Schedules
+
+    cfg = load_config(None, ["data.root=x", "optim.total_steps=50", "optim.warmup_steps=10", "optim.lr=0.256",
+                             "data.batch_size=8", "optim.epochs=3"])
+    s = Schedules.build(cfg, steps_per_epoch=4)
+    assert s.total_steps == 50 and s.lr.argmax() == 10
+    assert s.lr.max() == pytest.approx(0.256 * 8 / 256)
+
+
 def test_paper_config_rules():
     from uniap_train.config import ConfigError
 
