@@ -79,6 +79,21 @@ def test_attention_mask_blocks_outside_the_previous_mask():
     assert not blocked[0, 1].any() and torch.equal(blocked[0], blocked[1])
 
 
+def test_paper_embedder_for_semantic_evaluation():
+    """eval.images with recipe paper: per pixel, the [SEM] queries' vectors weighted by their masks."""
+    from uniap_train.recipes import get_recipe
+
+    cfg = load_config(None, ["data.root=x", "recipe=paper", "model.dim=16", "model.num_heads=2",
+                             "model.out_dim=8", "model.hidden_dim=16", "model.bottleneck_dim=4"])
+    recipe = get_recipe("paper")(cfg, 6)
+    teacher = recipe.build_student().eval()
+    feats = torch.randn(5, 7, 6)
+    logits = recipe.embedder(teacher, "logits")(feats, torch.zeros(0, 6))
+    bottleneck = recipe.embedder(teacher, "bottleneck")(feats, torch.zeros(0, 6))
+    assert logits.shape == (5, 7, 8) and bottleneck.shape == (5, 7, 4)
+    assert torch.all(torch.isfinite(logits)) and not torch.allclose(logits[0, 0], logits[4, 6])
+
+
 def test_hungarian_on_dice_recovers_a_permutation():
     from uniap_train.matching import dice_cost, hungarian
 
@@ -227,7 +242,7 @@ def test_paper_ddp_two_processes_match_one(images, tmp_path):
         torch.testing.assert_close(b["teacher"][name], ta, rtol=1e-4, atol=atol, msg=name)
     torch.testing.assert_close(b["loss"]["center"], a["loss"]["center"], rtol=1e-4, atol=1e-6)
     ra, rb = read_metrics(one / "metrics.csv"), read_metrics(two / "metrics.csv")
-    for key in ("loss", "match_dice", "queries_matched"):
+    for key in ("loss", "loss_querysd", "loss_dice", "loss_bce", "match_dice", "queries_matched", "teacher_masks"):
         np.testing.assert_allclose(column(rb, key), column(ra, key), rtol=1e-4, err_msg=key)
 
 

@@ -277,10 +277,13 @@ class PaperRecipe:
         if pairs:
             loss = loss + 0.0 * (s_logits.float().sum() + s_masks.float().sum())
         denominator = max(float(stats[0]), 1.0)
+        with torch.no_grad():  # each process holds its share of the global means: add them up
+            terms = torch.stack([t.detach().float().reshape(()) for t in (sd, dice, bce)]) / world_size
+            terms = distributed_sum(terms).tolist()
         stats_out = {
-            "loss_querysd": float(sd.detach()) / world_size if pairs else 0.0,
-            "loss_dice": float(dice.detach()) / world_size if pairs else 0.0,
-            "loss_bce": float(bce.detach()) / world_size if pairs else 0.0,
+            "loss_querysd": terms[0],
+            "loss_dice": terms[1],
+            "loss_bce": terms[2],
             "match_dice": float(stats[1]) / denominator,
             "match_dice_binary": float(stats[2]) / denominator,
             "queries_matched": float(stats[0]) / max(float(stats[4]), 1.0),
