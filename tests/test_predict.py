@@ -162,6 +162,21 @@ def test_uniap_predict_writes_records_like_uniap_cli(checkpoint, tmp_path, capsy
     assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(coco), "--format", "coco", "--quiet"]) == 0
     data = json.loads(coco.read_text())
     assert len(data["images"]) == 3 and data["annotations"]
+    png = tmp_path / "png"
+    assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(png), "--format", "png", "--quiet"]) == 0
+    from PIL import Image as PILImage
+
+    maps = sorted((png / "sub" / "p0").glob("*.png"))
+    assert maps and np.asarray(PILImage.open(maps[0])).shape == picture(10).shape[:2]
+    pytest.importorskip("pyarrow")
+    from uniap.io import read_records
+
+    parquet = tmp_path / "parquet"
+    assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(parquet), "--format", "parquet", "--quiet",
+                 "--min-area", "4"]) == 0
+    from_parquet = read_records(str(parquet))
+    assert sorted(from_parquet) == ["sub/p0.png", "sub/p1.png", "sub/p2.png"]
+    assert from_parquet["sub/p0.png"][1] == doc["annotations"]  # the same records in every format
 
 
 def test_uniap_predict_usage_errors(checkpoint, tmp_path, capsys):
@@ -195,6 +210,10 @@ def test_uniap_eval_checkpoint_segmenter(checkpoint, tmp_path, capsys):
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["segmenter"]["name"] == "checkpoint"
+    from uniap.evaluation.segmenters import build_segmenter
+
+    again = build_segmenter("checkpoint", **result["segmenter"]["params"])  # the result says how to rebuild it
+    assert again.params() == result["segmenter"]["params"] and again.score == "record"
     m = result["metrics"]
     assert m["num_gt"] > 0 and 0 <= m["AP"] <= 1 and 0 <= m["AR@100"] <= 1 and m["proposals_per_image"] > 0
     assert main(argv[:-5] + ["--segmenter", "checkpoint", "--out", str(tmp_path / "b.json")]) == 2

@@ -52,8 +52,8 @@ class CheckpointSegmenter(Segmenter):
         self.predictor = Predictor.from_checkpoint(checkpoint, device=device)
 
     def params(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "device": self.device, "predictor": self.predictor.options(),
-                **super().params()}
+        """The constructor's arguments (``build_segmenter("checkpoint", **params)`` rebuilds it)."""
+        return {"checkpoint": self.checkpoint, "device": self.device, **super().params()}
 
     def level_names(self) -> list[str]:
         return ["parts", "regions"]
