@@ -171,3 +171,71 @@ class Backbone:
             return ex.batch_features(views)
         grids = [ex(v.cpu().numpy()).features for v in views]
         return torch.from_numpy(np.stack(grids)).to(self.device)
+
+
+class TrainableVit(torch.nn.Module):
+    """A timm ViT that trains with the neck (``backbone.trainable: true``, recipe paper).
+
+    ``forward(views)`` maps uint8 pixel views (B, H, W, 3), sides multiples of the patch size,
+    to patch features (B, H / p, W / p, C) with gradients: the same normalisation and output
+    (last-block patch tokens or attention keys) as :class:`uniap.features.VitFeatures`, whose
+    network it starts from (:meth:`from_extractor`) or which it rebuilds without weights for
+    a checkpoint to fill (:meth:`from_config`).
+    """
+
+    def __init__(self, net: torch.nn.Module, layer_output: str, mean, std) -> None:
+        super().__init__()
+        self.net = net.float()
+        self.net.requires_grad_(True)
+        self.layer_output = layer_output
+        p = net.patch_embed.patch_size
+        self.patch_size = int(p[0]) if isinstance(p, (tuple, list)) else int(p)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_extractor(cls, extractor: Any) -> "TrainableVit":
+        import copy
+
+        return cls(copy.deepcopy(extractor.model).train(), extractor.layer_output, extractor.mean, extractor.std)
+
+    @classmethod
+    def from_config(cls, cfg: BackboneConfig) -> "TrainableVit":
+        """The architecture ``cfg`` names, randomly initialised (a checkpoint's weights follow)."""
+        import timm
+
+        options = {k: v for k, v in cfg.options.items() if k not in ("layer_output", "dtype", "max_side", "device")}
+        try:
+            net = timm.create_model(cfg.model, pretrained=False, num_classes=0, dynamic_img_size=True, **options)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"backbone: cannot build timm model {cfg.model!r}: {err}") from None
+        data = timm.data.resolve_model_data_config(net)
+        return cls(net, cfg.options.get("layer_output", "tokens"), data["mean"], data["std"])
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        b, height, width = views.shape[:3]
+        p = self.patch_size
+        x = (views.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+        net = self.net
+        captured: dict = {}
+        handle = None
+        attn = net.blocks[-1].attn
+        if self.layer_output == "keys":
+            handle = attn.qkv.register_forward_hook(lambda module, inputs, output: captured.update(out=output))
+        try:
+            tokens = net.forward_features(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        prefix = int(getattr(net, "num_prefix_tokens", 0))
+        if self.layer_output == "tokens":
+            feats = tokens[:, prefix:]
+        else:
+            out = captured["out"]
+            n = out.shape[1]
+            k = out.reshape(b, n, 3, int(attn.num_heads), -1)[:, :, 1]
+            k_norm = getattr(attn, "k_norm", None)
+            if k_norm is not None:
+                k = k_norm(k.transpose(1, 2)).transpose(1, 2)
+            feats = k.reshape(b, n, -1)[:, prefix:]
+        return feats.reshape(b, height // p, width // p, -1)

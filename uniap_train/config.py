@@ -97,9 +97,10 @@ class BackboneConfig:
     # ("shared", saved as OUTPUT_DIR/vocabulary.npz), or read from a saved .npz file (a path)
     vocabulary: Optional[str] = None
     vocabulary_images: int = 500  # most training images the shared words are fitted on
-    # recipe paper: fine-tune the backbone with the neck (not supported yet: the backbone stays
-    # frozen and the neck, decoder and heads train)
+    # recipe paper, kind vit: fine-tune the ViT with the neck, decoder and heads (student and
+    # EMA teacher each own a copy); false: the backbone stays frozen
     trainable: bool = False
+    lr_scale: float = 0.1  # learning rate of a trainable backbone relative to the rest (Mask2Former's 0.1)
 
 
 @dataclass
@@ -317,8 +318,12 @@ def _validate(c: TrainConfig) -> None:
         _need(b.kind == "default", "backbone.vocabulary", "applies to kind default only", b.vocabulary)
         _need(bool(b.vocabulary), "backbone.vocabulary", "must be null, shared or a .npz path", b.vocabulary)
     _need(b.vocabulary_images >= 1, "backbone.vocabulary_images", "must be >= 1", b.vocabulary_images)
-    _need(not b.trainable, "backbone.trainable",
-          "true is not supported yet (the backbone is frozen; the paper recipe trains its neck)", b.trainable)
+    if b.trainable:
+        _need(c.recipe == "paper" and b.kind == "vit", "backbone.trainable",
+              "true needs recipe paper and backbone.kind vit", b.trainable)
+        _need(c.eval.images is None, "eval.images",
+              "is not supported with backbone.trainable (evaluate the checkpoint with uniap-eval)", c.eval.images)
+    _need(b.lr_scale > 0, "backbone.lr_scale", "must be > 0", b.lr_scale)
     u = c.uniap
     _need(len(u.levels) >= 1, "uniap.levels", "must hold at least one threshold", list(u.levels))
     _need(all(-1 <= t <= 1 for t in u.levels), "uniap.levels", "must lie in [-1, 1]", list(u.levels))

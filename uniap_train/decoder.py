@@ -195,25 +195,30 @@ class PaperModel(nn.Module):
     Parameters
     ----------
     in_dim : int
-        C of the frozen features.
+        C of the backbone's features.
     cfg : ModelConfig
+    backbone : module, optional
+        A trainable backbone (:class:`uniap_train.backbone.TrainableVit`) run first on pixel
+        views; without it the inputs are frozen features.
     """
 
-    def __init__(self, in_dim: int, cfg) -> None:
+    def __init__(self, in_dim: int, cfg, backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.in_dim = int(in_dim)
+        self.backbone = backbone  # a trainable ViT: then the inputs are uint8 pixel views
         self.num_semantic = int(cfg.num_semantic_queries)
         self.neck = SimpleNeck(in_dim, cfg.dim)
         self.decoder = MaskDecoder(cfg.dim, cfg.decoder_layers, cfg.num_heads, cfg.ffn_dim,
                                    cfg.num_semantic_queries, cfg.num_instance_queries)
         self.head = DINOHead(cfg.dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.norm_last_layer)
 
-    @staticmethod
-    def _channels_first(grids: torch.Tensor) -> torch.Tensor:
+    def _channels_first(self, grids: torch.Tensor) -> torch.Tensor:
+        if self.backbone is not None:
+            grids = self.backbone(grids)
         return grids.permute(0, 3, 1, 2).contiguous()
 
     def forward(self, grids: torch.Tensor) -> dict:
-        """The student's view of (B, h, w, C) features.
+        """The student's view of (B, h, w, C) features (uint8 (B, H, W, 3) views with a backbone).
 
         Returns
         -------

@@ -76,7 +76,8 @@ class Prediction:
 def teacher_grids(images: Sequence[np.ndarray], extractor: Any, kind: str, max_side: int, size: int,
                   device) -> tuple[Any, list[tuple[int, int]]]:
     """Whole-image views of ``images`` as the teacher saw them in training: (B, T, T, C) on
-    ``device``, and each image's working (resized) shape."""
+    ``device`` (``kind="pixels"``: the uint8 views (B, T p, T p, 3) for a trainable backbone),
+    and each image's working (resized) shape."""
     import torch
 
     from .data import load_resized, teacher_view_features, teacher_view_pixels
@@ -85,7 +86,7 @@ def teacher_grids(images: Sequence[np.ndarray], extractor: Any, kind: str, max_s
     for image in images:
         work = _downscale(np.asarray(image), max_side, load_resized)
         shapes.append(work.shape[:2])
-        if kind == "vit":
+        if kind in ("vit", "pixels"):
             grids.append(teacher_view_pixels(work, size))
             continue
         g = extractor(work)
@@ -94,6 +95,8 @@ def teacher_grids(images: Sequence[np.ndarray], extractor: Any, kind: str, max_s
         feats, _ = teacher_view_features(np.ascontiguousarray(g.features, np.float32), (hr / ho / p, wr / wo / p),
                                          work.shape[:2], size, p)
         grids.append(feats)
+    if kind == "pixels":
+        return torch.from_numpy(np.stack(grids)).to(device), shapes
     if kind == "vit":
         return extractor.batch_features(torch.from_numpy(np.stack(grids))), shapes
     return torch.from_numpy(np.stack(grids)).to(device), shapes
@@ -323,15 +326,21 @@ class Predictor:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but CUDA is not available")
         b = cfg.backbone
-        extractor = build_extractor(b.kind, b.model, weights or b.weights, b.options,
-                                    str(dev) if b.kind == "vit" else "cpu")
-        vocabulary = vocabulary_from_state(ckpt.get("vocabulary"))
-        if vocabulary is not None:
-            from dataclasses import replace
-
-            extractor = replace(extractor, vocabulary=vocabulary)
         in_dim = int(ckpt.get("in_dim") or _infer_in_dim(ckpt["teacher"]))
-        model = PaperModel(in_dim, cfg.model)
+        vit = None
+        if b.trainable:  # the fine-tuned ViT is in the checkpoint: no weights file is needed
+            from .backbone import TrainableVit
+
+            extractor, vit = None, TrainableVit.from_config(b)
+        else:
+            extractor = build_extractor(b.kind, b.model, weights or b.weights, b.options,
+                                        str(dev) if b.kind == "vit" else "cpu")
+            vocabulary = vocabulary_from_state(ckpt.get("vocabulary"))
+            if vocabulary is not None:
+                from dataclasses import replace
+
+                extractor = replace(extractor, vocabulary=vocabulary)
+        model = PaperModel(in_dim, cfg.model, vit)
         try:
             model.load_state_dict(ckpt["teacher"])
         except RuntimeError as err:
@@ -365,10 +374,11 @@ class Predictor:
         cfg = self.cfg
         t0 = time.perf_counter()
         with torch.no_grad():
-            grids, shapes = teacher_grids(images, self.extractor, cfg.backbone.kind, cfg.data.max_side,
+            kind = "pixels" if self.model.backbone is not None else cfg.backbone.kind
+            grids, shapes = teacher_grids(images, self.extractor, kind, cfg.data.max_side,
                                           cfg.crops.teacher_size, self.device)
             t1 = time.perf_counter()
-            out = self.model(grids.to(self.device).float())
+            out = self.model(grids.to(self.device) if kind == "pixels" else grids.to(self.device).float())
             n_sem = self.model.num_semantic
             results = []
             for i, image in enumerate(images):

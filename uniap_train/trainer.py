@@ -155,13 +155,15 @@ def train_one_step(state: TrainState, batch: dict, step: int) -> dict:
     """
     s, dev = state.schedules, state.dist.device
     for i, group in enumerate(state.optimizer.param_groups):
-        group["lr"] = float(s.lr[step])
-        if i == 0:  # only the first group is regularised
+        group["lr"] = float(s.lr[step]) * group.get("lr_scale", 1.0)
+        if group.get("regularized", i == 0):  # biases and norms keep no weight decay
             group["weight_decay"] = float(s.weight_decay[step])
 
-    # ---- frozen features of every view position ----
+    # ---- frozen features of every view position (pixels when the student trains the backbone) ----
     if "features" in batch:
         grids = [f.to(dev, non_blocking=True) for f in batch["features"]]
+    elif getattr(state.recipe, "trains_backbone", False):
+        grids = [v.to(dev, non_blocking=True) for v in batch["views"]]
     else:
         grids = [state.backbone.batch_features(v) for v in batch["views"]]
 
@@ -403,7 +405,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
                                       saved=trained_words if trained_words and trained_words.is_file() else None)
     words = f", words {words}" if backbone.kind == "default" else ""
     in_dim = backbone.dim(load_resized(paths[0], cfg.data.max_side))
-    recipe = recipe_cls(cfg, in_dim)
+    recipe = recipe_cls(cfg, in_dim, backbone=backbone)
     for key, size in recipe.view_sizes().items():
         if size % p:
             raise ConfigError(f"crops.{key}: {size} is not a multiple of the backbone's patch size {p}")
@@ -427,16 +429,20 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     student: nn.Module = student_module
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
-        student = nn.parallel.DistributedDataParallel(student_module, device_ids=ids)
+        # a trainable ViT giving attention keys leaves its last block's tail without gradients
+        student = nn.parallel.DistributedDataParallel(student_module, device_ids=ids,
+                                                      find_unused_parameters=getattr(recipe, "trains_backbone", False))
     n_params = sum(q.numel() for q in student_module.parameters() if q.requires_grad)
-    _log(f"model: recipe {recipe.name}, backbone {backbone.name} (C={in_dim}, frozen{words}), "
+    trained = "trainable" if getattr(recipe, "trains_backbone", False) else "frozen"
+    _log(f"model: recipe {recipe.name}, backbone {backbone.name} (C={in_dim}, {trained}{words}), "
          f"{n_params / 1e6:.2f}M trainable parameters", dist)
 
     # ============ loss ... ============
     loss_fn = recipe.build_loss().to(dist.device)
 
     # ============ optimizer, mixed precision, schedules ... ============
-    optimizer = torch.optim.AdamW(get_params_groups(student_module), lr=0.0, betas=tuple(cfg.optim.betas))
+    groups = recipe.param_groups(student_module) if hasattr(recipe, "param_groups") else get_params_groups(student_module)
+    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.optim.betas))
     use_amp = cfg.optim.amp and dist.device.type in AMP_DEVICE_TYPES
     scaler = torch.amp.GradScaler(dist.device.type, enabled=use_amp)
     autocast = partial(torch.autocast, device_type=dist.device.type, dtype=torch.float16) if use_amp else nullcontext

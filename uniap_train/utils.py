@@ -77,21 +77,27 @@ def linear_warmup_then_constant(start: float, end: float, total_steps: int, warm
 # -- parameters and gradients ---------------------------------------------------------------
 
 
-def get_params_groups(model: nn.Module) -> list[dict]:
-    """Two AdamW groups: weights with decay; biases and 1-D parameters (norms) without.
+def get_params_groups(model: nn.Module, lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups: weights with decay; biases and 1-D parameters (norms) without.
 
     Frozen parameters are left out.  The ``weight_decay`` of the first group is set from the
-    schedule every step; the second keeps 0.
+    schedule every step; the second keeps 0.  With ``lr_scales`` (name prefix -> factor), the
+    parameters under each prefix get two groups of their own, marked ``lr_scale`` (the
+    learning rate's factor) and ``regularized`` (whether the weight-decay schedule applies).
     """
-    regularized, not_regularized = [], []
+    prefixes = list(lr_scales or {})
+    buckets: dict[tuple[str, bool], list] = {(p, r): [] for p in [""] + prefixes for r in (True, False)}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name.endswith(".bias") or param.ndim <= 1:
-            not_regularized.append(param)
-        else:
-            regularized.append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+        prefix = next((p for p in prefixes if name.startswith(p)), "")
+        buckets[(prefix, not (name.endswith(".bias") or param.ndim <= 1))].append(param)
+    groups = [{"params": buckets[("", True)]}, {"params": buckets[("", False)], "weight_decay": 0.0}]
+    for p in prefixes:
+        scale = float(lr_scales[p])
+        groups.append({"params": buckets[(p, True)], "lr_scale": scale, "regularized": True})
+        groups.append({"params": buckets[(p, False)], "weight_decay": 0.0, "lr_scale": scale, "regularized": False})
+    return groups
 
 
 def clip_gradients(model: nn.Module, clip: float) -> list[float]:

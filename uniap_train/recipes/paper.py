@@ -127,9 +127,12 @@ class PaperRecipe:
     metric_columns = ("loss_querysd", "loss_dice", "loss_bce", "match_dice", "match_dice_binary",
                       "queries_matched", "teacher_masks", "teacher_masks_in_view")
 
-    def __init__(self, cfg, in_dim: int) -> None:
+    def __init__(self, cfg, in_dim: int, backbone=None) -> None:
         self.cfg = cfg
         self.in_dim = int(in_dim)
+        self.backbone = backbone
+        # backbone.trainable: the student owns a copy of the ViT and gets pixel views
+        self.trains_backbone = bool(cfg.backbone.trainable)
         u = cfg.uniap
         self.uniap_options = dict(levels=tuple(u.levels), min_size=u.min_size, preset=u.preset,
                                   connectivity=u.connectivity)
@@ -147,7 +150,19 @@ class PaperRecipe:
                             patch_size=backbone.patch_size)
 
     def build_student(self) -> nn.Module:
-        return PaperModel(self.in_dim, self.cfg.model)
+        vit = None
+        if self.trains_backbone:
+            from ..backbone import TrainableVit
+
+            vit = TrainableVit.from_extractor(self.backbone.extractor)
+        return PaperModel(self.in_dim, self.cfg.model, vit)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """AdamW groups; a trainable backbone's at ``backbone.lr_scale`` of the learning rate."""
+        from ..utils import get_params_groups
+
+        scales = {"backbone.": self.cfg.backbone.lr_scale} if self.trains_backbone else None
+        return get_params_groups(model, scales)
 
     def build_loss(self) -> nn.Module:
         lc = self.cfg.loss
@@ -162,12 +177,13 @@ class PaperRecipe:
         Parameters
         ----------
         grid : tensor (B, T, T, C)
-            The teacher views' features (zero where padded).
+            The teacher views' features (zero where padded); uint8 pixels (B, T p, T p, 3)
+            with a trainable backbone.
         cells : LongTensor (B, 2)
             Rows and columns of each grid that hold the image.
         """
         fine, mask_features = teacher.teacher_maps(grid)
-        scale = fine.shape[1] // grid.shape[1]
+        scale = 2  # the fine map is the patch grid upsampled twice
         parts = [fine[i, : int(r) * scale, : int(c) * scale].float() for i, (r, c) in enumerate(cells.tolist())]
         backend = "torch" if uniap.backends.available().get("torch") is None else "auto"
         extra = {"exact": True} if fine.is_cuda else {}

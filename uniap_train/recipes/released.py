@@ -52,7 +52,7 @@ class ReleasedRecipe:
 
     name = "released"
 
-    def __init__(self, cfg, in_dim: int) -> None:
+    def __init__(self, cfg, in_dim: int, backbone=None) -> None:  # the backbone stays frozen here
         self.cfg = cfg
         self.in_dim = int(in_dim)
         u = cfg.uniap
