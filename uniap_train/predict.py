@@ -1,8 +1,8 @@
 """Using a trained paper-recipe model: :class:`Predictor` and the ``uniap-predict`` command.
 
-``Predictor.from_checkpoint(path, device=...)`` rebuilds the frozen backbone (with the shared
-words the run was trained with, stored in the checkpoint), the neck and the decoder (the EMA
-teacher's weights), and turns images into a :class:`Prediction`:
+``Predictor.from_checkpoint(path, device=...)`` rebuilds the backbone (a frozen one with the
+shared words the run was trained with, or a fine-tuned ViT, both stored in the checkpoint), the
+neck and the decoder (the EMA teacher's weights), and turns images into a :class:`Prediction`:
 
 * **instance masks** with scores: the [INS] queries' masks (``sigmoid > mask_threshold``),
   scored as Mask2Former scores masks (the mean probability inside the mask), best first;
