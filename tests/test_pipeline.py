@@ -348,3 +348,29 @@ def test_killed_run_resumes_and_leaves_no_temporaries(tmp_path, sig):
     assert not temporaries(tmp_path)
     for path in out.iterdir():
         assert masks_of(path)  # every file is whole and decodes
+
+
+WORKER_STOPPED_IN_A_CALLBACK = """
+import ctypes, os, signal, time
+from uniap.pipeline.engine import _raise_on_sigterm
+
+_raise_on_sigterm()  # as a worker of the local engine does
+# SIGTERM lands while C code calls back into Python (llvmlite compiling Numba's kernels):
+# Python ignores the SystemExit raised there and the callback's caller carries on.
+callback = ctypes.CFUNCTYPE(None)(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2)))
+callback()
+print("carried on", flush=True)
+time.sleep(30)
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_worker_stopped_inside_a_c_callback_still_exits_quietly():
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", WORKER_STOPPED_IN_A_CALLBACK], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM
+    assert done.stdout.split() == ["carried", "on"]  # ended by the deadline, not after 30 s
+    assert time.monotonic() - start < 20
+    assert "SystemExit" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

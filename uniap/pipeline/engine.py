@@ -182,10 +182,30 @@ def _submit(pool: ThreadPoolExecutor | None, fn: Callable, *args: Any) -> Future
 _WORKER: dict[str, Any] = {}
 
 
+EXIT_GRACE_S = 3.0  # a worker told to stop exits at the latest this long after SIGTERM
+
+
 def _raise_on_sigterm() -> None:
+    """In a worker: SIGTERM unwinds (``finally`` blocks remove temporaries), then exits.
+
+    A signal that lands while C code calls back into Python (llvmlite compiling Numba's
+    kernels on a cold cache) raises inside that callback, where Python reports the
+    exception as "ignored" and carries on.  So the worker's ``SystemExit`` from the handler is
+    never reported as such, and a timer ends the process if unwinding did not; the next run
+    removes any temporary it left.
+    """
+
     def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        deadline = threading.Timer(EXIT_GRACE_S, os._exit, args=(128 + signum,))
+        deadline.daemon = True  # a worker that unwinds in time exits without waiting for it
+        deadline.start()
         raise SystemExit(128 + signum)
 
+    def quiet_exit(unraisable: Any, report: Callable[[Any], None] = sys.unraisablehook) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            report(unraisable)
+
+    sys.unraisablehook = quiet_exit
     signal.signal(signal.SIGTERM, handler)
 
 
