@@ -189,6 +189,40 @@ def test_uniap_predict_usage_errors(checkpoint, tmp_path, capsys):
     assert "--shard" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("variables, written", [
+    ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, ["p1.json", "p3.json"]),
+    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "3"}, ["p0.json", "p3.json"]),
+    ({}, ["p0.json", "p1.json", "p2.json", "p3.json"]),
+])
+def test_uniap_predict_shard_auto(checkpoint, tmp_path, monkeypatch, variables, written):
+    """--shard auto as uniap-cli reads it: the scheduler's variables pick this process's images."""
+    from PIL import Image
+
+    from uniap_train.predict import main
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+                 "SLURM_ARRAY_TASK_MIN", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        Image.fromarray(picture(20 + i)).save(tmp_path / "in" / f"p{i}.png")
+    out = tmp_path / "out"
+    assert main([str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--shard", "auto", "--quiet",
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == written
+
+
+def test_uniap_predict_shard_auto_with_a_bad_variable(checkpoint, tmp_path, monkeypatch, capsys):
+    from uniap_train.predict import main
+
+    monkeypatch.setenv("RANK", "x")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([str(checkpoint), str(tmp_path), "--out", str(tmp_path / "o"), "--shard", "auto"]) == 2
+    assert "RANK" in capsys.readouterr().err
+
+
 def test_segmenter_plugin_is_registered_and_lazy():
     """uniap-eval lists the entry point without importing uniap_train."""
     code = ("import sys; from uniap.evaluation.cli import build_parser; build_parser(); "

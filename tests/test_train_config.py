@@ -129,3 +129,13 @@ def test_cli_print_config(capsys):
     assert main([str(CONFIGS / "tiny_cpu.yaml"), "--set", "seed=3", "--print-config"]) == 0
     out = yaml.safe_load(capsys.readouterr().out)
     assert out["seed"] == 3 and out["backbone"]["kind"] == "default"
+
+
+def test_paper_recipe_defaults_to_two_local_crops():
+    """The paper's student sees 2 local crops by default; the released recipe keeps 6."""
+    from uniap_train.config import load_config
+
+    assert load_config(None, ["data.root=x", "recipe=paper"]).crops.num_local == 2
+    assert load_config(None, ["data.root=x"]).crops.num_local == 6
+    assert load_config(None, ["data.root=x", "recipe=paper", "crops.num_local=3"]).crops.num_local == 3
+    assert load_config(None, ["data.root=x", "recipe=paper", "crops.local_size=64"]).crops.num_local == 2

@@ -39,7 +39,8 @@ def _levels(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _shard(text: str) -> tuple[int, int] | str:
+def parse_shard(text: str) -> tuple[int, int] | str:
+    """``--shard``'s argparse type: ``(i, n)`` from ``"i/n"``, or ``"auto"``."""
     if text == "auto":
         return text
     try:
@@ -49,6 +50,26 @@ def _shard(text: str) -> tuple[int, int] | str:
     if count < 1 or not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"--shard i/n needs 0 <= i < n; got {text!r}")
     return index, count
+
+
+def resolve_shard(shard: tuple[int, int] | str | None, device: str | None) -> tuple[tuple[int, int] | None, str | None]:
+    """This process's shard and device: ``"auto"`` read from the scheduler's variables.
+
+    With ``auto`` and a local rank (torchrun, ``srun``), ``device="cuda"`` becomes that
+    rank's GPU, ``cuda:<local rank>`` (``docs/scale.md``).  A bad variable is a
+    :class:`UsageError`.
+    """
+    if shard != "auto":
+        return shard, device  # type: ignore[return-value]
+    from .pipeline.shards import shard_from_environment
+
+    try:
+        info = shard_from_environment()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if info.local_rank is not None and device == "cuda":
+        device = f"cuda:{info.local_rank}"  # one GPU per process
+    return info.shard, device
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "same settings; refuse outputs made otherwise)")
     io.add_argument("--all-levels", action="store_true",
                     help="one record per mask and level (default: each distinct mask once, with the levels it spans)")
-    io.add_argument("--shard", type=_shard, metavar="I/N|auto",
+    io.add_argument("--shard", type=parse_shard, metavar="I/N|auto",
                     help="process only images i, i+n, i+2n, ... of the inputs sorted by path (0 <= i < n); "
                     "auto: from SLURM array or RANK/WORLD_SIZE variables (docs/scale.md)")
     io.add_argument("--workers", type=positive_int, default=1, metavar="N",
@@ -206,18 +227,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give at least one image, folder, glob, tar shard or --file-list")
     if args.engine != "ray" and (args.ray_address or args.num_gpus is not None):
         raise UsageError("--ray-address and --num-gpus apply to --engine ray only")
-    shard, extractor_kwargs = args.shard, extractor_options(args)
-    if shard == "auto":
-        from .pipeline.shards import shard_from_environment
-
-        try:
-            info = shard_from_environment()
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        shard = info.shard
-        device = extractor_kwargs.get("device")
-        if info.local_rank is not None and device == "cuda":
-            extractor_kwargs["device"] = f"cuda:{info.local_rank}"  # one GPU per process
+    extractor_kwargs = extractor_options(args)
+    shard, device = resolve_shard(args.shard, extractor_kwargs.get("device"))
+    if device is not None:
+        extractor_kwargs["device"] = device
     image_ids = None
     if args.image_ids is not None:
         from .io import coco_image_ids

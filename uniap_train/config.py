@@ -494,8 +494,23 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# Defaults that differ by recipe: (section, key) -> value, used where the config leaves them out.
+RECIPE_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "paper": {("crops", "num_local"): 2},  # the paper's two local crops (the released code: 6)
+}
+
+
 def config_from_dict(data: dict | None) -> TrainConfig:
-    """Build and validate a :class:`TrainConfig` from a (YAML-like) dict."""
+    """Build and validate a :class:`TrainConfig` from a (YAML-like) dict.
+
+    Keys the dict leaves out take their defaults, which for a few keys depend on the recipe
+    (``RECIPE_DEFAULTS``: ``crops.num_local`` is 2 for ``recipe: paper``, 6 otherwise).
+    """
+    if isinstance(data, dict) and isinstance(data.get("recipe"), str):
+        for (section, key), value in RECIPE_DEFAULTS.get(data["recipe"], {}).items():
+            part = data.get(section)
+            if part is None or (isinstance(part, dict) and key not in part):
+                data = {**data, section: {**(part or {}), key: value}}
     return _build(TrainConfig, data, "").validate()
 
 

@@ -483,6 +483,8 @@ class _NoFeatures:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from uniap.cli import parse_shard
+
     parser = argparse.ArgumentParser(
         prog="uniap-predict",
         description="Masks from a trained S2-UniSeg model (uniap-train recipe: paper): instance masks, "
@@ -506,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--viz", metavar="PNG", help="also draw each level's masks: a file for one image, a folder for many")
     io.add_argument("--overwrite", action="store_true",
                     help="replace these images' existing outputs (default: skip images done with the same settings)")
-    io.add_argument("--shard", metavar="I/N", help="only images i, i+n, ... of the sorted inputs")
+    io.add_argument("--shard", type=parse_shard, metavar="I/N|auto",
+                    help="only images i, i+n, ... of the sorted inputs; auto: from SLURM array or "
+                    "RANK/WORLD_SIZE variables, LOCAL_RANK picking the GPU (docs/scale.md)")
     io.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
                     help="images per batch through the model (default 4)")
     io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -529,7 +533,7 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uniap.cli import UsageError
+    from uniap.cli import UsageError, resolve_shard
     from uniap.pipeline.plan import PlanError
     from uniap.pipeline.runner import run as run_pipeline
     from uniap.pipeline.sources import InputError
@@ -538,18 +542,16 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.file_list:
         raise UsageError("give at least one image, folder, glob, tar shard or --file-list")
-    shard = None
-    if args.shard is not None:
-        try:
-            shard = tuple(int(v) for v in args.shard.split("/"))
-        except ValueError:
-            shard = ()
-        if len(shard) != 2 or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
-            raise UsageError(f"--shard takes i/n with 0 <= i < n, such as 0/4; got {args.shard!r}")
+    device = args.device
+    if device == "auto" and args.shard == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # so that LOCAL_RANK can pick the GPU
+    shard, device = resolve_shard(args.shard, device)
     options = {k: getattr(args, k) for k in ("mask_threshold", "score_threshold", "min_area")
                if getattr(args, k) is not None}
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, weights=args.weights, **options)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, weights=args.weights, **options)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise UsageError(" ".join(str(err).split())) from None
     image_ids = None
