@@ -284,3 +284,20 @@ def test_mixed_precision_path(images, tmp_path, monkeypatch):
     c = load(resumed / "checkpoint_last.pt")
     for name in ckpt["teacher"]:
         assert torch.equal(ckpt["teacher"][name], c["teacher"][name])
+
+
+def test_progress_in_a_log_is_plain_lines(images, tmp_path):
+    """stderr to a file (a batch job's log): no carriage-return bar, a few complete lines."""
+    out = tmp_path / "run"
+    args = [a for a in small(images, out, "optim.epochs=2") if a != "log.progress=false"]
+    cmd = [sys.executable, "-m", "uniap_train", str(TINY), *(part for arg in args for part in ("--set", arg))]
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        proc = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=stderr, timeout=170)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("train: ")]
+    assert 1 <= len(lines) <= 3 and lines[-1].startswith("train: 4/4 steps (100%)"), text[-2000:]
+    words = [line for line in text.splitlines() if "vocabulary" in line]  # the shared words' fit, as plain lines
+    assert 1 <= len(words) <= 2 and words[-1].startswith("vocabulary: ") and " images in " in words[-1], words

@@ -13,14 +13,14 @@ import time
 from typing import Any, TextIO
 
 
-def progress_bar(total: int, desc: str, unit: str = "image", initial: int = 0,
-                 file: TextIO | None = None, interval: float = 30.0) -> Any:
+def progress_bar(total: int | None, desc: str, unit: str = "image", initial: int = 0,
+                 file: TextIO | None = None, interval: float = 30.0, disable: bool = False) -> Any:
     """A progress bar with ``update(n)``, ``set_postfix(**values)`` and ``close()``.
 
     Parameters
     ----------
-    total : int
-        Steps in all.
+    total : int or None
+        Steps in all (None: not known).
     desc : str
         What is counted, printed first.
     unit : str
@@ -31,11 +31,13 @@ def progress_bar(total: int, desc: str, unit: str = "image", initial: int = 0,
         Where to write (default: standard error).
     interval : float
         Seconds between two lines when ``file`` is not a terminal.
+    disable : bool
+        Show nothing (e.g. on every process of a distributed run but the first).
 
     Returns
     -------
     tqdm.tqdm or LogProgress
-        tqdm on a terminal, else :class:`LogProgress`.
+        tqdm on a terminal, else :class:`LogProgress` (silent when ``disable``).
 
     Examples
     --------
@@ -47,6 +49,8 @@ def progress_bar(total: int, desc: str, unit: str = "image", initial: int = 0,
     True
     """
     stream = sys.stderr if file is None else file
+    if disable:
+        return LogProgress(total, desc, unit, initial, stream, interval, silent=True)
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
         from tqdm.auto import tqdm
@@ -64,10 +68,10 @@ class LogProgress:
         As :func:`progress_bar`.
     """
 
-    def __init__(self, total: int, desc: str, unit: str, initial: int, file: TextIO,
-                 interval: float) -> None:
+    def __init__(self, total: int | None, desc: str, unit: str, initial: int, file: TextIO,
+                 interval: float, silent: bool = False) -> None:
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
-        self.file, self.interval = file, interval
+        self.file, self.interval, self.silent = file, interval, silent
         self.start = self.last = time.monotonic()
         self.postfix = ""
         self.closed = False
@@ -88,9 +92,14 @@ class LogProgress:
             self._line(time.monotonic())
 
     def _line(self, now: float) -> None:
-        percent = f" ({100 * self.n // self.total}%)" if self.total else ""
-        units = self.unit + ("s" if self.total != 1 else "")
-        text = f"{self.desc}: {self.n}/{self.total} {units}{percent} in {now - self.start:.0f} s"
+        if self.silent:
+            return
+        if self.total:
+            units = self.unit + ("s" if self.total != 1 else "")
+            done = f"{self.n}/{self.total} {units} ({100 * self.n // self.total}%)"
+        else:
+            done = f"{self.n} {self.unit}" + ("s" if self.n != 1 else "")
+        text = f"{self.desc}: {done} in {now - self.start:.0f} s"
         if self.postfix:
             text += f", {self.postfix}"
         print(text, file=self.file, flush=True)

@@ -168,7 +168,7 @@ class OptimConfig:
 class LogConfig:
     every_steps: int = 10  # metrics.csv / TensorBoard row every N steps (and the last step)
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # progress on rank 0: a bar on a terminal, a line every 30 s in a log
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -492,10 +491,11 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
         evaluate(0, with_baseline=True)
 
     # ============ training ... ============
-    from tqdm import tqdm
+    from uniap._progress import progress_bar
 
-    progress = tqdm(total=end_step, initial=step, disable=not (dist.is_main and cfg.log.progress),
-                    desc="train", dynamic_ncols=True, file=sys.stderr)
+    # a bar on a terminal, a plain line every 30 s in a batch job's log
+    progress = progress_bar(end_step, "train", unit="step", initial=step,
+                            disable=not (dist.is_main and cfg.log.progress))
     window: list[dict] = []
     tick = time.perf_counter()
     student.train()

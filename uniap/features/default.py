@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Sized
 
 import numpy as np
 
@@ -217,19 +217,22 @@ class DefaultFeatures:
         """
         if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 1:
             raise ValueError(f"max_points must be an integer >= 1, got {max_points!r}")
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
         rng = np.random.default_rng(self.seed)
         pooled: dict[str, list[np.ndarray]] = {}
         count = 0
         kinds = _kinds(self)
-        for image in tqdm(images, desc="vocabulary", unit="image", disable=not progress):
+        bar = progress_bar(len(images) if isinstance(images, Sized) else None, "vocabulary", disable=not progress)
+        for image in images:
             img = self._padded_image(load_image(image))
             n = img.sampled_pixels(_stride(self.patch_size))
             takes = {kind: rng.choice(n, size=min(self.sample_size, n), replace=False) for kind in kinds}
             for kind, desc in _sampled_descriptors(img, self, takes).items():
                 pooled.setdefault(kind, []).append(desc.T)
             count += 1
+            bar.update(1)
+        bar.close()
         if count == 0:
             raise ValueError("fit needs at least one image")
         words = {}
