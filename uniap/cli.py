@@ -103,15 +103,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="uniap-cli",
-        description="Unsupervised multi-granular masks for images with UniAP "
-        "(fast universal agglomerative pooling).",
-        epilog="Example: uniap-cli photo.jpg --out masks.json --viz masks.png",
-    )
-    add_version(parser)
-    io = parser.add_argument_group("input and output")
+def add_input_output_arguments(io: Any, batch_help: str) -> None:
+    """The input and output flags that ``uniap-cli`` shares with commands built on
+    :func:`uniap.pipeline.run` (``uniap-predict``): inputs, ``--file-list``, ``--out``,
+    ``--format``, ``--image-ids``, ``--viz``, ``--overwrite``, ``--shard``, ``--batch-size``,
+    ``--quiet``."""
     io.add_argument("inputs", nargs="*",
                     help="image files, folders (searched recursively), glob patterns or .tar shards")
     io.add_argument("--file-list", action="append", metavar="FILE",
@@ -132,16 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true",
                     help="replace these images' existing outputs (default: skip images done with the "
                     "same settings; refuse outputs made otherwise)")
-    io.add_argument("--all-levels", action="store_true",
-                    help="one record per mask and level (default: each distinct mask once, with the levels it spans)")
     io.add_argument("--shard", type=parse_shard, metavar="I/N|auto",
                     help="process only images i, i+n, i+2n, ... of the inputs sorted by path (0 <= i < n); "
-                    "auto: from SLURM array or RANK/WORLD_SIZE variables (docs/scale.md)")
+                    "auto: from SLURM array or RANK/WORLD_SIZE variables, LOCAL_RANK picking the GPU "
+                    "(docs/scale.md)")
+    io.add_argument("--batch-size", type=positive_int, default=4, metavar="N", help=batch_help)
+    io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def read_image_ids(path: str | None) -> dict[str, int] | None:
+    """``--image-ids``: image id by relative path from a COCO file (None without one)."""
+    if path is None:
+        return None
+    from .io import coco_image_ids
+
+    try:
+        return coco_image_ids(path)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--image-ids: {err}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uniap-cli",
+        description="Unsupervised multi-granular masks for images with UniAP "
+        "(fast universal agglomerative pooling).",
+        epilog="Example: uniap-cli photo.jpg --out masks.json --viz masks.png",
+    )
+    add_version(parser)
+    io = parser.add_argument_group("input and output")
+    add_input_output_arguments(
+        io, batch_help="images per batch: pooled in one call, one ViT batch per image shape (default 4)")
+    io.add_argument("--all-levels", action="store_true",
+                    help="one record per mask and level (default: each distinct mask once, with the levels it spans)")
     io.add_argument("--workers", type=positive_int, default=1, metavar="N",
                     help="processes working on different images, this one included (default 1)")
-    io.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
-                    help="images per batch: pooled in one call, one ViT batch per image shape (default 4)")
-    io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     io.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="local: this machine's processes (default); ray: Ray Data, on a local Ray "
                     "or the cluster at --ray-address (pip install 'uniap[ray]')")
@@ -231,14 +252,7 @@ def run(args: argparse.Namespace) -> int:
     shard, device = resolve_shard(args.shard, extractor_kwargs.get("device"))
     if device is not None:
         extractor_kwargs["device"] = device
-    image_ids = None
-    if args.image_ids is not None:
-        from .io import coco_image_ids
-
-        try:
-            image_ids = coco_image_ids(args.image_ids)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--image-ids: {err}") from None
+    image_ids = read_image_ids(args.image_ids)
     try:
         summary = run_pipeline(
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,

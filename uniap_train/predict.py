@@ -483,7 +483,7 @@ class _NoFeatures:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from uniap.cli import parse_shard
+    from uniap.cli import add_input_output_arguments
 
     parser = argparse.ArgumentParser(
         prog="uniap-predict",
@@ -493,27 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="a uniap-train checkpoint of recipe paper (checkpoint_last.pt)")
     io = parser.add_argument_group("input and output (as uniap-cli)")
-    io.add_argument("inputs", nargs="*",
-                    help="image files, folders (searched recursively), glob patterns or .tar shards")
-    io.add_argument("--file-list", action="append", metavar="FILE",
-                    help="a file naming one input a line, relative to its folder ('-': standard input); repeatable")
-    io.add_argument("--out", required=True,
-                    help="a file for one image; a folder mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
-                    "--format coco: one file; --format png: a folder with one folder per image")
-    io.add_argument("--format", choices=("sam", "coco", "png", "parquet"), default="sam",
-                    help="sam: one SA-1B-like JSON per image (default); coco: one COCO data set; png: 16-bit "
-                    "label maps per level plus metadata.csv; parquet: part files, one row per record")
-    io.add_argument("--image-ids", metavar="COCO_JSON",
-                    help="take image ids from this COCO file, matched by file_name")
-    io.add_argument("--viz", metavar="PNG", help="also draw each level's masks: a file for one image, a folder for many")
-    io.add_argument("--overwrite", action="store_true",
-                    help="replace these images' existing outputs (default: skip images done with the same settings)")
-    io.add_argument("--shard", type=parse_shard, metavar="I/N|auto",
-                    help="only images i, i+n, ... of the sorted inputs; auto: from SLURM array or "
-                    "RANK/WORLD_SIZE variables, LOCAL_RANK picking the GPU (docs/scale.md)")
-    io.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
-                    help="images per batch through the model (default 4)")
-    io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_input_output_arguments(io, batch_help="images per batch through the model (default 4)")
     model = parser.add_argument_group("model")
     model.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: CUDA when available)")
     model.add_argument("--weights", metavar="FILE", help="the ViT weights file, when it moved since training")
@@ -533,7 +513,7 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uniap.cli import UsageError, resolve_shard
+    from uniap.cli import UsageError, read_image_ids, resolve_shard
     from uniap.pipeline.plan import PlanError
     from uniap.pipeline.runner import run as run_pipeline
     from uniap.pipeline.sources import InputError
@@ -554,14 +534,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=device, weights=args.weights, **options)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise UsageError(" ".join(str(err).split())) from None
-    image_ids = None
-    if args.image_ids is not None:
-        from uniap.io import coco_image_ids
-
-        try:
-            image_ids = coco_image_ids(args.image_ids)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--image-ids: {err}") from None
+    image_ids = read_image_ids(args.image_ids)
     try:
         summary = run_pipeline(
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
@@ -581,10 +554,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from uniap.cli import run_command
+    from uniap.cli import parse_args, run_command
 
     parser = build_parser()
-    return run_command(parser, run, parser.parse_args(argv))
+    return run_command(parser, run, parse_args(parser, argv))
 
 
 if __name__ == "__main__":  # pragma: no cover
