@@ -257,7 +257,7 @@ def test_help_shows_the_levels_default():
     assert "(default 0.8,0.7,0.6,0.5,0.4)" in " ".join(out.split())
 
 
-@pytest.mark.parametrize("command", [["uniap"], ["uniap.evaluation"], ["uniap_train"]])
+@pytest.mark.parametrize("command", [["uniap"], ["uniap.evaluation"], ["uniap_train"], ["uniap_train.predict"]])
 def test_version(command):
     res = subprocess.run([sys.executable, "-m", *command, "--version"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0

@@ -483,7 +483,7 @@ class _NoFeatures:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from uniap.cli import add_input_output_arguments
+    from uniap.cli import add_input_output_arguments, add_version
 
     parser = argparse.ArgumentParser(
         prog="uniap-predict",
@@ -491,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         "semantic groups and their nested levels, written as uniap-cli writes them.",
         epilog="Example: uniap-predict runs/paper/checkpoint_last.pt photos/ --out masks/ --viz viz/",
     )
+    add_version(parser)
     parser.add_argument("checkpoint", help="a uniap-train checkpoint of recipe paper (checkpoint_last.pt)")
     io = parser.add_argument_group("input and output (as uniap-cli)")
     add_input_output_arguments(io, batch_help="images per batch through the model (default 4)")

@@ -64,16 +64,9 @@ def process_chunk(stages: Stages, jobs: Sequence[Job], collect: bool = False,
             _fail(reports[i], err)
             continue
         start = timed(reports[i].timings, "decode", start)
-        if not stages.features.batched:
-            try:
-                (extracted,) = stages.features([image])
-            except Exception as err:
-                _fail(reports[i], err)
-                continue
-            timed(reports[i].timings, "features", start)
-        else:
-            extracted = None
-        ok.append((i, image, extracted))
+        entry = (i, image, None) if stages.features.batched else one_image_features(stages, i, image, reports[i], start)
+        if entry is not None:
+            ok.append(entry)
     if stages.features.batched and ok:
         ok = batched_features(stages, ok, reports)
     hierarchies = pool_features(stages, ok, reports)
@@ -97,22 +90,25 @@ def finished(reports: list[Report]) -> list[Report]:
     return list(reports)
 
 
+def one_image_features(stages: Stages, i: int, image: Any, report: Report, start: float) -> tuple | None:
+    """``(i, image, extracted)`` for one image, timed from ``start``; None when its features fail
+    (``report`` then says why, and the other images go on)."""
+    try:
+        (extracted,) = stages.features([image])
+    except Exception as err:
+        _fail(report, err)
+        return None
+    timed(report.timings, "features", start)
+    return i, image, extracted
+
+
 def batched_features(stages: Stages, ok: list, reports: list[Report]) -> list:
     start = time.perf_counter()
     try:
         extracted = stages.features([image for _, image, _ in ok])
     except Exception:  # find the image that fails: the others still get their masks
-        kept = []
-        for i, image, _ in ok:
-            start = time.perf_counter()
-            try:
-                (one,) = stages.features([image])
-            except Exception as err:
-                _fail(reports[i], err)
-                continue
-            timed(reports[i].timings, "features", start)
-            kept.append((i, image, one))
-        return kept
+        kept = [one_image_features(stages, i, image, reports[i], time.perf_counter()) for i, image, _ in ok]
+        return [entry for entry in kept if entry is not None]
     share = (time.perf_counter() - start) / len(ok)
     for i, _, _ in ok:
         reports[i].timings["features"] = share

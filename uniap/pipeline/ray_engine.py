@@ -55,7 +55,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .engine import Report, _fail, batched_features, encode_and_write, pool_features
+from .engine import Report, _fail, batched_features, encode_and_write, one_image_features, pool_features
 from .plan import Job
 from .sources import decode
 from .stages import Settings, Stages, timed
@@ -117,17 +117,10 @@ def _segment_states(stages: Stages, states: list[_State]) -> None:
     for i, state in enumerate(states):
         if state.report.status != "ok":
             continue
-        if stages.features.batched:
-            ok.append((i, state.image, None))
-            continue
-        start = time.perf_counter()
-        try:
-            (extracted,) = stages.features([state.image])
-        except Exception as err:
-            _fail(state.report, err)
-            continue
-        timed(state.report.timings, "features", start)
-        ok.append((i, state.image, extracted))
+        entry = (i, state.image, None) if stages.features.batched else \
+            one_image_features(stages, i, state.image, state.report, time.perf_counter())
+        if entry is not None:
+            ok.append(entry)
     if stages.features.batched and ok:
         ok = batched_features(stages, ok, reports)
     for (i, _, extracted), h in zip(ok, pool_features(stages, ok, reports)):
