@@ -12,21 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import uniap
 from uniap import io
-from uniap.features import get_extractor, load_image
+from uniap.features import get_extractor
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds500" / "images" / "val"
 
-
-@pytest.fixture(scope="module")
-def bsds_images():
-    paths = sorted(DATA.glob("*.jpg"))[:8]
-    if not paths:
-        pytest.skip("../shared/data/bsds500 is not beside this checkout")
-    return [load_image(p) for p in paths]
 
 
 def test_cli_per_image(benchmark, bsds_images, tmp_path):

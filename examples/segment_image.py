@@ -32,9 +32,11 @@ def main() -> int:
         print(f"segment_image: {err}", file=sys.stderr)
         return 1
 
-    h = result.hierarchy
-    print(f"{name}: {h.shape[0]}x{h.shape[1]} patches of {result.grid.patch_size} px, "
-          f"{result.grid.features.shape[-1]} features each ({result.grid.name})")
+    h, nodes = result.hierarchy, result.grid
+    patches = getattr(nodes, "grid", nodes)  # superpixels (the default) sit on a patch grid
+    print(f"{name}: {patches.grid_shape[0]}x{patches.grid_shape[1]} patches of {patches.patch_size} px, "
+          f"{nodes.features.shape[-1]} features each ({nodes.name})"
+          + (f"; UniAP on {nodes.features.shape[0]} superpixels" if nodes is not patches else ""))
     for i, lv in enumerate(h.levels):
         print(f"  level {i}  t={lv.threshold:.2f}  {lv.num_clusters:5d} clusters, "
               f"{int((lv.sizes >= h.min_size).sum()):4d} masks")

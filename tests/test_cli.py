@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from uniap.cli import main
+from uniap.features.regions import REGION_LEVELS
 from uniap.records import decode_rle
 
 from cli_helpers import exit_status
@@ -35,7 +36,8 @@ def check_sam_document(doc: dict, image_path: Path) -> None:
     assert {k: doc["image"][k] for k in ("file_name", "height", "width")} == {
         "file_name": image_path.name, "height": height, "width": width}
     assert isinstance(doc["image"]["image_id"], int)
-    assert doc["uniap"]["thresholds"] == [0.8, 0.7, 0.6, 0.5, 0.4]
+    assert doc["uniap"]["thresholds"] == list(REGION_LEVELS)  # the superpixel default
+    assert doc["uniap"]["refine"]["method"] == "superpixels" and doc["uniap"]["refine"]["nodes"] > 0
     assert doc["uniap"]["patch_size"] >= 1 and len(doc["uniap"]["grid"]) == 2
     anns = doc["annotations"]
     assert anns, "no masks"
@@ -71,7 +73,7 @@ def test_single_image_sam(images, tmp_path):
 def test_folder_run_with_options(images, tmp_path):
     out = tmp_path / "out"
     code = main([str(images), "--out", str(out), "--levels", "0.9,0.6,0.3", "--min-size", "2",
-                 "--semantic", "--upsampling", "bilinear", "--quiet"])
+                 "--semantic", "--refine", "none", "--upsampling", "bilinear", "--quiet"])
     assert code == 0
     files = sorted(p.name for p in out.iterdir())
     assert files == ["camera.json", "chelsea.json", "coffee.json"]
@@ -99,7 +101,7 @@ def test_png_format(images, tmp_path):
     assert main([str(images / "coffee.jpg"), "--out", str(root), "--format", "png", "--quiet"]) == 0
     out = root / "coffee"  # a folder per image below --out, as SAM's amg.py
     level_maps = sorted(out.glob("level_*.png"))
-    assert [p.name for p in level_maps] == [f"level_{i}.png" for i in range(5)]
+    assert [p.name for p in level_maps] == [f"level_{i}.png" for i in range(len(REGION_LEVELS))]
     maps = [np.asarray(Image.open(p)) for p in level_maps]
     height, width = np.asarray(Image.open(images / "coffee.jpg")).shape[:2]
     assert all(m.shape == (height, width) for m in maps)

@@ -14,6 +14,7 @@ from uniap.cli import main as cli_main
 from uniap.evaluation import levels_from_records, proposals_from_levels
 from uniap.evaluation.cli import main
 from uniap.evaluation.segmenters import Felzenszwalb, HigraWatershed, SlicRag, mean_colour_rag
+from uniap.records import decode_rle
 
 LEVELS = "0.7,0.5"  # two levels keep the boundary benchmark quick
 
@@ -95,15 +96,18 @@ def test_coco(shared_data, tmp_path):
     assert m["num_gt"] > 0
 
 
-def test_saved_predictions_match_a_direct_run(shared_data, tmp_path):
-    """Masks written by uniap-cli (every cluster a record) score exactly like a direct run."""
+@pytest.mark.parametrize("refine", ["superpixels", "none"])
+def test_saved_predictions_match_a_direct_run(shared_data, tmp_path, refine):
+    """Masks written by uniap-cli (every cluster a record) score exactly like a direct run,
+    with pixel-accurate superpixel levels (the default) and with patch levels."""
     bsds = shared_data / "bsds500"
     images = sorted((bsds / "images" / "val").glob("*.jpg"))[:3]
     masks = tmp_path / "masks"
+    flags = ["--refine", refine]
     assert cli_main([*map(str, images), "--out", str(masks), "--levels", LEVELS, "--min-size", "1",
-                     "--quiet"]) == 0
+                     "--quiet", *flags]) == 0
     common = ["--dataset", "bsds500", "--data", str(bsds), "--split", "val", "--limit", "3", "--no-boundary"]
-    code, direct = run_eval(tmp_path, *common, "--levels", LEVELS, name="direct.json")
+    code, direct = run_eval(tmp_path, *common, "--levels", LEVELS, *flags, name="direct.json")
     assert code == 0
     code, saved = run_eval(tmp_path, *common, "--predictions", str(masks), name="saved.json")
     assert code == 0
@@ -119,9 +123,9 @@ def test_saved_predictions_match_a_direct_run(shared_data, tmp_path):
     first = sorted((coco / "images").glob("*.jpg"))[:2]
     cmasks = tmp_path / "coco_masks"
     assert cli_main([*map(str, first), "--out", str(cmasks), "--levels", "0.5,0.4", "--min-size", "1",
-                     "--quiet"]) == 0
+                     "--quiet", *flags]) == 0
     common = ["--dataset", "coco", "--data", str(coco), "--limit", "2"]
-    code, direct = run_eval(tmp_path, *common, "--levels", "0.5,0.4", name="cdirect.json")
+    code, direct = run_eval(tmp_path, *common, "--levels", "0.5,0.4", *flags, name="cdirect.json")
     assert code == 0
     code, saved = run_eval(tmp_path, *common, "--predictions", str(cmasks), name="csaved.json")
     assert code == 0
@@ -294,6 +298,42 @@ def test_proposals_deduplicate_and_rank():
     # relabelling the levels changes nothing
     perm = proposals_from_levels((levels * 7 + 3) % 11, "stability")
     assert [p["segmentation"] for p in perm] == [p["segmentation"] for p in stab]
+
+
+def test_contrast_ranks_masks_set_off_by_an_edge_first():
+    """Two equally persistent, equally large masks: the one the image sets off by an edge
+    (a dark square on grey) outranks the one inside the flat grey (a fragment)."""
+    from uniap.evaluation.proposals import boundary_contrast, edge_strength
+
+    image = np.full((32, 32, 3), 128, np.uint8)
+    image[4:12, 4:12] = 20  # an object
+    levels = np.zeros((2, 32, 32), int)
+    levels[:, 4:12, 4:12] = 1  # the object, at both levels
+    levels[:, 20:28, 20:28] = 2  # a fragment of the background, same area and persistence
+    strength = edge_strength(image)
+    assert strength.mean() == pytest.approx(1.0)
+    contrast = boundary_contrast(levels[0], strength)
+    assert contrast[1] > 2 * contrast[2]
+    props = proposals_from_levels(levels, "contrast", image=image)
+    masks = [decode_rle(p["segmentation"]).astype(bool) for p in props]
+    rank = {name: next(i for i, m in enumerate(masks) if m.sum() == 64 and m[y, y])
+            for name, y in (("object", 4), ("fragment", 20))}
+    assert rank["object"] < rank["fragment"]
+    stab = proposals_from_levels(levels, "stability")
+    assert {p["segmentation"]["counts"] for p in stab} == {p["segmentation"]["counts"] for p in props}
+    with pytest.raises(ValueError, match="needs the image"):
+        proposals_from_levels(levels, "contrast")
+    with pytest.raises(ValueError, match="image is"):
+        proposals_from_levels(levels, "contrast", image=image[:10])
+    flat = np.full((8, 8, 3), 50, np.uint8)  # no gradient anywhere: every contrast is 1
+    assert np.all(boundary_contrast(np.eye(8, dtype=int), edge_strength(flat)) == 1.0)
+
+
+def test_saved_masks_load_the_image_only_for_the_contrast_rule(tmp_path):
+    from uniap.evaluation.segmenters import Predictions
+
+    assert Predictions(tmp_path).needs_image
+    assert not Predictions(tmp_path, score="stability").needs_image
 
 
 def test_levels_from_records_fill_holes():

@@ -218,11 +218,13 @@ def test_states_travel_between_stages_unchanged(local_ray, images):
     """Images, grids and hierarchies through Ray's object store, as Ray Data rows."""
     from uniap.pipeline.ray_engine import _dump, _load, _object_array
 
-    stages = Stages(Settings())
+    from uniap.pipeline.engine import _pool
+
+    stages = Stages(Settings())  # superpixel nodes: a RegionGraph travels in place of the grid
     items = expand_inputs([str(images)])[:3]
     decoded = [stages.decode(item) for item in items]
     extracted = stages.features(decoded)
-    hierarchies = stages.pool([e.features for e in extracted])
+    hierarchies = _pool(stages, extracted)
     payload = list(zip(decoded, [e.grid for e in extracted], hierarchies))
     dataset = ray.data.from_items([{"i": i, "state": _dump(p)} for i, p in enumerate(payload)])
     dataset = dataset.map_batches(lambda b: {"i": b["i"], "state": _object_array(list(b["state"]))},
@@ -233,6 +235,7 @@ def test_states_travel_between_stages_unchanged(local_ray, images):
         assert image2.dtype == np.uint8 and np.array_equal(image2, image)
         assert grid2.grid_shape == grid.grid_shape and grid2.patch_size == grid.patch_size
         assert np.array_equal(grid2.features, grid.features)
+        assert np.array_equal(grid2.regions, grid.regions) and np.array_equal(grid2.edges, grid.edges)
         assert np.array_equal(h2.labels, h.labels) and h2.thresholds == h.thresholds
         assert stages.encode(grid2, h2).records == stages.encode(grid, h).records
     assert pickle.loads(pickle.dumps(RayEngine())).batch_size == 4  # the engine itself is plain data

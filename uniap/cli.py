@@ -15,7 +15,9 @@ import signal
 import sys
 from typing import Any, Sequence
 
+from .features.regions import REFINES, REGION_LEVELS
 from .options import DEFAULT_LEVELS
+from .superpixels import DEFAULT_SIZE
 from .pipeline.runner import NUMBA_PAYS_OFF
 
 
@@ -171,11 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GPUs per Ray actor (default: 1 with --device cuda, else 0)")
 
     algo = parser.add_argument_group("UniAP settings (defaults: the library's)")
+    algo.add_argument("--refine", choices=REFINES, default="superpixels",
+                      help="UniAP's nodes: superpixels, each pooling the patch features under it, so masks "
+                      "follow the image's edges (default), or none: the feature patches (8 or 16 "
+                      "pixel staircases)")
+    algo.add_argument("--superpixel-size", type=positive_int, metavar="PIXELS",
+                      help=f"mean superpixel area (default {DEFAULT_SIZE}; --refine superpixels)")
     algo.add_argument("--levels", type=_levels, metavar="T1,T2,...",
                       help="strictly decreasing cosine thresholds in [-1, 1] (default "
-                      f"{','.join(f'{t:g}' for t in DEFAULT_LEVELS)})")
-    algo.add_argument("--min-size", type=positive_int, metavar="CELLS",
-                      help="smallest cluster (in patches) reported as a mask (default 4)")
+                      f"{','.join(f'{t:g}' for t in REGION_LEVELS)} with superpixels, "
+                      f"{','.join(f'{t:g}' for t in DEFAULT_LEVELS)} with --refine none)")
+    algo.add_argument("--min-size", type=positive_int, metavar="NODES",
+                      help="smallest cluster reported as a mask, in superpixels or patches (default 4)")
     algo.add_argument("--preset", choices=("released", "paper"),
                       help="released: the authors' code (default); paper: the paper's wording")
     algo.add_argument("--passes", choices=("until_stable", "single"))
@@ -189,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "where loading Numba would cost more than it saves; numba above; torch "
                       "for ViT features on a GPU)")
     algo.add_argument("--upsampling", choices=("nearest", "bilinear"), default="nearest",
-                      help="patch labels to pixels: nearest (default) or a bilinear refinement")
+                      help="--refine none: patch labels to pixels, nearest (default) or a bilinear "
+                      "refinement")
 
     feats = parser.add_argument_group("features")
     feats.add_argument("--features", choices=("default", "vit"), default="default",
@@ -259,7 +269,8 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, shard=shard, workers=args.workers, batch_size=args.batch_size,
             engine=args.engine, ray_address=args.ray_address, num_gpus=args.num_gpus, image_ids=image_ids,
             features=args.features, extractor_options=extractor_kwargs,
-            segment_options=segment_options(args), upsampling=args.upsampling,
+            segment_options=segment_options(args), upsampling=args.upsampling, refine=args.refine,
+            refine_options={} if args.superpixel_size is None else {"size": args.superpixel_size},
             all_levels=bool(args.all_levels), progress=not args.quiet,
         )
     except (InputError, PlanError) as err:

@@ -78,8 +78,10 @@ def pixel_labels(h: "Hierarchy", grid: "FeatureGrid", upsampling: str = "nearest
     ----------
     h : Hierarchy
         A 2-D grid hierarchy (any array library; brought to the host).
-    grid : FeatureGrid
-        The features the hierarchy was computed from: it knows how cells cover pixels.
+    grid : FeatureGrid or RegionGraph
+        The features the hierarchy was computed from: it knows how cells cover pixels.  For a
+        :class:`~uniap.features.RegionGraph` (superpixel nodes) every pixel takes its
+        superpixel's label: the levels are already pixel-accurate.
     upsampling : {"nearest", "bilinear"}
         "nearest": each pixel takes its cell's label (exact patch blocks).  "bilinear": the
         finest level takes, per pixel, the label with most bilinear weight among the four
@@ -93,6 +95,11 @@ def pixel_labels(h: "Hierarchy", grid: "FeatureGrid", upsampling: str = "nearest
     if upsampling not in UPSAMPLING:
         raise ValueError(f"upsampling must be one of {list(UPSAMPLING)}, got {upsampling!r}")
     h = h.numpy()
+    if hasattr(grid, "regions"):  # superpixel nodes: nothing to upsample
+        if upsampling != "nearest":
+            raise ValueError("upsampling applies to patch grids; with superpixel nodes (refine="
+                             "'superpixels') every level is already pixel-accurate")
+        return grid.to_image(h.labels).astype(np.int32)
     if upsampling == "nearest":
         return grid.to_image(h.labels).astype(np.int32)
     ys, xs = _cell_coordinates(grid)

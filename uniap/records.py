@@ -612,7 +612,8 @@ def hierarchy_records(
     Parameters
     ----------
     h : Hierarchy
-        On the host (``h.numpy()``), of a 2-D grid.
+        On the host (``h.numpy()``), of a 2-D grid, or of any graph (superpixels) when
+        ``pixel_labels`` are given.
     image_shape : (H, W), optional
         Output resolution for nearest-neighbour upsampling (default: the grid's).
     pixel_labels : ndarray of shape (L, H, W), optional
@@ -634,8 +635,8 @@ def hierarchy_records(
         the wrong shape.
     """
     grid = h.shape
-    if len(grid) != 2:
-        raise ValueError(f"records need a 2-D grid hierarchy, this one has shape {grid}")
+    if len(grid) != 2 and pixel_labels is None:
+        raise ValueError(f"records need a 2-D grid hierarchy or pixel_labels, this one has shape {grid}")
     num_levels = len(h)
     if pixel_labels is not None:
         pixel_labels = np.asarray(pixel_labels)

@@ -76,6 +76,6 @@ class CheckpointSegmenter(Segmenter):
                 out.proposals = [{"segmentation": r, "score": float(s), "area": int(a), "level": 0}
                                  for r, s, a in zip(rles, pred.scores[keep], areas)]
             else:
-                out.proposals = proposals_from_levels(pred.levels, self.score, self.min_area)
+                out.proposals = proposals_from_levels(pred.levels, self.score, self.min_area, image=image)
             out.timings["proposals"] = time.perf_counter() - t1
         return out

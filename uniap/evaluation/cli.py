@@ -46,6 +46,8 @@ SEGMENTER_FLAGS: dict[str, dict[str, str]] = {
     "connectivity": {"uniap": "connectivity"},
     "backend": {"uniap": "backend"},
     "upsampling": {"uniap": "upsampling"},
+    "refine": {"uniap": "refine"},
+    "superpixel_size": {"uniap": "superpixel_size"},
     "features": {"uniap": "features"},
     "scales": {"felzenszwalb": "scales"},
     "thresholds": {"slic_rag": "thresholds"},
@@ -100,15 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="--segmenter checkpoint: a uniap-train checkpoint of recipe paper")
     what.add_argument("--predictions", metavar="DIR",
                       help="evaluate saved masks instead: DIR/<image stem>.json from uniap-cli --format sam")
-    what.add_argument("--score", choices=("stability", "persistence", "area", "level", "random", "record"),
-                      help="coco: how each image's masks are ranked (default stability; record: the "
+    what.add_argument("--score", choices=("contrast", "stability", "persistence", "area", "level", "random", "record"),
+                      help="coco: how each image's masks are ranked (default contrast; record: the "
                       "masks' own score, for uniap and --predictions)")
     what.add_argument("--min-area", type=positive_int, metavar="PIXELS",
                       help="coco: smallest mask proposed (default 1)")
 
     u = parser.add_argument_group("uniap")
+    u.add_argument("--refine", choices=("superpixels", "none"),
+                   help="UniAP's nodes: superpixels (default; pixel-accurate masks) or none: the patches")
+    u.add_argument("--superpixel-size", type=positive_int, metavar="PIXELS",
+                   help="mean superpixel area (default 150)")
     u.add_argument("--levels", type=_numbers(float), metavar="T1,T2,...",
-                   help="strictly decreasing thresholds (default 0.8,0.7,0.6,0.5,0.4)")
+                   help="strictly decreasing thresholds (default 0.9,0.8,...,0.2 with superpixels, "
+                   "0.8,0.7,0.6,0.5,0.4 with --refine none)")
     u.add_argument("--min-size", type=positive_int, metavar="N",
                    help="uniap: smallest cluster in patches reported as a mask (default 4); "
                    "felzenszwalb: smallest component in pixels (default 20)")

@@ -69,7 +69,7 @@ class Segmenter:
     needs_image = True
     record_scores = False  # whether score="record" means something
 
-    def __init__(self, score: str = "stability", min_area: int = 1):
+    def __init__(self, score: str = "contrast", min_area: int = 1):
         allowed = SCORES + (("record",) if self.record_scores else ())
         if score not in allowed:
             raise ValueError(f"--score {score} does not apply to {self.name}; choose one of {list(allowed)}")
@@ -97,7 +97,7 @@ class Segmenter:
         t0 = time.perf_counter()
         levels = self.label_maps(image)
         t1 = time.perf_counter()
-        props = proposals_from_levels(levels, self.score, self.min_area) if proposals else None
+        props = proposals_from_levels(levels, self.score, self.min_area, image=image) if proposals else None
         timings = {"segment": t1 - t0}
         if proposals:
             timings["proposals"] = time.perf_counter() - t1
@@ -125,7 +125,11 @@ class Uniap(Segmenter):
     levels : thresholds, strictly decreasing (the library's default when None)
     features : extractor name for :func:`uniap.features.get_extractor` (``"default"``)
     feature_options : dict passed to the extractor
-    upsampling : ``"nearest"`` or ``"bilinear"`` (:func:`uniap.pixels.pixel_labels`)
+    refine : ``"superpixels"`` (default: UniAP on the image's superpixels,
+        :class:`uniap.features.RegionFeatures`) or ``"none"`` (on the patch grid)
+    superpixel_size : mean superpixel area in pixels (default 150)
+    upsampling : ``"nearest"`` or ``"bilinear"`` (:func:`uniap.pixels.pixel_labels`;
+        ``refine="none"`` only)
     score : a rule of :mod:`uniap.evaluation.proposals`, or ``"record"``: the masks are the SAM
         records (clusters of at least ``min_size`` patches) ranked by their ``score``
         (cohesion, the mean cosine of members to their cluster's feature)
@@ -136,25 +140,37 @@ class Uniap(Segmenter):
     record_scores = True
 
     def __init__(self, levels: Sequence[float] | None = None, *, features: str = "default",
-                 feature_options: dict | None = None, upsampling: str = "nearest",
-                 score: str = "stability", min_area: int = 1, **options: Any):
+                 feature_options: dict | None = None, refine: str = "superpixels",
+                 superpixel_size: int | None = None, upsampling: str = "nearest",
+                 score: str = "contrast", min_area: int = 1, **options: Any):
         super().__init__(score, min_area)
-        from ..features import get_extractor
-        from ..options import DEFAULT_LEVELS, check_levels
+        from ..features import REFINES, get_extractor, refined
+        from ..features.regions import default_levels
+        from ..options import check_levels
         from ..pixels import UPSAMPLING
 
-        self.levels = check_levels(DEFAULT_LEVELS if levels is None else levels)
+        if refine not in REFINES:
+            raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {list(UPSAMPLING)}, got {upsampling!r}")
+        if refine == "superpixels" and upsampling != "nearest":
+            raise ValueError("--upsampling applies to --refine none only: superpixel levels are pixel-accurate")
+        if refine != "superpixels" and superpixel_size is not None:
+            raise ValueError("--superpixel-size applies to --refine superpixels only")
+        self.levels = check_levels(default_levels(refine) if levels is None else levels)
+        self.refine = refine
+        self.superpixel_size = superpixel_size
         self.upsampling = upsampling
         self.features = features
         self.feature_options = {k: v for k, v in (feature_options or {}).items() if v is not None}
         self.options = {k: v for k, v in options.items() if v is not None}
-        self.extractor = get_extractor(features, **self.feature_options)
+        self.extractor = refined(get_extractor(features, **self.feature_options), refine,
+                                 **({} if superpixel_size is None else {"size": superpixel_size}))
 
     def params(self) -> dict[str, Any]:
         return {"levels": list(self.levels), "features": self.features,
-                "feature_options": dict(self.feature_options), "upsampling": self.upsampling,
+                "feature_options": dict(self.feature_options), "refine": self.refine,
+                "superpixel_size": self.superpixel_size, "upsampling": self.upsampling,
                 **self.options, **super().params()}
 
     def level_names(self) -> list[str]:
@@ -167,13 +183,16 @@ class Uniap(Segmenter):
                 **self.options)
 
     def _run(self, image: np.ndarray):
-        from ..api import segment
+        from ..api import segment, segment_graph
         from ..pixels import pixel_labels
 
         t0 = time.perf_counter()
         grid = self.extractor(image)
         t1 = time.perf_counter()
-        h = segment(grid.features, levels=self.levels, **self.options).numpy()
+        if hasattr(grid, "edges"):  # superpixel nodes
+            h = segment_graph(grid.features, grid.edges, levels=self.levels, **self.options).numpy()
+        else:
+            h = segment(grid.features, levels=self.levels, **self.options).numpy()
         labels = pixel_labels(h, grid, self.upsampling)
         return h, labels, {"features": t1 - t0, "pooling": time.perf_counter() - t1}
 
@@ -186,7 +205,7 @@ class Uniap(Segmenter):
             out = Segmentation(labels, None, timings)
             if proposals:
                 t = time.perf_counter()
-                out.proposals = proposals_from_levels(labels, self.score, self.min_area)
+                out.proposals = proposals_from_levels(labels, self.score, self.min_area, image=image)
                 timings["proposals"] = time.perf_counter() - t
             return out
         from ..records import hierarchy_records
@@ -236,7 +255,7 @@ class Felzenszwalb(Segmenter):
     name = "felzenszwalb"
 
     def __init__(self, scales: Sequence[float] = (50, 100, 200, 400, 800, 1600), *, sigma: float = 0.8,
-                 min_size: int = 20, score: str = "stability", min_area: int = 1):
+                 min_size: int = 20, score: str = "contrast", min_area: int = 1):
         super().__init__(score, min_area)
         self.scales = _floats(scales, "scales")
         self.sigma = float(sigma)
@@ -310,7 +329,7 @@ class SlicRag(Segmenter):
     name = "slic_rag"
 
     def __init__(self, thresholds: Sequence[float] = (0, 5, 8, 12, 16, 22, 30), *, n_segments: int = 600,
-                 compactness: float = 10.0, sigma: float = 1.0, score: str = "stability", min_area: int = 1):
+                 compactness: float = 10.0, sigma: float = 1.0, score: str = "contrast", min_area: int = 1):
         super().__init__(score, min_area)
         self.thresholds = _floats(thresholds, "thresholds")
         self.n_segments = int(n_segments)
@@ -386,7 +405,7 @@ class HigraWatershed(Segmenter):
     ATTRIBUTES = ("area", "volume", "dynamics")
 
     def __init__(self, regions: Sequence[int] = (1000, 300, 100, 30, 10, 3), *, attribute: str = "area",
-                 sigma: float = 1.0, score: str = "stability", min_area: int = 1):
+                 sigma: float = 1.0, score: str = "contrast", min_area: int = 1):
         super().__init__(score, min_area)
         regions = tuple(int(r) for r in regions)
         if not regions or any(r < 1 for r in regions) or any(np.diff(regions) >= 0):
@@ -487,12 +506,17 @@ class Predictions(Segmenter):
     """
 
     name = "predictions"
-    needs_image = False
     record_scores = True
 
-    def __init__(self, folder, *, score: str = "stability", min_area: int = 1):
+    def __init__(self, folder, *, score: str = "contrast", min_area: int = 1):
         super().__init__(score, min_area)
         self.folder = Path(folder)
+
+    @property
+    def needs_image(self) -> bool:  # saved masks alone, unless the ranking looks at the image
+        from .proposals import NEEDS_IMAGE
+
+        return self.score in NEEDS_IMAGE
 
     def params(self) -> dict[str, Any]:
         return {"folder": str(self.folder), **super().params()}
@@ -526,7 +550,7 @@ class Predictions(Segmenter):
             if self.score == "record":
                 out.proposals = records_to_proposals(records, self.min_area)
             else:
-                out.proposals = proposals_from_levels(levels, self.score, self.min_area)
+                out.proposals = proposals_from_levels(levels, self.score, self.min_area, image=image)
             out.timings["proposals"] = time.perf_counter() - t1
         return out
 

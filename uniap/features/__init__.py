@@ -19,6 +19,7 @@ from typing import Any
 from .base import FeatureExtractor, FeatureGrid, MissingFileError, working_shape
 from .default import DefaultFeatures, Vocabulary
 from .image import load_image
+from .regions import REFINES, RegionFeatures, RegionGraph, pool_grid, refined
 from .vit import DEFAULT_MODEL, VitFeatures, load_state_dict
 
 __all__ = [
@@ -28,12 +29,17 @@ __all__ = [
     "FeatureExtractor",
     "FeatureGrid",
     "MissingFileError",
+    "REFINES",
+    "RegionFeatures",
+    "RegionGraph",
     "VitFeatures",
     "Vocabulary",
     "extract",
     "get_extractor",
     "load_image",
     "load_state_dict",
+    "pool_grid",
+    "refined",
     "working_shape",
 ]
 

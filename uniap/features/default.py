@@ -282,6 +282,56 @@ class DefaultFeatures:
             resized_shape=resized,
         )
 
+    def region_features(self, image: ImageLike, regions: np.ndarray) -> np.ndarray:
+        """Features of arbitrary regions, from their own pixels: pixel-accurate node features.
+
+        Each region gets what a patch would get if it were that region: the colour and texture
+        histograms of its pixels (the same words and soft assignment as :meth:`__call__`),
+        normalised as patches are (the image's mean histogram being the mean over its
+        pixels), the position term at its centroid, and the whole scaled by its area in
+        patches, so that UniAP's sums weigh regions by their size as they weigh patches.
+
+        Parameters
+        ----------
+        image : str, path-like or ndarray
+            As for :meth:`__call__`.
+        regions : ndarray of shape (H, W), integer
+            A label map at the image's resolution, labels 0 .. N-1 (e.g.
+            :func:`uniap.superpixels.superpixels`).
+
+        Returns
+        -------
+        ndarray of shape (N, C), float32
+            ``C`` is :attr:`dim`.  A region none of whose pixels the extractor samples (only
+            possible when ``max_side`` shrinks the image) gets a row of NaN.
+
+        Raises
+        ------
+        ValueError
+            If ``regions`` is not (H, W) or holds negative labels.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skimage import data
+        >>> image = data.coffee()
+        >>> halves = np.zeros(image.shape[:2], np.int64)
+        >>> halves[:, 300:] = 1
+        >>> x = DefaultFeatures().region_features(image, halves)
+        >>> x.shape
+        (2, 34)
+        """
+        rgb = load_image(image)
+        regions = np.asarray(regions)
+        if regions.shape != rgb.shape[:2] or not np.issubdtype(regions.dtype, np.integer):
+            raise ValueError(f"regions must be an integer label map of shape {rgb.shape[:2]}, got "
+                             f"{regions.dtype} of shape {regions.shape}")
+        if regions.size and int(regions.min()) < 0:
+            raise ValueError("regions must hold labels >= 0")
+        shape = working_shape(rgb.shape[:2], self.patch_size, self.max_side)
+        resized = rgb.shape[:2] if shape is None else tuple(shape)
+        return _region_features(self._padded_image(rgb), self, regions, resized)
+
     def _padded_image(self, rgb: np.ndarray) -> _PaddedImage:
         """``rgb`` resized for ``max_side``, padded (lazily) to multiples of the patch size."""
         shape = working_shape(rgb.shape[:2], self.patch_size, self.max_side)
@@ -478,23 +528,7 @@ def _histogram_features(img: _PaddedImage, opts: DefaultFeatures) -> np.ndarray:
     kinds = _kinds(opts)
     band = _band_rows(q, W // stride)
     whole = _descriptors(img.whole(), opts) if _one_band(img, opts) else None
-    vocab = opts.vocabulary
-    words = {}
-    if vocab is None:
-        rng = np.random.default_rng(opts.seed)
-        n_sampled = img.sampled_pixels(stride)
-        sample = rng.choice(n_sampled, size=min(opts.sample_size, n_sampled), replace=False)
-        if whole is not None:
-            samples = {kind: d.reshape(d.shape[0], -1)[:, sample] for kind, d in whole.items()}
-        else:
-            samples = _sampled_descriptors(img, opts, {kind: sample for kind in kinds})
-        for kind in kinds:  # in this order: the k-means draws share ``rng``
-            k, softness, _ = _WORD_SETTINGS[kind](opts)
-            centres, gap = _fit_words(samples.pop(kind).T, k, rng)
-            words[kind] = centres, _tau(softness, gap)
-    else:
-        for kind in kinds:
-            words[kind] = vocab.words(kind, _WORD_SETTINGS[kind](opts)[1])
+    words = _image_words(img, opts, whole)
     hists = {kind: np.empty((words[kind][0].shape[0], h, w), np.float32) for kind in kinds}
     for r0 in range(0, h, band):
         r1 = min(h, r0 + band)
@@ -520,6 +554,114 @@ def _histogram_features(img: _PaddedImage, opts: DefaultFeatures) -> np.ndarray:
         c0 += k
     if opts.position_weight:
         out[..., c0:] = _position(h, w, opts.position_weight)
+    return out
+
+
+def _image_words(img: _PaddedImage, opts: DefaultFeatures, whole: dict | None) -> dict:
+    """kind -> (words, tau): the shared vocabulary's, or fitted on pixels sampled from the image."""
+    kinds = _kinds(opts)
+    words = {}
+    if opts.vocabulary is not None:
+        for kind in kinds:
+            words[kind] = opts.vocabulary.words(kind, _WORD_SETTINGS[kind](opts)[1])
+        return words
+    rng = np.random.default_rng(opts.seed)
+    n_sampled = img.sampled_pixels(_stride(opts.patch_size))
+    sample = rng.choice(n_sampled, size=min(opts.sample_size, n_sampled), replace=False)
+    if whole is not None:
+        samples = {kind: d.reshape(d.shape[0], -1)[:, sample] for kind, d in whole.items()}
+    else:
+        samples = _sampled_descriptors(img, opts, {kind: sample for kind in kinds})
+    for kind in kinds:  # in this order: the k-means draws share ``rng``
+        k, softness, _ = _WORD_SETTINGS[kind](opts)
+        centres, gap = _fit_words(samples.pop(kind).T, k, rng)
+        words[kind] = centres, _tau(softness, gap)
+    return words
+
+
+def _region_features(img: _PaddedImage, opts: DefaultFeatures, regions: np.ndarray,
+                     resized: tuple[int, int]) -> np.ndarray:
+    """Features of the regions of an original-resolution label map (``region_features``).
+
+    The descriptors are computed and softly assigned band by band exactly as for patches, but
+    each pixel's assignment is added to its region (by ``bincount``) instead of its patch.
+    """
+    p = opts.patch_size
+    H, W = img.shape
+    height, width = regions.shape
+    n = int(regions.max()) + 1
+    stride = _stride(p)
+    q = p // stride
+    band = _band_rows(q, W // stride)
+    whole = _descriptors(img.whole(), opts) if _one_band(img, opts) else None
+    words = _image_words(img, opts, whole)
+    # Original pixel of each descriptor pixel (working pixel ``stride * i``), -1 in the padding.
+    maps = []
+    for n_work, n_resized, n_orig in ((H, resized[0], height), (W, resized[1], width)):
+        work = np.arange(0, n_work, stride)
+        orig = np.floor((work + 0.5) * n_orig / n_resized).astype(np.int64)
+        maps.append(np.where(work < n_resized, np.minimum(orig, n_orig - 1), -1))
+    row_map, col_map = maps
+    sums = {kind: np.zeros((n, words[kind][0].shape[0])) for kind in words}
+    count = np.zeros(n)
+    cols_ok = col_map >= 0
+    for r0 in range(0, H // p, band):
+        r1 = min(H // p, r0 + band)
+        rows = row_map[r0 * q: r1 * q]
+        ids = np.full((rows.size, col_map.size), -1, np.int64)
+        ok_rows = rows >= 0
+        ids[np.ix_(ok_rows, cols_ok)] = regions[rows[ok_rows]][:, col_map[cols_ok]]
+        ids = ids.ravel()
+        inside = ids >= 0
+        if not inside.any():
+            continue
+        region = ids[inside]
+        count += np.bincount(region, minlength=n)
+        desc = whole if whole is not None else _band_descriptors(img, opts, r0 * p, r1 * p)
+        for kind, (centres, tau) in words.items():
+            d = desc[kind]
+            flat = d.reshape(d.shape[0], -1)
+            if whole is not None:
+                flat = flat[:, r0 * q * d.shape[2]: r1 * q * d.shape[2]]
+            a = _soft_assign(flat, centres, tau)[:, inside]
+            for j in range(a.shape[0]):
+                sums[kind][:, j] += np.bincount(region, a[j], minlength=n)
+        del desc
+    del whole
+    covered = count > 0
+    parts = []
+    for kind, total in sums.items():
+        hist = total / np.maximum(count, 1)[:, None]
+        mean = total.sum(0) / max(count.sum(), 1.0)
+        x = hist - opts.centering * mean
+        x *= _WORD_SETTINGS[kind](opts)[2] / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+        parts.append(x)
+    if opts.position_weight:
+        parts.append(_region_position(regions, (H // p, W // p), resized, p, opts.position_weight))
+    out = np.concatenate(parts, axis=1)
+    # Each region counts as many patches as it covers, so UniAP's sums weigh it by its area.
+    cell_area = p * p * (height / resized[0]) * (width / resized[1])
+    out *= np.bincount(regions.ravel(), minlength=n)[:, None] / cell_area
+    out[~covered] = np.nan
+    return out.astype(np.float32)
+
+
+def _region_position(regions: np.ndarray, grid: tuple[int, int], resized: tuple[int, int], p: int,
+                     weight: float) -> np.ndarray:
+    """Each region's centroid in grid cells, standardised as :func:`_position` does cells."""
+    n = int(regions.max()) + 1
+    height, width = regions.shape
+    flat = regions.ravel()
+    area = np.maximum(np.bincount(flat, minlength=n), 1)
+    out = np.zeros((n, 2))
+    for axis, (cells, n_resized, n_orig) in enumerate(zip(grid, resized, (height, width))):
+        if cells < 2:
+            continue
+        coord = (np.arange(n_orig) + 0.5) * n_resized / n_orig / p - 0.5  # pixel centre, in cells
+        along = np.broadcast_to(coord[:, None] if axis == 0 else coord[None, :], regions.shape)
+        centroid = np.bincount(flat, along.ravel(), minlength=n) / area
+        cell = np.arange(cells, dtype=np.float64)
+        out[:, axis] = (centroid - cell.mean()) / cell.std() * (weight / np.sqrt(2.0))
     return out
 
 
@@ -787,6 +929,13 @@ def _soft_band(flat: np.ndarray, centres: np.ndarray, tau: float, p: int, out: n
     k = centres.shape[0]
     rows, w = out.shape[1:]
     W = w * p
+    a = _soft_assign(flat, centres, tau)
+    a = a.reshape(k * rows, p, W).sum(axis=1)  # sum the p rows of each patch
+    out[...] = a.reshape(k, rows, w, p).sum(axis=3)  # and its p columns
+
+
+def _soft_assign(flat: np.ndarray, centres: np.ndarray, tau: float) -> np.ndarray:
+    """Each pixel's soft assignment ``exp(-|x - c|^2 / tau)`` to the words, normalised: (k, n)."""
     # logit = -|x - c|^2 / tau up to a per-pixel constant (|x|^2 cancels in the normalisation)
     weight = (2.0 / tau * centres).astype(np.float32)  # (k, d)
     bias = ((centres * centres).sum(1) / tau).astype(np.float32)[:, None]
@@ -795,8 +944,7 @@ def _soft_band(flat: np.ndarray, centres: np.ndarray, tau: float, p: int, out: n
     a -= a.max(axis=0)
     np.exp(a, out=a)
     a *= np.float32(1.0) / a.sum(axis=0)
-    a = a.reshape(k * rows, p, W).sum(axis=1)  # sum the p rows of each patch
-    out[...] = a.reshape(k, rows, w, p).sum(axis=3)  # and its p columns
+    return a
 
 
 def _kmeans(pts: np.ndarray, k: int, rng: np.random.Generator, iters: int = 8) -> np.ndarray:

@@ -120,13 +120,13 @@ def pool_features(stages: Stages, ok: list, reports: list[Report]) -> list:
         return []
     start = time.perf_counter()
     try:
-        hierarchies = stages.pool([e.features for _, _, e in ok])
+        hierarchies = _pool(stages, [e for _, _, e in ok])
     except Exception:
         hierarchies = []
         for i, _, e in ok:
             one = time.perf_counter()
             try:
-                hierarchies.append(stages.pool([e.features])[0])
+                hierarchies.append(_pool(stages, [e])[0])
                 timed(reports[i].timings, "pooling", one)
             except Exception as err:
                 _fail(reports[i], err)
@@ -136,6 +136,13 @@ def pool_features(stages: Stages, ok: list, reports: list[Report]) -> list:
     for i, _, _ in ok:
         reports[i].timings["pooling"] = share
     return hierarchies
+
+
+def _pool(stages: Stages, extracted: list) -> list:
+    """One pooling call for a batch: grids in one :func:`uniap.segment`, region graphs by edges."""
+    edges = [getattr(e.grid, "edges", None) for e in extracted]
+    features = [e.features for e in extracted]
+    return stages.pool(features, edges) if any(x is not None for x in edges) else stages.pool(features)
 
 
 def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, collect: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api import segment
+from ..api import segment, segment_graph
 from ..hierarchy import Hierarchy
 from .stages import encode, uniap_info
 
@@ -20,15 +20,16 @@ class ImageSegmentation:
     Attributes
     ----------
     hierarchy : Hierarchy
-        The UniAP hierarchy on the patch grid (on the host).
+        The UniAP hierarchy on the host: of the superpixel graph (labels per superpixel) or
+        of the patch grid.
     records : list of dict
         SAM-style records at the original image's resolution (:mod:`uniap.records`).
     pixel_labels : ndarray of shape (L, H, W), int32
         Instance label maps at image resolution, nested across levels.
     semantic_labels : ndarray of shape (L, H, W), int32, or None
         Semantic groups at image resolution (``semantic=True``).
-    grid : FeatureGrid
-        The features and how their cells cover the image's pixels.
+    grid : RegionGraph or FeatureGrid
+        The nodes' features and how they cover the image's pixels.
     image : ndarray of shape (H, W, 3), uint8
     timings : dict
         Seconds spent in ``features``, ``pooling`` (UniAP) and ``records``.
@@ -51,11 +52,18 @@ def segment_image(
     image: Any,
     extractor: Any | None = None,
     *,
+    refine: str = "superpixels",
+    superpixel_size: int | None = None,
     upsampling: str = "nearest",
     unique: bool = True,
     **options: Any,
 ) -> ImageSegmentation:
-    """Masks of one image: extract patch features, run :func:`uniap.segment`, map to pixels.
+    """Masks of one image: extract features, run UniAP, map to pixels.
+
+    With ``refine="superpixels"`` (default) UniAP's nodes are the image's superpixels, each
+    pooling the patch features under it (:class:`uniap.features.RegionFeatures`), so every level
+    follows the image's edges; with ``"none"`` they are the extractor's patches
+    (:func:`uniap.segment` on the grid) and regions are unions of patches.
 
     Parameters
     ----------
@@ -64,13 +72,20 @@ def segment_image(
         :func:`uniap.features.load_image`).
     extractor : callable, optional
         A feature extractor (:mod:`uniap.features`); the embedded default when None.
+    refine : {"superpixels", "none"}
+        UniAP's nodes: superpixels (pixel-accurate levels) or patches.
+    superpixel_size : int, optional
+        Mean superpixel area in pixels (default 150; ``refine="superpixels"`` only).
     upsampling : {"nearest", "bilinear"}
-        How grid labels become pixel labels (:func:`uniap.pixels.pixel_labels`).
+        How patch labels become pixel labels (:func:`uniap.pixels.pixel_labels`;
+        ``refine="none"`` only).
     unique : bool
         True (default): one record per distinct mask, with the ``levels`` it spans; False:
         one record per cluster and level (:func:`uniap.records.hierarchy_records`).
     **options
-        Passed to :func:`uniap.segment` (levels, min_size, preset, semantic, backend, ...).
+        Passed to :func:`uniap.segment` / :func:`uniap.segment_graph` (levels, min_size,
+        preset, semantic, backend, ...).  The default levels are
+        :data:`uniap.features.regions.REGION_LEVELS` for superpixels, the library's for patches.
 
     Returns
     -------
@@ -83,15 +98,24 @@ def segment_image(
     >>> result.pixel_labels.shape
     (2, 400, 600)
     """
-    from ..features import get_extractor, load_image
+    from ..features import get_extractor, load_image, refined
+    from ..features.regions import default_levels
 
+    if refine != "superpixels" and superpixel_size is not None:
+        raise ValueError("superpixel_size applies to refine='superpixels' only")
+    if refine == "superpixels" and upsampling != "nearest":
+        raise ValueError("upsampling applies to refine='none' only: superpixel levels are pixel-accurate")
+    extractor = refined(get_extractor("default") if extractor is None else extractor, refine,
+                        **({} if superpixel_size is None else {"size": superpixel_size}))
+    options.setdefault("levels", default_levels(refine))
     pixels = load_image(image)
-    if extractor is None:
-        extractor = get_extractor("default")
     t0 = time.perf_counter()
     grid = extractor(pixels)
     t1 = time.perf_counter()
-    h = segment(grid.features, **options).numpy()
+    if hasattr(grid, "edges"):
+        h = segment_graph(grid.features, grid.edges, **options).numpy()
+    else:
+        h = segment(grid.features, **options).numpy()
     t2 = time.perf_counter()
     encoded = encode(grid, h, upsampling=upsampling, unique=unique)
     t3 = time.perf_counter()

@@ -19,6 +19,7 @@ from .engine import LocalEngine, Report
 from .plan import PlanError, plan_jobs, signature
 from .sinks import COLLECTORS
 from .sources import expand_inputs
+from ..features.regions import refined
 from .stages import Settings, Stages
 
 FORMATS = ("sam", "coco", "png", "parquet")
@@ -56,6 +57,22 @@ class RunSummary:
     failures_path: Path | None = None
 
 
+def check_refine(refine: str, refine_options: dict | None, upsampling: str,
+                 segment_options: dict | None) -> None:
+    """Raise ValueError naming the option when ``refine`` and the other options do not fit."""
+    from ..features import REFINES
+
+    if refine not in REFINES:
+        raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
+    if refine == "superpixels":
+        if upsampling != "nearest":
+            raise ValueError("upsampling applies to refine 'none' only: superpixel levels are pixel-accurate")
+        if "connectivity" in (segment_options or {}):
+            raise ValueError("connectivity applies to refine 'none' only: superpixels are joined where they touch")
+    elif refine_options:
+        raise ValueError(f"{', '.join(sorted(refine_options))} applies to refine 'superpixels' only")
+
+
 def run(
     inputs: Sequence[str],
     out: str,
@@ -74,6 +91,8 @@ def run(
     features: str = "default",
     extractor_options: dict[str, Any] | None = None,
     segment_options: dict[str, Any] | None = None,
+    refine: str = "superpixels",
+    refine_options: dict[str, Any] | None = None,
     upsampling: str = "nearest",
     all_levels: bool = False,
     progress: bool = True,
@@ -117,16 +136,22 @@ def run(
     features, extractor_options : str, dict
         The extractor and its options (:func:`uniap.features.get_extractor`).
     segment_options : dict
-        Options of :func:`uniap.segment`.
+        Options of :func:`uniap.segment` (default levels: those of the nodes, below).
+    refine : {"superpixels", "none"}
+        UniAP's nodes: the image's superpixels, each pooling the patch features under it, so every
+        level is pixel-accurate (default; :class:`uniap.features.RegionFeatures`), or the
+        extractor's patches.
+    refine_options : dict, optional
+        Options of :class:`~uniap.features.RegionFeatures` (``size``, ``compactness``).
     upsampling : {"nearest", "bilinear"}
-        Patch labels to pixels.
+        Patch labels to pixels (``refine="none"`` only).
     all_levels : bool
         One record per mask and level instead of one per distinct mask.
     progress : bool
         A progress bar on standard error.
     extractor : FeatureExtractor, optional
-        An extractor built already (used by this process; workers build their own from
-        ``features`` and ``extractor_options``).
+        An extractor built already (used by this process, wrapped for ``refine``; workers
+        build their own from ``features`` and ``extractor_options``).
 
     Returns
     -------
@@ -146,10 +171,11 @@ def run(
     if not isinstance(engine, str) and not callable(getattr(engine, "run", None)):
         raise TypeError(f"engine must be a name ({', '.join(ENGINES)}) or an engine with a run method, "
                         f"got {type(engine).__name__}")
+    check_refine(refine, refine_options, upsampling, segment_options)
     items = expand_inputs(inputs, file_lists)
     settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
-                        unique=not all_levels)
+                        unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}))
     digest = signature(settings.signature_fields())
     if format in COLLECTORS and not overwrite and (existing := COLLECTORS[format].existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")
@@ -164,6 +190,8 @@ def run(
         from dataclasses import replace
 
         settings = replace(settings, host_backend="numpy")
+    if extractor is not None:
+        extractor = refined(extractor, refine, **(refine_options or {}))
     stages = Stages(settings, extractor)  # builds the extractor: bad weights fail here, early
     _prepare_folders(out, viz, plan)
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..api import segment
+from ..api import segment, segment_graph
 from ..hierarchy import Hierarchy
 from ..pixels import pixel_labels as to_pixel_labels
 from ..records import hierarchy_records, semantic_of_clusters
@@ -44,6 +44,11 @@ class Settings:
         Patch labels to pixels (:func:`uniap.pixels.pixel_labels`).
     unique : bool
         One record per distinct mask (default) or one per level (``--all-levels``).
+    refine : {"superpixels", "none"}
+        UniAP's nodes: superpixels, pixel-accurate levels (default,
+        :class:`uniap.features.RegionFeatures`) or the patch grid itself.
+    refine_options : dict
+        Keyword arguments of :class:`~uniap.features.RegionFeatures` (``size``, ``compactness``).
     threads : int, optional
         BLAS, OpenMP and torch threads of a worker (several workers share the cores).
     """
@@ -54,28 +59,38 @@ class Settings:
     host_backend: str | None = None
     upsampling: str = "nearest"
     unique: bool = True
+    refine: str = "superpixels"
+    refine_options: dict = field(default_factory=dict)
     threads: int | None = None
 
     def build_extractor(self) -> Any:
-        from ..features import get_extractor
+        from ..features import get_extractor, refined
 
         if self.threads and self.features != "default":
             import torch
 
             torch.set_num_threads(self.threads)
-        return get_extractor(self.features, **self.extractor_options)
+        return refined(get_extractor(self.features, **self.extractor_options), self.refine,
+                       **self.refine_options)
+
+    def pool_options(self) -> dict[str, Any]:
+        """``segment_options`` with the default levels of the nodes ``refine`` makes."""
+        from ..features.regions import default_levels
+
+        return {"levels": default_levels(self.refine), **self.segment_options}
 
     def signature_fields(self) -> dict[str, Any]:
         """What an output records so that a rerun can tell whether it is still valid."""
         from ..options import resolve_options
 
-        options = {k: v for k, v in self.segment_options.items() if k != "backend"}
+        options = {k: v for k, v in self.pool_options().items() if k != "backend"}
         resolved = resolve_options(**{k: v for k, v in options.items() if k in _RESOLVED})
         extractor = {k: _describe(v) for k, v in sorted(self.extractor_options.items()) if v is not None}
         extractor.pop("device", None)  # where the model runs does not change what it computes
         return {"features": self.features, "extractor": extractor,
                 "options": {**resolved.as_dict(), **{k: v for k, v in options.items() if k not in _RESOLVED}},
-                "upsampling": self.upsampling, "unique": self.unique}
+                "upsampling": self.upsampling, "unique": self.unique,
+                "refine": {"method": self.refine, **self.refine_options}}
 
 
 _RESOLVED = {"levels", "preset", "passes", "pooling", "vote_weight", "temperature", "semantic", "min_size"}
@@ -100,7 +115,8 @@ def _describe(value: Any) -> Any:
 @dataclass
 class Extracted:
     """Features of one image: ``grid`` on the host, ``features`` wherever they were computed
-    (a device tensor for a ViT on a GPU, else ``grid.features``)."""
+    (a device tensor for a ViT on a GPU, else ``grid.features``).  ``grid`` is a
+    :class:`~uniap.features.RegionGraph` when UniAP's nodes are superpixels."""
 
     grid: Any
     features: Any
@@ -135,14 +151,19 @@ class Pool:
     """Stage 3: UniAP on a whole batch of grids in one :func:`uniap.segment` call.
 
     Features on a GPU are pooled there by the torch backend, with ``exact=True`` so the
-    partitions equal the CPU reference's; hierarchies come back on the host.
+    partitions equal the CPU reference's; hierarchies come back on the host.  Region graphs
+    (:class:`~uniap.features.RegionGraph`, given as ``edges``) are pooled one by one with
+    :func:`uniap.segment_graph`.
     """
 
     def __init__(self, options: dict[str, Any], host_backend: str | None = None) -> None:
         self.options = dict(options)
         self.host_backend = host_backend
 
-    def __call__(self, features: Sequence[Any]) -> list[Hierarchy]:
+    def __call__(self, features: Sequence[Any], edges: Sequence[Any] | None = None) -> list[Hierarchy]:
+        if edges is not None and any(e is not None for e in edges):
+            options = {"backend": self.host_backend, **self.options} if self.host_backend else self.options
+            return [segment_graph(x, e, **options).numpy() for x, e in zip(features, edges)]
         options = dict(self.options)
         on_host = all(isinstance(f, np.ndarray) for f in features)
         if on_host and "backend" not in options and self.host_backend:
@@ -178,13 +199,16 @@ def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) ->
     digest of the run's settings (:func:`uniap.pipeline.plan.signature`) when given."""
     from .. import __version__
 
+    refine = grid.describe() if hasattr(grid, "describe") else {"method": "none"}
+    patches = getattr(grid, "grid", grid)  # a region graph's patch grid
     info = {
         "version": __version__,
         "thresholds": list(hierarchy.thresholds),
         "options": hierarchy.options,
-        "grid": list(grid.grid_shape),
-        "patch_size": int(grid.patch_size),
+        "grid": list(patches.grid_shape),
+        "patch_size": int(patches.patch_size),
         "features": grid.name,
+        "refine": refine,
     }
     if signature is not None:
         info["signature"] = signature
@@ -200,7 +224,7 @@ class Stages:
         self.settings = settings
         self.signature = signature(settings.signature_fields())
         self.features = ExtractFeatures(extractor if extractor is not None else settings.build_extractor())
-        self.pool = Pool(settings.segment_options, settings.host_backend)
+        self.pool = Pool(settings.pool_options(), settings.host_backend)
 
     def decode(self, item: Item) -> np.ndarray:
         return decode(item)

@@ -1,0 +1,371 @@
+"""Pixel-accurate levels: superpixels, region features, UniAP on the region graph, and what
+follows from it (nesting, records, label maps, command lines)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+
+import uniap
+from uniap import superpixels as sp_module
+from uniap.features import DefaultFeatures, FeatureGrid, RegionFeatures, RegionGraph, pool_grid, refined
+from uniap.features import default as default_module
+from uniap.features.regions import REGION_LEVELS, default_levels
+from uniap.superpixels import adjacency, superpixels
+
+
+def _image(seed: int, shape=(72, 104)) -> np.ndarray:
+    """A piecewise-constant colour image with noise: a few regions with edges off the 8-grid."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    labels = np.zeros(shape, int)
+    for k in range(1, 4):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(8, 30)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = k
+    colours = rng.integers(0, 256, size=(4, 3))
+    img = colours[labels] + rng.normal(0, 6, size=shape + (3,))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# -- superpixels and adjacency ----------------------------------------------------------------
+
+
+def test_superpixels_are_consecutive_connected_and_about_the_size_asked():
+    from scipy import ndimage
+
+    image = _image(0, (96, 128))
+    for size in (60, 150, 400):
+        sp = superpixels(image, size=size)
+        assert sp.shape == image.shape[:2] and sp.dtype == np.int32
+        n = int(sp.max()) + 1
+        assert np.array_equal(np.unique(sp), np.arange(n))
+        assert 0.3 < (sp.size / n) / size < 3.0  # SLIC's seeds: about H * W / size regions
+        for k in range(n):  # enforce_connectivity: one 4-connected piece each
+            assert ndimage.label(sp == k)[1] == 1
+
+
+def test_large_images_are_segmented_downscaled_and_mapped_back():
+    image = _image(1, (90, 120))
+    sp = superpixels(image, size=100, max_pixels=2000)  # 10800 pixels > 2000
+    assert sp.shape == (90, 120)
+    n = int(sp.max()) + 1
+    assert np.array_equal(np.unique(sp), np.arange(n)) and n > 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"size": 0}, "size"), ({"size": 1.5}, "size"), ({"compactness": 0.0}, "compactness"),
+    ({"compactness": float("nan")}, "compactness"), ({"max_pixels": 0}, "max_pixels"),
+])
+def test_superpixel_options_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        superpixels(_image(0), **kwargs)
+
+
+def test_superpixels_need_an_rgb_image():
+    with pytest.raises(ValueError, match="RGB"):
+        superpixels(np.zeros((10, 10), np.uint8))
+
+
+def _brute_adjacency(regions: np.ndarray) -> set:
+    pairs = set()
+    for a, b in ((regions[:, :-1], regions[:, 1:]), (regions[:-1], regions[1:])):
+        for u, v in zip(a.ravel(), b.ravel()):
+            if u != v:
+                pairs.add((min(u, v), max(u, v)))
+    return pairs
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_adjacency_matches_a_brute_force_count(h, w, n, seed):
+    regions = np.random.default_rng(seed).integers(0, n, size=(h, w))
+    edges = adjacency(regions)
+    assert edges.dtype == np.int64 and edges.shape[1] == 2
+    assert {tuple(e) for e in edges.tolist()} == _brute_adjacency(regions)
+    assert np.all(edges[:, 0] < edges[:, 1]) and len(np.unique(edges, axis=0)) == len(edges)
+
+
+def test_adjacency_in_bands_equals_one_pass(monkeypatch):
+    regions = superpixels(_image(3, (80, 60)), size=40)
+    whole = adjacency(regions)
+    monkeypatch.setattr(sp_module, "_BAND_ROWS", 3 * 60)  # bands of 3 rows, overlapping by one
+    assert np.array_equal(adjacency(regions), whole)
+
+
+# -- region features -----------------------------------------------------------------------------
+
+
+def _patch_regions(shape, p):
+    h, w = shape
+    return (np.arange(h)[:, None] // p) * ((w + p - 1) // p) + np.arange(w)[None, :] // p
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (61, 83)])
+@pytest.mark.parametrize("options", [{}, {"position_weight": 0.0}, {"texture_weight": 0.0, "centering": 0.0}])
+def test_region_features_of_the_patches_are_the_patch_features(shape, options):
+    """Regions that are exactly the patches get exactly the patches' features (area 1 patch).
+
+    With a height or width that is not a multiple of 8 the last patches are cut: their
+    histograms then cover their own pixels only, so only whole patches are compared."""
+    image = _image(4, shape)
+    fx = DefaultFeatures(**options)
+    grid = fx(image)
+    x = fx.region_features(image, _patch_regions(shape, 8))
+    h, w = shape[0] // 8, shape[1] // 8
+    got = x.reshape(grid.grid_shape + (-1,))[:h, :w]
+    if shape[0] % 8 == 0 and shape[1] % 8 == 0:
+        np.testing.assert_allclose(got, grid.features, atol=2e-5)
+    else:  # the mean histogram differs (padding vs pixels): compare directions of whole patches
+        assert got.shape[-1] == grid.dim
+        cos = (got * grid.features[:h, :w]).sum(-1) / (
+            np.linalg.norm(got, axis=-1) * np.linalg.norm(grid.features[:h, :w], axis=-1))
+        assert np.median(cos) > 0.97
+
+
+def test_region_features_in_bands_equal_one_pass(monkeypatch):
+    image = _image(5, (96, 80))
+    regions = superpixels(image, size=50)
+    fx = DefaultFeatures()
+    whole = fx.region_features(image, regions)
+    monkeypatch.setattr(default_module, "_CHUNK_PIXELS", 8 * 80 * 2)  # bands of 2 patch rows
+    assert not default_module._one_band(default_module._PaddedImage(image, 8), fx)
+    np.testing.assert_allclose(fx.region_features(image, regions), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_region_features_weigh_regions_by_their_area_in_patches():
+    image = np.full((32, 32, 3), 120, np.uint8)
+    regions = np.zeros((32, 32), np.int64)
+    regions[:, 24:] = 1  # 768 and 256 pixels: 12 and 4 patches
+    x = DefaultFeatures(position_weight=0.0).region_features(image, regions)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1) / np.sqrt(2), [12.0, 4.0], rtol=1e-5)
+
+
+def test_region_features_check_the_label_map():
+    fx, image = DefaultFeatures(), _image(0)
+    with pytest.raises(ValueError, match="shape"):
+        fx.region_features(image, np.zeros((5, 5), int))
+    with pytest.raises(ValueError, match="integer"):
+        fx.region_features(image, np.zeros(image.shape[:2], float))
+    with pytest.raises(ValueError, match=">= 0"):
+        fx.region_features(image, np.full(image.shape[:2], -1))
+
+
+def test_regions_the_shrunk_image_misses_get_the_grid_features():
+    image = _image(6, (120, 160))
+    regions = np.arange(120 * 160).reshape(120, 160) // 7  # 7-pixel slivers, most unsampled
+    fx = DefaultFeatures(max_side=40)
+    x = fx.region_features(image, regions)
+    missing = np.isnan(x).any(axis=1)
+    assert missing.any() and not missing.all()
+    graph = RegionFeatures(fx, pixel_features=True).graph(image, fx(image))
+    assert np.isfinite(graph.features).all()  # the misses are filled from the grid
+    assert graph.describe()["pixel_features"] is True
+
+
+def test_default_nodes_pool_the_patch_grid_and_pixel_features_use_the_pixels():
+    image = _image(9, (64, 96))
+    fx = DefaultFeatures()
+    pooled = RegionFeatures(fx, size=80)(image)
+    np.testing.assert_allclose(pooled.features, pool_grid(pooled.grid, pooled.regions))
+    assert "pixel_features" not in pooled.describe()
+    own = RegionFeatures(fx, size=80, pixel_features=True)(image)
+    assert np.array_equal(own.regions, pooled.regions)
+    np.testing.assert_allclose(own.features, fx.region_features(image, own.regions))
+    assert not np.allclose(own.features, pooled.features)
+
+
+def test_pool_grid_sums_the_patches_under_each_region():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    grid = FeatureGrid(feats, 4, (12, 16), original_shape=(11, 16))
+    patches = _patch_regions((11, 16), 4)
+    pooled = pool_grid(grid, patches)
+    # whole patches give their feature; the last row of patches covers 3 of 4 rows
+    np.testing.assert_allclose(pooled.reshape(3, 4, 5)[:2], feats[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled.reshape(3, 4, 5)[2], feats[2] * 0.75, rtol=1e-5, atol=1e-6)
+    halves = np.zeros((11, 16), int)
+    halves[:, 8:] = 1
+    expected = grid.to_image(np.moveaxis(feats, -1, 0)).reshape(5, -1) @ np.eye(2)[halves.ravel()] / 16
+    np.testing.assert_allclose(pool_grid(grid, halves), expected.T, rtol=1e-5, atol=1e-5)
+
+
+class _PatchMeans:
+    """A stand-in for a learned extractor (no region_features): mean colour per 4x4 patch."""
+
+    name = "means"
+    patch_size = 4
+
+    def __call__(self, image):
+        img = np.asarray(image, np.float32)
+        h, w = img.shape[0] // 4, img.shape[1] // 4
+        feats = img[: h * 4, : w * 4].reshape(h, 4, w, 4, 3).mean((1, 3)) - 128.0
+        return FeatureGrid(np.ascontiguousarray(feats), 4, (h * 4, w * 4), name=self.name,
+                           original_shape=img.shape[:2], resized_shape=(h * 4, w * 4))
+
+
+def test_any_extractor_gets_region_features_from_its_grid():
+    image = _image(7, (64, 96))
+    rf = RegionFeatures(_PatchMeans(), size=80)
+    graph = rf(image)
+    assert isinstance(graph, RegionGraph) and graph.features.shape[1] == 3
+    np.testing.assert_allclose(graph.features, pool_grid(graph.grid, graph.regions))
+    assert graph.name == "means" and graph.grid_shape == (graph.features.shape[0],)
+
+
+def test_refined_wraps_once_and_checks_its_name():
+    fx = DefaultFeatures()
+    assert refined(fx, "none") is fx
+    rf = refined(fx)
+    assert isinstance(rf, RegionFeatures) and refined(rf) is rf
+    with pytest.raises(ValueError, match="refine"):
+        refined(fx, "bilateral")
+    with pytest.raises(TypeError):
+        RegionFeatures(rf)
+    assert default_levels("superpixels") == REGION_LEVELS and default_levels("none") == uniap.DEFAULT_LEVELS
+
+
+# -- UniAP on the region graph: nesting, label maps, records -------------------------------------
+
+
+def _nested(labels: np.ndarray) -> bool:
+    """Every region of each level lies inside one region of the next (coarser) level."""
+    for fine, coarse in zip(labels[:-1], labels[1:]):
+        pairs = np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1)
+        if len(np.unique(pairs[0])) != pairs.shape[1]:
+            return False
+    return True
+
+
+@settings(max_examples=12)
+@given(st.integers(0, 10_000), st.sampled_from([40, 90, 200]))
+def test_refined_levels_nest_and_records_match_the_label_maps(seed, size):
+    image = _image(seed, (56, 80))
+    result = uniap.segment_image(image, superpixel_size=size, min_size=1)
+    labels = result.pixel_labels
+    assert labels.shape == (len(REGION_LEVELS),) + image.shape[:2]
+    assert _nested(labels)
+    # each level is a union of superpixels
+    regions = result.grid.regions
+    for level in labels:
+        assert len(np.unique(np.stack([regions.ravel(), level.ravel()]), axis=1)[0]) == regions.max() + 1
+    records = [r for r in result.records if r["kind"] == "instance"]
+    assert records
+    for rec in records:
+        mask = mask_utils.decode(rec["segmentation"]).astype(bool)
+        level = rec["level"]
+        ids = np.unique(labels[level][mask])
+        assert len(ids) == 1 and np.array_equal(labels[level] == ids[0], mask), rec["id"]
+        assert rec["area"] == int(mask.sum())
+        for lv in rec["levels"]:
+            assert np.array_equal(labels[lv] == labels[lv][mask][0], mask)
+
+
+def test_refined_levels_follow_edges_off_the_patch_grid():
+    """Two flat halves split at column 37 (not a multiple of 8): the refined level has the
+    edge where the image has it, the patch level rounds it to the patch grid."""
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[:, :37] = (200, 40, 40)
+    image[:, 37:] = (40, 40, 200)
+    image = np.clip(image + np.random.default_rng(0).normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+    refined_labels = uniap.segment_image(image, levels=(0.5,)).pixel_labels[0]
+    patch_labels = uniap.segment_image(image, refine="none", levels=(0.5,)).pixel_labels[0]
+    truth = np.zeros((64, 96), bool)
+    truth[:, :37] = True
+
+    def error(labels):
+        left = labels == np.bincount(labels[:, :37].ravel()).argmax()
+        return int((left != truth).sum())
+
+    assert error(refined_labels) == 0
+    assert error(patch_labels) >= 64 * 3  # 3 columns (40 - 37) on the wrong side
+
+
+def test_semantic_groups_on_superpixels():
+    result = uniap.segment_image(_image(8), semantic=True, levels=(0.6, 0.3))
+    assert result.semantic_labels.shape == result.pixel_labels.shape
+    for inst, sem in zip(result.pixel_labels, result.semantic_labels):
+        # an instance region lies in one semantic group
+        pairs = np.unique(np.stack([inst.ravel(), sem.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+
+
+def test_segment_image_checks_refine_options():
+    image = _image(0)
+    with pytest.raises(ValueError, match="upsampling"):
+        uniap.segment_image(image, upsampling="bilinear")
+    with pytest.raises(ValueError, match="superpixel_size"):
+        uniap.segment_image(image, refine="none", superpixel_size=100)
+    with pytest.raises(ValueError, match="refine"):
+        uniap.segment_image(image, refine="edges")
+    assert uniap.segment_image(image, refine="none", upsampling="bilinear").pixel_labels.shape[1:] == image.shape[:2]
+
+
+def test_info_records_the_refinement():
+    result = uniap.segment_image(_image(1))
+    info = result.uniap_info()
+    assert info["refine"]["method"] == "superpixels" and info["refine"]["nodes"] == result.grid.regions.max() + 1
+    assert info["grid"] == list(result.grid.grid.grid_shape) and info["thresholds"] == list(REGION_LEVELS)
+    plain = uniap.segment_image(_image(1), refine="none").uniap_info()
+    assert plain["refine"] == {"method": "none"}
+
+
+# -- command lines ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--upsampling", "bilinear"], "upsampling applies to refine 'none' only"),
+    (["--connectivity", "8"], "connectivity applies to refine 'none' only"),
+    (["--refine", "none", "--superpixel-size", "100"], "size applies to refine 'superpixels' only"),
+    (["--superpixel-size", "0"], "--superpixel-size"),
+])
+def test_cli_refine_conflicts_are_usage_errors(tmp_path, capsys, flags, message):
+    from PIL import Image
+
+    from uniap.cli import main
+
+    from cli_helpers import exit_status
+
+    Image.fromarray(_image(0)).save(tmp_path / "a.png")
+    out = tmp_path / "a.json"
+    assert exit_status(main, [str(tmp_path / "a.png"), "--out", str(out), "--quiet", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_refine_none_writes_patch_masks_and_superpixels_follow_edges(tmp_path):
+    from PIL import Image
+
+    from uniap.cli import main
+    from uniap.records import decode_rle
+
+    Image.fromarray(_image(2)).save(tmp_path / "a.png")
+    for refine in ("none", "superpixels"):
+        out = tmp_path / f"{refine}.json"
+        assert main([str(tmp_path / "a.png"), "--out", str(out), "--quiet", "--refine", refine,
+                     "--superpixel-size" if refine == "superpixels" else "--min-size",
+                     "60" if refine == "superpixels" else "4"]) == 0
+        doc = json.loads(out.read_text())
+        assert doc["uniap"]["refine"]["method"] == refine
+        masks = [decode_rle(r["segmentation"]).astype(bool) for r in doc["annotations"]]
+        assert masks
+        if refine == "none":  # unions of 8x8 blocks: constant on every full block
+            blocks = [m[:64, :104].reshape(8, 8, 13, 8).transpose(0, 2, 1, 3).reshape(8, 13, 64) for m in masks]
+            assert all(((b.all(-1)) | (~b.any(-1))).all() for b in blocks)
+        else:
+            assert doc["uniap"]["refine"]["size"] == 60
+            assert doc["uniap"]["thresholds"] == list(REGION_LEVELS)
+
+
+def test_eval_refine_flags_apply_to_uniap_only(tmp_path, capsys):
+    from uniap.evaluation.cli import main
+
+    code = main(["--dataset", "bsds500", "--data", str(tmp_path), "--segmenter", "felzenszwalb",
+                 "--refine", "none", "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert "--refine" in capsys.readouterr().err

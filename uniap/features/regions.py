@@ -1,0 +1,253 @@
+"""Region features: any patch extractor made pixel-accurate, with superpixels as UniAP's nodes.
+
+:class:`RegionFeatures` wraps an extractor.  For an image it computes the patch grid as
+before, superpixels of the image (:func:`uniap.superpixels.superpixels`), one feature per
+superpixel and the superpixels' adjacency, and returns them as a :class:`RegionGraph`, which
+:func:`uniap.segment_graph` pools (the pipeline, :func:`uniap.segment_image` and
+``uniap-eval`` do so on their own).  Every level is then a union of superpixels: boundaries
+follow the image's edges instead of the patch staircase, and levels nest as before.
+
+A superpixel's feature is the sum of the patch features under its pixels (:func:`pool_grid`),
+which works for any features, a ViT's included; with ``pixel_features=True`` an extractor's
+own ``region_features(image, regions)`` is used instead where it has one
+(:meth:`uniap.features.DefaultFeatures.region_features`: histograms of the superpixel's own
+pixels).  Either way a node weighs as many patches as it covers.  Pooling the patches measured
+better (``docs/quality.md``): the patch histograms carry each superpixel's surroundings, a
+little context that its own few pixels lack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_SIZE, adjacency, superpixels
+from .base import FeatureGrid
+from .image import load_image
+
+__all__ = ["REFINES", "REGION_LEVELS", "RegionFeatures", "RegionGraph", "default_levels", "pool_grid",
+           "refined"]
+
+REFINES = ("none", "superpixels")  # how patch features become UniAP's nodes
+# Superpixels merge at lower cosines than patches (a patch on an edge mixes two regions, a
+# superpixel rarely does): their own thresholds, tuned on BSDS500 val, CamVid val and COCO dev
+# (docs/quality.md).
+REGION_LEVELS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+def default_levels(refine: str = "superpixels") -> tuple[float, ...]:
+    """The default thresholds for the nodes ``refine`` makes.
+
+    Parameters
+    ----------
+    refine : {"superpixels", "none"}
+
+    Returns
+    -------
+    tuple of float
+        :data:`REGION_LEVELS` for superpixels, :data:`uniap.DEFAULT_LEVELS` for patches.
+    """
+    from ..options import DEFAULT_LEVELS
+
+    if refine not in REFINES:
+        raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
+    return REGION_LEVELS if refine == "superpixels" else DEFAULT_LEVELS
+
+
+@dataclass(frozen=True)
+class RegionGraph:
+    """Node features of an image's superpixels, their adjacency and the pixels they cover.
+
+    Stands where a :class:`~uniap.features.FeatureGrid` stands in the pipeline: UniAP pools
+    ``features`` over ``edges`` (:func:`uniap.segment_graph`), and :meth:`to_image` maps the
+    per-node labels back to pixels.
+
+    Attributes
+    ----------
+    features : ndarray of shape (N, C), float32
+    edges : ndarray of shape (E, 2), int64
+        Pairs of 4-adjacent superpixels.
+    regions : ndarray of shape (H, W), int32
+        The superpixel of every pixel of the original image, 0 .. N-1.
+    grid : FeatureGrid
+        The patch features the node features come from.
+    size, compactness : the superpixels' parameters
+    pixel_features : whether the node features came from the superpixels' own pixels
+    """
+
+    features: np.ndarray
+    edges: np.ndarray
+    regions: np.ndarray
+    grid: FeatureGrid
+    size: int = DEFAULT_SIZE
+    compactness: float = DEFAULT_COMPACTNESS
+    pixel_features: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.grid.name
+
+    @property
+    def patch_size(self) -> int:
+        return self.grid.patch_size
+
+    @property
+    def original_shape(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self.regions.shape)
+
+    @property
+    def grid_shape(self) -> tuple[int]:
+        """``(N,)``: the graph's nodes, one per superpixel."""
+        return (int(self.features.shape[0]),)
+
+    def to_image(self, labels: np.ndarray) -> np.ndarray:
+        """Per-node values (..., N) onto the original image's pixels: (..., H, W)."""
+        labels = np.asarray(labels)
+        if labels.shape[-1:] != self.grid_shape:
+            raise ValueError(f"labels must end with the node count {self.grid_shape}, got {labels.shape}")
+        return np.take(labels, self.regions, axis=-1)
+
+    def describe(self) -> dict:
+        """The refinement as recorded in output files."""
+        out = {"method": "superpixels", "size": int(self.size), "compactness": float(self.compactness),
+               "nodes": int(self.features.shape[0])}
+        if self.pixel_features:
+            out["pixel_features"] = True
+        return out
+
+
+def pool_grid(grid: FeatureGrid, regions: np.ndarray) -> np.ndarray:
+    """Each region's sum of the features of the patches under its pixels, in patch units.
+
+    Parameters
+    ----------
+    grid : FeatureGrid
+    regions : ndarray of shape (H, W), integer
+        A label map at the grid's original resolution, labels 0 .. N-1.
+
+    Returns
+    -------
+    ndarray of shape (N, C), float32
+        ``sum over the region's pixels of feature(cell of pixel) / pixels per cell``: a region
+        inside one patch gets that patch's feature times its share of the patch.
+    """
+    from scipy.sparse import csr_matrix
+
+    regions = np.asarray(regions)
+    if regions.shape != tuple(grid.original_shape):
+        raise ValueError(f"regions must have the image's shape {grid.original_shape}, got {regions.shape}")
+    rows, cols = grid.cell_index()
+    h, w = grid.grid_shape
+    n = int(regions.max()) + 1
+    out = np.zeros((n, grid.dim))
+    feats = np.asarray(grid.features, np.float64).reshape(h * w, -1)
+    band = max(1, (1 << 20) // max(regions.shape[1], 1))
+    for r0 in range(0, regions.shape[0], band):  # bounded temporaries on large images
+        cell = (rows[r0:r0 + band, None] * w + cols[None, :]).ravel()
+        region = regions[r0:r0 + band].ravel()
+        counts = csr_matrix((np.ones(cell.size), (region, cell)), shape=(n, h * w))
+        out += counts @ feats
+    (height, width), (hr, wr) = grid.original_shape, grid.resized_shape
+    out /= grid.patch_size ** 2 * (height / hr) * (width / wr)
+    return out.astype(np.float32)
+
+
+class RegionFeatures:
+    """An extractor whose nodes are superpixels: ``extractor``'s features, pixel-accurate.
+
+    Parameters
+    ----------
+    extractor : a feature extractor (:mod:`uniap.features`)
+    size : int, default 150
+        Mean superpixel area in pixels (:func:`uniap.superpixels.superpixels`).
+    compactness : float, default 20
+        SLIC's compactness.
+    pixel_features : bool, default False
+        Use the extractor's ``region_features`` (its descriptors of each superpixel's own
+        pixels) where it has one, instead of pooling its patch grid (:func:`pool_grid`); an
+        ablation of ``docs/quality.md``, a little worse there.
+
+    Examples
+    --------
+    >>> import uniap
+    >>> from skimage import data
+    >>> from uniap.features import DefaultFeatures, RegionFeatures
+    >>> graph = RegionFeatures(DefaultFeatures())(data.coffee())
+    >>> h = uniap.segment_graph(graph.features, graph.edges, levels=(0.5,))
+    >>> graph.to_image(h.labels).shape  # one label map per level, at the image's resolution
+    (1, 400, 600)
+    """
+
+    def __init__(self, extractor: Any, *, size: int = DEFAULT_SIZE,
+                 compactness: float = DEFAULT_COMPACTNESS, pixel_features: bool = False) -> None:
+        if isinstance(extractor, RegionFeatures):
+            raise TypeError("the extractor already gives region features")
+        superpixels(np.zeros((2, 2, 3), np.uint8), size=size, compactness=compactness)  # validates
+        self.extractor = extractor
+        self.size = int(size)
+        self.compactness = float(compactness)
+        self.pixel_features = bool(pixel_features)
+        self.name = extractor.name
+        self.patch_size = extractor.patch_size
+        if hasattr(extractor, "batch_grids"):  # keep the batched (ViT) path of the pipeline
+            self.batch_grids = self._batch_grids
+
+    def __repr__(self) -> str:
+        return (f"RegionFeatures({self.extractor!r}, size={self.size}, compactness={self.compactness:g}, "
+                f"pixel_features={self.pixel_features})")
+
+    def __call__(self, image: Any) -> RegionGraph:
+        rgb = load_image(image)
+        return self.graph(rgb, self.extractor(rgb))
+
+    def graph(self, image: np.ndarray, grid: FeatureGrid) -> RegionGraph:
+        """The region graph of ``image`` from its patch features ``grid``."""
+        regions = superpixels(image, size=self.size, compactness=self.compactness)
+        x = None
+        if self.pixel_features and hasattr(self.extractor, "region_features"):
+            x = self.extractor.region_features(image, regions)
+            missing = np.isnan(x).any(axis=1)
+            if missing.any():
+                x[missing] = pool_grid(grid, regions)[missing]
+        else:
+            x = pool_grid(grid, regions)
+        return RegionGraph(x, adjacency(regions), regions, grid, self.size, self.compactness,
+                           self.pixel_features)
+
+    def _batch_grids(self, images: Iterable[np.ndarray]) -> Iterator[tuple[RegionGraph, np.ndarray]]:
+        images = list(images)
+        for image, (grid, _) in zip(images, self.extractor.batch_grids(images)):
+            graph = self.graph(image, grid)
+            yield graph, graph.features
+
+
+def refined(extractor: Any, refine: str = "superpixels", **options: Any) -> Any:
+    """``extractor`` with UniAP's nodes as ``refine`` says.
+
+    Parameters
+    ----------
+    extractor : a feature extractor
+    refine : {"superpixels", "none"}
+        ``"superpixels"``: a :class:`RegionFeatures` around ``extractor`` (unless it is one);
+        ``"none"``: ``extractor`` itself (patch nodes).
+    **options
+        Keyword arguments of :class:`RegionFeatures` (``size``, ``compactness``).
+
+    Returns
+    -------
+    RegionFeatures or the extractor
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``refine``, or options with ``refine="none"``.
+    """
+    if refine not in REFINES:
+        raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
+    if refine == "none" and options:
+        raise ValueError(f"{', '.join(sorted(options))} applies to refine='superpixels' only")
+    if refine == "none" or isinstance(extractor, RegionFeatures):
+        return extractor
+    return RegionFeatures(extractor, **options)
