@@ -369,3 +369,14 @@ def test_eval_refine_flags_apply_to_uniap_only(tmp_path, capsys):
                  "--refine", "none", "--out", str(tmp_path / "r.json")])
     assert code == 2
     assert "--refine" in capsys.readouterr().err
+
+
+def test_eval_connectivity_needs_patch_nodes(shared_data, tmp_path, capsys):
+    from uniap.evaluation.cli import main
+
+    out = tmp_path / "r.json"
+    common = ["--dataset", "bsds500", "--data", str(shared_data / "bsds500"), "--split", "val",
+              "--limit", "1", "--no-boundary", "--quiet", "--out", str(out)]
+    assert main([*common, "--connectivity", "8"]) == 2
+    assert "--connectivity applies to --refine none" in capsys.readouterr().err and not out.exists()
+    assert main([*common, "--connectivity", "8", "--refine", "none"]) == 0 and out.exists()

@@ -157,6 +157,8 @@ class Uniap(Segmenter):
             raise ValueError("--upsampling applies to --refine none only: superpixel levels are pixel-accurate")
         if refine != "superpixels" and superpixel_size is not None:
             raise ValueError("--superpixel-size applies to --refine superpixels only")
+        if refine == "superpixels" and options.get("connectivity") is not None:
+            raise ValueError("--connectivity applies to --refine none only: superpixels are joined where they touch")
         self.levels = check_levels(default_levels(refine) if levels is None else levels)
         self.refine = refine
         self.superpixel_size = superpixel_size
