@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .hierarchy import nearest_index
+
 __all__ = ["DEFAULT_COMPACTNESS", "DEFAULT_SIZE", "MAX_PIXELS", "adjacency", "superpixels"]
 
 DEFAULT_SIZE = 150  # pixels per superpixel: about a 12 x 12 patch (tuned on BSDS500 val)
@@ -85,12 +87,12 @@ def superpixels(
     if height * width > max_pixels:
         scale = np.sqrt(max_pixels / (height * width))
         shape = (max(1, int(height * scale)), max(1, int(width * scale)))
-        small = image[_nearest(shape[0], height)][:, _nearest(shape[1], width)]
+        small = image[nearest_index(shape[0], height)][:, nearest_index(shape[1], width)]
     seeds = max(1, round(height * width / size))  # superpixels of ``size`` original pixels
     labels = slic(small, n_segments=seeds, compactness=float(compactness), start_label=0,
                   enforce_connectivity=True, channel_axis=-1)
     if small is not image:
-        labels = labels[_nearest(height, small.shape[0])][:, _nearest(width, small.shape[1])]
+        labels = labels[nearest_index(height, small.shape[0])][:, nearest_index(width, small.shape[1])]
     return _consecutive(labels)
 
 
@@ -129,11 +131,6 @@ def _consecutive(labels: np.ndarray) -> np.ndarray:
     present = np.bincount(labels.ravel()) > 0
     remap = (np.cumsum(present) - 1).astype(np.int32)
     return remap[labels]
-
-
-def _nearest(n_out: int, n_in: int) -> np.ndarray:
-    """Index of the input sample nearest each of ``n_out`` output samples (pixel centres)."""
-    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
 def _check_positive(**values: int) -> None:

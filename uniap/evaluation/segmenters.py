@@ -185,16 +185,13 @@ class Uniap(Segmenter):
                 **self.options)
 
     def _run(self, image: np.ndarray):
-        from ..api import segment, segment_graph
+        from ..pipeline.image import segment_nodes
         from ..pixels import pixel_labels
 
         t0 = time.perf_counter()
         grid = self.extractor(image)
         t1 = time.perf_counter()
-        if hasattr(grid, "edges"):  # superpixel nodes
-            h = segment_graph(grid.features, grid.edges, levels=self.levels, **self.options).numpy()
-        else:
-            h = segment(grid.features, levels=self.levels, **self.options).numpy()
+        h = segment_nodes(grid, levels=self.levels, **self.options)
         labels = pixel_labels(h, grid, self.upsampling)
         return h, labels, {"features": t1 - t0, "pooling": time.perf_counter() - t1}
 

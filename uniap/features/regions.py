@@ -205,7 +205,6 @@ class RegionFeatures:
     def graph(self, image: np.ndarray, grid: FeatureGrid) -> RegionGraph:
         """The region graph of ``image`` from its patch features ``grid``."""
         regions = superpixels(image, size=self.size, compactness=self.compactness)
-        x = None
         if self.pixel_features and hasattr(self.extractor, "region_features"):
             x = self.extractor.region_features(image, regions)
             missing = np.isnan(x).any(axis=1)

@@ -48,6 +48,14 @@ class ImageSegmentation:
         return uniap_info(self.hierarchy, self.grid)
 
 
+def segment_nodes(grid: Any, **options: Any) -> Hierarchy:
+    """UniAP on one image's nodes, on the host: a region graph's superpixels
+    (:func:`uniap.segment_graph` over its edges) or a patch grid (:func:`uniap.segment`)."""
+    if hasattr(grid, "edges"):
+        return segment_graph(grid.features, grid.edges, **options).numpy()
+    return segment(grid.features, **options).numpy()
+
+
 def segment_image(
     image: Any,
     extractor: Any | None = None,
@@ -112,10 +120,7 @@ def segment_image(
     t0 = time.perf_counter()
     grid = extractor(pixels)
     t1 = time.perf_counter()
-    if hasattr(grid, "edges"):
-        h = segment_graph(grid.features, grid.edges, **options).numpy()
-    else:
-        h = segment(grid.features, **options).numpy()
+    h = segment_nodes(grid, **options)
     t2 = time.perf_counter()
     encoded = encode(grid, h, upsampling=upsampling, unique=unique)
     t3 = time.perf_counter()
