@@ -100,7 +100,7 @@ def test_png_format(images, tmp_path):
     root = tmp_path / "labels"
     assert main([str(images / "coffee.jpg"), "--out", str(root), "--format", "png", "--quiet"]) == 0
     out = root / "coffee"  # a folder per image below --out, as SAM's amg.py
-    level_maps = sorted(out.glob("level_*.png"))
+    level_maps = sorted(out.glob("level_*.png"), key=lambda p: int(p.stem.split("_")[1]))
     assert [p.name for p in level_maps] == [f"level_{i}.png" for i in range(len(REGION_LEVELS))]
     maps = [np.asarray(Image.open(p)) for p in level_maps]
     height, width = np.asarray(Image.open(images / "coffee.jpg")).shape[:2]

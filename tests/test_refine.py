@@ -36,23 +36,70 @@ def _image(seed: int, shape=(72, 104)) -> np.ndarray:
 # -- superpixels and adjacency ----------------------------------------------------------------
 
 
-def test_superpixels_are_consecutive_connected_and_about_the_size_asked():
+def _textured(seed: int, shape=(96, 128)) -> np.ndarray:
+    """Noise at every pixel: the watershed has a minimum nearly everywhere to choose from."""
+    return np.random.default_rng(seed).integers(0, 256, size=shape + (3,)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("method", ["watershed", "slic"])
+def test_superpixels_are_consecutive_connected_and_about_the_size_asked(method):
     from scipy import ndimage
 
-    image = _image(0, (96, 128))
-    for size in (60, 150, 400):
+    for image in (_image(0, (96, 128)),) + ((_textured(0),) if method == "watershed" else ()):
+        for size in (60, 150, 400):
+            sp = superpixels(image, size=size, method=method)
+            assert sp.shape == image.shape[:2] and sp.dtype == np.int32
+            n = int(sp.max()) + 1
+            assert np.array_equal(np.unique(sp), np.arange(n))
+            if method == "slic" or image.std() > 50:  # the watershed cuts a busy image at H * W / size
+                assert 0.3 < (sp.size / n) / size < 3.0
+            assert n <= round(sp.size / size) * 3 + 1  # never many more than asked for
+            for k in range(n):  # one 4-connected piece each
+                assert ndimage.label(sp == k)[1] == 1
+
+
+def test_watershed_superpixels_are_the_cut_with_the_count_asked():
+    """On a busy image the watershed's cut has exactly H * W / size regions (higra's
+    horizontal cut with at least that many; ties are rare on noise)."""
+    image = _textured(1, (60, 80))
+    for size in (20, 100, 300):
         sp = superpixels(image, size=size)
-        assert sp.shape == image.shape[:2] and sp.dtype == np.int32
-        n = int(sp.max()) + 1
-        assert np.array_equal(np.unique(sp), np.arange(n))
-        assert 0.3 < (sp.size / n) / size < 3.0  # SLIC's seeds: about H * W / size regions
-        for k in range(n):  # enforce_connectivity: one 4-connected piece each
-            assert ndimage.label(sp == k)[1] == 1
+        assert int(sp.max()) + 1 >= round(60 * 80 / size)
 
 
-def test_large_images_are_segmented_downscaled_and_mapped_back():
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(6, 40), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_watershed_superpixels_never_cross_a_step_edge(h, w, k, seed):
+    """Two flat colour blocks with noise: when at least two superpixels are asked for, every
+    superpixel lies inside one block, whatever the image's size and wherever the edge falls.
+    (A block needs a few pixels of its own: one a pixel wide has no basin of its own, and the
+    watershed gives it to a neighbour.)"""
+    rng = np.random.default_rng(seed)
+    cut = rng.integers(3, w - 2)
+    blocks = (np.arange(w)[None, :] >= cut).repeat(h, 0).astype(int)
+    colours = np.array([[220, 30, 30], [30, 30, 220]])
+    image = np.clip(colours[blocks] + rng.normal(0, k, (h, w, 3)), 0, 255).astype(np.uint8)
+    size = int(rng.integers(1, max(2, h * w // 2)))  # at least two superpixels asked for
+    sp = superpixels(image, size=size)
+    n = int(sp.max()) + 1
+    assert np.array_equal(np.unique(sp), np.arange(n))
+    for lab in range(n):
+        assert len(np.unique(blocks[sp == lab])) == 1
+
+
+def test_flat_images_get_one_superpixel_not_one_per_pixel():
+    assert int(superpixels(np.full((50, 70, 3), 128, np.uint8)).max()) == 0
+    assert int(superpixels(np.full((50, 70, 3), 128, np.uint8), method="slic").max()) >= 1
+
+
+@pytest.mark.parametrize("method", ["watershed", "slic"])
+def test_large_images_are_segmented_downscaled_and_mapped_back(method, monkeypatch):
     image = _image(1, (90, 120))
-    sp = superpixels(image, size=100, max_pixels=2000)  # 10800 pixels > 2000
+    calls = []
+    real = sp_module.METHODS[method]
+    monkeypatch.setitem(sp_module.METHODS, method, lambda im, *a: calls.append(im.shape) or real(im, *a))
+    sp = superpixels(image, size=100, method=method, max_pixels=2000)  # 10800 pixels > 2000
+    assert calls and calls[0][0] * calls[0][1] <= 2000  # segmented at the downscaled copy
     assert sp.shape == (90, 120)
     n = int(sp.max()) + 1
     assert np.array_equal(np.unique(sp), np.arange(n)) and n > 10
@@ -61,6 +108,7 @@ def test_large_images_are_segmented_downscaled_and_mapped_back():
 @pytest.mark.parametrize("kwargs, match", [
     ({"size": 0}, "size"), ({"size": 1.5}, "size"), ({"compactness": 0.0}, "compactness"),
     ({"compactness": float("nan")}, "compactness"), ({"max_pixels": 0}, "max_pixels"),
+    ({"method": "quickshift"}, "method"),
 ])
 def test_superpixel_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -266,24 +314,29 @@ def test_refined_levels_nest_and_records_match_the_label_maps(seed, size):
             assert np.array_equal(labels[lv] == labels[lv][mask][0], mask)
 
 
-def test_refined_levels_follow_edges_off_the_patch_grid():
-    """Two flat halves split at column 37 (not a multiple of 8): the refined level has the
-    edge where the image has it, the patch level rounds it to the patch grid."""
+@pytest.mark.parametrize("column", [33, 35, 37, 39])
+def test_refined_levels_follow_edges_off_the_patch_grid(column):
+    """Two flat halves split off the 8-pixel grid: SLIC nodes put the level's edge where the
+    image has it; watershed nodes never cross it, but a thin strip of them inside the patch
+    that straddles the edge pools that patch's mixed feature and may join the other side
+    (at most 2 columns off, docs/features.md); patch nodes round the edge to the grid."""
     image = np.zeros((64, 96, 3), np.uint8)
-    image[:, :37] = (200, 40, 40)
-    image[:, 37:] = (40, 40, 200)
+    image[:, :column] = (200, 40, 40)
+    image[:, column:] = (40, 40, 200)
     image = np.clip(image + np.random.default_rng(0).normal(0, 3, image.shape), 0, 255).astype(np.uint8)
-    refined_labels = uniap.segment_image(image, levels=(0.5,)).pixel_labels[0]
-    patch_labels = uniap.segment_image(image, refine="none", levels=(0.5,)).pixel_labels[0]
     truth = np.zeros((64, 96), bool)
-    truth[:, :37] = True
+    truth[:, :column] = True
 
-    def error(labels):
-        left = labels == np.bincount(labels[:, :37].ravel()).argmax()
+    def error(**kwargs):
+        labels = uniap.segment_image(image, levels=(0.5,), **kwargs).pixel_labels[0]
+        left = labels == np.bincount(labels[:, :column].ravel()).argmax()
         return int((left != truth).sum())
 
-    assert error(refined_labels) == 0
-    assert error(patch_labels) >= 64 * 3  # 3 columns (40 - 37) on the wrong side
+    nodes = superpixels(image)
+    assert all(len(np.unique(truth[nodes == k])) == 1 for k in range(int(nodes.max()) + 1))
+    assert error(superpixel_method="slic") == 0
+    assert error() <= 2 * 64
+    assert error(refine="none") >= 64 * min(column % 8, 8 - column % 8)  # a patch lies on one side
 
 
 def test_semantic_groups_on_superpixels():
@@ -360,6 +413,48 @@ def test_cli_refine_none_writes_patch_masks_and_superpixels_follow_edges(tmp_pat
         else:
             assert doc["uniap"]["refine"]["size"] == 60
             assert doc["uniap"]["thresholds"] == list(REGION_LEVELS)
+
+
+def test_cli_superpixel_method_is_recorded_and_changes_the_masks(tmp_path):
+    from PIL import Image
+
+    from uniap.cli import main
+
+    Image.fromarray(_image(3)).save(tmp_path / "a.png")
+    docs = {}
+    for method in ("watershed", "slic"):
+        out = tmp_path / f"{method}.json"
+        assert main([str(tmp_path / "a.png"), "--out", str(out), "--quiet", "--superpixel-method", method]) == 0
+        docs[method] = json.loads(out.read_text())
+        refine = docs[method]["uniap"]["refine"]
+        assert refine["superpixels"] == method and ("compactness" in refine) == (method == "slic")
+    assert docs["watershed"]["uniap"]["signature"] != docs["slic"]["uniap"]["signature"]
+    assert ([r["segmentation"] for r in docs["watershed"]["annotations"]]
+            != [r["segmentation"] for r in docs["slic"]["annotations"]])
+
+
+def test_naming_the_default_superpixels_keeps_the_signature():
+    from uniap.pipeline.stages import Settings
+
+    implicit = Settings(refine="superpixels")
+    explicit = Settings(refine="superpixels", refine_options={"method": "watershed", "size": 150})
+    slic = Settings(refine="superpixels", refine_options={"method": "slic"})
+    assert implicit.signature_fields() == explicit.signature_fields()
+    assert implicit.signature_fields() != slic.signature_fields()
+    assert slic.refine_fields()["compactness"] == 20.0
+
+
+def test_superpixel_method_needs_superpixel_nodes(tmp_path, capsys):
+    from PIL import Image
+
+    from uniap.cli import main
+
+    Image.fromarray(_image(3)).save(tmp_path / "a.png")
+    code = main([str(tmp_path / "a.png"), "--out", str(tmp_path / "m.json"), "--quiet", "--refine", "none",
+                 "--superpixel-method", "slic"])
+    assert code == 2 and "method" in capsys.readouterr().err and not (tmp_path / "m.json").exists()
+    with pytest.raises(ValueError, match="superpixel_method"):
+        uniap.segment_image(_image(3), refine="none", superpixel_method="slic")
 
 
 def test_eval_refine_flags_apply_to_uniap_only(tmp_path, capsys):

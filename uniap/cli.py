@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from .features.regions import REFINES, REGION_LEVELS
 from .options import DEFAULT_LEVELS
-from .superpixels import DEFAULT_SIZE
+from .superpixels import DEFAULT_METHOD, DEFAULT_SIZE, METHODS
 from .pipeline.runner import NUMBA_PAYS_OFF
 
 
@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "pixel staircases)")
     algo.add_argument("--superpixel-size", type=positive_int, metavar="PIXELS",
                       help=f"mean superpixel area (default {DEFAULT_SIZE}; --refine superpixels)")
+    algo.add_argument("--superpixel-method", choices=tuple(METHODS), metavar="|".join(METHODS),
+                      help=f"how superpixels are made (default {DEFAULT_METHOD}: a hierarchical watershed "
+                      "that follows the image's edges; slic: compact SLIC superpixels)")
     algo.add_argument("--levels", type=_levels, metavar="T1,T2,...",
                       help="strictly decreasing cosine thresholds in [-1, 1] (default "
                       f"{','.join(f'{t:g}' for t in REGION_LEVELS)} with superpixels, "
@@ -227,6 +230,12 @@ def segment_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 
+def refine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The superpixel options the user set (:class:`uniap.features.RegionFeatures` keywords)."""
+    names = {"superpixel_size": "size", "superpixel_method": "method"}
+    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+
+
 def extractor_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.features == "default":
         for flag in ("model", "weights", "layer", "device"):
@@ -270,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
             engine=args.engine, ray_address=args.ray_address, num_gpus=args.num_gpus, image_ids=image_ids,
             features=args.features, extractor_options=extractor_kwargs,
             segment_options=segment_options(args), upsampling=args.upsampling, refine=args.refine,
-            refine_options={} if args.superpixel_size is None else {"size": args.superpixel_size},
+            refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet,
         )
     except (InputError, PlanError) as err:

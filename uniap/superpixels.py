@@ -27,9 +27,12 @@ import numpy as np
 
 from .hierarchy import nearest_index
 
-__all__ = ["DEFAULT_COMPACTNESS", "DEFAULT_SIZE", "MAX_PIXELS", "adjacency", "superpixels"]
+__all__ = ["DEFAULT_COMPACTNESS", "DEFAULT_METHOD", "DEFAULT_SIZE", "MAX_PIXELS", "METHODS", "adjacency",
+           "superpixels"]
 
 DEFAULT_SIZE = 150  # pixels per superpixel: about a 12 x 12 patch (tuned on BSDS500 val)
+DEFAULT_METHOD = "watershed"  # follows edges better than SLIC (docs/quality.md)
+_WATERSHED_SIGMA = 1.0  # Gaussian smoothing (pixels) of the CIELab image before the watershed
 DEFAULT_COMPACTNESS = 20.0  # SLIC's colour / space balance (tuned on BSDS500 val)
 MAX_PIXELS = 1 << 22  # larger images get their superpixels on a downscaled copy (memory)
 _BAND_ROWS = 1 << 20  # adjacency: pixels compared at a time
@@ -39,23 +42,31 @@ def superpixels(
     image: np.ndarray,
     *,
     size: int = DEFAULT_SIZE,
+    method: str = DEFAULT_METHOD,
     compactness: float = DEFAULT_COMPACTNESS,
     max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
-    """SLIC superpixels of about ``size`` pixels each, numbered 0 .. N-1.
+    """Superpixels of about ``size`` pixels each, numbered 0 .. N-1.
 
     Parameters
     ----------
     image : ndarray of shape (H, W, 3), uint8
         An RGB image (:func:`uniap.features.load_image` makes one from anything).
     size : int, default 150
-        Mean superpixel area in pixels: the image gets ``round(H * W / size)`` seeds.
+        Mean superpixel area in pixels: the image gets ``round(H * W / size)`` of them.
+    method : {"watershed", "slic"}, default "watershed"
+        ``"watershed"``: the regions of a hierarchical watershed by volume [1]_ (higra) of the
+        smoothed CIELab image, cut where it has that many regions: they follow the image's
+        edges wherever they are, and their size adapts (small where the image is busy, large
+        where it is flat).  ``"slic"``: SLIC [2]_, compact superpixels of nearly equal size
+        (the default before; ``docs/quality.md`` compares them).
     compactness : float, default 20
-        SLIC's balance of colour (CIELab) against distance: larger makes squarer superpixels.
+        SLIC's balance of colour (CIELab) against distance: larger makes squarer superpixels
+        (``method="slic"`` only; the watershed has none).
     max_pixels : int, default 2**22
         An image with more pixels is segmented at a downscaled copy of at most this many
-        pixels, and the labels are mapped back by nearest neighbour (SLIC holds a few float64
-        copies of its input, about 100 bytes a pixel).
+        pixels, and the labels are mapped back by nearest neighbour (both methods hold a few
+        float64 copies of their input, about 100 bytes a pixel).
 
     Returns
     -------
@@ -65,20 +76,24 @@ def superpixels(
     Raises
     ------
     ValueError
-        If ``image`` is not (H, W, 3), or ``size``, ``compactness`` or ``max_pixels`` is not
-        positive.
+        If ``image`` is not (H, W, 3), ``method`` is unknown, or ``size``, ``compactness`` or
+        ``max_pixels`` is not positive.
 
     References
     ----------
-    .. [1] R. Achanta, A. Shaji, K. Smith, A. Lucchi, P. Fua, S. Suesstrunk, "SLIC superpixels
+    .. [1] J. Cousty, L. Najman, Y. Kenmochi, S. Guimaraes, "Hierarchical segmentations with
+       graphs: quasi-flat zones, minimum spanning trees, and saliency maps", JMIV 60, 2018;
+       L. Najman, M. Schmitt, "Geodesic saliency of watershed contours and hierarchical
+       segmentation", IEEE TPAMI 18(12), 1996.
+    .. [2] R. Achanta, A. Shaji, K. Smith, A. Lucchi, P. Fua, S. Suesstrunk, "SLIC superpixels
        compared to state-of-the-art superpixel methods", IEEE TPAMI 34(11), 2012.
        https://doi.org/10.1109/TPAMI.2012.120
     """
-    from skimage.segmentation import slic
-
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     _check_positive(size=size, max_pixels=max_pixels)
     if not np.isfinite(compactness) or compactness <= 0:
         raise ValueError(f"compactness must be a finite number > 0, got {compactness!r}")
@@ -88,12 +103,39 @@ def superpixels(
         scale = np.sqrt(max_pixels / (height * width))
         shape = (max(1, int(height * scale)), max(1, int(width * scale)))
         small = image[nearest_index(shape[0], height)][:, nearest_index(shape[1], width)]
-    seeds = max(1, round(height * width / size))  # superpixels of ``size`` original pixels
-    labels = slic(small, n_segments=seeds, compactness=float(compactness), start_label=0,
-                  enforce_connectivity=True, channel_axis=-1)
+    count = max(1, round(height * width / size))  # superpixels of ``size`` original pixels
+    labels = METHODS[method](small, count, compactness)
     if small is not image:
         labels = labels[nearest_index(height, small.shape[0])][:, nearest_index(width, small.shape[1])]
     return _consecutive(labels)
+
+
+def _slic(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
+    from skimage.segmentation import slic
+
+    return slic(image, n_segments=count, compactness=float(compactness), start_label=0,
+                enforce_connectivity=True, channel_axis=-1)
+
+
+def _watershed(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
+    """The ``count``-region cut of the watershed hierarchy by volume of the image's
+    4-adjacency graph, edge weights the L2 distance of CIELab colours smoothed at sigma 1."""
+    import higra as hg
+    from skimage.color import rgb2lab
+    from skimage.filters import gaussian
+
+    shape = image.shape[:2]
+    if shape[0] * shape[1] < 2:  # no edge: a graph higra cannot build a hierarchy on
+        return np.zeros(shape, np.int64)
+    lab = gaussian(rgb2lab(image), sigma=_WATERSHED_SIGMA, channel_axis=-1)
+    graph = hg.get_4_adjacency_graph(shape)
+    weights = hg.weight_graph(graph, lab, hg.WeightFunction.L2)
+    tree, altitudes = hg.watershed_hierarchy_by_volume(graph, weights)
+    cut = hg.HorizontalCutExplorer(tree, altitudes).horizontal_cut_from_num_regions(count)
+    return np.asarray(cut.labelisation_leaves(tree), np.int64)
+
+
+METHODS = {"watershed": _watershed, "slic": _slic}  # superpixel methods by name
 
 
 def adjacency(regions: np.ndarray) -> np.ndarray:

@@ -128,6 +128,7 @@ class Uniap(Segmenter):
     refine : ``"superpixels"`` (default: UniAP on the image's superpixels,
         :class:`uniap.features.RegionFeatures`) or ``"none"`` (on the patch grid)
     superpixel_size : mean superpixel area in pixels (default 150)
+    superpixel_method : ``"watershed"`` (default) or ``"slic"`` (:func:`uniap.superpixels.superpixels`)
     upsampling : ``"nearest"`` or ``"bilinear"`` (:func:`uniap.pixels.pixel_labels`;
         ``refine="none"`` only)
     score : a rule of :mod:`uniap.evaluation.proposals`, or ``"record"``: the masks are the SAM
@@ -141,7 +142,8 @@ class Uniap(Segmenter):
 
     def __init__(self, levels: Sequence[float] | None = None, *, features: str = "default",
                  feature_options: dict | None = None, refine: str = "superpixels",
-                 superpixel_size: int | None = None, upsampling: str = "nearest",
+                 superpixel_size: int | None = None, superpixel_method: str | None = None,
+                 upsampling: str = "nearest",
                  score: str = "contrast", min_area: int = 1, **options: Any):
         super().__init__(score, min_area)
         from ..features import REFINES, get_extractor, refined
@@ -157,22 +159,26 @@ class Uniap(Segmenter):
             raise ValueError("--upsampling applies to --refine none only: superpixel levels are pixel-accurate")
         if refine != "superpixels" and superpixel_size is not None:
             raise ValueError("--superpixel-size applies to --refine superpixels only")
+        if refine != "superpixels" and superpixel_method is not None:
+            raise ValueError("--superpixel-method applies to --refine superpixels only")
         if refine == "superpixels" and options.get("connectivity") is not None:
             raise ValueError("--connectivity applies to --refine none only: superpixels are joined where they touch")
         self.levels = check_levels(default_levels(refine) if levels is None else levels)
         self.refine = refine
         self.superpixel_size = superpixel_size
+        self.superpixel_method = superpixel_method
         self.upsampling = upsampling
         self.features = features
         self.feature_options = {k: v for k, v in (feature_options or {}).items() if v is not None}
         self.options = {k: v for k, v in options.items() if v is not None}
-        self.extractor = refined(get_extractor(features, **self.feature_options), refine,
-                                 **({} if superpixel_size is None else {"size": superpixel_size}))
+        sp_options = {k: v for k, v in (("size", superpixel_size), ("method", superpixel_method)) if v is not None}
+        self.extractor = refined(get_extractor(features, **self.feature_options), refine, **sp_options)
 
     def params(self) -> dict[str, Any]:
         return {"levels": list(self.levels), "features": self.features,
                 "feature_options": dict(self.feature_options), "refine": self.refine,
-                "superpixel_size": self.superpixel_size, "upsampling": self.upsampling,
+                "superpixel_size": self.superpixel_size, "superpixel_method": self.superpixel_method,
+                "upsampling": self.upsampling,
                 **self.options, **super().params()}
 
     def level_names(self) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_SIZE, adjacency, superpixels
+from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, METHODS, adjacency, superpixels
 from .base import FeatureGrid
 from .image import load_image
 
@@ -33,7 +33,7 @@ __all__ = ["REFINES", "REGION_LEVELS", "RegionFeatures", "RegionGraph", "default
 REFINES = ("none", "superpixels")  # how patch features become UniAP's nodes
 # Superpixels merge at lower cosines than patches (a patch on an edge mixes two regions, a
 # superpixel rarely does): their own thresholds, tuned on BSDS500 val, CamVid val and COCO dev
-# (docs/quality.md).
+# (docs/quality.md; finer steps at the top helped BSDS500 but cost COCO AR@100).
 REGION_LEVELS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 
 
@@ -74,6 +74,7 @@ class RegionGraph:
     grid : FeatureGrid
         The patch features the node features come from.
     size, compactness : the superpixels' parameters
+    method : the superpixel method (:data:`uniap.superpixels.METHODS`)
     pixel_features : whether the node features came from the superpixels' own pixels
     """
 
@@ -84,6 +85,7 @@ class RegionGraph:
     size: int = DEFAULT_SIZE
     compactness: float = DEFAULT_COMPACTNESS
     pixel_features: bool = False
+    method: str = DEFAULT_METHOD
 
     @property
     def name(self) -> str:
@@ -111,8 +113,10 @@ class RegionGraph:
 
     def describe(self) -> dict:
         """The refinement as recorded in output files."""
-        out = {"method": "superpixels", "size": int(self.size), "compactness": float(self.compactness),
+        out = {"method": "superpixels", "superpixels": self.method, "size": int(self.size),
                "nodes": int(self.features.shape[0])}
+        if self.method == "slic":
+            out["compactness"] = float(self.compactness)
         if self.pixel_features:
             out["pixel_features"] = True
         return out
@@ -162,8 +166,10 @@ class RegionFeatures:
     extractor : a feature extractor (:mod:`uniap.features`)
     size : int, default 150
         Mean superpixel area in pixels (:func:`uniap.superpixels.superpixels`).
+    method : {"watershed", "slic"}, default "watershed"
+        How the superpixels are made (:func:`uniap.superpixels.superpixels`).
     compactness : float, default 20
-        SLIC's compactness.
+        SLIC's compactness (``method="slic"``).
     pixel_features : bool, default False
         Use the extractor's ``region_features`` (its descriptors of each superpixel's own
         pixels) where it has one, instead of pooling its patch grid (:func:`pool_grid`); an
@@ -180,13 +186,14 @@ class RegionFeatures:
     (1, 400, 600)
     """
 
-    def __init__(self, extractor: Any, *, size: int = DEFAULT_SIZE,
+    def __init__(self, extractor: Any, *, size: int = DEFAULT_SIZE, method: str = DEFAULT_METHOD,
                  compactness: float = DEFAULT_COMPACTNESS, pixel_features: bool = False) -> None:
         if isinstance(extractor, RegionFeatures):
             raise TypeError("the extractor already gives region features")
-        superpixels(np.zeros((2, 2, 3), np.uint8), size=size, compactness=compactness)  # validates
+        superpixels(np.zeros((2, 2, 3), np.uint8), size=size, method=method, compactness=compactness)  # validates
         self.extractor = extractor
         self.size = int(size)
+        self.method = method
         self.compactness = float(compactness)
         self.pixel_features = bool(pixel_features)
         self.name = extractor.name
@@ -195,8 +202,8 @@ class RegionFeatures:
             self.batch_grids = self._batch_grids
 
     def __repr__(self) -> str:
-        return (f"RegionFeatures({self.extractor!r}, size={self.size}, compactness={self.compactness:g}, "
-                f"pixel_features={self.pixel_features})")
+        return (f"RegionFeatures({self.extractor!r}, size={self.size}, method={self.method!r}, "
+                f"compactness={self.compactness:g}, pixel_features={self.pixel_features})")
 
     def __call__(self, image: Any) -> RegionGraph:
         rgb = load_image(image)
@@ -204,7 +211,7 @@ class RegionFeatures:
 
     def graph(self, image: np.ndarray, grid: FeatureGrid) -> RegionGraph:
         """The region graph of ``image`` from its patch features ``grid``."""
-        regions = superpixels(image, size=self.size, compactness=self.compactness)
+        regions = superpixels(image, size=self.size, method=self.method, compactness=self.compactness)
         if self.pixel_features and hasattr(self.extractor, "region_features"):
             x = self.extractor.region_features(image, regions)
             missing = np.isnan(x).any(axis=1)
@@ -213,7 +220,7 @@ class RegionFeatures:
         else:
             x = pool_grid(grid, regions)
         return RegionGraph(x, adjacency(regions), regions, grid, self.size, self.compactness,
-                           self.pixel_features)
+                           self.pixel_features, self.method)
 
     def _batch_grids(self, images: Iterable[np.ndarray]) -> Iterator[tuple[RegionGraph, np.ndarray]]:
         images = list(images)
@@ -232,7 +239,7 @@ def refined(extractor: Any, refine: str = "superpixels", **options: Any) -> Any:
         ``"superpixels"``: a :class:`RegionFeatures` around ``extractor`` (unless it is one);
         ``"none"``: ``extractor`` itself (patch nodes).
     **options
-        Keyword arguments of :class:`RegionFeatures` (``size``, ``compactness``).
+        Keyword arguments of :class:`RegionFeatures` (``size``, ``method``, ``compactness``).
 
     Returns
     -------

@@ -62,6 +62,7 @@ def segment_image(
     *,
     refine: str = "superpixels",
     superpixel_size: int | None = None,
+    superpixel_method: str | None = None,
     upsampling: str = "nearest",
     unique: bool = True,
     **options: Any,
@@ -84,6 +85,9 @@ def segment_image(
         UniAP's nodes: superpixels (pixel-accurate levels) or patches.
     superpixel_size : int, optional
         Mean superpixel area in pixels (default 150; ``refine="superpixels"`` only).
+    superpixel_method : {"watershed", "slic"}, optional
+        How the superpixels are made (default ``"watershed"``,
+        :func:`uniap.superpixels.superpixels`; ``refine="superpixels"`` only).
     upsampling : {"nearest", "bilinear"}
         How patch labels become pixel labels (:func:`uniap.pixels.pixel_labels`;
         ``refine="none"`` only).
@@ -109,12 +113,13 @@ def segment_image(
     from ..features import get_extractor, load_image, refined
     from ..features.regions import default_levels
 
-    if refine != "superpixels" and superpixel_size is not None:
-        raise ValueError("superpixel_size applies to refine='superpixels' only")
+    sp_options = {k: v for k, v in (("size", superpixel_size), ("method", superpixel_method)) if v is not None}
+    if refine != "superpixels" and sp_options:
+        raise ValueError(f"superpixel_{'size' if 'size' in sp_options else 'method'} applies to "
+                         "refine='superpixels' only")
     if refine == "superpixels" and upsampling != "nearest":
         raise ValueError("upsampling applies to refine='none' only: superpixel levels are pixel-accurate")
-    extractor = refined(get_extractor("default") if extractor is None else extractor, refine,
-                        **({} if superpixel_size is None else {"size": superpixel_size}))
+    extractor = refined(get_extractor("default") if extractor is None else extractor, refine, **sp_options)
     options.setdefault("levels", default_levels(refine))
     pixels = load_image(image)
     t0 = time.perf_counter()

@@ -48,7 +48,8 @@ class Settings:
         UniAP's nodes: superpixels, pixel-accurate levels (default,
         :class:`uniap.features.RegionFeatures`) or the patch grid itself.
     refine_options : dict
-        Keyword arguments of :class:`~uniap.features.RegionFeatures` (``size``, ``compactness``).
+        Keyword arguments of :class:`~uniap.features.RegionFeatures` (``size``, ``method``,
+        ``compactness``).
     threads : int, optional
         BLAS, OpenMP and torch threads of a worker (several workers share the cores).
     """
@@ -90,7 +91,21 @@ class Settings:
         return {"features": self.features, "extractor": extractor,
                 "options": {**resolved.as_dict(), **{k: v for k, v in options.items() if k not in _RESOLVED}},
                 "upsampling": self.upsampling, "unique": self.unique,
-                "refine": {"method": self.refine, **self.refine_options}}
+                "refine": self.refine_fields()}
+
+    def refine_fields(self) -> dict[str, Any]:
+        """The refinement with its defaults filled in, so that naming a default changes nothing
+        and a changed default (SLIC before watershed superpixels) changes the signature."""
+        if self.refine != "superpixels":
+            return {"method": self.refine, **self.refine_options}
+        from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE
+
+        fields = {"size": DEFAULT_SIZE, "method": DEFAULT_METHOD, **self.refine_options}
+        if fields["method"] == "slic":
+            fields.setdefault("compactness", DEFAULT_COMPACTNESS)
+        else:
+            fields.pop("compactness", None)
+        return {"method": "superpixels", "superpixels": fields.pop("method"), **fields}
 
 
 _RESOLVED = {"levels", "preset", "passes", "pooling", "vote_weight", "temperature", "semantic", "min_size"}
