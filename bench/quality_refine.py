@@ -2,8 +2,9 @@
 
     python bench/quality_refine.py --dataset bsds500 --data ../shared/data/bsds500 --split val --out R.json
 
-An ablation row of ``docs/quality.md``: the default's superpixel nodes, but each with the
-default extractor's histograms of its own pixels
+An ablation row of ``docs/quality.md``: superpixel nodes (SLIC by default, as in that row;
+``--superpixel-method watershed`` for the current default's), but each with the default
+extractor's histograms of its own pixels
 (:meth:`uniap.features.DefaultFeatures.region_features`, ``RegionFeatures(pixel_features=True)``)
 instead of the sum of the patch features under it (:func:`uniap.features.pool_grid`, the
 default).  Writes a result JSON like ``uniap-eval``'s.
@@ -30,11 +31,13 @@ def main() -> int:
     parser.add_argument("--split", help="comma-separated splits (default: all)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--superpixel-method", choices=("slic", "watershed"), default="slic")
     args = parser.parse_args()
 
     dataset = open_dataset(args.dataset, args.data, args.split.split(",") if args.split else None)
-    segmenter = Uniap()
-    segmenter.extractor = RegionFeatures(segmenter.extractor.extractor, pixel_features=True)
+    segmenter = Uniap(superpixel_method=args.superpixel_method)
+    segmenter.extractor = RegionFeatures(segmenter.extractor.extractor, method=args.superpixel_method,
+                                         pixel_features=True)
     result = evaluate(dataset, segmenter, BENCHMARKS[args.dataset](dataset), workers=args.workers, progress=False)
     result["segmenter"]["params"]["pixel_features"] = True
     out = Path(args.out)

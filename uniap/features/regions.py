@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, METHODS, adjacency, superpixels
+from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, adjacency, superpixels
 from .base import FeatureGrid
 from .image import load_image
 
