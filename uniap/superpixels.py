@@ -65,8 +65,8 @@ def superpixels(
         (``method="slic"`` only; the watershed has none).
     max_pixels : int, default 2**22
         An image with more pixels is segmented at a downscaled copy of at most this many
-        pixels, and the labels are mapped back by nearest neighbour (both methods hold a few
-        float64 copies of their input, about 100 bytes a pixel).
+        pixels, and the labels are mapped back by nearest neighbour (SLIC holds about 100
+        bytes a pixel, the watershed's graph and tree about 300 more).
 
     Returns
     -------
