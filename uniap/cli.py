@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
-from .features.regions import REFINES, REGION_LEVELS
+from .features.regions import REFINES, REGION_LEVELS, superpixel_options
 from .options import DEFAULT_LEVELS
 from .superpixels import DEFAULT_METHOD, DEFAULT_SIZE, METHODS
 from .pipeline.runner import NUMBA_PAYS_OFF
@@ -232,8 +232,7 @@ def segment_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def refine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The superpixel options the user set (:class:`uniap.features.RegionFeatures` keywords)."""
-    names = {"superpixel_size": "size", "superpixel_method": "method"}
-    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+    return superpixel_options(args.superpixel_size, args.superpixel_method)
 
 
 def extractor_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 from .hierarchy import nearest_index
 
 __all__ = ["DEFAULT_COMPACTNESS", "DEFAULT_METHOD", "DEFAULT_SIZE", "MAX_PIXELS", "METHODS", "adjacency",
-           "superpixels"]
+           "check_options", "superpixels"]
 
 DEFAULT_SIZE = 150  # pixels per superpixel: about a 12 x 12 patch (tuned on BSDS500 val)
 DEFAULT_METHOD = "watershed"  # follows edges better than SLIC (docs/quality.md)
@@ -92,11 +92,7 @@ def superpixels(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    _check_positive(size=size, max_pixels=max_pixels)
-    if not np.isfinite(compactness) or compactness <= 0:
-        raise ValueError(f"compactness must be a finite number > 0, got {compactness!r}")
+    check_options(size=size, method=method, compactness=compactness, max_pixels=max_pixels)
     height, width = image.shape[:2]
     small = image
     if height * width > max_pixels:
@@ -108,6 +104,16 @@ def superpixels(
     if small is not image:
         labels = labels[nearest_index(height, small.shape[0])][:, nearest_index(width, small.shape[1])]
     return _consecutive(labels)
+
+
+def check_options(*, size: int = DEFAULT_SIZE, method: str = DEFAULT_METHOD,
+                  compactness: float = DEFAULT_COMPACTNESS, max_pixels: int = MAX_PIXELS) -> None:
+    """Raise ValueError naming the first option of :func:`superpixels` that is not valid."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    _check_positive(size=size, max_pixels=max_pixels)
+    if not np.isfinite(compactness) or compactness <= 0:
+        raise ValueError(f"compactness must be a finite number > 0, got {compactness!r}")
 
 
 def _slic(image: np.ndarray, count: int, compactness: float) -> np.ndarray:

@@ -147,7 +147,7 @@ class Uniap(Segmenter):
                  score: str = "contrast", min_area: int = 1, **options: Any):
         super().__init__(score, min_area)
         from ..features import REFINES, get_extractor, refined
-        from ..features.regions import default_levels
+        from ..features.regions import default_levels, superpixel_options
         from ..options import check_levels
         from ..pixels import UPSAMPLING
 
@@ -171,8 +171,8 @@ class Uniap(Segmenter):
         self.features = features
         self.feature_options = {k: v for k, v in (feature_options or {}).items() if v is not None}
         self.options = {k: v for k, v in options.items() if v is not None}
-        sp_options = {k: v for k, v in (("size", superpixel_size), ("method", superpixel_method)) if v is not None}
-        self.extractor = refined(get_extractor(features, **self.feature_options), refine, **sp_options)
+        self.extractor = refined(get_extractor(features, **self.feature_options), refine,
+                                 **superpixel_options(superpixel_size, superpixel_method))
 
     def params(self) -> dict[str, Any]:
         return {"levels": list(self.levels), "features": self.features,

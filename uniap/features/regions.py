@@ -23,12 +23,12 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, adjacency, superpixels
+from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, adjacency, check_options, superpixels
 from .base import FeatureGrid
 from .image import load_image
 
 __all__ = ["REFINES", "REGION_LEVELS", "RegionFeatures", "RegionGraph", "default_levels", "pool_grid",
-           "refined"]
+           "refined", "superpixel_options"]
 
 REFINES = ("none", "superpixels")  # how patch features become UniAP's nodes
 # Superpixels merge at lower cosines than patches (a patch on an edge mixes two regions, a
@@ -190,7 +190,7 @@ class RegionFeatures:
                  compactness: float = DEFAULT_COMPACTNESS, pixel_features: bool = False) -> None:
         if isinstance(extractor, RegionFeatures):
             raise TypeError("the extractor already gives region features")
-        superpixels(np.zeros((2, 2, 3), np.uint8), size=size, method=method, compactness=compactness)  # validates
+        check_options(size=size, method=method, compactness=compactness)
         self.extractor = extractor
         self.size = int(size)
         self.method = method
@@ -227,6 +227,12 @@ class RegionFeatures:
         for image, (grid, _) in zip(images, self.extractor.batch_grids(images)):
             graph = self.graph(image, grid)
             yield graph, graph.features
+
+
+def superpixel_options(size: int | None = None, method: str | None = None) -> dict[str, Any]:
+    """The :class:`RegionFeatures` keywords a caller set (``None``: the default), e.g. for
+    :func:`refined`."""
+    return {key: value for key, value in (("size", size), ("method", method)) if value is not None}
 
 
 def refined(extractor: Any, refine: str = "superpixels", **options: Any) -> Any:

@@ -111,12 +111,11 @@ def segment_image(
     (2, 400, 600)
     """
     from ..features import get_extractor, load_image, refined
-    from ..features.regions import default_levels
+    from ..features.regions import default_levels, superpixel_options
 
-    sp_options = {k: v for k, v in (("size", superpixel_size), ("method", superpixel_method)) if v is not None}
+    sp_options = superpixel_options(superpixel_size, superpixel_method)
     if refine != "superpixels" and sp_options:
-        raise ValueError(f"superpixel_{'size' if 'size' in sp_options else 'method'} applies to "
-                         "refine='superpixels' only")
+        raise ValueError(f"{', '.join('superpixel_' + k for k in sp_options)} applies to refine='superpixels' only")
     if refine == "superpixels" and upsampling != "nearest":
         raise ValueError("upsampling applies to refine='none' only: superpixel levels are pixel-accurate")
     extractor = refined(get_extractor("default") if extractor is None else extractor, refine, **sp_options)
