@@ -1,7 +1,8 @@
 """Per-image cost of uniap-eval's segmenters on 481x321 BSDS500 images, in one session.
 
 The label maps of one image, as ``uniap-eval`` computes them (scoring excluded): uniap's
-default (watershed superpixel nodes), uniap on SLIC superpixels, uniap on the patch grid (``--refine none``) and the classic
+default (watershed superpixel nodes and their contour regions), the same without the contour
+regions (``--no-contours``), uniap on SLIC superpixels, uniap on the patch grid (``--refine none``) and the classic
 peers at the settings of ``docs/quality.md``. Each round takes the next of 8 images; the
 ratio to Felzenszwalb's median is in ``docs/quality.md``.
 
@@ -19,6 +20,7 @@ from uniap.evaluation import build_segmenter
 
 SEGMENTERS = {
     "uniap": ("uniap", {}),
+    "uniap-no-contours": ("uniap", {"contours": False}),
     "uniap-slic": ("uniap", {"superpixel_method": "slic"}),
     "uniap-patches": ("uniap", {"refine": "none"}),
     "felzenszwalb": ("felzenszwalb", {"min_size": 100, "scales": (100, 200, 400, 800, 1600, 3200)}),

@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     algo.add_argument("--superpixel-method", choices=tuple(METHODS), metavar="|".join(METHODS),
                       help=f"how superpixels are made (default {DEFAULT_METHOD}: a hierarchical watershed "
                       "that follows the image's edges; slic: compact SLIC superpixels)")
+    algo.add_argument("--contours", action=argparse.BooleanOptionalAction, default=None,
+                      help="also write the contour regions of the watershed superpixels' hierarchy "
+                      "(kind \"contour\"; default on with watershed superpixels)")
     algo.add_argument("--levels", type=_levels, metavar="T1,T2,...",
                       help="strictly decreasing cosine thresholds in [-1, 1] (default "
                       f"{','.join(f'{t:g}' for t in REGION_LEVELS)} with superpixels, "
@@ -232,7 +235,7 @@ def segment_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def refine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The superpixel options the user set (:class:`uniap.features.RegionFeatures` keywords)."""
-    return superpixel_options(args.superpixel_size, args.superpixel_method)
+    return superpixel_options(args.superpixel_size, args.superpixel_method, args.contours)
 
 
 def extractor_options(args: argparse.Namespace) -> dict[str, Any]:

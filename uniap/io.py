@@ -216,11 +216,13 @@ def write_png(
     records: list[dict],
     semantic_labels: np.ndarray | None = None,
     extra_files: dict[str, str] | None = None,
+    contour_labels: np.ndarray | None = None,
 ) -> None:
     """``--format png``: one 16-bit label PNG per level plus ``metadata.csv``, atomically.
 
     ``level_<i>.png`` holds level i's instance labels (cluster ids, 0-based, canonical);
-    ``semantic_<i>.png`` the semantic groups when present; ``metadata.csv`` one row per
+    ``semantic_<i>.png`` the semantic groups when present; ``contour_<k>.png`` the contour
+    regions of cut k when present; ``metadata.csv`` one row per
     record (its ``label`` column is the cluster id in the PNG of its level and kind);
     ``extra_files`` maps further file names to their text (the pipeline's ``uniap.json``).
     """
@@ -233,11 +235,14 @@ def write_png(
             Image.fromarray(labels.astype(np.uint16)).save(tmp / f"level_{i}.png")
             if semantic_labels is not None:
                 Image.fromarray(semantic_labels[i].astype(np.uint16)).save(tmp / f"semantic_{i}.png")
+        for k, labels in enumerate(contour_labels if contour_labels is not None else ()):
+            Image.fromarray(labels.astype(np.uint16)).save(tmp / f"contour_{k}.png")
+        by_kind = {"instance": pixel_labels, "semantic": semantic_labels, "contour": contour_labels}
         with open(tmp / "metadata.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(PNG_COLUMNS)
             for rec in records:
-                maps = pixel_labels if rec["kind"] == "instance" else semantic_labels
+                maps = by_kind[rec["kind"]]
                 px, py = rec["point_coords"][0]
                 label = int(maps[rec["level"]][int(py), int(px)])
                 writer.writerow([

@@ -24,14 +24,18 @@ plus UniAP's own keys:
 ``level`` (int), ``levels`` (list of int), ``threshold`` (float)
     ``levels`` lists every level (0 = finest) at which this exact mask is a cluster (or a
     semantic group); ``level`` is the first of them and ``threshold`` its cosine threshold.
-``kind`` ("instance" | "semantic")
-    Instance clusters are connected; semantic groups join alike clusters anywhere.
+``kind`` ("instance" | "semantic" | "contour")
+    Instance clusters are connected; semantic groups join alike clusters anywhere.  Contour
+    records (:func:`contour_records`) are the regions of the watershed hierarchy the
+    superpixels are cut from: ``level`` / ``levels`` index its coarser cuts (0 = finest),
+    ``threshold`` is the cut's altitude there, ``num_patches`` counts superpixels and
+    ``parent`` is -1.
 ``num_patches`` (int)
     Cells (patches) in the cluster at ``level``.
 ``parent`` (int)
     ``id`` of the record of the next *different* mask enclosing this one (the cluster
     containing it at the level after the last of ``levels``); -1 when there is none and for
-    semantic records.
+    semantic and contour records.
 ``score`` (float)
     Cohesion at ``level``: the mean cosine between the members' features and the cluster's
     feature, in [-1, 1]; 1 for a cluster of identical directions.
@@ -766,6 +770,90 @@ def _semantic_records(h, sem: list[LabelMapMasks | None], crop, unique: bool, st
             m, fresh, list(range(start + len(records), start + len(records) + len(fresh))),
             [[i] for _ in fresh], float(lv.threshold), "semantic", sizes[m.labels[fresh]].tolist(),
             [-1] * len(fresh), [1.0] * len(fresh), crop,
+        )
+        for rec in new:
+            seen[rec["segmentation"]["counts"]] = rec
+        records += new
+    return records
+
+
+def contour_records(maps: np.ndarray, thresholds: Sequence[float], *, node_labels: np.ndarray | None = None,
+                    node_features: np.ndarray | None = None, min_size: int = 1, start: int = 0,
+                    unique: bool = True) -> list[dict]:
+    """Records (``kind: "contour"``) of the contour regions' label maps, finest cut first.
+
+    Parameters
+    ----------
+    maps : ndarray of shape (K, H, W), integer
+        Each cut's regions at the image's pixels (nested, as
+        :meth:`uniap.features.RegionGraph.contour_maps` gives them).
+    thresholds : sequence of K float
+        Each cut's altitude (the records' ``threshold``).
+    node_labels : ndarray of shape (K, N), optional
+        The same cuts per superpixel (``RegionGraph.contours``): ``num_patches`` counts
+        superpixels, and with ``node_features`` the ``score`` is the region's cohesion (as
+        for instance records); otherwise ``num_patches`` is the area and ``score`` 1.
+    node_features : ndarray of shape (N, C), optional
+        The superpixels' features.
+    min_size : int
+        Smallest region recorded, in superpixels (with ``node_labels``; as the hierarchy's
+        ``min_size``), else in pixels.
+    start : int
+        The first record's ``id`` (after the hierarchy's records).
+    unique : bool
+        One record per distinct mask, with the cuts it spans (default), or one per region
+        and cut.
+
+    Returns
+    -------
+    list of dict
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> maps = np.array([[[0, 0, 1, 2]], [[0, 0, 1, 1]]])
+    >>> [(r["levels"], r["area"]) for r in contour_records(maps, [1.0, 2.0])]
+    [([0, 1], 2), ([0], 1), ([0], 1), ([1], 2)]
+    """
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or 0 in maps.shape[1:]:
+        raise ValueError(f"contour maps must be (K, H, W), got shape {maps.shape}")
+    if len(thresholds) != maps.shape[0]:
+        raise ValueError(f"{maps.shape[0]} contour maps but {len(thresholds)} thresholds")
+    shape = maps.shape[1:]
+    crop = (0, 0, shape[1], shape[0])
+    stride = _point_stride(*shape)
+    subs = [np.ascontiguousarray(m[::stride, ::stride]) for m in maps]
+    dists = _sample_distances(subs) if len(subs) else []
+    scores = sizes = None
+    if node_labels is not None:
+        node_labels = np.asarray(node_labels)
+        sizes = [np.bincount(lab) for lab in node_labels]
+        if node_features is not None:
+            x = np.asarray(node_features, np.float64)
+            sums = [np.stack([np.bincount(lab, x[:, c], minlength=len(n)) for c in range(x.shape[1])], axis=1)
+                    for lab, n in zip(node_labels, sizes)]
+            scores = _cohesions(x, list(zip(node_labels, sums)))
+    records: list[dict] = []
+    seen: dict[str, dict] = {}
+    for i, pix in enumerate(maps):
+        big = None
+        if min_size > 1:
+            big = np.flatnonzero((sizes[i] if sizes is not None else np.bincount(pix.ravel())) >= min_size)
+        m = _encode_label_map(pix, big, (stride, subs[i], dists[i]))
+        fresh = []
+        for j, counts in enumerate(m.counts):
+            rec = seen.get(counts) if unique else None
+            if rec is not None:
+                rec["levels"].append(i)
+            else:
+                fresh.append(j)
+        labels = m.labels[fresh]
+        num = sizes[i][labels].tolist() if sizes is not None else m.areas[fresh].tolist()
+        score = np.round(scores[i][labels], 6).tolist() if scores is not None else [1.0] * len(fresh)
+        new = _make_records(
+            m, fresh, list(range(start + len(records), start + len(records) + len(fresh))),
+            [[i] for _ in fresh], float(thresholds[i]), "contour", num, [-1] * len(fresh), score, crop,
         )
         for rec in new:
             seen[rec["segmentation"]["counts"]] = rec

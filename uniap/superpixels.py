@@ -27,13 +27,14 @@ import numpy as np
 
 from .hierarchy import nearest_index
 
-__all__ = ["DEFAULT_COMPACTNESS", "DEFAULT_METHOD", "DEFAULT_SIZE", "MAX_PIXELS", "METHODS", "adjacency",
-           "check_options", "superpixels"]
+__all__ = ["CONTOUR_FACTOR", "DEFAULT_COMPACTNESS", "DEFAULT_METHOD", "DEFAULT_SIZE", "MAX_PIXELS", "METHODS",
+           "adjacency", "check_options", "superpixel_hierarchy", "superpixels"]
 
 DEFAULT_SIZE = 150  # pixels per superpixel: about a 12 x 12 patch (tuned on BSDS500 val)
 DEFAULT_METHOD = "watershed"  # follows edges better than SLIC (docs/quality.md)
 _WATERSHED_SIGMA = 1.0  # Gaussian smoothing (pixels) of the CIELab image before the watershed
 DEFAULT_COMPACTNESS = 20.0  # SLIC's colour / space balance (tuned on BSDS500 val)
+CONTOUR_FACTOR = 3  # contour regions: each coarser cut has 3x fewer regions (COCO dev, docs/quality.md)
 MAX_PIXELS = 1 << 22  # larger images get their superpixels on a downscaled copy (memory)
 _BAND_ROWS = 1 << 20  # adjacency: pixels compared at a time
 
@@ -93,17 +94,89 @@ def superpixels(
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
     check_options(size=size, method=method, compactness=compactness, max_pixels=max_pixels)
-    height, width = image.shape[:2]
-    small = image
-    if height * width > max_pixels:
-        scale = np.sqrt(max_pixels / (height * width))
-        shape = (max(1, int(height * scale)), max(1, int(width * scale)))
-        small = image[nearest_index(shape[0], height)][:, nearest_index(shape[1], width)]
-    count = max(1, round(height * width / size))  # superpixels of ``size`` original pixels
-    labels = METHODS[method](small, count, compactness)
-    if small is not image:
-        labels = labels[nearest_index(height, small.shape[0])][:, nearest_index(width, small.shape[1])]
-    return _consecutive(labels)
+    small = _downscaled(image, max_pixels)
+    count = max(1, round(image.shape[0] * image.shape[1] / size))  # superpixels of ``size`` original pixels
+    return _consecutive(_upscaled(METHODS[method](small, count, compactness), image.shape[:2]))
+
+
+def superpixel_hierarchy(
+    image: np.ndarray,
+    *,
+    size: int = DEFAULT_SIZE,
+    factor: int = CONTOUR_FACTOR,
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Watershed superpixels and the coarser cuts of the hierarchy they are cut from.
+
+    The superpixels of ``superpixels(image, size=size, method="watershed")`` are one
+    horizontal cut of a hierarchical watershed; its coarser cuts, with ``factor`` times fewer
+    regions each, are regions bounded by ever stronger edges of the image (*contour
+    regions*).  They are unions of superpixels, nested, and complement UniAP's levels, which
+    group superpixels by their features (``docs/quality.md``: COCO AR@1000).
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8
+    size : int, default 150
+        Mean superpixel area in pixels.
+    factor : int, default 3
+        Each cut has about ``factor`` times fewer regions than the one before; the first has
+        N / factor of the N superpixels, the last at least 2 regions.
+    max_pixels : int, default 2**22
+        As for :func:`superpixels`.
+
+    Returns
+    -------
+    regions : ndarray of shape (H, W), int32
+        The superpixels, 0 .. N-1 (equal to :func:`superpixels`'s).
+    cuts : ndarray of shape (K, N), int32
+        ``cuts[k, i]``: the region (0 .. R_k - 1) of cut k holding superpixel i, finest cut
+        first; K = 0 when there are too few superpixels for a coarser cut.
+    thresholds : ndarray of shape (K,), float64
+        Each cut's altitude in the hierarchy by volume, increasing: the volume (pixels times
+        CIELab colour difference) below which a basin is merged into its neighbour.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.zeros((40, 60, 3), np.uint8)
+    >>> image[:, 30:] = 200
+    >>> regions, cuts, thresholds = superpixel_hierarchy(image, size=20)
+    >>> cuts.shape[1] == int(regions.max()) + 1, len(cuts) > 0
+    (True, True)
+    >>> all(np.intersect1d(c[regions[:, :30]], c[regions[:, 30:]]).size == 0 for c in cuts)  # edge kept
+    True
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
+    check_options(size=size, max_pixels=max_pixels)
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 2:
+        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+    small = _downscaled(image, max_pixels)
+    count = max(1, round(image.shape[0] * image.shape[1] / size))
+    explorer = _watershed_explorer(small)
+    if explorer is None:
+        leaves = np.zeros(small.shape[:2], np.int64)
+        return _consecutive(_upscaled(leaves, image.shape[:2])), np.zeros((0, 1), np.int32), np.zeros(0)
+    tree, explore = explorer
+    leaves = np.asarray(explore.horizontal_cut_from_num_regions(count).labelisation_leaves(tree), np.int64)
+    regions = _consecutive(leaves)  # on the (maybe downscaled) copy: every superpixel is there
+    n = int(regions.max()) + 1
+    cuts, thresholds = [], []
+    target = n / factor
+    while target >= 2:
+        cut = explore.horizontal_cut_from_num_regions(int(round(target)))
+        labels = np.asarray(cut.labelisation_leaves(tree), np.int64)
+        of_node = np.empty(n, np.int64)
+        of_node[regions.ravel()] = labels.ravel()  # nested: one cut region per superpixel
+        of_node = np.unique(of_node, return_inverse=True)[1]
+        if not cuts or of_node.max() < cuts[-1].max():  # a coarser cut, not the same again
+            cuts.append(of_node.astype(np.int32))
+            thresholds.append(float(cut.altitude()))
+        target /= factor
+    cuts_array = np.stack(cuts) if cuts else np.zeros((0, n), np.int32)
+    return _upscaled(regions, image.shape[:2]), cuts_array, np.asarray(thresholds, np.float64)
 
 
 def check_options(*, size: int = DEFAULT_SIZE, method: str = DEFAULT_METHOD,
@@ -123,22 +196,31 @@ def _slic(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
                 enforce_connectivity=True, channel_axis=-1)
 
 
-def _watershed(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
-    """The ``count``-region cut of the watershed hierarchy by volume of the image's
-    4-adjacency graph, edge weights the L2 distance of CIELab colours smoothed at sigma 1."""
+def _watershed_explorer(image: np.ndarray):
+    """``(tree, HorizontalCutExplorer)`` of the watershed hierarchy by volume of the image's
+    4-adjacency graph, edge weights the L2 distance of CIELab colours smoothed at sigma 1;
+    None for an image of one pixel (no edge: higra cannot build a hierarchy on it)."""
     import higra as hg
     from skimage.color import rgb2lab
     from skimage.filters import gaussian
 
     shape = image.shape[:2]
-    if shape[0] * shape[1] < 2:  # no edge: a graph higra cannot build a hierarchy on
-        return np.zeros(shape, np.int64)
+    if shape[0] * shape[1] < 2:
+        return None
     lab = gaussian(rgb2lab(image), sigma=_WATERSHED_SIGMA, channel_axis=-1)
     graph = hg.get_4_adjacency_graph(shape)
     weights = hg.weight_graph(graph, lab, hg.WeightFunction.L2)
     tree, altitudes = hg.watershed_hierarchy_by_volume(graph, weights)
-    cut = hg.HorizontalCutExplorer(tree, altitudes).horizontal_cut_from_num_regions(count)
-    return np.asarray(cut.labelisation_leaves(tree), np.int64)
+    return tree, hg.HorizontalCutExplorer(tree, altitudes)
+
+
+def _watershed(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
+    """The ``count``-region cut of the watershed hierarchy (:func:`_watershed_explorer`)."""
+    explorer = _watershed_explorer(image)
+    if explorer is None:
+        return np.zeros(image.shape[:2], np.int64)
+    tree, explore = explorer
+    return np.asarray(explore.horizontal_cut_from_num_regions(count).labelisation_leaves(tree), np.int64)
 
 
 METHODS = {"watershed": _watershed, "slic": _slic}  # superpixel methods by name
@@ -172,6 +254,23 @@ def adjacency(regions: np.ndarray) -> np.ndarray:
             break
     code = np.unique(np.concatenate(codes)) if codes else np.empty(0, np.int64)
     return np.stack([code // max(n, 1), code % max(n, 1)], axis=1)
+
+
+def _downscaled(image: np.ndarray, max_pixels: int) -> np.ndarray:
+    """``image``, or a nearest-neighbour copy of at most ``max_pixels`` pixels."""
+    height, width = image.shape[:2]
+    if height * width <= max_pixels:
+        return image
+    scale = np.sqrt(max_pixels / (height * width))
+    shape = (max(1, int(height * scale)), max(1, int(width * scale)))
+    return image[nearest_index(shape[0], height)][:, nearest_index(shape[1], width)]
+
+
+def _upscaled(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A label map of a downscaled copy back at ``shape`` (nearest neighbour)."""
+    if labels.shape == tuple(shape):
+        return labels
+    return labels[nearest_index(shape[0], labels.shape[0])][:, nearest_index(shape[1], labels.shape[1])]
 
 
 def _consecutive(labels: np.ndarray) -> np.ndarray:

@@ -88,8 +88,10 @@ class CocoBenchmark:
 
     def per_image(self, sample, truth: dict, seg) -> Any:
         image_id = int(truth["image_id"])
+        # a contour region (uniap's second hierarchy) is counted under no level
         props = [{"image_id": image_id, "score": p["score"], "segmentation": p["segmentation"],
-                  "level": p.get("level", 0)} for p in seg.proposals]
+                  "level": p.get("level", 0) if p.get("kind", "instance") == "instance" else -1}
+                 for p in seg.proposals]
         return {"image_id": image_id, "proposals": props}
 
     def summarise(self, partials: Sequence, level_names: Sequence[str]) -> tuple[dict, list[dict]]:

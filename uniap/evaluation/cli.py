@@ -49,6 +49,7 @@ SEGMENTER_FLAGS: dict[str, dict[str, str]] = {
     "refine": {"uniap": "refine"},
     "superpixel_size": {"uniap": "superpixel_size"},
     "superpixel_method": {"uniap": "superpixel_method"},
+    "contours": {"uniap": "contours"},
     "features": {"uniap": "features"},
     "scales": {"felzenszwalb": "scales"},
     "thresholds": {"slic_rag": "thresholds"},
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean superpixel area (default 150)")
     u.add_argument("--superpixel-method", choices=("watershed", "slic"),
                    help="how superpixels are made (default watershed; slic: compact SLIC superpixels)")
+    u.add_argument("--contours", action=argparse.BooleanOptionalAction, default=None,
+                   help="coco: propose the contour regions of the watershed superpixels' hierarchy "
+                   "too (default on with watershed superpixels)")
     u.add_argument("--levels", type=_numbers(float), metavar="T1,T2,...",
                    help="strictly decreasing thresholds (default 0.9,0.8,...,0.2 with superpixels, "
                    "0.8,0.7,0.6,0.5,0.4 with --refine none)")

@@ -31,7 +31,9 @@ because AR@k and AP only look at each image's k best-scored masks:
 ``random``
     A fixed pseudo-random order (a baseline for the others).
 
-Masks smaller than ``min_area`` pixels are not proposed.
+Masks smaller than ``min_area`` pixels are not proposed.  uniap's contour regions (the coarser
+cuts of the watershed hierarchy its superpixels come from, ``contours=``) are a second nested
+stack: their masks are proposed beside the levels', once each, ranked by the same rule.
 """
 
 from __future__ import annotations
@@ -178,9 +180,34 @@ def rank_value(score: str, level: np.ndarray, area: np.ndarray, persistence: np.
     raise ValueError(f"unknown score {score!r}; choose one of {list(SCORES)}")
 
 
+def _candidates(levels: np.ndarray, strength: np.ndarray | None, min_area: int) -> dict:
+    """Every distinct mask of a nested stack of label maps with what ranking needs."""
+    compact, ious = best_ious(levels)
+    # A region identical to a region of an earlier level is that region again: keep the first.
+    # Identical <=> IoU 1 with it (checked exactly through equal areas and the RLE).
+    out: dict[str, list] = {k: [] for k in ("level", "area", "stab", "first", "contrast", "rles")}
+    for lv, (lab, iou) in enumerate(zip(compact, ious)):
+        area = np.bincount(lab.ravel(), minlength=iou.shape[0])
+        first = np.unique(lab.ravel(), return_index=True)[1]  # first pixel of each region
+        repeat = (iou[:, :lv] >= 1.0 - 1e-12).any(axis=1) if lv else np.zeros(len(area), bool)
+        keep = np.flatnonzero(~repeat & (area >= min_area))
+        out["level"].append(np.full(len(keep), lv))
+        out["area"].append(area[keep])
+        out["stab"].append(iou[keep].mean(axis=1))
+        out["first"].append(lv * lab.size + first[keep])
+        out["rles"] += label_rles(lab, keep)
+        if strength is not None:
+            out["contrast"].append(boundary_contrast(lab, strength)[keep])
+    joined = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items() if k != "rles"}
+    joined["rles"] = out["rles"]
+    joined["num_levels"] = len(compact)
+    return joined
+
+
 def proposals_from_levels(levels: np.ndarray, score: str = "contrast", min_area: int = 1,
-                          seed: int = 0, image: np.ndarray | None = None) -> list[dict]:
-    """Deduplicated, scored masks of every level of a hierarchy.
+                          seed: int = 0, image: np.ndarray | None = None,
+                          contours: np.ndarray | None = None) -> list[dict]:
+    """Deduplicated, scored masks of every level of a hierarchy (and of its contour regions).
 
     Parameters
     ----------
@@ -194,12 +221,19 @@ def proposals_from_levels(levels: np.ndarray, score: str = "contrast", min_area:
         For ``score="random"``.
     image : ndarray of shape (H, W, 3), optional
         The image; needed by ``score="contrast"``.
+    contours : ndarray of shape (K, H, W), optional
+        A second nested stack, the contour regions of watershed superpixels
+        (:meth:`uniap.features.RegionGraph.contour_maps`): their masks are proposed too,
+        except those equal to a mask of ``levels``, and all are ranked together by the same
+        rule (a contour mask's persistence is taken over the K contour maps, its ``level``
+        indexes them).
 
     Returns
     -------
     list of dict
         ``segmentation`` (COCO RLE, ``counts`` str), ``score``, ``area``, ``level`` (the finest
-        level the mask occurs at) and ``persistence``; in decreasing score order.
+        level the mask occurs at), ``persistence`` and ``kind`` (``"instance"``, or
+        ``"contour"`` for the masks of ``contours``); in decreasing score order.
 
     Examples
     --------
@@ -208,10 +242,17 @@ def proposals_from_levels(levels: np.ndarray, score: str = "contrast", min_area:
     >>> props = proposals_from_levels(np.stack([fine, fine, coarse]), "persistence")
     >>> [(p["level"], p["area"], round(p["score"], 3)) for p in props]
     [(0, 4, 0.833), (0, 4, 0.833), (2, 8, 0.667)]
+    >>> cut = np.array([[0, 1, 1, 1]] * 2)
+    >>> [p["kind"] for p in proposals_from_levels(fine[None], "area", contours=cut[None])]
+    ['contour', 'instance', 'instance', 'contour']
     """
     levels = np.asarray(levels)
     if levels.ndim != 3:
         raise ValueError(f"levels must be (L, H, W), got shape {levels.shape}")
+    if contours is not None:
+        contours = np.asarray(contours)
+        if contours.ndim != 3 or contours.shape[1:] != levels.shape[1:]:
+            raise ValueError(f"contours must be (K, *{levels.shape[1:]}), got shape {contours.shape}")
     strength = None
     if score in NEEDS_IMAGE:
         if image is None:
@@ -219,36 +260,32 @@ def proposals_from_levels(levels: np.ndarray, score: str = "contrast", min_area:
         if np.asarray(image).shape[:2] != levels.shape[1:]:
             raise ValueError(f"image is {np.asarray(image).shape[:2]}, the label maps {levels.shape[1:]}")
         strength = edge_strength(image)
-    compact, ious = best_ious(levels)
-    num = len(compact)
-    # A region identical to a region of an earlier level is that region again: keep the first.
-    # Identical <=> IoU 1 with it (checked exactly through equal areas and the RLE).
-    cand_level, cand_label, cand_area, cand_stab, cand_first, cand_contrast = [], [], [], [], [], []
-    for lv, (lab, iou) in enumerate(zip(compact, ious)):
-        area = np.bincount(lab.ravel(), minlength=iou.shape[0])
-        first = np.unique(lab.ravel(), return_index=True)[1]  # first pixel of each region
-        repeat = (iou[:, :lv] >= 1.0 - 1e-12).any(axis=1) if lv else np.zeros(len(area), bool)
-        keep = np.flatnonzero(~repeat & (area >= min_area))
-        cand_level.append(np.full(len(keep), lv))
-        cand_label.append(keep)
-        cand_area.append(area[keep])
-        cand_stab.append(iou[keep].mean(axis=1))
-        cand_first.append(lv * lab.size + first[keep])
-        if strength is not None:
-            cand_contrast.append(boundary_contrast(lab, strength)[keep])
-    level = np.concatenate(cand_level) if cand_level else np.zeros(0, int)
-    area = np.concatenate(cand_area) if cand_area else np.zeros(0, int)
-    stab = np.concatenate(cand_stab) if cand_stab else np.zeros(0)
-    contrast = np.concatenate(cand_contrast) if cand_contrast else (np.zeros(0) if strength is not None else None)
-    value = rank_value(score, level, area, stab, num, levels.shape[1] * levels.shape[2], seed, contrast)
+    image_area = levels.shape[1] * levels.shape[2]
+    stacks = [(levels, "instance")] + ([(contours, "contour")] if contours is not None and len(contours) else [])
+    seen: set = set()
+    parts = []
+    offset = 0
+    for stack, kind in stacks:
+        c = _candidates(stack, strength, min_area)
+        fresh = np.array([r["counts"] not in seen for r in c["rles"]], bool)
+        seen.update(r["counts"] for r in c["rles"])
+        value = rank_value(score, c["level"], c["area"], c["stab"], c["num_levels"], image_area, seed,
+                           c["contrast"] if strength is not None else None)
+        parts.append((kind, c, value, c["first"] + offset, fresh))
+        offset += stack.shape[0] * image_area
+    kinds = np.concatenate([np.full(len(v), i) for i, (_, _, v, _, _) in enumerate(parts)]) if parts else np.zeros(0)
+    value = np.concatenate([v for _, _, v, _, _ in parts])
     # ties: finer level first, then the mask's first pixel (row-major), so that the order does
     # not depend on how the label maps number their regions
-    first = np.concatenate(cand_first) if cand_first else np.zeros(0, int)
-    order = np.lexsort((first, -value))
-    rles = [label_rles(compact[lv], cand_label[lv]) for lv in range(num)]
-    flat_rles = [r for per_level in rles for r in per_level]
-    return [{"segmentation": flat_rles[j], "score": float(value[j]), "area": int(area[j]),
-             "level": int(level[j]), "persistence": float(stab[j])} for j in order.tolist()]
+    first = np.concatenate([f for _, _, _, f, _ in parts])
+    keep = np.concatenate([k for *_, k in parts])
+    rles = [r for _, c, _, _, _ in parts for r in c["rles"]]
+    level = np.concatenate([c["level"] for _, c, _, _, _ in parts]).astype(np.int64)
+    area = np.concatenate([c["area"] for _, c, _, _, _ in parts]).astype(np.int64)
+    stab = np.concatenate([c["stab"] for _, c, _, _, _ in parts])
+    order = [j for j in np.lexsort((first, -value)).tolist() if keep[j]]
+    return [{"segmentation": rles[j], "score": float(value[j]), "area": int(area[j]), "level": int(level[j]),
+             "persistence": float(stab[j]), "kind": parts[int(kinds[j])][0]} for j in order]
 
 
 def label_rles(labels: np.ndarray, ids) -> list[dict]:

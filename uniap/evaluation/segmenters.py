@@ -60,6 +60,7 @@ class Segmentation:
     proposals: list[dict] | None = None  # scored masks, best first (with proposals=True)
     timings: dict[str, float] = field(default_factory=dict)
     level_names: list[str] | None = None  # when only the data knows them (saved predictions)
+    contours: np.ndarray | None = None  # (K, H, W): further masks to propose (uniap's contour regions)
 
 
 class Segmenter:
@@ -98,7 +99,7 @@ class Segmenter:
         levels = self.label_maps(image)
         t1 = time.perf_counter()
         props = proposals_from_levels(levels, self.score, self.min_area, image=image) if proposals else None
-        timings = {"segment": t1 - t0}
+        timings = {"segment": t1 - t0}  # (a subclass with contour regions overrides segment)
         if proposals:
             timings["proposals"] = time.perf_counter() - t1
         return Segmentation(levels, props, timings)
@@ -129,6 +130,8 @@ class Uniap(Segmenter):
         :class:`uniap.features.RegionFeatures`) or ``"none"`` (on the patch grid)
     superpixel_size : mean superpixel area in pixels (default 150)
     superpixel_method : ``"watershed"`` (default) or ``"slic"`` (:func:`uniap.superpixels.superpixels`)
+    contours : also propose the contour regions of watershed superpixels (default: True with
+        them; :func:`uniap.superpixels.superpixel_hierarchy`); the levels are unchanged
     upsampling : ``"nearest"`` or ``"bilinear"`` (:func:`uniap.pixels.pixel_labels`;
         ``refine="none"`` only)
     score : a rule of :mod:`uniap.evaluation.proposals`, or ``"record"``: the masks are the SAM
@@ -143,7 +146,7 @@ class Uniap(Segmenter):
     def __init__(self, levels: Sequence[float] | None = None, *, features: str = "default",
                  feature_options: dict | None = None, refine: str = "superpixels",
                  superpixel_size: int | None = None, superpixel_method: str | None = None,
-                 upsampling: str = "nearest",
+                 contours: bool | None = None, upsampling: str = "nearest",
                  score: str = "contrast", min_area: int = 1, **options: Any):
         super().__init__(score, min_area)
         from ..features import REFINES, get_extractor, refined
@@ -161,24 +164,27 @@ class Uniap(Segmenter):
             raise ValueError("--superpixel-size applies to --refine superpixels only")
         if refine != "superpixels" and superpixel_method is not None:
             raise ValueError("--superpixel-method applies to --refine superpixels only")
+        if refine != "superpixels" and contours is not None:
+            raise ValueError("--contours applies to --refine superpixels only")
         if refine == "superpixels" and options.get("connectivity") is not None:
             raise ValueError("--connectivity applies to --refine none only: superpixels are joined where they touch")
         self.levels = check_levels(default_levels(refine) if levels is None else levels)
         self.refine = refine
         self.superpixel_size = superpixel_size
         self.superpixel_method = superpixel_method
+        self.contours = contours
         self.upsampling = upsampling
         self.features = features
         self.feature_options = {k: v for k, v in (feature_options or {}).items() if v is not None}
         self.options = {k: v for k, v in options.items() if v is not None}
         self.extractor = refined(get_extractor(features, **self.feature_options), refine,
-                                 **superpixel_options(superpixel_size, superpixel_method))
+                                 **superpixel_options(superpixel_size, superpixel_method, contours))
 
     def params(self) -> dict[str, Any]:
         return {"levels": list(self.levels), "features": self.features,
                 "feature_options": dict(self.feature_options), "refine": self.refine,
                 "superpixel_size": self.superpixel_size, "superpixel_method": self.superpixel_method,
-                "upsampling": self.upsampling,
+                "contours": self.contours, "upsampling": self.upsampling,
                 **self.options, **super().params()}
 
     def level_names(self) -> list[str]:
@@ -199,36 +205,38 @@ class Uniap(Segmenter):
         t1 = time.perf_counter()
         h = segment_nodes(grid, levels=self.levels, **self.options)
         labels = pixel_labels(h, grid, self.upsampling)
-        return h, labels, {"features": t1 - t0, "pooling": time.perf_counter() - t1}
+        return grid, h, labels, {"features": t1 - t0, "pooling": time.perf_counter() - t1}
 
     def label_maps(self, image: np.ndarray) -> np.ndarray:
-        return self._run(image)[1]
+        return self._run(image)[2]
 
     def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
-        if not proposals or self.score != "record":
-            h, labels, timings = self._run(image)
-            out = Segmentation(labels, None, timings)
-            if proposals:
-                t = time.perf_counter()
-                out.proposals = proposals_from_levels(labels, self.score, self.min_area, image=image)
-                timings["proposals"] = time.perf_counter() - t
+        grid, h, labels, timings = self._run(image)
+        contours = grid.contour_maps() if hasattr(grid, "contour_maps") else None
+        out = Segmentation(labels, None, timings, contours=contours)
+        if not proposals:
             return out
-        from ..records import hierarchy_records
-
-        h, labels, timings = self._run(image)
         t = time.perf_counter()
-        props = records_to_proposals(hierarchy_records(h, pixel_labels=labels), self.min_area)
+        if self.score != "record":
+            out.proposals = proposals_from_levels(labels, self.score, self.min_area, image=image, contours=contours)
+        else:
+            from ..pipeline.stages import encode
+
+            out.proposals = records_to_proposals(encode(grid, h, upsampling=self.upsampling).records, self.min_area)
         timings["proposals"] = time.perf_counter() - t
-        return Segmentation(labels, props, timings)
+        return out
+
+
+PROPOSED_KINDS = ("instance", "contour")  # records that are masks of objects (not semantic groups)
 
 
 def records_to_proposals(records: Sequence[dict], min_area: int = 1) -> list[dict]:
-    """Instance records as proposals ranked by their ``score``; a mask repeated at a coarser
-    level is kept once (its finest occurrence)."""
+    """Instance and contour records as proposals ranked by their ``score``; a mask repeated
+    (at a coarser level, or as both kinds) is kept once (its first record)."""
     seen: set = set()
     out = []
     for rec in records:
-        if rec.get("kind", "instance") != "instance" or rec.get("area", min_area) < min_area:
+        if rec.get("kind", "instance") not in PROPOSED_KINDS or rec.get("area", min_area) < min_area:
             continue
         seg = rec["segmentation"]
         counts = seg["counts"] if isinstance(seg, dict) else None
@@ -464,8 +472,10 @@ def check_records(records: Sequence[dict], shape: Sequence[int] | None, source: 
             raise ValueError(f"{source}: {name}: {err}") from None
 
 
-def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_levels: int | None = None) -> np.ndarray:
-    """Label maps (L, H, W) from SAM-style instance records.
+def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_levels: int | None = None,
+                        kind: str = "instance") -> np.ndarray:
+    """Label maps (L, H, W) from SAM-style records of one ``kind`` (instance, or uniap-cli's
+    contour regions).
 
     Records are grouped by the ``levels`` they span (``[level]`` without it, level 0 without
     either): a distinct-mask record of ``uniap-cli`` belongs to every level it lists. Within a
@@ -478,7 +488,7 @@ def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_level
     from ..records import decode_rle
 
     height, width = int(shape[0]), int(shape[1])
-    inst = [r for r in records if r.get("kind", "instance") == "instance"]
+    inst = [r for r in records if r.get("kind", "instance") == kind]
     spans = [[int(v) for v in r.get("levels", [r.get("level", 0)])] for r in inst]
     if num_levels is None:
         num_levels = 1 + max((max(s) for s in spans if s), default=0)
@@ -505,7 +515,8 @@ class Predictions(Segmenter):
     A file holds a SAM document (``{"annotations": [...]}``, with ``uniap.thresholds`` giving
     the number of levels) or a bare list of records. Label maps are rebuilt with
     :func:`levels_from_records`; with ``uniap-cli --min-size 1`` every cluster is a record and
-    they equal the label maps of a direct run. ``score="record"`` ranks the saved masks by
+    they equal the label maps of a direct run.  Contour records (``kind: "contour"``) are
+    rebuilt the same way and proposed with the levels, as in a direct run. ``score="record"`` ranks the saved masks by
     their ``score`` (``predicted_iou`` when absent); the other rules rank the rebuilt levels'
     regions.
     """
@@ -549,13 +560,17 @@ class Predictions(Segmenter):
         records, num_levels, names = self.read(key)
         check_records(records, shape, self.path(key))
         levels = levels_from_records(records, shape, num_levels)
+        contours = None
+        if any(r.get("kind") == "contour" for r in records):
+            contours = levels_from_records(records, shape, kind="contour")
         t1 = time.perf_counter()
-        out = Segmentation(levels, None, {"segment": t1 - t0}, names)
+        out = Segmentation(levels, None, {"segment": t1 - t0}, names, contours)
         if proposals:
             if self.score == "record":
                 out.proposals = records_to_proposals(records, self.min_area)
             else:
-                out.proposals = proposals_from_levels(levels, self.score, self.min_area, image=image)
+                out.proposals = proposals_from_levels(levels, self.score, self.min_area, image=image,
+                                                      contours=contours)
             out.timings["proposals"] = time.perf_counter() - t1
         return out
 

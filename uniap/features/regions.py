@@ -14,6 +14,12 @@ own ``region_features(image, regions)`` is used instead where it has one
 pixels).  Either way a node weighs as many patches as it covers.  Pooling the patches measured
 better (``docs/quality.md``): the patch histograms carry each superpixel's surroundings, a
 little context that its own few pixels lack.
+
+Watershed superpixels come with the coarser cuts of the hierarchy they are cut from
+(:func:`uniap.superpixels.superpixel_hierarchy`): *contour regions*, bounded by the image's
+strongest edges.  A :class:`RegionGraph` carries them as ``contours``; the records and the
+evaluation's proposals add them to UniAP's levels (``kind: "contour"``), because regions
+grouped by features and regions cut by edges find different objects (``docs/quality.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..superpixels import DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, adjacency, check_options, superpixels
+from ..superpixels import (DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, adjacency, check_options,
+                           superpixel_hierarchy, superpixels)
 from .base import FeatureGrid
 from .image import load_image
 
@@ -76,6 +83,12 @@ class RegionGraph:
     size, compactness : the superpixels' parameters
     method : the superpixel method (:data:`uniap.superpixels.METHODS`)
     pixel_features : whether the node features came from the superpixels' own pixels
+    contours : ndarray of shape (K, N), int32, or None
+        Contour regions: ``contours[k, i]`` is the region of the watershed hierarchy's k-th
+        coarser cut holding superpixel i (:func:`uniap.superpixels.superpixel_hierarchy`);
+        None without them (SLIC superpixels, or ``contours=False``).
+    contour_thresholds : ndarray of shape (K,), float64, or None
+        Each cut's altitude in the hierarchy.
     """
 
     features: np.ndarray
@@ -86,6 +99,8 @@ class RegionGraph:
     compactness: float = DEFAULT_COMPACTNESS
     pixel_features: bool = False
     method: str = DEFAULT_METHOD
+    contours: np.ndarray | None = None
+    contour_thresholds: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -119,7 +134,13 @@ class RegionGraph:
             out["compactness"] = float(self.compactness)
         if self.pixel_features:
             out["pixel_features"] = True
+        if self.contours is not None:
+            out["contours"] = int(self.contours.shape[0])
         return out
+
+    def contour_maps(self) -> np.ndarray | None:
+        """The contour regions at the image's pixels: (K, H, W) int32, or None."""
+        return None if self.contours is None else self.to_image(self.contours)
 
 
 def pool_grid(grid: FeatureGrid, regions: np.ndarray) -> np.ndarray:
@@ -170,6 +191,10 @@ class RegionFeatures:
         How the superpixels are made (:func:`uniap.superpixels.superpixels`).
     compactness : float, default 20
         SLIC's compactness (``method="slic"``).
+    contours : bool, optional
+        Also give the contour regions of the watershed hierarchy (:class:`RegionGraph`
+        ``contours``).  Default: True for watershed superpixels; SLIC has no hierarchy, so
+        ``True`` with ``method="slic"`` is an error.
     pixel_features : bool, default False
         Use the extractor's ``region_features`` (its descriptors of each superpixel's own
         pixels) where it has one, instead of pooling its patch grid (:func:`pool_grid`); an
@@ -187,10 +212,14 @@ class RegionFeatures:
     """
 
     def __init__(self, extractor: Any, *, size: int = DEFAULT_SIZE, method: str = DEFAULT_METHOD,
-                 compactness: float = DEFAULT_COMPACTNESS, pixel_features: bool = False) -> None:
+                 compactness: float = DEFAULT_COMPACTNESS, contours: bool | None = None,
+                 pixel_features: bool = False) -> None:
         if isinstance(extractor, RegionFeatures):
             raise TypeError("the extractor already gives region features")
         check_options(size=size, method=method, compactness=compactness)
+        if contours and method != "watershed":
+            raise ValueError(f"contour regions come from the watershed hierarchy: method={method!r} has none")
+        self.contours = method == "watershed" if contours is None else bool(contours)
         self.extractor = extractor
         self.size = int(size)
         self.method = method
@@ -203,7 +232,8 @@ class RegionFeatures:
 
     def __repr__(self) -> str:
         return (f"RegionFeatures({self.extractor!r}, size={self.size}, method={self.method!r}, "
-                f"compactness={self.compactness:g}, pixel_features={self.pixel_features})")
+                f"compactness={self.compactness:g}, contours={self.contours}, "
+                f"pixel_features={self.pixel_features})")
 
     def __call__(self, image: Any) -> RegionGraph:
         rgb = load_image(image)
@@ -211,7 +241,11 @@ class RegionFeatures:
 
     def graph(self, image: np.ndarray, grid: FeatureGrid) -> RegionGraph:
         """The region graph of ``image`` from its patch features ``grid``."""
-        regions = superpixels(image, size=self.size, method=self.method, compactness=self.compactness)
+        contours = thresholds = None
+        if self.contours:
+            regions, contours, thresholds = superpixel_hierarchy(image, size=self.size)
+        else:
+            regions = superpixels(image, size=self.size, method=self.method, compactness=self.compactness)
         if self.pixel_features and hasattr(self.extractor, "region_features"):
             x = self.extractor.region_features(image, regions)
             missing = np.isnan(x).any(axis=1)
@@ -220,7 +254,7 @@ class RegionFeatures:
         else:
             x = pool_grid(grid, regions)
         return RegionGraph(x, adjacency(regions), regions, grid, self.size, self.compactness,
-                           self.pixel_features, self.method)
+                           self.pixel_features, self.method, contours, thresholds)
 
     def _batch_grids(self, images: Iterable[np.ndarray]) -> Iterator[tuple[RegionGraph, np.ndarray]]:
         images = list(images)
@@ -229,10 +263,12 @@ class RegionFeatures:
             yield graph, graph.features
 
 
-def superpixel_options(size: int | None = None, method: str | None = None) -> dict[str, Any]:
+def superpixel_options(size: int | None = None, method: str | None = None,
+                       contours: bool | None = None) -> dict[str, Any]:
     """The :class:`RegionFeatures` keywords a caller set (``None``: the default), e.g. for
     :func:`refined`."""
-    return {key: value for key, value in (("size", size), ("method", method)) if value is not None}
+    return {key: value for key, value in (("size", size), ("method", method), ("contours", contours))
+            if value is not None}
 
 
 def refined(extractor: Any, refine: str = "superpixels", **options: Any) -> Any:

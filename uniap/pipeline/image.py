@@ -28,6 +28,8 @@ class ImageSegmentation:
         Instance label maps at image resolution, nested across levels.
     semantic_labels : ndarray of shape (L, H, W), int32, or None
         Semantic groups at image resolution (``semantic=True``).
+    contour_labels : ndarray of shape (K, H, W), int32, or None
+        The contour regions of watershed superpixels (``contours``), finest cut first.
     grid : RegionGraph or FeatureGrid
         The nodes' features and how they cover the image's pixels.
     image : ndarray of shape (H, W, 3), uint8
@@ -42,6 +44,7 @@ class ImageSegmentation:
     grid: Any
     image: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    contour_labels: np.ndarray | None = None
 
     def uniap_info(self) -> dict:
         """Provenance for output files: version, thresholds, options, grid and features."""
@@ -63,6 +66,7 @@ def segment_image(
     refine: str = "superpixels",
     superpixel_size: int | None = None,
     superpixel_method: str | None = None,
+    contours: bool | None = None,
     upsampling: str = "nearest",
     unique: bool = True,
     **options: Any,
@@ -88,6 +92,10 @@ def segment_image(
     superpixel_method : {"watershed", "slic"}, optional
         How the superpixels are made (default ``"watershed"``,
         :func:`uniap.superpixels.superpixels`; ``refine="superpixels"`` only).
+    contours : bool, optional
+        Also give the contour regions of the watershed superpixels' hierarchy, as
+        ``contour_labels`` and records of kind ``"contour"`` after the levels' (default: True
+        with watershed superpixels; :class:`uniap.features.RegionFeatures`).
     upsampling : {"nearest", "bilinear"}
         How patch labels become pixel labels (:func:`uniap.pixels.pixel_labels`;
         ``refine="none"`` only).
@@ -113,9 +121,10 @@ def segment_image(
     from ..features import get_extractor, load_image, refined
     from ..features.regions import default_levels, superpixel_options
 
-    sp_options = superpixel_options(superpixel_size, superpixel_method)
+    sp_options = superpixel_options(superpixel_size, superpixel_method, contours)
     if refine != "superpixels" and sp_options:
-        raise ValueError(f"{', '.join('superpixel_' + k for k in sp_options)} applies to refine='superpixels' only")
+        names = ("contours" if k == "contours" else "superpixel_" + k for k in sp_options)
+        raise ValueError(f"{', '.join(names)} applies to refine='superpixels' only")
     if refine == "superpixels" and upsampling != "nearest":
         raise ValueError("upsampling applies to refine='none' only: superpixel levels are pixel-accurate")
     extractor = refined(get_extractor("default") if extractor is None else extractor, refine, **sp_options)
@@ -132,4 +141,5 @@ def segment_image(
         hierarchy=h, records=encoded.records, pixel_labels=encoded.pixel_labels,
         semantic_labels=encoded.semantic_labels, grid=grid,
         image=pixels, timings={"features": t1 - t0, "pooling": t2 - t1, "records": t3 - t2},
+        contour_labels=encoded.contour_labels,
     )

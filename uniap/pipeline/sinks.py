@@ -43,7 +43,7 @@ def write_png(path: str, out: ImageOutput) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     extra = {SIGNATURE_FILE: io.json_text({"image": out.info, "uniap": out.uniap})}
     io.write_png(path, out.encoded.pixel_labels, out.encoded.records, out.encoded.semantic_labels,
-                 extra_files=extra)
+                 extra_files=extra, contour_labels=out.encoded.contour_labels)
 
 
 def write_viz(path: str, out: ImageOutput) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from ..api import segment, segment_graph
 from ..hierarchy import Hierarchy
 from ..pixels import pixel_labels as to_pixel_labels
-from ..records import hierarchy_records, semantic_of_clusters
+from ..records import contour_records, hierarchy_records, semantic_of_clusters
 from .sources import Item, decode
 
 __all__ = ["Settings", "Extracted", "Encoded", "decode", "ExtractFeatures", "Pool", "encode"]
@@ -49,7 +49,7 @@ class Settings:
         :class:`uniap.features.RegionFeatures`) or the patch grid itself.
     refine_options : dict
         Keyword arguments of :class:`~uniap.features.RegionFeatures` (``size``, ``method``,
-        ``compactness``).
+        ``compactness``, ``contours``).
     threads : int, optional
         BLAS, OpenMP and torch threads of a worker (several workers share the cores).
     """
@@ -105,6 +105,7 @@ class Settings:
             fields.setdefault("compactness", DEFAULT_COMPACTNESS)
         else:
             fields.pop("compactness", None)
+        fields["contours"] = bool(fields.get("contours", fields["method"] == "watershed"))
         return {"method": "superpixels", "superpixels": fields.pop("method"), **fields}
 
 
@@ -195,10 +196,12 @@ class Encoded:
     records: list[dict]
     pixel_labels: np.ndarray
     semantic_labels: np.ndarray | None
+    contour_labels: np.ndarray | None = None  # (K, H, W): a region graph's contour regions
 
 
 def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", unique: bool = True) -> Encoded:
-    """Stage 4: grid labels -> pixel label maps (L, H, W) and SAM-style records."""
+    """Stage 4: grid labels -> pixel label maps (L, H, W) and SAM-style records: the
+    hierarchy's, then the contour regions' of a region graph that has them."""
     labels = to_pixel_labels(hierarchy, grid, upsampling)
     semantic = None
     if hierarchy.level(0).semantic_labels is not None:
@@ -206,7 +209,14 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
         for i, lv in enumerate(hierarchy.levels):
             semantic[i] = semantic_of_clusters(lv)[labels[i]]
     records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique)
-    return Encoded(records, labels, semantic)
+    contours = grid.contour_maps() if hasattr(grid, "contour_maps") else None
+    if contours is not None and len(contours):
+        records += contour_records(contours, grid.contour_thresholds, node_labels=grid.contours,
+                                   node_features=grid.features, min_size=hierarchy.min_size,
+                                   start=len(records), unique=unique)
+    else:
+        contours = None
+    return Encoded(records, labels, semantic, contours)
 
 
 def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) -> dict:
