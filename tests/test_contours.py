@@ -108,7 +108,7 @@ def test_contour_records_are_the_maps_masks(seed, min_size, unique):
     regions, cuts, thresholds = superpixel_hierarchy(image, size=30)
     maps = cuts[:, regions] if len(cuts) else np.zeros((0,) + regions.shape, np.int32)
     features = np.random.default_rng(seed).normal(size=(cuts.shape[1], 5))
-    recs = contour_records(maps, thresholds, node_labels=cuts, node_features=features, min_size=min_size,
+    recs = contour_records(cuts, regions, thresholds, node_features=features, min_size=min_size,
                            start=7, unique=unique)
     assert [r["id"] for r in recs] == list(range(7, 7 + len(recs)))
     seen = set()
@@ -130,10 +130,13 @@ def test_contour_records_are_the_maps_masks(seed, min_size, unique):
 
 
 def test_contour_records_check_their_input():
-    with pytest.raises(ValueError, match="contour maps"):
-        contour_records(np.zeros((4, 4), int), [])
+    regions = np.zeros((4, 4), int)
+    with pytest.raises(ValueError, match="contour cuts"):
+        contour_records(np.zeros(4, int), regions, [])
     with pytest.raises(ValueError, match="thresholds"):
-        contour_records(np.zeros((2, 4, 4), int), [1.0])
+        contour_records(np.zeros((2, 1), int), regions, [1.0])
+    with pytest.raises(ValueError, match="superpixels 0 .. 0"):
+        contour_records(np.zeros((1, 1), int), regions + 1, [1.0])
 
 
 def test_segment_image_records_contour_regions_after_the_levels():

@@ -777,27 +777,28 @@ def _semantic_records(h, sem: list[LabelMapMasks | None], crop, unique: bool, st
     return records
 
 
-def contour_records(maps: np.ndarray, thresholds: Sequence[float], *, node_labels: np.ndarray | None = None,
+def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[float], *,
                     node_features: np.ndarray | None = None, min_size: int = 1, start: int = 0,
                     unique: bool = True) -> list[dict]:
-    """Records (``kind: "contour"``) of the contour regions' label maps, finest cut first.
+    """Records (``kind: "contour"``) of a region graph's contour regions, finest cut first.
+
+    Each cut's pixel map is made, encoded and dropped in turn, so memory stays that of one
+    (H, W) map whatever the number of cuts.
 
     Parameters
     ----------
-    maps : ndarray of shape (K, H, W), integer
-        Each cut's regions at the image's pixels (nested, as
-        :meth:`uniap.features.RegionGraph.contour_maps` gives them).
+    cuts : ndarray of shape (K, N), integer
+        The region of each of the N superpixels in each cut (nested,
+        :attr:`uniap.features.RegionGraph.contours`).
+    regions : ndarray of shape (H, W), integer
+        The superpixel of every pixel, 0 .. N-1.
     thresholds : sequence of K float
         Each cut's altitude (the records' ``threshold``).
-    node_labels : ndarray of shape (K, N), optional
-        The same cuts per superpixel (``RegionGraph.contours``): ``num_patches`` counts
-        superpixels, and with ``node_features`` the ``score`` is the region's cohesion (as
-        for instance records); otherwise ``num_patches`` is the area and ``score`` 1.
     node_features : ndarray of shape (N, C), optional
-        The superpixels' features.
+        The superpixels' features: the ``score`` is then each region's cohesion, as for
+        instance records (else 1).
     min_size : int
-        Smallest region recorded, in superpixels (with ``node_labels``; as the hierarchy's
-        ``min_size``), else in pixels.
+        Smallest region recorded, in superpixels (as the hierarchy's ``min_size``).
     start : int
         The first record's ``id`` (after the hierarchy's records).
     unique : bool
@@ -807,40 +808,40 @@ def contour_records(maps: np.ndarray, thresholds: Sequence[float], *, node_label
     Returns
     -------
     list of dict
+        ``num_patches`` counts a region's superpixels; ``parent`` is -1.
 
     Examples
     --------
     >>> import numpy as np
-    >>> maps = np.array([[[0, 0, 1, 2]], [[0, 0, 1, 1]]])
-    >>> [(r["levels"], r["area"]) for r in contour_records(maps, [1.0, 2.0])]
-    [([0, 1], 2), ([0], 1), ([0], 1), ([1], 2)]
+    >>> regions = np.array([[0, 0, 1, 2]])
+    >>> cuts = np.array([[0, 1, 2], [0, 1, 1]])
+    >>> [(r["levels"], r["area"], r["num_patches"]) for r in contour_records(cuts, regions, [1.0, 2.0])]
+    [([0, 1], 2, 1), ([0], 1, 1), ([0], 1, 1), ([1], 2, 2)]
     """
-    maps = np.asarray(maps)
-    if maps.ndim != 3 or 0 in maps.shape[1:]:
-        raise ValueError(f"contour maps must be (K, H, W), got shape {maps.shape}")
-    if len(thresholds) != maps.shape[0]:
-        raise ValueError(f"{maps.shape[0]} contour maps but {len(thresholds)} thresholds")
-    shape = maps.shape[1:]
-    crop = (0, 0, shape[1], shape[0])
-    stride = _point_stride(*shape)
-    subs = [np.ascontiguousarray(m[::stride, ::stride]) for m in maps]
-    dists = _sample_distances(subs) if len(subs) else []
-    scores = sizes = None
-    if node_labels is not None:
-        node_labels = np.asarray(node_labels)
-        sizes = [np.bincount(lab) for lab in node_labels]
-        if node_features is not None:
-            x = np.asarray(node_features, np.float64)
-            sums = [np.stack([np.bincount(lab, x[:, c], minlength=len(n)) for c in range(x.shape[1])], axis=1)
-                    for lab, n in zip(node_labels, sizes)]
-            scores = _cohesions(x, list(zip(node_labels, sums)))
+    cuts, regions = np.asarray(cuts), np.asarray(regions)
+    if cuts.ndim != 2 or regions.ndim != 2 or 0 in regions.shape:
+        raise ValueError(f"contour cuts must be (K, N) and regions (H, W), got shapes {cuts.shape} and {regions.shape}")
+    if regions.max() >= cuts.shape[1] or regions.min() < 0:
+        raise ValueError(f"regions must hold superpixels 0 .. {cuts.shape[1] - 1}")
+    if len(thresholds) != cuts.shape[0]:
+        raise ValueError(f"{cuts.shape[0]} contour cuts but {len(thresholds)} thresholds")
+    crop = (0, 0, regions.shape[1], regions.shape[0])
+    stride = _point_stride(*regions.shape)
+    sizes = [np.bincount(cut) for cut in cuts]
+    scores = None
+    if node_features is not None and len(cuts):
+        x = np.asarray(node_features, np.float64)
+        sums = [np.stack([np.bincount(cut, x[:, c], minlength=len(n)) for c in range(x.shape[1])], axis=1)
+                for cut, n in zip(cuts, sizes)]
+        scores = _cohesions(x, list(zip(cuts, sums)))
     records: list[dict] = []
     seen: dict[str, dict] = {}
-    for i, pix in enumerate(maps):
-        big = None
-        if min_size > 1:
-            big = np.flatnonzero((sizes[i] if sizes is not None else np.bincount(pix.ravel())) >= min_size)
-        m = _encode_label_map(pix, big, (stride, subs[i], dists[i]))
+    for i, cut in enumerate(cuts):
+        pix = np.take(cut, regions)
+        sub = np.ascontiguousarray(pix[::stride, ::stride])
+        big = np.flatnonzero(sizes[i] >= min_size) if min_size > 1 else None
+        m = _encode_label_map(pix, big, (stride, sub, _sample_distances([sub])[0]))
+        del pix
         fresh = []
         for j, counts in enumerate(m.counts):
             rec = seen.get(counts) if unique else None
@@ -849,11 +850,11 @@ def contour_records(maps: np.ndarray, thresholds: Sequence[float], *, node_label
             else:
                 fresh.append(j)
         labels = m.labels[fresh]
-        num = sizes[i][labels].tolist() if sizes is not None else m.areas[fresh].tolist()
         score = np.round(scores[i][labels], 6).tolist() if scores is not None else [1.0] * len(fresh)
         new = _make_records(
             m, fresh, list(range(start + len(records), start + len(records) + len(fresh))),
-            [[i] for _ in fresh], float(thresholds[i]), "contour", num, [-1] * len(fresh), score, crop,
+            [[i] for _ in fresh], float(thresholds[i]), "contour", sizes[i][labels].tolist(),
+            [-1] * len(fresh), score, crop,
         )
         for rec in new:
             seen[rec["segmentation"]["counts"]] = rec

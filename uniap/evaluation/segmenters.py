@@ -7,7 +7,9 @@ AP / AR (see :mod:`uniap.evaluation.proposals` for the ranking rules).
 
 ========================  =================================================================
 ``uniap``                 UniAP on patch features (the embedded default features unless
-                          another extractor is named), one level per threshold.
+                          another extractor is named), one level per threshold; its
+                          proposals add the contour regions of watershed superpixels
+                          (``Segmentation.contours``).
 ``felzenszwalb``          :func:`skimage.segmentation.felzenszwalb` at several ``scales``
                           (one level each; the levels are not nested).
 ``slic_rag``              SLIC superpixels, their region adjacency graph with mean-colour

@@ -196,7 +196,13 @@ class Encoded:
     records: list[dict]
     pixel_labels: np.ndarray
     semantic_labels: np.ndarray | None
-    contour_labels: np.ndarray | None = None  # (K, H, W): a region graph's contour regions
+    contour_cuts: np.ndarray | None = None  # (K, N): a region graph's contour regions per superpixel
+    regions: np.ndarray | None = None  # (H, W): the superpixel of every pixel, with contour_cuts
+
+    @property
+    def contour_labels(self) -> np.ndarray | None:
+        """The contour regions at the pixels, (K, H, W) int32 (made when asked: K full maps)."""
+        return None if self.contour_cuts is None else np.take(self.contour_cuts, self.regions, axis=-1)
 
 
 def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", unique: bool = True) -> Encoded:
@@ -209,14 +215,12 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
         for i, lv in enumerate(hierarchy.levels):
             semantic[i] = semantic_of_clusters(lv)[labels[i]]
     records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique)
-    contours = grid.contour_maps() if hasattr(grid, "contour_maps") else None
-    if contours is not None and len(contours):
-        records += contour_records(contours, grid.contour_thresholds, node_labels=grid.contours,
-                                   node_features=grid.features, min_size=hierarchy.min_size,
-                                   start=len(records), unique=unique)
-    else:
-        contours = None
-    return Encoded(records, labels, semantic, contours)
+    cuts = getattr(grid, "contours", None)
+    if cuts is None or not len(cuts):
+        return Encoded(records, labels, semantic)
+    records += contour_records(cuts, grid.regions, grid.contour_thresholds, node_features=grid.features,
+                               min_size=hierarchy.min_size, start=len(records), unique=unique)
+    return Encoded(records, labels, semantic, cuts, grid.regions)
 
 
 def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) -> dict:
