@@ -759,22 +759,28 @@ def _semantic_records(h, sem: list[LabelMapMasks | None], crop, unique: bool, st
         if m is None:
             continue
         sizes = np.bincount(np.asarray(lv.semantic_labels).ravel())
-        fresh = []
-        for j, counts in enumerate(m.counts):
-            rec = seen.get(counts) if unique else None
-            if rec is not None:
-                rec["levels"].append(i)
-            else:
-                fresh.append(j)
+        fresh = _fresh_rows(m, seen, i, unique)
         new = _make_records(
             m, fresh, list(range(start + len(records), start + len(records) + len(fresh))),
             [[i] for _ in fresh], float(lv.threshold), "semantic", sizes[m.labels[fresh]].tolist(),
             [-1] * len(fresh), [1.0] * len(fresh), crop,
         )
-        for rec in new:
-            seen[rec["segmentation"]["counts"]] = rec
+        seen.update((rec["segmentation"]["counts"], rec) for rec in new)
         records += new
     return records
+
+
+def _fresh_rows(m: LabelMapMasks, seen: dict[str, dict], level: int, unique: bool) -> list[int]:
+    """Rows of ``m`` whose mask has no record in ``seen`` yet (by RLE); with ``unique``, a
+    record already there for a row's mask gets ``level`` added to its ``levels`` instead."""
+    fresh = []
+    for j, counts in enumerate(m.counts):
+        rec = seen.get(counts) if unique else None
+        if rec is not None:
+            rec["levels"].append(level)
+        else:
+            fresh.append(j)
+    return fresh
 
 
 def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[float], *,
@@ -842,13 +848,7 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
         big = np.flatnonzero(sizes[i] >= min_size) if min_size > 1 else None
         m = _encode_label_map(pix, big, (stride, sub, _sample_distances([sub])[0]))
         del pix
-        fresh = []
-        for j, counts in enumerate(m.counts):
-            rec = seen.get(counts) if unique else None
-            if rec is not None:
-                rec["levels"].append(i)
-            else:
-                fresh.append(j)
+        fresh = _fresh_rows(m, seen, i, unique)
         labels = m.labels[fresh]
         score = np.round(scores[i][labels], 6).tolist() if scores is not None else [1.0] * len(fresh)
         new = _make_records(
@@ -856,7 +856,6 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
             [[i] for _ in fresh], float(thresholds[i]), "contour", sizes[i][labels].tolist(),
             [-1] * len(fresh), score, crop,
         )
-        for rec in new:
-            seen[rec["segmentation"]["counts"]] = rec
+        seen.update((rec["segmentation"]["counts"], rec) for rec in new)
         records += new
     return records

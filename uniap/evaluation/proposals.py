@@ -261,31 +261,31 @@ def proposals_from_levels(levels: np.ndarray, score: str = "contrast", min_area:
             raise ValueError(f"image is {np.asarray(image).shape[:2]}, the label maps {levels.shape[1:]}")
         strength = edge_strength(image)
     image_area = levels.shape[1] * levels.shape[2]
-    stacks = [(levels, "instance")] + ([(contours, "contour")] if contours is not None and len(contours) else [])
+    stacks = [("instance", levels)] + ([("contour", contours)] if contours is not None and len(contours) else [])
+    columns: dict[str, list] = {k: [] for k in ("value", "first", "level", "area", "stab", "fresh")}
+    kinds: list[str] = []
+    rles: list[dict] = []
     seen: set = set()
-    parts = []
-    offset = 0
-    for stack, kind in stacks:
+    offset = 0  # pixel index of the stack's first map, after the earlier stacks'
+    for kind, stack in stacks:
         c = _candidates(stack, strength, min_area)
-        fresh = np.array([r["counts"] not in seen for r in c["rles"]], bool)
+        columns["fresh"].append(np.array([r["counts"] not in seen for r in c["rles"]], bool))
         seen.update(r["counts"] for r in c["rles"])
-        value = rank_value(score, c["level"], c["area"], c["stab"], c["num_levels"], image_area, seed,
-                           c["contrast"] if strength is not None else None)
-        parts.append((kind, c, value, c["first"] + offset, fresh))
+        columns["value"].append(rank_value(score, c["level"], c["area"], c["stab"], c["num_levels"], image_area,
+                                           seed, c["contrast"] if strength is not None else None))
+        columns["first"].append(c["first"] + offset)
         offset += stack.shape[0] * image_area
-    kinds = np.concatenate([np.full(len(v), i) for i, (_, _, v, _, _) in enumerate(parts)]) if parts else np.zeros(0)
-    value = np.concatenate([v for _, _, v, _, _ in parts])
-    # ties: finer level first, then the mask's first pixel (row-major), so that the order does
-    # not depend on how the label maps number their regions
-    first = np.concatenate([f for _, _, _, f, _ in parts])
-    keep = np.concatenate([k for *_, k in parts])
-    rles = [r for _, c, _, _, _ in parts for r in c["rles"]]
-    level = np.concatenate([c["level"] for _, c, _, _, _ in parts]).astype(np.int64)
-    area = np.concatenate([c["area"] for _, c, _, _, _ in parts]).astype(np.int64)
-    stab = np.concatenate([c["stab"] for _, c, _, _, _ in parts])
-    order = [j for j in np.lexsort((first, -value)).tolist() if keep[j]]
+        for key in ("level", "area", "stab"):
+            columns[key].append(c[key])
+        kinds += [kind] * len(c["rles"])
+        rles += c["rles"]
+    value, first, level, area, stab, fresh = (np.concatenate(columns[k]) for k in
+                                              ("value", "first", "level", "area", "stab", "fresh"))
+    # ties: finer level first, then the mask's first pixel (row-major; the contour stack's
+    # after the levels'), so that the order does not depend on how the maps number regions
+    order = [j for j in np.lexsort((first, -value)).tolist() if fresh[j]]
     return [{"segmentation": rles[j], "score": float(value[j]), "area": int(area[j]), "level": int(level[j]),
-             "persistence": float(stab[j]), "kind": parts[int(kinds[j])][0]} for j in order]
+             "persistence": float(stab[j]), "kind": kinds[j]} for j in order]
 
 
 def label_rles(labels: np.ndarray, ids) -> list[dict]:

@@ -101,7 +101,7 @@ class Segmenter:
         levels = self.label_maps(image)
         t1 = time.perf_counter()
         props = proposals_from_levels(levels, self.score, self.min_area, image=image) if proposals else None
-        timings = {"segment": t1 - t0}  # (a subclass with contour regions overrides segment)
+        timings = {"segment": t1 - t0}
         if proposals:
             timings["proposals"] = time.perf_counter() - t1
         return Segmentation(levels, props, timings)
@@ -490,14 +490,14 @@ def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_level
     from ..records import decode_rle
 
     height, width = int(shape[0]), int(shape[1])
-    inst = [r for r in records if r.get("kind", "instance") == kind]
-    spans = [[int(v) for v in r.get("levels", [r.get("level", 0)])] for r in inst]
+    chosen = [r for r in records if r.get("kind", "instance") == kind]
+    spans = [[int(v) for v in r.get("levels", [r.get("level", 0)])] for r in chosen]
     if num_levels is None:
         num_levels = 1 + max((max(s) for s in spans if s), default=0)
     out = np.empty((num_levels, height, width), np.int32)
     for lv in range(num_levels):
         labels = np.full((height, width), -1, np.int64)
-        mine = sorted((r for r, s in zip(inst, spans) if lv in s), key=lambda r: -float(r.get("area", 0)))
+        mine = sorted((r for r, s in zip(chosen, spans) if lv in s), key=lambda r: -float(r.get("area", 0)))
         for j, rec in enumerate(mine):
             mask = decode_rle(rec["segmentation"])
             if mask.shape != (height, width):
@@ -518,7 +518,8 @@ class Predictions(Segmenter):
     the number of levels) or a bare list of records. Label maps are rebuilt with
     :func:`levels_from_records`; with ``uniap-cli --min-size 1`` every cluster is a record and
     they equal the label maps of a direct run.  Contour records (``kind: "contour"``) are
-    rebuilt the same way and proposed with the levels, as in a direct run. ``score="record"`` ranks the saved masks by
+    rebuilt the same way and proposed with the levels, as in a direct run.
+    ``score="record"`` ranks the saved masks by
     their ``score`` (``predicted_iou`` when absent); the other rules rank the rebuilt levels'
     regions.
     """
