@@ -124,6 +124,8 @@ def test_saved_predictions_match_a_direct_run(shared_data, tmp_path, refine):
     cmasks = tmp_path / "coco_masks"
     assert cli_main([*map(str, first), "--out", str(cmasks), "--levels", "0.5,0.4", "--min-size", "1",
                      "--quiet", *flags]) == 0
+    kinds = {r["kind"] for f in cmasks.glob("*.json") for r in json.loads(f.read_text())["annotations"]}
+    assert ("contour" in kinds) == (refine == "superpixels")  # the contour regions are scored too
     common = ["--dataset", "coco", "--data", str(coco), "--limit", "2"]
     code, direct = run_eval(tmp_path, *common, "--levels", "0.5,0.4", *flags, name="cdirect.json")
     assert code == 0
