@@ -5,13 +5,14 @@
 The trials of ``docs/quality.md`` (*Watershed superpixels, and the search for AR@1000*): each
 image is segmented once with the default settings (UniAP's 8 levels on watershed
 superpixels); the contour regions are the coarser cuts of the superpixels' watershed
-hierarchy (:func:`uniap.superpixels.superpixel_hierarchy`) with each cut ``factor`` times
-coarser.  Every row ranks its masks with the default ``contrast`` rule and is scored by
+hierarchy (:func:`uniap.superpixels.superpixel_hierarchy`): the finest with N / ``first``
+regions for N superpixels, each next one ``factor`` times coarser.  Every row ranks its
+masks with the default ``contrast`` rule and is scored by
 :func:`uniap.metrics.class_agnostic_mask_ap`:
 
 ``levels``             the levels alone (``--no-contours``)
-``contours``           the contour regions alone (factor 3)
-``both, factor F``     both stacks, ranked together (factor 3 is the default)
+``contours``           the contour regions alone (the default cuts: first 9, factor 3)
+``both, A / F``        both stacks, ranked together, ``first`` A and ``factor`` F
 ``after``              both, every contour region ranked after all of the levels' masks
 ``nested``             one nested hierarchy instead: the finest level split by each cut, as
                        levels below it (so no mask straddles a level's boundary)
@@ -25,7 +26,7 @@ from multiprocessing import Pool
 
 import numpy as np
 
-FACTORS = (2, 3, 4)
+CUTS = ((9, 3), (3, 3), (9, 2), (9, 4))  # (first, factor); the first is the default
 _STATE: dict = {}
 
 
@@ -46,21 +47,23 @@ def _rows(index: int) -> dict[str, list[dict]]:
     image = load_image(sample.image)
     levels = segmenter.label_maps(image)
     cuts = {}
-    for factor in FACTORS:
-        regions, node_cuts, _ = superpixel_hierarchy(image, factor=factor)
-        cuts[factor] = np.take(node_cuts, regions, axis=-1)
+    for first, factor in CUTS:
+        regions, node_cuts, _ = superpixel_hierarchy(image, first=first, factor=factor)
+        cuts[first, factor] = np.take(node_cuts, regions, axis=-1)
 
     def ranked(stack, contours=None):
         return proposals_from_levels(stack, "contrast", image=image, contours=contours)
 
-    rows = {"levels": ranked(levels), "contours": ranked(cuts[3])}
-    for factor in FACTORS:
-        rows[f"both, factor {factor}"] = ranked(levels, cuts[factor])
-    first, lowest = rows["both, factor 3"], min((p["score"] for p in rows["levels"]), default=0.0)
-    after = [p for p in first if p["kind"] == "instance"]
-    contour = [p for p in first if p["kind"] == "contour"]
+    default = cuts[CUTS[0]]
+    rows = {"levels": ranked(levels), "contours": ranked(default)}
+    for first, factor in CUTS:
+        rows[f"both, {first} / {factor}"] = ranked(levels, cuts[first, factor])
+    both, lowest = rows[f"both, {CUTS[0][0]} / {CUTS[0][1]}"], min((p["score"] for p in rows["levels"]), default=0.0)
+    after = [p for p in both if p["kind"] == "instance"]
+    contour = [p for p in both if p["kind"] == "contour"]
     rows["after"] = after + [dict(p, score=lowest - 1.0 - k * 1e-9) for k, p in enumerate(contour)]
-    rows["nested"] = ranked(np.concatenate([np.stack([_meet(levels[0], c) for c in cuts[3]]), levels]))
+    rows["nested"] = ranked(np.concatenate([np.stack([_meet(levels[0], c) for c in default]), levels])) \
+        if len(default) else rows["levels"]
     return {name: [{"image_id": image_id, "score": p["score"], "segmentation": p["segmentation"]} for p in props]
             for name, props in rows.items()}
 

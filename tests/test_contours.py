@@ -44,10 +44,11 @@ def _nested(fine: np.ndarray, coarse: np.ndarray) -> bool:
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from([20, 60, 150]), st.sampled_from([2, 3, 5]))
-def test_cuts_are_nested_coarser_unions_of_the_superpixels(seed, size, factor):
+@given(st.integers(0, 2**32 - 1), st.sampled_from([20, 60, 150]), st.sampled_from([2, 3, 9]),
+       st.sampled_from([2, 3, 5]))
+def test_cuts_are_nested_coarser_unions_of_the_superpixels(seed, size, first, factor):
     image = _image(seed)
-    regions, cuts, thresholds = superpixel_hierarchy(image, size=size, factor=factor)
+    regions, cuts, thresholds = superpixel_hierarchy(image, size=size, first=first, factor=factor)
     assert np.array_equal(regions, superpixels(image, size=size))  # the same superpixels
     n = int(regions.max()) + 1
     assert cuts.shape == (len(thresholds), n) and cuts.dtype == np.int32
@@ -56,7 +57,7 @@ def test_cuts_are_nested_coarser_unions_of_the_superpixels(seed, size, factor):
     assert all(a > b for a, b in zip([n] + counts, counts))  # strictly coarser, cut after cut
     assert all(k >= 2 for k in counts) and np.all(np.diff(thresholds) >= 0)
     if counts:
-        assert counts[0] <= max(2, round(n / factor)) + 1
+        assert counts[0] <= max(2, round(n / first)) + 1
     chain = [np.arange(n)] + list(cuts)
     assert all(_nested(a, b) for a, b in zip(chain, chain[1:]))
     for c in cuts:  # regions of a watershed cut are connected
@@ -90,6 +91,7 @@ def test_tiny_and_flat_images_have_no_cut_or_a_valid_one(shape):
 
 
 @pytest.mark.parametrize("kwargs, match", [({"factor": 1}, "factor"), ({"factor": 2.5}, "factor"),
+                                           ({"first": 1}, "first"), ({"first": True}, "first"),
                                            ({"size": 0}, "size")])
 def test_hierarchy_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -27,14 +27,15 @@ import numpy as np
 
 from .hierarchy import nearest_index
 
-__all__ = ["CONTOUR_FACTOR", "DEFAULT_COMPACTNESS", "DEFAULT_METHOD", "DEFAULT_SIZE", "MAX_PIXELS", "METHODS",
-           "adjacency", "check_options", "superpixel_hierarchy", "superpixels"]
+__all__ = ["CONTOUR_FACTOR", "CONTOUR_FIRST", "DEFAULT_COMPACTNESS", "DEFAULT_METHOD", "DEFAULT_SIZE",
+           "MAX_PIXELS", "METHODS", "adjacency", "check_options", "superpixel_hierarchy", "superpixels"]
 
 DEFAULT_SIZE = 150  # pixels per superpixel: about a 12 x 12 patch (tuned on BSDS500 val)
 DEFAULT_METHOD = "watershed"  # follows edges better than SLIC (docs/quality.md)
 _WATERSHED_SIGMA = 1.0  # Gaussian smoothing (pixels) of the CIELab image before the watershed
 DEFAULT_COMPACTNESS = 20.0  # SLIC's colour / space balance (tuned on BSDS500 val)
-CONTOUR_FACTOR = 3  # contour regions: each coarser cut has 3x fewer regions (COCO dev, docs/quality.md)
+CONTOUR_FIRST = 9  # contour regions: the finest cut has N / 9 regions for N superpixels ...
+CONTOUR_FACTOR = 3  # ... and each next one 3x fewer (COCO dev, docs/quality.md)
 MAX_PIXELS = 1 << 22  # larger images get their superpixels on a downscaled copy (memory)
 _BAND_ROWS = 1 << 20  # adjacency: pixels compared at a time
 
@@ -103,25 +104,30 @@ def superpixel_hierarchy(
     image: np.ndarray,
     *,
     size: int = DEFAULT_SIZE,
+    first: int = CONTOUR_FIRST,
     factor: int = CONTOUR_FACTOR,
     max_pixels: int = MAX_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Watershed superpixels and the coarser cuts of the hierarchy they are cut from.
 
     The superpixels of ``superpixels(image, size=size, method="watershed")`` are one
-    horizontal cut of a hierarchical watershed; its coarser cuts, with ``factor`` times fewer
-    regions each, are regions bounded by ever stronger edges of the image (*contour
-    regions*).  They are unions of superpixels, nested, and complement UniAP's levels, which
-    group superpixels by their features (``docs/quality.md``: COCO AR@1000).
+    horizontal cut of a hierarchical watershed; its coarser cuts (the first with ``first``
+    times fewer regions than superpixels, each next one ``factor`` times fewer again) are
+    regions bounded by ever stronger edges of the image (*contour regions*).  They are unions
+    of superpixels, nested, and complement UniAP's levels, which group superpixels by their
+    features (``docs/quality.md``: COCO AR@1000).
 
     Parameters
     ----------
     image : ndarray of shape (H, W, 3), uint8
     size : int, default 150
         Mean superpixel area in pixels.
+    first : int, default 9
+        The finest cut has about N / ``first`` regions for N superpixels (regions of about
+        ``first`` superpixels: a finer cut mostly repeats UniAP's finest level and, on large
+        images, multiplies the records).
     factor : int, default 3
-        Each cut has about ``factor`` times fewer regions than the one before; the first has
-        N / factor of the N superpixels, the last at least 2 regions.
+        Each next cut has about ``factor`` times fewer regions; the last has at least 2.
     max_pixels : int, default 2**22
         As for :func:`superpixels`.
 
@@ -139,9 +145,10 @@ def superpixel_hierarchy(
     Examples
     --------
     >>> import numpy as np
-    >>> image = np.zeros((40, 60, 3), np.uint8)
-    >>> image[:, 30:] = 200
-    >>> regions, cuts, thresholds = superpixel_hierarchy(image, size=20)
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.integers(0, 40, size=(40, 60, 3)).astype(np.uint8)  # noise ...
+    >>> image[:, 30:] += 200  # ... and a strong edge
+    >>> regions, cuts, thresholds = superpixel_hierarchy(image, size=10)
     >>> cuts.shape[1] == int(regions.max()) + 1, len(cuts) > 0
     (True, True)
     >>> all(np.intersect1d(c[regions[:, :30]], c[regions[:, 30:]]).size == 0 for c in cuts)  # edge kept
@@ -151,8 +158,9 @@ def superpixel_hierarchy(
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
     check_options(size=size, max_pixels=max_pixels)
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 2:
-        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+    for name, value in (("first", first), ("factor", factor)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
     small = _downscaled(image, max_pixels)
     count = max(1, round(image.shape[0] * image.shape[1] / size))
     explorer = _watershed_explorer(small)
@@ -164,7 +172,7 @@ def superpixel_hierarchy(
     regions = _consecutive(leaves)  # on the (maybe downscaled) copy: every superpixel is there
     n = int(regions.max()) + 1
     cuts, thresholds = [], []
-    target = n / factor
+    target = n / first
     while target >= 2:
         cut = explore.horizontal_cut_from_num_regions(int(round(target)))
         labels = np.asarray(cut.labelisation_leaves(tree), np.int64)
