@@ -179,7 +179,7 @@ def superpixel_hierarchy(
         of_node = np.empty(n, np.int64)
         of_node[regions.ravel()] = labels.ravel()  # nested: one cut region per superpixel
         of_node = np.unique(of_node, return_inverse=True)[1]
-        if not cuts or of_node.max() < cuts[-1].max():  # a coarser cut, not the same again
+        if of_node.max() < (cuts[-1].max() if cuts else n - 1):  # coarser than the last, not it again
             cuts.append(of_node.astype(np.int32))
             thresholds.append(float(cut.altitude()))
         target /= factor
