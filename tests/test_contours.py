@@ -264,3 +264,17 @@ def test_eval_contour_flag_applies_to_uniap_superpixels_only(tmp_path, capsys):
     assert "--contours does not apply" in capsys.readouterr().err
     assert main([*args, "--refine", "none", "--contours"]) == 2
     assert "contours" in capsys.readouterr().err
+
+
+def test_png_refuses_contour_labels_a_16_bit_png_cannot_hold(tmp_path):
+    from uniap import io
+
+    levels = np.zeros((1, 4, 4), np.int32)
+    contours = np.zeros((1, 4, 4), np.int64)
+    contours[0, 0, 0] = 70_000
+    with pytest.raises(ValueError, match="65535 contour regions"):
+        io.write_png(tmp_path / "out", levels, [], contour_labels=contours)
+    assert not (tmp_path / "out").exists()
+    io.write_png(tmp_path / "ok", levels, [], contour_labels=np.zeros((2, 4, 4), np.int64))
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == [
+        "contour_0.png", "contour_1.png", "level_0.png", "metadata.csv"]

@@ -230,6 +230,9 @@ def write_png(
 
     if pixel_labels.max(initial=0) > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 clusters in a level: too many for a 16-bit PNG")
+    if contour_labels is not None and contour_labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError("more than 65535 contour regions in a cut: too many for a 16-bit PNG "
+                         "(--no-contours leaves them out)")
     with atomic_path(folder, directory=True) as tmp:
         for i, labels in enumerate(pixel_labels):
             Image.fromarray(labels.astype(np.uint16)).save(tmp / f"level_{i}.png")
