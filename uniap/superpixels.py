@@ -91,9 +91,7 @@ def superpixels(
        compared to state-of-the-art superpixel methods", IEEE TPAMI 34(11), 2012.
        https://doi.org/10.1109/TPAMI.2012.120
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
+    image = _rgb(image)
     check_options(size=size, method=method, compactness=compactness, max_pixels=max_pixels)
     small = _downscaled(image, max_pixels)
     count = max(1, round(image.shape[0] * image.shape[1] / size))  # superpixels of ``size`` original pixels
@@ -154,9 +152,7 @@ def superpixel_hierarchy(
     >>> all(np.intersect1d(c[regions[:, :30]], c[regions[:, 30:]]).size == 0 for c in cuts)  # edge kept
     True
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
+    image = _rgb(image)
     check_options(size=size, max_pixels=max_pixels)
     for name, value in (("first", first), ("factor", factor)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
@@ -262,6 +258,14 @@ def adjacency(regions: np.ndarray) -> np.ndarray:
             break
     code = np.unique(np.concatenate(codes)) if codes else np.empty(0, np.int64)
     return np.stack([code // max(n, 1), code % max(n, 1)], axis=1)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """``image`` as an array, or ValueError unless it is (H, W, 3) and not empty."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
+    return image
 
 
 def _downscaled(image: np.ndarray, max_pixels: int) -> np.ndarray:

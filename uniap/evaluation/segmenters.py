@@ -214,13 +214,14 @@ class Uniap(Segmenter):
 
     def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
         grid, h, labels, timings = self._run(image)
-        contours = grid.contour_maps() if hasattr(grid, "contour_maps") else None
-        out = Segmentation(labels, None, timings, contours=contours)
-        if not proposals:
+        out = Segmentation(labels, None, timings)
+        if not proposals:  # the level benchmarks (BSDS500, label maps) read the levels only
             return out
         t = time.perf_counter()
         if self.score != "record":
-            out.proposals = proposals_from_levels(labels, self.score, self.min_area, image=image, contours=contours)
+            out.contours = grid.contour_maps() if hasattr(grid, "contour_maps") else None
+            out.proposals = proposals_from_levels(labels, self.score, self.min_area, image=image,
+                                                  contours=out.contours)
         else:
             from ..pipeline.stages import encode
 
