@@ -58,16 +58,18 @@ def test_prediction_columns_and_nesting(predictor):
     assert np.all((pred.scores > 0) & (pred.scores <= 1))
     assert pred.masks.reshape(len(pred.masks), -1).sum(1).min(initial=4) >= 4
     assert pred.semantic.shape == img.shape[:2] and 0 <= pred.semantic.min() <= pred.semantic.max() < n_sem
-    level0, level1 = pred.levels
-    # every part lies in one region
-    pairs = np.unique(np.stack([level0.ravel(), level1.ravel()]), axis=1)
-    assert pairs.shape[1] == level0.max() + 1
+    assert pred.levels.shape == (3,) + img.shape[:2]  # parts, regions, semantic groups
+    # every part lies in one region, every region in one semantic group
+    for fine, coarse in zip(pred.levels[:-1], pred.levels[1:]):
+        pairs = np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1)
+        assert pairs.shape[1] == fine.max() + 1
     by_id = {r["id"]: r for r in pred.records}
     assert pred.records and {r["kind"] for r in pred.records} == {"instance", "semantic"}
     for rec in pred.records:
         mask = decode_rle(rec["segmentation"])
         assert mask.shape == img.shape[:2] and mask.sum() == rec["area"] >= 4
-        assert 0 <= rec["score"] <= 1 and rec["predicted_iou"] == rec["score"]
+        # predicted_iou: the query's learned score; stability_score: SAM's, of its mask logits
+        assert 0 <= rec["score"] <= 1 and 0 <= rec["predicted_iou"] <= 1 and 0 <= rec["stability_score"] <= 1
         if rec["kind"] == "instance" and rec["parent"] >= 0:
             assert not (mask & ~decode_rle(by_id[rec["parent"]]["segmentation"])).any()
 
@@ -148,7 +150,7 @@ def test_uniap_predict_writes_records_like_uniap_cli(checkpoint, tmp_path, capsy
     docs = sorted((out / "sub").glob("*.json"))
     assert [d.name for d in docs] == ["p0.json", "p1.json", "p2.json"]
     doc = json.loads(docs[0].read_text())
-    assert doc["image"]["file_name"] == "sub/p0.png" and doc["uniap"]["thresholds"] == [1.0, 0.0]
+    assert doc["image"]["file_name"] == "sub/p0.png" and doc["uniap"]["thresholds"] == [1.0, 0.5, 0.0]
     assert doc["uniap"]["features"].startswith("uniap_train:paper:checkpoint_last.pt@")
     for rec in doc["annotations"]:
         assert decode_rle(rec["segmentation"]).sum() == rec["area"]

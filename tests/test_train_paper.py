@@ -31,9 +31,9 @@ def paper_small(images, out, *extra: str) -> list[str]:
         "model.dim=32", "model.decoder_layers=2", "model.num_heads=2", "model.ffn_dim=64",
         "model.num_semantic_queries=4", "model.num_instance_queries=8",
         "model.hidden_dim=64", "model.bottleneck_dim=32", "model.out_dim=32",
-        "loss.teacher_temp=0.04", "loss.warmup_teacher_temp=0.04", "loss.warmup_teacher_temp_epochs=0",
+        "loss.teacher_temp=0.04", "loss.warmup_teacher_temp=0.04", "loss.warmup_teacher_temp_steps=0",
         "loss.centering=sinkhorn", "loss.num_points=32", "optim.momentum_teacher=0.99",
-        "optim.epochs=4", "optim.lr=0.2", "optim.warmup_epochs=1",
+        "optim.epochs=4", "optim.lr=0.2", "optim.warmup_steps=2", "optim.freeze_last_layer_steps=2",
         "log.every_steps=1", "log.progress=false", "log.tensorboard=false",
         "checkpoint.every_steps=100", "device=cpu", "threads=1", f"output_dir={out}", *extra,
     ]
@@ -41,6 +41,19 @@ def paper_small(images, out, *extra: str) -> list[str]:
 
 def column(rows: list[dict], key: str) -> np.ndarray:
     return np.array([float(r[key]) for r in rows])
+
+
+def assert_new_architecture(ckpt: dict) -> None:
+    """The run used the default self-training model and teacher: a pixel stem and an FPN, deep
+    supervision, a score head, superpixel teacher nodes and the student's whole view."""
+    cfg = ckpt["config"]
+    assert (cfg["model"]["pixel_decoder"], cfg["model"]["deep_supervision"], cfg["uniap"]["nodes"]) == \
+        ("fpn", True, "superpixels")
+    assert cfg["model"]["pixel_stem"] > 0 and cfg["crops"]["student_whole"]
+    keys = ckpt["student"].keys()
+    assert any(k.startswith("pixel_decoder.stem.") for k in keys)
+    assert any(k.startswith("pixel_decoder.fpn.") for k in keys)
+    assert "score_head.weight" in keys
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -52,15 +65,17 @@ def test_neck_starts_as_the_upsampled_features():
 
     cfg = load_config(None, ["data.root=x", "recipe=paper", "model.dim=16", "model.num_heads=2"])
     model = PaperModel(6, cfg.model)
+    assert model.needs_pixels  # the default model has a pixel stem: it reads the views' pixels too
     x = torch.randn(2, 5, 7, 6)
-    fine, mask_features = model.teacher_maps(x)
+    pixels = torch.randint(0, 256, (2, 40, 56, 3), dtype=torch.uint8)  # 8-pixel patches
+    fine, mask_features = model.teacher_maps(x, pixels)
     up = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), scale_factor=2.0, mode="bilinear",
                                          align_corners=False).permute(0, 2, 3, 1)
     assert fine.shape == (2, 10, 14, 6) and mask_features.shape == (2, 16, 10, 14)
     torch.testing.assert_close(fine, up)
-    out = model(x)
+    out = model(x, pixels)
     q = cfg.model.num_semantic_queries + cfg.model.num_instance_queries
-    assert out["masks"].shape == (2, q, 10, 14)
+    assert out["masks"].shape == (2, q, 10, 14) and out["scores"].shape == (2, q)
     assert out["logits"].shape == (2, q, cfg.model.out_dim) and out["queries"].shape == (2, q, 16)
     # [SEM] and [INS] queries differ by their type embedding only at the start
     dec = model.decoder
@@ -88,8 +103,9 @@ def test_paper_embedder_for_semantic_evaluation():
     recipe = get_recipe("paper")(cfg, 6)
     teacher = recipe.build_student().eval()
     feats = torch.randn(5, 7, 6)
-    logits = recipe.embedder(teacher, "logits")(feats, torch.zeros(0, 6))
-    bottleneck = recipe.embedder(teacher, "bottleneck")(feats, torch.zeros(0, 6))
+    pixels = torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8)  # the default model has a pixel stem
+    logits = recipe.embedder(teacher, "logits")(feats, torch.zeros(0, 6), pixels)
+    bottleneck = recipe.embedder(teacher, "bottleneck")(feats, torch.zeros(0, 6), pixels)
     assert logits.shape == (5, 7, 8) and bottleneck.shape == (5, 7, 4)
     assert torch.all(torch.isfinite(logits)) and not torch.allclose(logits[0, 0], logits[4, 6])
 
@@ -158,7 +174,7 @@ def test_schedules_in_steps():
     from uniap_train.trainer import Schedules
 
     cfg = load_config(None, ["data.root=x", "optim.total_steps=50", "optim.warmup_steps=10", "optim.lr=0.256",
-                             "data.batch_size=8", "optim.epochs=3"])
+                             "data.batch_size=8"])
     s = Schedules.build(cfg, steps_per_epoch=4)
     assert s.total_steps == 50 and s.lr.argmax() == 10
     assert s.lr.max() == pytest.approx(0.256 * 8 / 256)
@@ -215,13 +231,15 @@ def test_paper_resume_is_bit_identical(images, tmp_path):
     train(load_config(None, paper_small(images, part, f"resume={mid}")))
     a, b = load(full / "checkpoint_last.pt"), load(part / "checkpoint_last.pt")
     assert a["step"] == b["step"] == 8
+    assert_new_architecture(a)
     for key in ("student", "teacher", "loss"):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
     rows_a, rows_b = read_metrics(full / "metrics.csv"), read_metrics(part / "metrics.csv")
     assert [int(r["step"]) for r in rows_b] == [4, 5, 6, 7, 8]
-    assert [r["match_dice"] for r in rows_b] == [r["match_dice"] for r in rows_a[3:]]
+    for key in ("match_dice", "loss_score", "match_dice_whole", "score_iou_error"):
+        assert [r[key] for r in rows_b] == [r[key] for r in rows_a[3:]], key
 
 
 def test_paper_ddp_two_processes_match_one(images, tmp_path):
@@ -239,6 +257,7 @@ def test_paper_ddp_two_processes_match_one(images, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load(one / "checkpoint_last.pt"), load(two / "checkpoint_last.pt")
     assert b["world_size"] == 2 and a["step"] == b["step"] == 4
+    assert_new_architecture(a)
     for name, ta in a["teacher"].items():
         # The key part of an attention's input bias has an exact gradient of 0 (softmax ignores
         # it): it moves by rounding noise only, which AdamW normalises; hence atol 1e-5 (its
@@ -247,7 +266,8 @@ def test_paper_ddp_two_processes_match_one(images, tmp_path):
         torch.testing.assert_close(b["teacher"][name], ta, rtol=1e-4, atol=atol, msg=name)
     torch.testing.assert_close(b["loss"]["center"], a["loss"]["center"], rtol=1e-4, atol=1e-6)
     ra, rb = read_metrics(one / "metrics.csv"), read_metrics(two / "metrics.csv")
-    for key in ("loss", "loss_querysd", "loss_dice", "loss_bce", "match_dice", "queries_matched", "teacher_masks"):
+    for key in ("loss", "loss_querysd", "loss_dice", "loss_bce", "loss_score", "match_dice", "match_dice_whole",
+                "score_iou_error", "queries_matched", "teacher_masks", "teacher_masks_in_view"):
         np.testing.assert_allclose(column(rb, key), column(ra, key), rtol=1e-4, err_msg=key)
 
 
@@ -297,7 +317,7 @@ def test_trainable_vit_backbone(images, tmp_path):
     weights = torch.load(tmp_path / "tiny_vit.pth", weights_only=True)
     full = tmp_path / "full"
     train(load_config(None, paper_small(images, full, *vit, "backbone.trainable=true", "optim.max_steps=4",
-                                        "checkpoint.keep_every=2", "optim.warmup_epochs=0")))
+                                        "checkpoint.keep_every=2", "optim.warmup_steps=0")))
     a = load(full / "checkpoint_last.pt")
     moved = [n for n, w in weights.items() if not torch.equal(a["student"][f"backbone.net.{n}"], w)]
     assert "blocks.0.attn.qkv.weight" in moved and "patch_embed.proj.weight" in moved
@@ -308,7 +328,7 @@ def test_trainable_vit_backbone(images, tmp_path):
 
     part = tmp_path / "resumed"
     train(load_config(None, paper_small(images, part, *vit, "backbone.trainable=true", "optim.max_steps=4",
-                                        "optim.warmup_epochs=0", f"resume={full / 'checkpoint_0000002.pt'}")))
+                                        "optim.warmup_steps=0", f"resume={full / 'checkpoint_0000002.pt'}")))
     b = load(part / "checkpoint_last.pt")
     for name in a["teacher"]:
         assert torch.equal(a["teacher"][name], b["teacher"][name]), name
@@ -316,7 +336,7 @@ def test_trainable_vit_backbone(images, tmp_path):
     (tmp_path / "tiny_vit.pth").unlink()
     predictor = Predictor.from_checkpoint(full / "checkpoint_last.pt", device="cpu", min_area=4)
     pred = predictor(np.full((40, 56, 3), 120, np.uint8))
-    assert pred.levels.shape == (2, 40, 56) and pred.records
+    assert pred.levels.shape == (3, 40, 56) and pred.records  # parts, regions, semantic groups
     torch.testing.assert_close(predictor.model.backbone.net.patch_embed.proj.weight,
                                a["teacher"]["backbone.net.patch_embed.proj.weight"])
 

@@ -67,8 +67,8 @@ def small(images: Path, out: Path, *extra: str) -> list[str]:
         "crops.global_size=32", "crops.local_size=16", "crops.num_local=2",
         "model.hidden_dim=32", "model.bottleneck_dim=32", "model.out_dim=32", "model.attention_temp=0.05",
         "loss.region_size=3", "loss.teacher_temp=0.01", "loss.warmup_teacher_temp=0.01",
-        "loss.warmup_teacher_temp_epochs=0", "optim.momentum_teacher=0.99",
-        "optim.epochs=4", "optim.lr=0.2", "optim.warmup_epochs=1",
+        "loss.warmup_teacher_temp_steps=0", "optim.momentum_teacher=0.99",
+        "optim.epochs=4", "optim.lr=0.2", "optim.warmup_steps=2", "optim.freeze_last_layer_steps=2",
         "log.every_steps=1", "log.progress=false", "log.tensorboard=false",
         "checkpoint.every_steps=100", "device=cpu", "threads=1", f"output_dir={out}", *extra,
     ]

@@ -79,6 +79,9 @@ class CropConfig:
     # recipe paper: the teacher sees the whole image, its longer side resized to this many
     # pixels and padded to a square (a multiple of the patch size); the global crops are unused
     teacher_size: int = 224
+    # recipe paper: the student also sees the whole image (the teacher's view with its own flip
+    # and colour jitter), as it does at inference, besides the local crops
+    student_whole: bool = True
     flip_prob: float = 0.5  # probability of a horizontal flip per view
     jitter_prob: float = 0.8  # probability of colour jitter per view
     brightness: float = 0.4  # jitter strengths (factor drawn in [1 - s, 1 + s])
@@ -109,6 +112,14 @@ class UniAPConfig:
     min_size: int = 2  # clusters with fewer cells give no query
     preset: Literal["released", "paper"] = "released"
     connectivity: Literal[4, 8] = 4
+    # recipe paper: the teacher's UniAP nodes: the fine map's cells (fine), or the working
+    # image's watershed superpixels pooling the fine map (superpixels: pixel-accurate masks)
+    nodes: Literal["fine", "superpixels"] = "superpixels"
+    # recipe paper: per image, level k's threshold is the similarity that this share of the
+    # node graph's edges exceed (thresholds calibrated from the features; null: uniap.levels)
+    edge_fractions: Optional[tuple[float, ...]] = None
+    superpixel_size: int = 150  # pixels (of the image at data.max_side) per superpixel
+    contours: bool = False  # superpixels: the watershed's contour regions are teacher masks too
 
 
 @dataclass
@@ -125,6 +136,11 @@ class ModelConfig:
     ffn_dim: int = 1024  # hidden width of the decoder's feed-forward layers
     num_semantic_queries: int = 50  # learnable [SEM] queries
     num_instance_queries: int = 150  # learnable [INS] queries
+    # fpn: a feature pyramid (torchvision) over the coarse, patch and fine scales; simple: the
+    # ViTDet-style simple pyramid of per-scale projections (the first version of this model)
+    pixel_decoder: Literal["fpn", "simple"] = "fpn"
+    pixel_stem: int = 32  # channels of a convolution stem on the views' pixels (fpn; 0 = none)
+    deep_supervision: bool = True  # mask and score losses on every decoder layer's prediction
 
 
 @dataclass
@@ -132,7 +148,9 @@ class LossConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.07  # final teacher temperature
     warmup_teacher_temp: float = 0.04  # teacher temperature at step 0
-    warmup_teacher_temp_epochs: float = 1.0  # linear warm-up length
+    # steps of the linear teacher temperature warm-up (1000: 1% of the default 100k-step run, as
+    # the old default of 1 epoch in 100; clamped to the run's length; 0 = teacher_temp from step 0)
+    warmup_teacher_temp_steps: int = 1000
     center_momentum: float = 0.9  # EMA of the centre (averaged over the global batch)
     centering: Literal["ema", "sinkhorn"] = "ema"  # teacher centring: DINO's EMA centre or Sinkhorn-Knopp
     region_size: int = 7  # points per side sampled in the common region of two views
@@ -144,22 +162,29 @@ class LossConfig:
     oversample_ratio: float = 3.0  # candidate points per sampled point
     importance_ratio: float = 0.75  # share of points taken where the student is most uncertain
     min_mask_area: float = 0.02  # a cropped teacher mask covering less of the view is dropped
+    score_weight: float = 2.0  # BCE of every query's score against its mask's IoU with its match (0 if none)
 
 
 @dataclass
 class OptimConfig:
-    epochs: float = 100.0  # training length (fractional epochs allowed)
-    max_steps: int = 0  # stop after this many steps (0 = epochs decide); schedules keep their length
-    total_steps: int = 0  # schedule length in steps (0 = epochs x steps per epoch)
-    warmup_steps: int = 0  # learning-rate warm-up in steps (0 = warmup_epochs decide)
+    # The run's length, given one way only: total_steps (the default way) or epochs (then
+    # total_steps is null). Every schedule is counted in steps; epochs are converted to
+    # ceil(epochs x steps per epoch) steps once, when training starts, and that is logged.
+    total_steps: Optional[int] = 100000  # run length in steps (DINO's 100 ImageNet epochs at batch 1024: 125k)
+    epochs: Optional[float] = None  # run length in epochs (fractional allowed) instead of total_steps
+    max_steps: int = 0  # stop after this many steps (0 = at the run's length); schedules keep their length
+    # linear learning-rate warm-up in steps (1000: 1% of the default run, as the old default of
+    # 1 epoch in 100; clamped to the run's length; 0 = none)
+    warmup_steps: int = 1000
     lr: float = 5e-4  # base learning rate for a global batch of 256 (scaled by batch / 256)
     min_lr: float = 1e-6  # final learning rate of the cosine
-    warmup_epochs: float = 1.0  # linear learning-rate warm-up
     weight_decay: float = 0.04  # start of the weight-decay cosine (biases and norms: none)
     weight_decay_end: float = 0.4  # end of the weight-decay cosine
     momentum_teacher: float = 0.996  # start of the teacher EMA momentum cosine (ends at 1)
     clip_grad: float = 3.0  # per-parameter gradient norm clip (0 = off)
-    freeze_last_layer: float = 1.0  # epochs during which the prototypes are not updated
+    # steps during which the DINO head's prototypes (last layer) get no update (1000: 1% of the
+    # default run; DINO: 1 epoch of ImageNet at batch 1024, 1251 steps); clamped to the run's length
+    freeze_last_layer_steps: int = 1000
     betas: tuple[float, float] = (0.9, 0.999)
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
 
@@ -332,6 +357,13 @@ def _validate(c: TrainConfig) -> None:
         "uniap.levels", "must be strictly decreasing", list(u.levels),
     )
     _need(u.min_size >= 1, "uniap.min_size", "must be >= 1", u.min_size)
+    _need(u.superpixel_size >= 1, "uniap.superpixel_size", "must be >= 1", u.superpixel_size)
+    if u.edge_fractions is not None:
+        f = list(u.edge_fractions)
+        _need(len(f) >= 1 and all(0 < a < 1 for a in f) and all(a < b for a, b in zip(f, f[1:])),
+              "uniap.edge_fractions", "must be strictly increasing shares in (0, 1)", f)
+    _need(not u.contours or u.nodes == "superpixels", "uniap.contours", "needs uniap.nodes: superpixels",
+          u.contours)
     m = c.model
     for name in ("hidden_dim", "bottleneck_dim", "out_dim"):
         _need(getattr(m, name) >= 1, f"model.{name}", "must be >= 1", getattr(m, name))
@@ -339,33 +371,42 @@ def _validate(c: TrainConfig) -> None:
     for name in ("dim", "decoder_layers", "num_heads", "ffn_dim", "num_semantic_queries", "num_instance_queries"):
         _need(getattr(m, name) >= 1, f"model.{name}", "must be >= 1", getattr(m, name))
     _need(m.dim % m.num_heads == 0, "model.dim", f"must be divisible by model.num_heads ({m.num_heads})", m.dim)
+    _need(m.pixel_stem >= 0, "model.pixel_stem", "must be >= 0 (0 = no stem)", m.pixel_stem)
+    _need(m.pixel_stem == 0 or m.pixel_decoder == "fpn", "model.pixel_stem", "needs model.pixel_decoder: fpn",
+          m.pixel_stem)
     lo = c.loss
     for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
         _need(getattr(lo, name) > 0, f"loss.{name}", "must be > 0", getattr(lo, name))
-    _need(lo.warmup_teacher_temp_epochs >= 0, "loss.warmup_teacher_temp_epochs", "must be >= 0",
-          lo.warmup_teacher_temp_epochs)
+    _need(lo.warmup_teacher_temp_steps >= 0, "loss.warmup_teacher_temp_steps", "must be >= 0",
+          lo.warmup_teacher_temp_steps)
     _need(0 <= lo.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)", lo.center_momentum)
     _need(lo.region_size >= 1, "loss.region_size", "must be >= 1", lo.region_size)
-    for name in ("querysd_weight", "dice_weight", "bce_weight"):
+    for name in ("querysd_weight", "dice_weight", "bce_weight", "score_weight"):
         _need(math.isfinite(getattr(lo, name)) and getattr(lo, name) >= 0, f"loss.{name}",
               "must be a finite number >= 0", getattr(lo, name))
-    _need(lo.num_points >= 1, "loss.num_points", "must be >= 1", lo.num_points)
+    _need(lo.num_points >= 0, "loss.num_points", "must be >= 0 (0 = every target point)", lo.num_points)
     _need(lo.oversample_ratio >= 1, "loss.oversample_ratio", "must be >= 1", lo.oversample_ratio)
     _need(0 <= lo.importance_ratio <= 1, "loss.importance_ratio", "must be in [0, 1]", lo.importance_ratio)
     _need(0 <= lo.min_mask_area < 1, "loss.min_mask_area", "must be in [0, 1)", lo.min_mask_area)
     o = c.optim
-    _need(o.epochs > 0, "optim.epochs", "must be > 0", o.epochs)
+    _need(o.total_steps is None or o.total_steps >= 1, "optim.total_steps",
+          "must be >= 1, or null when optim.epochs gives the run's length", o.total_steps)
+    _need(o.epochs is None or o.epochs > 0, "optim.epochs", "must be > 0 (or null)", o.epochs)
+    if o.total_steps is not None and o.epochs is not None:
+        raise ConfigError(f"optim.total_steps ({o.total_steps}) and optim.epochs ({o.epochs:g}) both give the "
+                          "run's length: set one of them and the other to null")
+    if o.total_steps is None and o.epochs is None:
+        raise ConfigError("optim.total_steps and optim.epochs are both null: give the run's length in one of them")
     _need(o.max_steps >= 0, "optim.max_steps", "must be >= 0", o.max_steps)
     _need(o.lr > 0, "optim.lr", "must be > 0", o.lr)
-    _need(o.total_steps >= 0, "optim.total_steps", "must be >= 0 (0 = epochs decide)", o.total_steps)
-    _need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0 (0 = warmup_epochs decide)", o.warmup_steps)
+    _need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0 (0 = no warm-up)", o.warmup_steps)
     _need(0 <= o.min_lr, "optim.min_lr", "must be >= 0", o.min_lr)
-    _need(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0", o.warmup_epochs)
     _need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
     _need(o.weight_decay_end >= 0, "optim.weight_decay_end", "must be >= 0", o.weight_decay_end)
     _need(0 <= o.momentum_teacher <= 1, "optim.momentum_teacher", "must be in [0, 1]", o.momentum_teacher)
     _need(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 = off)", o.clip_grad)
-    _need(o.freeze_last_layer >= 0, "optim.freeze_last_layer", "must be >= 0", o.freeze_last_layer)
+    _need(o.freeze_last_layer_steps >= 0, "optim.freeze_last_layer_steps", "must be >= 0",
+          o.freeze_last_layer_steps)
     _need(all(0 <= b < 1 for b in o.betas), "optim.betas", "must lie in [0, 1)", list(o.betas))
     _need(c.log.every_steps >= 1, "log.every_steps", "must be >= 1", c.log.every_steps)
     _need(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1", c.checkpoint.every_steps)
@@ -485,6 +526,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
+        if full in REMOVED_KEYS:
+            raise ConfigError(f"{full} was counted in epochs; use {REMOVED_KEYS[full]} (schedules are counted "
+                              "in steps: docs/training.md)")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
@@ -493,6 +537,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         kwargs[key] = _convert(value, hints[key], full)
     return cls(**kwargs)
 
+
+# Keys counted in epochs that schedules in steps replaced: old key -> the key to use.  A
+# checkpoint's stored configuration with them is converted by uniap_train.checkpoint.checkpoint_config.
+REMOVED_KEYS: dict[str, str] = {
+    "optim.freeze_last_layer": "optim.freeze_last_layer_steps",
+    "optim.warmup_epochs": "optim.warmup_steps",
+    "loss.warmup_teacher_temp_epochs": "loss.warmup_teacher_temp_steps",
+}
 
 # Defaults that differ by recipe: (section, key) -> value, used where the config leaves them out.
 RECIPE_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
@@ -504,8 +556,13 @@ def config_from_dict(data: dict | None) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a (YAML-like) dict.
 
     Keys the dict leaves out take their defaults, which for a few keys depend on the recipe
-    (``RECIPE_DEFAULTS``: ``crops.num_local`` is 2 for ``recipe: paper``, 6 otherwise).
+    (``RECIPE_DEFAULTS``: ``crops.num_local`` is 2 for ``recipe: paper``, 6 otherwise).  A
+    dict giving ``optim.epochs`` but no ``optim.total_steps`` leaves ``total_steps`` null (the
+    epochs give the run's length); giving both is a :class:`ConfigError`.
     """
+    optim = data.get("optim") if isinstance(data, dict) else None
+    if isinstance(optim, dict) and optim.get("epochs") is not None and "total_steps" not in optim:
+        data = {**data, "optim": {**optim, "total_steps": None}}
     if isinstance(data, dict) and isinstance(data.get("recipe"), str):
         for (section, key), value in RECIPE_DEFAULTS.get(data["recipe"], {}).items():
             part = data.get(section)

@@ -107,6 +107,8 @@ class Sample:
     views: list[np.ndarray] | None = None
     features: list[np.ndarray] | None = None
     teacher_cells: tuple[int, int] | None = None  # recipe paper: the teacher grid's image part
+    pixels: list[np.ndarray] | None = None  # recipe paper: the views' pixels beside their features
+    regions: dict | None = None  # recipe paper: the teacher's superpixel nodes (:mod:`uniap_train.regions`)
 
 
 class MultiCropDataset(Dataset):
@@ -207,6 +209,10 @@ def collate_views(samples: list[Sample]) -> dict:
     else:
         nv = len(samples[0].views)
         out["views"] = [torch.from_numpy(np.stack([s.views[v] for s in samples])) for v in range(nv)]
+    if samples[0].pixels is not None:
+        out["pixels"] = [torch.from_numpy(np.stack([s.pixels[v] for s in samples])) for v in range(nv)]
+    if samples[0].regions is not None:  # one image's superpixels each: sizes differ, kept as a list
+        out["regions"] = [s.regions for s in samples]
     return out
 
 
@@ -270,13 +276,43 @@ class PaperDataset(MultiCropDataset):
     View 0 is the teacher's (:func:`teacher_crop`: the image's own aspect, resized so that its
     longer side is ``crop_cfg.teacher_size`` and padded; padded cells are zero), views
     ``1..num_local`` are local crops (scale ``local_scale``, flips and colour jitter as
-    :class:`~uniap_train.crops.MultiCrop` draws them).  Sample ``(e, i)`` depends only on
-    ``(seed, e, i)``.  Parameters are those of :class:`MultiCropDataset`.
+    :class:`~uniap_train.crops.MultiCrop` draws them) and, with ``crop_cfg.student_whole``, a
+    last view is the whole image again for the student (the teacher's box, its own flip and
+    colour jitter), so that the student also learns on what it sees at inference.  Sample
+    ``(e, i)`` depends only on ``(seed, e, i)``; the whole view's draws come after the local
+    crops', so turning it on leaves the other views unchanged.
+
+    Parameters are those of :class:`MultiCropDataset`, and:
+
+    pixels : bool
+        Also give every view's pixels (``Sample.pixels``) where the views are features cut
+        from the image's grid: a model with a pixel stem reads both.
+    regions : dict, optional
+        ``{"size": pixels per superpixel, "contours": bool, "target_scale": int}``: compute the
+        image's superpixels for the teacher's UniAP (``uniap.nodes: superpixels``,
+        :mod:`uniap_train.regions`) and give ``Sample.regions``: ``edges``, ``contours``,
+        ``pool`` (:func:`~uniap_train.regions.fine_pooling` on the teacher's fine grid),
+        ``sizes`` (pixels per superpixel) and ``ids``, per student view the superpixel under
+        each of its target points (``target_scale`` per mask cell and side).
     """
+
+    def __init__(self, paths, crop_cfg, seed: int, max_side: int, pipeline_extractor=None,
+                 crop_features: bool = False, patch_size: int = 8, *, pixels: bool = False,
+                 regions: dict | None = None) -> None:
+        super().__init__(paths, crop_cfg, seed, max_side, pipeline_extractor, crop_features, patch_size)
+        self.pixels = bool(pixels)
+        self.regions = dict(regions) if regions else None
+        self._images: dict[int, np.ndarray] = {}
+        self._regions: dict[int, dict] = {}
 
     @property
     def num_views(self) -> int:
-        return 1 + self.multicrop.cfg.num_local
+        return 1 + self.multicrop.cfg.num_local + int(self.multicrop.cfg.student_whole)
+
+    def _image(self, index: int) -> np.ndarray:
+        if index not in self._images:  # cached with the features: both are reused every epoch
+            self._images[index] = load_resized(self.paths[index], self.max_side)
+        return self._images[index]
 
     def _local_crops(self, rng: np.random.Generator, height: int, width: int,
                      image: np.ndarray | None) -> tuple[list[Crop], list[np.ndarray]]:
@@ -288,42 +324,102 @@ class PaperDataset(MultiCropDataset):
         for _ in range(c.num_local):
             box = sample_crop_box(rng, height, width, c.local_scale, c.ratio)
             flip = bool(rng.random() < c.flip_prob)
-            jitter = dict(brightness=c.brightness, contrast=c.contrast, saturation=c.saturation,
-                          jitter_prob=c.jitter_prob, grayscale_prob=c.grayscale_prob)
             if pil is not None:
                 view = np.asarray(pil.resize((c.local_size, c.local_size), Image.BILINEAR, box=box))
                 view = view[:, ::-1] if flip else view
-                views.append(np.ascontiguousarray(color_jitter(view, rng, **jitter)))
+                views.append(np.ascontiguousarray(color_jitter(view, rng, **self._jitter())))
             else:
-                color_jitter(np.zeros((1, 1, 3), np.uint8), rng, **jitter)  # same draws
+                color_jitter(np.zeros((1, 1, 3), np.uint8), rng, **self._jitter())  # same draws
             crops.append(Crop(tuple(float(t) for t in box), flip, c.local_size))
         return crops, views
+
+    def _jitter(self) -> dict:
+        c = self.multicrop.cfg
+        return dict(brightness=c.brightness, contrast=c.contrast, saturation=c.saturation,
+                    jitter_prob=c.jitter_prob, grayscale_prob=c.grayscale_prob)
+
+    def _whole_view(self, rng: np.random.Generator, height: int, width: int,
+                    teacher_pixels: np.ndarray | None) -> tuple[Crop, np.ndarray | None]:
+        """The student's whole-image view: the teacher's box, flipped and jittered on its own."""
+        c = self.multicrop.cfg
+        flip = bool(rng.random() < c.flip_prob)
+        view = None
+        if teacher_pixels is not None:
+            view = teacher_pixels[:, ::-1] if flip else teacher_pixels
+            view = np.ascontiguousarray(color_jitter(np.ascontiguousarray(view), rng, **self._jitter()))
+        else:
+            color_jitter(np.zeros((1, 1, 3), np.uint8), rng, **self._jitter())
+        return Crop(teacher_crop(height, width, c.teacher_size).box, flip, c.teacher_size), view
+
+    def _sample_regions(self, index: int, image: np.ndarray, crops: list[Crop]) -> dict:
+        from .regions import fine_pooling, image_regions, view_region_ids
+
+        if index not in self._regions:
+            r = image_regions(image, self.regions["size"], self.regions.get("contours", False))
+            fine_cells = 2 * (self.multicrop.cfg.teacher_size // self.patch_size)
+            self._regions[index] = {
+                "edges": r.edges, "contours": r.contours, "pool": fine_pooling(r.labels, fine_cells),
+                "sizes": np.bincount(r.labels.ravel(), minlength=r.count).astype(np.float32), "labels": r.labels,
+            }
+        cached = self._regions[index]
+        scale = int(self.regions.get("target_scale", 2))
+        ids = [view_region_ids(cached["labels"], c, scale * 2 * (c.size // self.patch_size)) for c in crops[1:]]
+        return {k: v for k, v in cached.items() if k != "labels"} | {"ids": ids}
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = int(index)
         rng = np.random.default_rng([self.seed, int(epoch), index])
-        size, p = self.multicrop.cfg.teacher_size, self.patch_size
+        c = self.multicrop.cfg
+        size, p = c.teacher_size, self.patch_size
         cells = size // p
         if self.crop_features:
             feats, scale, shape = self.image_grid(index)
-            tcrop = teacher_crop(shape[0], shape[1], size)
+            image = self._image(index) if (self.pixels or self.regions) else None
+            height, width = shape
+            tcrop = teacher_crop(height, width, size)
             teacher, (rows, cols) = teacher_view_features(feats, scale, shape, size, p)
-            crops, _ = self._local_crops(rng, shape[0], shape[1], None)
-            views = [teacher] + [crop_feature_grid(feats, c, c.size // p, scale) for c in crops]
-            return Sample(index, [tcrop] + crops, features=views, teacher_cells=(rows, cols))
-        image = load_resized(self.paths[index], self.max_side)
+            crops, local_pixels = self._local_crops(rng, height, width, image if self.pixels else None)
+            views = [teacher] + [crop_feature_grid(feats, k, k.size // p, scale) for k in crops]
+            pixels = [teacher_view_pixels(image, size)] + local_pixels if self.pixels else None
+            if c.student_whole:
+                whole, whole_pixels = self._whole_view(rng, height, width, pixels[0] if self.pixels else None)
+                views.append(_zero_outside(crop_feature_grid(feats, whole, cells, scale), whole, shape))
+                crops.append(whole)
+                if self.pixels:
+                    pixels.append(whole_pixels)
+            crops = [tcrop] + crops
+            regions = self._sample_regions(index, image, crops) if self.regions else None
+            return Sample(index, crops, features=views, teacher_cells=(rows, cols), pixels=pixels, regions=regions)
+        image = self._image(index)
         height, width = image.shape[:2]
         tcrop = teacher_crop(height, width, size)
         teacher = teacher_view_pixels(image, size)
         crops, views = self._local_crops(rng, height, width, image)
+        if c.student_whole:
+            whole, whole_pixels = self._whole_view(rng, height, width, teacher)
+            crops.append(whole)
+            views.append(whole_pixels)
         valid = teacher_cells(height, width, cells)
         views = [teacher] + views
+        crops = [tcrop] + crops
+        regions = self._sample_regions(index, image, crops) if self.regions else None
         if self.pipeline_extractor is None:
-            return Sample(index, [tcrop] + crops, views=views, teacher_cells=valid)
+            return Sample(index, crops, views=views, teacher_cells=valid, regions=regions)
         ex = self._get_extractor()
         feats = [np.ascontiguousarray(ex(v).features, dtype=np.float32) for v in views]
-        return Sample(index, [tcrop] + crops, features=feats, teacher_cells=valid)
+        return Sample(index, crops, features=feats, teacher_cells=valid, regions=regions,
+                      pixels=views if self.pixels else None)
+
+
+def _zero_outside(grid: np.ndarray, crop: Crop, shape: tuple[int, int]) -> np.ndarray:
+    """A view's feature grid with the cells whose centres lie outside the image set to 0."""
+    rows, cols = grid.shape[:2]
+    x, _ = crop.to_image((np.arange(cols) + 0.5) / cols, np.zeros(1))
+    _, y = crop.to_image(np.zeros(1), (np.arange(rows) + 0.5) / rows)
+    grid[y >= shape[0]] = 0
+    grid[:, x >= shape[1]] = 0
+    return grid
 
 
 class ResumableDistributedSampler(DistributedSampler):

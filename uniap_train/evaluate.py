@@ -79,6 +79,22 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 100, seed: int = 0, max_fit: in
     return centres
 
 
+def grid_pixels(image: np.ndarray, grid: Any) -> np.ndarray:
+    """The pixels under a feature grid's cells: ``image`` as the extractor resized it, padded with
+    zeros (or cut) to (h p, w p, 3) for an (h, w) grid of ``p``-pixel patches."""
+    from PIL import Image
+
+    h, w = grid.features.shape[:2]
+    p = int(grid.patch_size)
+    hr, wr = (int(v) for v in grid.resized_shape)
+    if (hr, wr) != tuple(image.shape[:2]):
+        image = np.asarray(Image.fromarray(image).resize((wr, hr), Image.BILINEAR))
+    out = np.zeros((h * p, w * p, 3), np.uint8)
+    rows, cols = min(hr, h * p), min(wr, w * p)
+    out[:rows, :cols] = image[:rows, :cols]
+    return out
+
+
 @dataclass
 class EvalItem:
     """One evaluation image: cached features, queries, labels and the grid's cell mapping."""
@@ -88,6 +104,7 @@ class EvalItem:
     queries: torch.Tensor  # (Q, C)
     grid: Any  # uniap.features.FeatureGrid (cell -> pixel mapping)
     labels: np.ndarray  # (H, W) at the evaluated image's resolution
+    pixels: torch.Tensor | None = None  # uint8 (h p, w p, 3): the pixels under the cells (a pixel stem's input)
 
 
 class SemanticEvaluator:
@@ -119,8 +136,9 @@ class SemanticEvaluator:
                 labels = np.asarray(pil.resize(image.shape[1::-1], Image.NEAREST))
             grid = backbone.image_features(image)
             feats = torch.from_numpy(np.ascontiguousarray(grid.features, np.float32)).to(device)
+            pixels = torch.from_numpy(grid_pixels(image, grid)).to(device)
             self.items.append(EvalItem(image_path.stem, feats, feats.new_zeros((0, feats.shape[-1])),
-                                       grid, labels.astype(np.int64)))
+                                       grid, labels.astype(np.int64), pixels))
         # UniAP on every evaluation image in one pass: the queries are fixed.
         queries, mask, counts = pooled_queries([it.features for it in self.items], uniap_options)
         for it, q, n in zip(self.items, queries, counts):
@@ -169,7 +187,8 @@ class SemanticEvaluator:
         }
 
     @torch.no_grad()
-    def evaluate(self, embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict:
-        """Score the model: ``embed(features (h, w, C), queries (Q, C)) -> (h, w, D)`` per image."""
-        vectors = [embed(it.features, it.queries) for it in self.items]
+    def evaluate(self, embed: Callable[..., torch.Tensor]) -> dict:
+        """Score the model: ``embed(features (h, w, C), queries (Q, C), pixels (h p, w p, 3)) -> (h, w, D)``
+        per image (the pixels for a model with a pixel stem)."""
+        vectors = [embed(it.features, it.queries, it.pixels) for it in self.items]
         return self.cluster(vectors, normalize=True)

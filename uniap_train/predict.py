@@ -2,18 +2,26 @@
 
 ``Predictor.from_checkpoint(path, device=...)`` rebuilds the backbone (a frozen one with the
 shared words the run was trained with, or a fine-tuned ViT, both stored in the checkpoint), the
-neck and the decoder (the EMA teacher's weights), and turns images into a :class:`Prediction`:
+neck, pixel decoder and decoder (the EMA teacher's weights), and turns images into a
+:class:`Prediction`:
 
-* **instance masks** with scores: the [INS] queries' masks (``sigmoid > mask_threshold``),
-  scored as Mask2Former scores masks (the mean probability inside the mask), best first;
+* **instance masks** with scores: the [INS] queries' masks at the image's resolution, snapped
+  to the image's superpixels (``refine="superpixels"``: each superpixel takes its mean
+  probability, :func:`~uniap_train.postprocess.snap_to_regions`) or thresholded per pixel
+  (``refine="none"``); each scored by the query's learned score (its predicted IoU, SAM's
+  ``predicted_iou``) times Mask2Former's mask score (the mean probability inside), the
+  overlaps decayed by Matrix NMS (``nms="matrix"``) or removed by greedy mask NMS
+  (``nms="hard"``), best first, at most ``max_masks``;
 * a **semantic map**: per pixel, the [SEM] query of the largest mask logit;
-* two **nested levels** of label maps and the **SAM-style records** ``uniap-cli`` writes
+* three **nested levels** of label maps and the **SAM-style records** ``uniap-cli`` writes
   (:func:`uniap.records.hierarchy_records`): level 0 (``threshold`` 1.0) are the connected
   parts of the panoptic map (each pixel to its best-scoring instance as Mask2Former's panoptic
-  inference assigns them, the rest to its semantic query), level 1 (``threshold`` 0.0) joins
-  neighbouring parts of the same semantic query; semantic records are the semantic map's
-  groups.  A record's ``score`` and ``predicted_iou`` are its query's mask score (area-weighted
-  over its parts at level 1).
+  inference assigns them, the rest to its semantic query), level 1 (``threshold`` 0.5) joins
+  neighbouring parts of the same semantic query, level 2 (``threshold`` 0.0) is the semantic
+  map itself (a semantic query's parts anywhere in the image); semantic records are the
+  semantic map's groups.  A record's ``predicted_iou`` is its query's learned score, its
+  ``stability_score`` SAM's stability of the query's mask logits, and its ``score`` the
+  ranking score of the part (area-weighted over the parts of a region).
 
 The work is done by module functions (:func:`teacher_grids`, :func:`decode_masks`,
 :func:`instance_masks`, :func:`nested_levels`, :func:`prediction_records`); the class holds
@@ -45,12 +53,12 @@ class Prediction:
     masks : ndarray (N, H, W), bool
         Instance masks, best score first.
     scores : ndarray (N,), float32
-        Their mask scores in [0, 1].
+        Their ranking scores in [0, 1] (after non-maximum suppression).
     semantic : ndarray (H, W), int32
         [SEM] query of every pixel.
-    levels : ndarray (2, H, W), int32
-        Nested label maps (parts, regions).
-    semantic_labels : ndarray (2, H, W), int32
+    levels : ndarray (3, H, W), int32
+        Nested label maps (parts, regions, semantic groups).
+    semantic_labels : ndarray (3, H, W), int32
         Semantic group of every pixel, per level.
     hierarchy : uniap.Hierarchy
         The levels as a hierarchy on the pixel grid.
@@ -58,6 +66,10 @@ class Prediction:
         SAM-style records (:mod:`uniap.records`).
     timings : dict
         Seconds spent in each step of the prediction.
+    predicted_iou : ndarray (N,), float32, optional
+        The instance masks' learned scores (their queries' predicted IoU).
+    stability : ndarray (N,), float32, optional
+        Their stability scores (SAM's, of the queries' mask logits).
     """
 
     masks: np.ndarray
@@ -68,6 +80,8 @@ class Prediction:
     hierarchy: Any
     records: list[dict]
     timings: dict = field(default_factory=dict)
+    predicted_iou: np.ndarray | None = None  # (N,) the masks' learned scores
+    stability: np.ndarray | None = None  # (N,) their stability scores
 
 
 # ---------------------------------------------------------------------------------- functions
@@ -128,17 +142,95 @@ def decode_masks(logits: Any, image_shape: tuple[int, int], work_shape: tuple[in
     return F.grid_sample(logits[None].float(), grid, mode="bilinear", align_corners=False)[0]
 
 
-def instance_masks(logits: Any, mask_threshold: float, score_threshold: float, min_area: int) -> tuple[Any, Any, Any]:
-    """[INS] logits (N, H, W) -> kept masks (K, H, W) bool, scores (K,), probabilities (K, H, W), best first."""
+NMS_KINDS = ("matrix", "hard", "none")
+REFINES = ("superpixels", "none")
+SCORES = ("contrast", "learned", "mask")
+_NMS_PIXELS = 1 << 16  # overlaps for NMS are measured on a strided grid of at most this many pixels
+
+
+@dataclass
+class InstanceMasks:
+    """The kept instance masks of one image, best first (tensors on the model's device)."""
+
+    masks: Any  # (K, H, W) bool
+    scores: Any  # (K,) ranking scores (after NMS)
+    prob: Any  # (K, H, W) probabilities
+    queries: Any  # (K,) LongTensor: the [INS] query of each mask (0-based among [INS])
+    predicted_iou: Any  # (K,) the learned scores
+    stability: Any  # (K,) SAM's stability scores
+
+
+def instance_masks(logits: Any, mask_threshold: float, score_threshold: float, min_area: int, *,
+                   score_logits: Any = None, regions: Any = None, nms: str = "matrix", nms_threshold: float = 0.5,
+                   max_masks: int = 0, score: str = "learned", strength: Any = None) -> InstanceMasks:
+    """[INS] logits (N, H, W) at the image's resolution -> the kept masks, best first.
+
+    Parameters
+    ----------
+    logits : tensor (N, H, W)
+    mask_threshold : float
+        Probability above which a pixel (or, with ``regions``, a superpixel's mean) is inside.
+    score_threshold, min_area :
+        Masks scoring less, or with fewer pixels, are dropped.
+    score_logits : tensor (N,), optional
+        The queries' learned score logits (predicted IoU); without them it counts as 1.
+    regions : tensor (H, W), optional
+        Superpixels to snap the masks to (:func:`~uniap_train.postprocess.snap_to_regions`).
+    nms : {"matrix", "hard", "none"}
+        Matrix NMS (decays the scores of overlapping masks), greedy mask NMS at
+        ``nms_threshold`` IoU, or none.
+    max_masks : int
+        Keep at most this many (0: all).
+    score : {"contrast", "learned", "mask"}
+        Rank by predicted IoU x stability x boundary contrast (the mean of ``strength`` on the
+        mask's boundary, :func:`~uniap_train.postprocess.boundary_contrast`: how strongly the
+        image's edges bound it, as ``uniap``'s own proposals are ranked), by predicted IoU x
+        mask score, or by the mask score alone (Mask2Former's mean probability inside the mask).
+    strength : tensor (H, W), optional
+        The image's edge strength (:func:`uniap.evaluation.proposals.edge_strength`); needed
+        by ``score="contrast"``.
+    """
+    import math
+
     import torch
 
+    from .postprocess import boundary_contrast, mask_nms, matrix_nms, snap_to_regions, stability_score
+
     prob = logits.sigmoid()
-    binary = prob > mask_threshold
+    if regions is not None:
+        binary, _ = snap_to_regions(prob, regions, mask_threshold)
+    else:
+        binary = prob > mask_threshold
     area = binary.flatten(1).sum(-1)
-    scores = (prob * binary).flatten(1).sum(-1) / area.clamp_min(1)
-    keep = torch.nonzero((area >= min_area) & (scores >= score_threshold)).flatten()
-    order = keep[torch.argsort(scores[keep], descending=True, stable=True)]
-    return binary[order], scores[order], prob[order]
+    mask_score = (prob * binary).flatten(1).sum(-1) / area.clamp_min(1)
+    learned = score_logits.float().sigmoid() if score_logits is not None else torch.ones_like(mask_score)
+    cut = math.log(mask_threshold / (1 - mask_threshold))  # the probability threshold in logits
+    stability = stability_score(logits, threshold=cut, offset=1.0)
+    valid = torch.nonzero(area >= min_area).flatten()
+    if score == "contrast":
+        if strength is None:
+            raise ValueError("score='contrast' needs the image's edge strength")
+        ranked = learned[valid] * stability[valid] * boundary_contrast(binary[valid], strength)
+    elif score == "learned":
+        ranked = (learned * mask_score)[valid]
+    else:
+        ranked = mask_score[valid]
+    if nms != "none" and valid.numel() > 1:
+        height, width = binary.shape[-2:]
+        step = max(1, math.ceil(math.sqrt(height * width / _NMS_PIXELS)))
+        small = binary[valid][:, ::step, ::step]
+        if nms == "matrix":
+            ranked = matrix_nms(small, ranked)
+        else:
+            kept = mask_nms(small, ranked, nms_threshold)
+            valid, ranked = valid[kept], ranked[kept]
+    keep = ranked >= score_threshold
+    valid, ranked = valid[keep], ranked[keep]
+    order = torch.argsort(ranked, descending=True, stable=True)
+    if max_masks:
+        order = order[:max_masks]
+    chosen = valid[order]
+    return InstanceMasks(binary[chosen], ranked[order], prob[chosen], chosen, learned[chosen], stability[chosen])
 
 
 def _relabel_connected(labels: np.ndarray) -> np.ndarray:
@@ -157,24 +249,27 @@ def _canonical(labels: np.ndarray) -> np.ndarray:
 
 
 def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray, semantic: np.ndarray,
-                  semantic_confidence: np.ndarray, overlap: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two nested label maps and a score per level-0 part.
+                  semantic_confidence: np.ndarray, overlap: float = 0.8
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Three nested label maps and, per level-0 part, a score and the query it comes from.
 
     Each pixel goes to the instance of largest ``score * prob`` that covers it; an instance
     left with less than ``overlap`` of its mask is dropped (Mask2Former's panoptic rule); the
     remaining pixels go to their semantic query.  Level 0: the connected parts of that map;
     level 1: connected unions of parts of the same semantic query (the majority query of an
-    instance part), so level 0 nests in level 1.
+    instance part); level 2: all parts of the same semantic query (the semantic map as the
+    parts see it), so level 0 nests in level 1 and level 1 in level 2.
 
     Returns
     -------
-    levels : ndarray (2, H, W), int32
+    levels : ndarray (3, H, W), int32
     groups : ndarray (K0,), int64
         Semantic query of each level-0 part.
     part_scores : ndarray (K0,), float64
         An instance part's score, a semantic part's mean ``semantic_confidence``.
+    part_source : ndarray (K0,), int64
+        The instance mask of a part (0 .. N-1), or N + its semantic query.
     """
-    height, width = semantic.shape
     n_sem = int(semantic.max()) + 1 if semantic.size else 1
     panoptic = semantic.astype(np.int64) + masks.shape[0]  # stuff: after the instances
     instance_score = np.zeros(masks.shape[0] + n_sem)
@@ -200,43 +295,62 @@ def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray, seman
     confidence = np.bincount(flat0, weights=semantic_confidence.ravel(), minlength=k0) / np.maximum(sizes, 1)
     part_scores = np.where(is_instance, instance_score[np.minimum(source, len(instance_score) - 1)], confidence)
     level1 = _relabel_connected(groups[level0])
-    return np.stack([level0, level1]), groups, part_scores
+    level2 = _canonical(groups[level0])
+    return np.stack([level0, level1, level2]), groups, part_scores, source
 
 
 def prediction_records(levels: np.ndarray, groups: np.ndarray, part_scores: np.ndarray, min_area: int,
-                       options: dict) -> tuple[Any, list[dict], np.ndarray]:
-    """The levels as a :class:`uniap.Hierarchy` on the pixel grid, its SAM-style records (scores
-    set from ``part_scores``) and the per-level semantic label maps."""
+                       options: dict, part_iou: np.ndarray | None = None, part_stability: np.ndarray | None = None
+                       ) -> tuple[Any, list[dict], np.ndarray]:
+    """The levels as a :class:`uniap.Hierarchy` on the pixel grid, its SAM-style records and the
+    per-level semantic label maps.
+
+    A record's ``score`` is its part's score (area-weighted over the parts of a region or of a
+    semantic group); ``predicted_iou`` and ``stability_score`` come from ``part_iou`` and
+    ``part_stability`` (per level-0 part: its query's learned score and stability) the same
+    way; without them they are the score and 1.
+    """
     from uniap.hierarchy import Hierarchy, Level
     from uniap.records import hierarchy_records
 
-    level0, level1 = levels
-    k0, k1 = int(level0.max()) + 1, int(level1.max()) + 1
-    sizes0 = np.bincount(level0.ravel(), minlength=k0)
-    sizes1 = np.bincount(level1.ravel(), minlength=k1)
+    level0, level1, level2 = levels
+    k0, k1, k2 = (int(lv.max()) + 1 for lv in levels)
+    sizes0 = np.bincount(level0.ravel(), minlength=k0).astype(np.int64)
     parents0 = np.zeros(k0, np.int64)
     parents0[level0.ravel()] = level1.ravel()
+    parents1 = np.zeros(k1, np.int64)
+    parents1[level1.ravel()] = level2.ravel()
     semantic = _canonical(groups[level0])
     built = [
-        Level(1.0, level0, sizes0.astype(np.int64), parents0, semantic),
-        Level(0.0, level1, sizes1.astype(np.int64), np.full(k1, -1, np.int64), semantic),
+        Level(1.0, level0, sizes0, parents0, semantic),
+        Level(0.5, level1, np.bincount(level1.ravel(), minlength=k1).astype(np.int64), parents1, semantic),
+        Level(0.0, level2, np.bincount(level2.ravel(), minlength=k2).astype(np.int64), np.full(k2, -1, np.int64),
+              semantic),
     ]
     h = Hierarchy(built, min_size=int(min_area), options=dict(options))
     records = hierarchy_records(h, pixel_labels=levels, unique=True)
-    region_scores = (np.bincount(parents0, weights=part_scores * sizes0, minlength=k1)
-                     / np.maximum(np.bincount(parents0, weights=sizes0, minlength=k1), 1))
+    columns = {"score": part_scores,
+               "predicted_iou": part_scores if part_iou is None else part_iou,
+               "stability_score": np.ones(k0) if part_stability is None else part_stability}
+    # per level and per region: the area-weighted mean of its level-0 parts
+    region_of = [np.arange(k0), parents0, parents1[parents0]]
+    sizes = [sizes0, np.bincount(parents0, weights=sizes0, minlength=k1),
+             np.bincount(parents1[parents0], weights=sizes0, minlength=k2)]
+    means = {name: [np.bincount(region_of[k], weights=values * sizes0, minlength=len(sizes[k]))
+                    / np.maximum(sizes[k], 1) for k in range(3)] for name, values in columns.items()}
     group_area = np.bincount(semantic.ravel())
-    group_scores = np.bincount(semantic.ravel(), weights=part_scores[level0].ravel()) / np.maximum(group_area, 1)
+    group_means = {name: np.bincount(semantic.ravel(), weights=values[level0].ravel()) / np.maximum(group_area, 1)
+                   for name, values in columns.items()}
     for rec in records:
         x, y = (int(round(c)) for c in rec["point_coords"][0])
-        if rec["kind"] == "semantic":
-            score = group_scores[semantic[y, x]]
-        elif rec["level"] == 0:
-            score = part_scores[level0[y, x]]
-        else:
-            score = region_scores[level1[y, x]]
-        rec["score"] = rec["predicted_iou"] = round(float(score), 6)
-    return h, records, np.stack([semantic, semantic])
+        for name in columns:
+            if rec["kind"] == "semantic":
+                value = group_means[name][semantic[y, x]]
+            else:
+                k = rec["level"]
+                value = means[name][k][levels[k][y, x]]
+            rec[name] = round(float(value), 6)
+    return h, records, np.stack([semantic, semantic, semantic])
 
 
 # ---------------------------------------------------------------------------------- the class
@@ -257,24 +371,54 @@ class Predictor:
         The frozen backbone (with its shared words).
     device : torch.device
     mask_threshold : float
-        Probability above which a pixel is in a query's mask.
+        Probability above which a pixel (or a superpixel's mean) is in a query's mask.
     score_threshold : float
-        Instance masks scoring less are dropped.
+        Instance masks scoring less (after NMS) are dropped.
     min_area : int
         Smallest instance mask and smallest recorded part (pixels).
+    refine : {"superpixels", "none"}
+        Snap the instance masks to the image's watershed superpixels (pixel-accurate edges;
+        :func:`uniap.superpixels.superpixels`) or threshold them per pixel.
+    nms : {"matrix", "hard", "none"}
+        How overlapping instance masks are suppressed (:func:`instance_masks`).
+    nms_threshold : float
+        IoU above which ``nms="hard"`` drops a mask.
+    max_masks : int
+        Most instance masks kept per image (0: all).
+    score : {"contrast", "learned", "mask"}
+        Rank instance masks by the learned score x stability x the image's contrast along the
+        mask's boundary (default), by the learned score x the mask score, or by the mask score
+        alone (:func:`instance_masks`).
+    view_size : int
+        Side of the whole-image view the model sees (0: ``crops.teacher_size``, as trained);
+        larger views see smaller objects (images are then downscaled to at most this side).
     name : str
         The predictor's name in output files (``from_checkpoint`` names the checkpoint,
         its step and digest).
     """
 
     def __init__(self, model, cfg, extractor, device, *, mask_threshold: float = 0.5, score_threshold: float = 0.0,
-                 min_area: int = 16, name: str = "uniap_train") -> None:
+                 min_area: int = 16, refine: str = "superpixels", nms: str = "matrix", nms_threshold: float = 0.5,
+                 max_masks: int = 100, score: str = "contrast", view_size: int = 0,
+                 name: str = "uniap_train") -> None:
         if not 0 < mask_threshold < 1:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         if not 0 <= score_threshold <= 1:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if min_area < 1:
             raise ValueError(f"min_area must be >= 1, got {min_area}")
+        for option, value, allowed in (("refine", refine, REFINES), ("nms", nms, NMS_KINDS), ("score", score, SCORES)):
+            if value not in allowed:
+                raise ValueError(f"{option} must be one of {list(allowed)}, got {value!r}")
+        if not 0 < nms_threshold <= 1:
+            raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        if max_masks < 0:
+            raise ValueError(f"max_masks must be >= 0 (0: all), got {max_masks}")
+        patch = int(getattr(extractor, "patch_size", None) or getattr(getattr(model, "backbone", None), "patch_size",
+                                                                         None) or 1)
+        if view_size < 0 or (view_size and view_size % patch):
+            raise ValueError(f"view_size must be 0 (as trained) or a positive multiple of the patch size {patch}, "
+                             f"got {view_size}")
         self.model = model
         self.cfg = cfg
         self.extractor = extractor
@@ -282,6 +426,12 @@ class Predictor:
         self.mask_threshold = float(mask_threshold)
         self.score_threshold = float(score_threshold)
         self.min_area = int(min_area)
+        self.refine = refine
+        self.nms = nms
+        self.nms_threshold = float(nms_threshold)
+        self.max_masks = int(max_masks)
+        self.score = score
+        self.view_size = int(view_size)
         self.name = name
 
     @classmethod
@@ -297,7 +447,8 @@ class Predictor:
         weights : str, optional
             The ViT weights file when it moved since training (``backbone.kind: vit``).
         **options
-            ``mask_threshold``, ``score_threshold``, ``min_area``.
+            ``mask_threshold``, ``score_threshold``, ``min_area``, ``refine``, ``nms``,
+            ``nms_threshold``, ``max_masks``, ``score`` (see the class).
 
         Raises
         ------
@@ -308,8 +459,8 @@ class Predictor:
         import torch
 
         from .backbone import build_extractor, vocabulary_from_state
-        from .checkpoint import CheckpointError, read_checkpoint
-        from .config import ConfigError, config_from_dict
+        from .checkpoint import CheckpointError, checkpoint_config, read_checkpoint
+        from .config import ConfigError
         from .decoder import PaperModel
 
         ckpt = read_checkpoint(path)
@@ -317,7 +468,7 @@ class Predictor:
             raise CheckpointError(f"{path}: a checkpoint of recipe {ckpt['recipe']!r}; the predictor needs "
                                   "recipe 'paper' (a mask decoder)")
         try:
-            cfg = config_from_dict(ckpt["config"])
+            cfg = checkpoint_config(ckpt)  # also one written with the old epoch-counted schedule keys
         except ConfigError as err:
             raise CheckpointError(f"{path}: its configuration does not load here ({err})") from None
         if device == "auto":
@@ -356,7 +507,9 @@ class Predictor:
     def options(self) -> dict:
         """What decides the outputs (recorded in output files)."""
         return {"predictor": self.name, "mask_threshold": self.mask_threshold,
-                "score_threshold": self.score_threshold, "min_area": self.min_area}
+                "score_threshold": self.score_threshold, "min_area": self.min_area, "refine": self.refine,
+                "nms": self.nms, "nms_threshold": self.nms_threshold, "max_masks": self.max_masks,
+                "score": self.score, "view_size": self.view_size}
 
     def __call__(self, image: np.ndarray) -> Prediction:
         """The prediction for one (H, W, 3) uint8 image."""
@@ -371,34 +524,121 @@ class Predictor:
         for image in images:
             if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.size):
                 raise ValueError(f"images must be (H, W, 3) arrays, got {getattr(image, 'shape', type(image))}")
-        cfg = self.cfg
         t0 = time.perf_counter()
         with torch.no_grad():
-            kind = "pixels" if self.model.backbone is not None else cfg.backbone.kind
-            grids, shapes = teacher_grids(images, self.extractor, kind, cfg.data.max_side,
-                                          cfg.crops.teacher_size, self.device)
+            grids, shapes, pixels = self._grids(images, *self._view())
             t1 = time.perf_counter()
-            out = self.model(grids.to(self.device) if kind == "pixels" else grids.to(self.device).float())
-            n_sem = self.model.num_semantic
-            results = []
-            for i, image in enumerate(images):
-                start = time.perf_counter()
-                logits = decode_masks(out["masks"][i], image.shape[:2], shapes[i])
-                sem_logits = logits[:n_sem]
-                semantic = sem_logits.argmax(0)
-                confidence = sem_logits.softmax(0).amax(0)
-                masks, scores, prob = instance_masks(logits[n_sem:], self.mask_threshold, self.score_threshold,
-                                                     self.min_area)
-                host = [t.cpu().numpy() for t in (masks, scores, prob, semantic, confidence)]  # the one host exit
-                masks, scores, prob, semantic, confidence = host
-                levels, groups, part_scores = nested_levels(masks, scores, prob, semantic.astype(np.int64),
-                                                            confidence)
-                h, records, sem_labels = prediction_records(levels, groups, part_scores, self.min_area,
-                                                            self.options())
-                timings = {"features": (t1 - t0) / len(images), "records": time.perf_counter() - start}
-                results.append(Prediction(masks, scores.astype(np.float32), semantic.astype(np.int32), levels,
-                                          sem_labels, h, records, timings))
+            out = self.model(grids, pixels)
+            results = [self._one(image, out["masks"][i], out["scores"][i], shapes[i], t1 - t0, len(images))
+                       for i, image in enumerate(images)]
         return results
+
+    def teacher_levels(self, image: np.ndarray) -> np.ndarray:
+        """UniAP on the model's own fine map of ``image``, as its teacher ran it in training.
+
+        Returns
+        -------
+        ndarray (2 L, H, W), int32
+            The L levels' clusters, then their semantic groups, at the image's resolution.
+        """
+        import torch
+
+        from uniap.superpixels import adjacency
+
+        from .regions import fine_pooling, image_regions
+        from .teacher import calibrated_levels, cell_edges, superpixel_features, teacher_hierarchy
+
+        u = self.cfg.uniap
+        max_side, size = self._view()
+        with torch.no_grad():
+            grids, shapes, pixels = self._grids([image], max_side, size)
+            fine, _ = self.model.teacher_maps(grids, pixels)
+        fine = fine[0].float().cpu()
+        cells = fine.shape[0]
+        work = shapes[0]
+        side = max(work)
+        height, width = image.shape[:2]
+        # every image pixel -> its pixel in the working image -> its node
+        wy = np.minimum((np.arange(height) + 0.5) * work[0] / height, work[0] - 1).astype(np.int64)
+        wx = np.minimum((np.arange(width) + 0.5) * work[1] / width, work[1] - 1).astype(np.int64)
+        if u.nodes == "superpixels":
+            labels = image_regions(_downscale(np.asarray(image), max_side, None),
+                                   max(1, round(u.superpixel_size * (size / self.cfg.crops.teacher_size) ** 2))).labels
+            x = superpixel_features(fine.reshape(-1, fine.shape[-1]), fine_pooling(labels, cells),
+                                    int(labels.max()) + 1).numpy()
+            edges = adjacency(labels)
+            node = labels[wy][:, wx]
+        else:
+            rows = min(cells, int(np.ceil(work[0] * cells / side - 0.5)))
+            cols = min(cells, int(np.ceil(work[1] * cells / side - 0.5)))
+            x = fine[:rows, :cols].reshape(rows * cols, -1).numpy()
+            edges = cell_edges(rows, cols)
+            ry = np.minimum((2 * wy + 1) * cells // (2 * side), rows - 1)  # the cell holding the pixel's centre
+            rx = np.minimum((2 * wx + 1) * cells // (2 * side), cols - 1)
+            node = ry[:, None] * cols + rx[None, :]
+        levels = calibrated_levels(x, edges, u.edge_fractions) if u.edge_fractions else u.levels
+        h = teacher_hierarchy(x, edges, levels, min_size=u.min_size, preset=u.preset)
+        maps = [np.asarray(lv.labels).reshape(-1)[node] for lv in h.levels]
+        maps += [np.asarray(lv.semantic_labels).reshape(-1)[node] for lv in h.levels]
+        return np.stack(maps).astype(np.int32)
+
+    def _view(self) -> tuple[int, int]:
+        """The working image's longer side and the model's whole-image view side at inference."""
+        cfg = self.cfg
+        size = self.view_size or cfg.crops.teacher_size
+        return max(cfg.data.max_side, size), size
+
+    def _grids(self, images: Sequence[np.ndarray], max_side: int, size: int) -> tuple[Any, list, Any]:
+        """The model's inputs for whole-image views: grids, working shapes, pixels (or None)."""
+        kind = "pixels" if self.model.backbone is not None else self.cfg.backbone.kind
+        grids, shapes = teacher_grids(images, self.extractor, kind, max_side, size, self.device)
+        pixels = None
+        if getattr(self.model, "needs_pixels", False):
+            pixels = teacher_grids(images, None, "pixels", max_side, size, self.device)[0]
+        grids = grids.to(self.device) if kind == "pixels" else grids.to(self.device).float()
+        return grids, shapes, pixels
+
+    def _one(self, image: np.ndarray, logits_view: Any, score_logits: Any, work_shape: tuple[int, int],
+             features_seconds: float, batch: int) -> Prediction:
+        """One image's prediction from its view's mask and score logits."""
+        import torch
+
+        from .postprocess import stability_score
+
+        start = time.perf_counter()
+        n_sem = self.model.num_semantic
+        logits = decode_masks(logits_view, image.shape[:2], work_shape)
+        sem_logits = logits[:n_sem]
+        semantic = sem_logits.argmax(0)
+        confidence = sem_logits.softmax(0).amax(0)
+        regions = None
+        if self.refine == "superpixels":
+            from uniap.superpixels import superpixels
+
+            regions = torch.from_numpy(superpixels(image).astype(np.int64)).to(logits.device)
+        strength = None
+        if self.score == "contrast":
+            from uniap.evaluation.proposals import edge_strength
+
+            strength = torch.from_numpy(edge_strength(image)).to(logits.device)
+        kept = instance_masks(logits[n_sem:], self.mask_threshold, self.score_threshold, self.min_area,
+                              score_logits=score_logits[n_sem:], regions=regions, nms=self.nms,
+                              nms_threshold=self.nms_threshold, max_masks=self.max_masks, score=self.score,
+                              strength=strength)
+        cut = float(np.log(self.mask_threshold / (1 - self.mask_threshold)))
+        sem_iou = score_logits[:n_sem].float().sigmoid()
+        sem_stability = stability_score(sem_logits, threshold=cut, offset=1.0)
+        host = [t.cpu().numpy() for t in (kept.masks, kept.scores, kept.prob, semantic, confidence, kept.predicted_iou,
+                                          kept.stability, sem_iou, sem_stability)]  # the one host exit
+        masks, scores, prob, semantic, confidence, iou, stability, sem_iou, sem_stability = host
+        levels, groups, part_scores, source = nested_levels(masks, scores, prob, semantic.astype(np.int64), confidence)
+        query_iou = np.concatenate([iou, sem_iou]).astype(np.float64)
+        query_stability = np.concatenate([stability, sem_stability]).astype(np.float64)
+        h, records, sem_labels = prediction_records(levels, groups, part_scores, self.min_area, self.options(),
+                                                    query_iou[source], query_stability[source])
+        timings = {"features": features_seconds / batch, "records": time.perf_counter() - start}
+        return Prediction(masks, scores.astype(np.float32), semantic.astype(np.int32), levels, sem_labels, h,
+                          records, timings, iou.astype(np.float32), stability.astype(np.float32))
 
 
 def _infer_in_dim(state: dict) -> int:
@@ -504,7 +744,39 @@ def build_parser() -> argparse.ArgumentParser:
                        help="drop instance masks scoring less (default 0)")
     model.add_argument("--min-area", type=_positive_int, metavar="PIXELS",
                        help="smallest instance mask and recorded part (default 16)")
+    add_predictor_arguments(model)
     return parser
+
+
+PREDICTOR_FLAGS = ("mask_threshold", "score_threshold", "min_area", "refine", "nms", "nms_threshold", "max_masks",
+                   "score")
+
+
+def add_predictor_arguments(group: Any) -> None:
+    """The post-processing flags of :class:`Predictor` that ``uniap-predict`` and ``uniap-eval`` share."""
+    group.add_argument("--refine", choices=REFINES,
+                       help="superpixels: snap instance masks to the image's superpixels (default); none: per pixel")
+    group.add_argument("--nms", choices=NMS_KINDS,
+                       help="overlapping instance masks: matrix (decay their scores, default), hard (drop them "
+                       "above --nms-threshold IoU) or none")
+    group.add_argument("--nms-threshold", type=float, metavar="IOU", help="--nms hard: IoU above which a mask is "
+                       "dropped (default 0.5)")
+    group.add_argument("--max-masks", type=_nonnegative_int, metavar="N",
+                       help="most instance masks kept per image (default 100; 0: all)")
+    group.add_argument("--ranking", dest="score", choices=SCORES,
+                       help="rank instance masks by contrast (predicted IoU x stability x the image's contrast "
+                       "along the mask's boundary, default), learned (predicted IoU x mask score) or mask (mask "
+                       "score alone)")
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -529,8 +801,7 @@ def run(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # so that LOCAL_RANK can pick the GPU
     shard, device = resolve_shard(args.shard, device)
-    options = {k: getattr(args, k) for k in ("mask_threshold", "score_threshold", "min_area")
-               if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in PREDICTOR_FLAGS if getattr(args, k, None) is not None}
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=device, weights=args.weights, **options)
     except (ConfigError, ValueError, FileNotFoundError) as err:

@@ -71,9 +71,22 @@ class NonFiniteLossError(RuntimeError):
         self.value = value
 
 
+def run_length(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's length in steps: ``optim.total_steps``, or ``optim.epochs`` converted once,
+    ceil(epochs x steps per epoch) (at least 1)."""
+    o = cfg.optim
+    if o.total_steps is not None:
+        return int(o.total_steps)
+    return max(1, math.ceil(o.epochs * steps_per_epoch))
+
+
 @dataclass
 class Schedules:
-    """Per-step values, indexed by the global step (so a resumed run needs only the step)."""
+    """Per-step values, indexed by the global step (so a resumed run needs only the step).
+
+    Every schedule is counted in steps; warm-ups and the prototypes' freeze are clamped to
+    the run's length (``total_steps``).
+    """
 
     lr: np.ndarray
     weight_decay: np.ndarray
@@ -81,6 +94,8 @@ class Schedules:
     teacher_temp: np.ndarray
     freeze_last_layer_steps: int
     steps_per_epoch: int
+    warmup_steps: int = 0  # lr warm-up, clamped
+    warmup_teacher_temp_steps: int = 0  # teacher temperature warm-up, clamped
 
     @property
     def total_steps(self) -> int:
@@ -89,19 +104,29 @@ class Schedules:
     @classmethod
     def build(cls, cfg: TrainConfig, steps_per_epoch: int) -> "Schedules":
         o, lo = cfg.optim, cfg.loss
-        total = o.total_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
-        spe = steps_per_epoch
-        warmup = o.warmup_steps or round(o.warmup_epochs * spe)
+        total = run_length(cfg, steps_per_epoch)
+        warmup = min(o.warmup_steps, total)
+        temp_warmup = min(lo.warmup_teacher_temp_steps, total)
         return cls(
             lr=cosine_scheduler(o.lr * cfg.data.batch_size / 256.0, o.min_lr, total, warmup),
             weight_decay=cosine_scheduler(o.weight_decay, o.weight_decay_end, total),
             momentum=cosine_scheduler(o.momentum_teacher, 1.0, total),
-            teacher_temp=linear_warmup_then_constant(
-                lo.warmup_teacher_temp, lo.teacher_temp, total, round(lo.warmup_teacher_temp_epochs * spe)
-            ),
-            freeze_last_layer_steps=round(o.freeze_last_layer * spe),
-            steps_per_epoch=spe,
+            teacher_temp=linear_warmup_then_constant(lo.warmup_teacher_temp, lo.teacher_temp, total, temp_warmup),
+            freeze_last_layer_steps=min(o.freeze_last_layer_steps, total),
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=warmup,
+            warmup_teacher_temp_steps=temp_warmup,
         )
+
+    def describe(self, cfg: TrainConfig) -> str:
+        """One log line: the run's length (and its conversion from epochs) and every schedule in steps."""
+        if cfg.optim.epochs is not None:
+            length = (f"optim.epochs {cfg.optim.epochs:g} x {self.steps_per_epoch} steps per epoch = "
+                      f"{self.total_steps} steps (every schedule counts steps from here on)")
+        else:
+            length = f"{self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.4g} epochs)"
+        return (f"schedules: {length}; lr warm-up {self.warmup_steps} steps, teacher temperature warm-up "
+                f"{self.warmup_teacher_temp_steps} steps, prototypes frozen for {self.freeze_last_layer_steps} steps")
 
 
 @dataclass
@@ -446,6 +471,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     scaler = torch.amp.GradScaler(dist.device.type, enabled=use_amp)
     autocast = partial(torch.autocast, device_type=dist.device.type, dtype=torch.float16) if use_amp else nullcontext
     schedules = Schedules.build(cfg, sampler.batches_per_epoch)
+    _log(schedules.describe(cfg), dist)
     end_step = min(schedules.total_steps, cfg.optim.max_steps or schedules.total_steps)
 
     state = TrainState(cfg, dist, recipe, backbone, student, student_module, teacher, loss_fn, optimizer,

@@ -46,7 +46,7 @@ SEGMENTER_FLAGS: dict[str, dict[str, str]] = {
     "connectivity": {"uniap": "connectivity"},
     "backend": {"uniap": "backend"},
     "upsampling": {"uniap": "upsampling"},
-    "refine": {"uniap": "refine"},
+    "refine": {"uniap": "refine", "checkpoint": "refine"},
     "superpixel_size": {"uniap": "superpixel_size"},
     "superpixel_method": {"uniap": "superpixel_method"},
     "contours": {"uniap": "contours"},
@@ -58,7 +58,11 @@ SEGMENTER_FLAGS: dict[str, dict[str, str]] = {
     "regions": {"higra_watershed": "regions"},
     "attribute": {"higra_watershed": "attribute"},
     "sigma": {"felzenszwalb": "sigma", "slic_rag": "sigma", "higra_watershed": "sigma"},
-    "checkpoint": {"checkpoint": "checkpoint"},
+    "checkpoint": {"checkpoint": "checkpoint", "teacher": "checkpoint"},
+    "nms": {"checkpoint": "nms"},
+    "nms_threshold": {"checkpoint": "nms_threshold"},
+    "max_masks": {"checkpoint": "max_masks"},
+    "ranking": {"checkpoint": "ranking"},
 }
 FEATURE_FLAGS = {"model": "model", "weights": "weights", "layer": "layer_output", "max_side": "max_side",
                  "device": "device"}
@@ -98,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     what = parser.add_argument_group("what is evaluated")
     what.add_argument("--segmenter", choices=segmenter_names(),
-                      help="the segmenter to run (default uniap; checkpoint: a uniap-train model, "
-                      "with --checkpoint)")
+                      help="the segmenter to run (default uniap; checkpoint: a uniap-train model, teacher: "
+                      "UniAP on its own fine map, both with --checkpoint)")
     what.add_argument("--checkpoint", metavar="FILE",
-                      help="--segmenter checkpoint: a uniap-train checkpoint of recipe paper")
+                      help="--segmenter checkpoint (the trained model) or teacher (UniAP on its own fine "
+                      "map): a uniap-train checkpoint of recipe paper")
     what.add_argument("--predictions", metavar="DIR",
                       help="evaluate saved masks instead: DIR/<image stem>.json from uniap-cli --format sam")
     what.add_argument("--score", choices=("contrast", "stability", "persistence", "area", "level", "random", "record"),
@@ -136,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--layer", choices=("tokens", "keys"), help="ViT output")
     u.add_argument("--max-side", type=positive_int, metavar="PIXELS", help="shrink large images first")
     u.add_argument("--device", help="device for the ViT")
+
+    t = parser.add_argument_group("a trained model (--segmenter checkpoint)")
+    t.add_argument("--nms", choices=("matrix", "hard", "none"),
+                   help="overlapping instance masks: matrix (decay their scores, default), hard, or none")
+    t.add_argument("--nms-threshold", type=float, metavar="IOU", help="--nms hard: IoU above which a mask is dropped")
+    t.add_argument("--max-masks", type=positive_int, metavar="N", help="most instance masks per image (default 100)")
+    t.add_argument("--ranking", choices=("contrast", "learned", "mask"),
+                   help="rank instance masks by contrast (predicted IoU x stability x boundary contrast, "
+                   "default), learned (predicted IoU x mask score) or mask (mask score)")
 
     p = parser.add_argument_group("peers")
     p.add_argument("--scales", type=_numbers(float), metavar="S1,S2,...",

@@ -1,25 +1,33 @@
 """The paper's recipe: a mask decoder with semantic and instance queries, Dice-matched QuerySD.
 
 Per training step (B images; view 0 the whole image for the teacher, views 1..N local crops
-for the student; the backbone frozen, the neck, decoder and head trained):
+for the student and, with ``crops.student_whole``, the whole image once more for the student;
+the backbone frozen, the neck, pixel decoder, decoder and heads trained):
 
-1. **Teacher** (EMA of the student, no gradient): the neck's fine map of the whole image
-   (:meth:`~uniap_train.decoder.PaperModel.teacher_maps`) goes through UniAP with
-   ``semantic=True``, the whole batch in one call (torch backend).  Every level's instance
-   clusters and semantic groups of at least ``uniap.min_size`` cells become teacher masks
-   (each distinct mask once per set); each mask's query is the mean of the teacher's mask
-   features over it, and the teacher head gives its logits.
-2. **Student**: the decoder on every local crop gives per query a mask logit map and head
-   logits (:meth:`~uniap_train.decoder.PaperModel.forward`).
-3. **Cropped matching**: the teacher's masks are resampled on each crop's mask grid
-   (:func:`~uniap_train.matching.crop_masks`); those covering less than
-   ``loss.min_mask_area`` of the crop are dropped.  [SEM] queries are matched to semantic
-   masks and [INS] queries to instance masks by the Hungarian algorithm on Dice.
-4. **Loss** over matched pairs of the global batch: ``querysd_weight`` x QuerySD (DINO's
-   cross-entropy between the centred, sharpened teacher logits of the teacher mask and the
-   student logits of its query) + ``dice_weight`` x Dice + ``bce_weight`` x BCE of the masks at
-   ``num_points`` points sampled as Mask2Former does (seeded per sample, so one process and
-   several give the same points).  Normalised by the number of pairs summed over processes.
+1. **Teacher** (EMA of the student, no gradient): UniAP with ``semantic=True`` on the teacher's
+   fine map (:meth:`~uniap_train.decoder.PaperModel.teacher_maps`), either on its cells
+   (``uniap.nodes: fine``) or on the image's watershed superpixels, each pooling the fine map
+   under it (``superpixels``, :mod:`uniap_train.regions`: pixel-accurate masks).  Every level's
+   instance clusters and semantic groups of at least ``uniap.min_size`` nodes (and, with
+   ``uniap.contours``, the watershed's contour regions) become teacher masks, each distinct
+   mask once per set; each mask's query is the mean of the teacher's mask features over it, and
+   the teacher head gives its logits.
+2. **Student**: the model on every student view (local crops in one batch, the whole views in
+   another): per query and per prediction (every decoder layer with ``model.deep_supervision``,
+   else the last) mask logits and a score logit, and head logits of the last.
+3. **Matching** per view and prediction: the teacher's masks in the view's frame
+   (:class:`TeacherMasks`), those covering less than ``loss.min_mask_area`` of it dropped;
+   [SEM] queries are matched to semantic masks and [INS] queries to instance masks by the
+   Hungarian algorithm on Dice.
+4. **Loss** over the global batch: ``querysd_weight`` x QuerySD (DINO's cross-entropy between
+   the centred, sharpened teacher logits of a teacher mask and the student logits of its
+   query, last prediction) + per prediction ``dice_weight`` x Dice + ``bce_weight`` x BCE of
+   the matched masks (at every target point, or at ``num_points`` points sampled as
+   Mask2Former does, seeded per sample) + ``score_weight`` x BCE of every query's score
+   against the IoU of its binarised mask with its match (0 for an unmatched query: SAM's
+   ``predicted_iou`` and Mask2Former's no-object class in one).  Mask terms are normalised by
+   the number of matched pairs, the score term by the number of views, both summed over
+   processes.
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import uniap
 
 from ..decoder import PaperModel
 from ..loss import QuerySDLoss, distributed_sum
+from ..teacher import calibrated_levels, cell_edges, superpixel_features, teacher_hierarchy
 from ..matching import (
     bce_loss,
     crop_masks,
@@ -47,17 +57,56 @@ from ..matching import (
 )
 from .released import StepOutput
 
-__all__ = ["PaperRecipe", "TeacherMasks", "teacher_masks"]
+__all__ = ["PaperRecipe", "TeacherMasks", "teacher_masks", "region_masks"]
 
 SEMANTIC, INSTANCE = 0, 1
+TARGET_SCALE = 2  # superpixel targets: points per mask cell and side (sharper than the mask grid)
 
 
 class TeacherMasks:
-    """One image's teacher masks on the padded fine grid and the set each belongs to."""
+    """One image's teacher masks and the set (semantic or instance) each belongs to.
 
-    def __init__(self, masks: torch.Tensor, kinds: torch.Tensor) -> None:
-        self.masks = masks  # (M, H, W) float 0/1
+    Either ``masks`` (M, H, W) on the teacher's padded fine grid (``uniap.nodes: fine``; a view's
+    targets are resampled from it) or ``members`` (M, N): the superpixels each mask holds
+    (``superpixels``; a view's targets are looked up at its points' superpixels).
+    """
+
+    def __init__(self, kinds: torch.Tensor, masks: torch.Tensor | None = None,
+                 members: torch.Tensor | None = None) -> None:
         self.kinds = kinds  # (M,) SEMANTIC or INSTANCE
+        self.masks = masks  # (M, H, W) float 0/1
+        self.members = members  # (M, N) float 0/1
+
+    def __len__(self) -> int:
+        return int(self.kinds.shape[0])
+
+    def in_view(self, view, teacher, rows: int, cols: int, ids: torch.Tensor | None = None,
+                min_area: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masks covering at least ``min_area`` of a student view, in the view's frame.
+
+        ``ids`` (rows, cols): the superpixel under each target point (-1 outside the image)
+        for superpixel masks; otherwise the fine-grid masks are resampled at the view's cells
+        (``view``, ``teacher``: their :class:`~uniap_train.crops.Crop` s).
+
+        Returns
+        -------
+        maps : tensor (K, rows, cols), float 0/1
+        index : LongTensor (K,)
+            Which of the masks they are.
+        """
+        if self.members is not None:
+            inside = ids >= 0
+            # a mask's share of the view from the superpixels' point counts: no map is built for
+            # the (many) masks that miss the view or barely touch it
+            counts = torch.bincount(ids[inside].long(), minlength=self.members.shape[1]).to(self.members.dtype)
+            index = torch.nonzero(self.members @ counts >= max(min_area * ids.numel(), 1e-9)).flatten()
+            padded = F.pad(self.members[index], (0, 1))  # column N: outside the image, in no mask
+            where = torch.where(inside, ids, torch.full_like(ids, self.members.shape[1]))
+            return padded[:, where.long()], index
+        points = torch.from_numpy(view_points(view, teacher, rows, cols)).to(self.masks.device)
+        maps = (crop_masks(self.masks, points[None])[0] > 0.5).float()
+        index = torch.nonzero(maps.flatten(1).mean(-1) >= max(min_area, 1e-9)).flatten()
+        return maps[index], index
 
 
 def _distinct(masks: torch.Tensor) -> torch.Tensor:
@@ -71,6 +120,24 @@ def _distinct(masks: torch.Tensor) -> torch.Tensor:
             seen.add(key)
             keep.append(i)
     return masks[keep]
+
+
+def _hierarchy_sets(h, min_size: int, extra_instances: list[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct semantic then instance masks (M, P) bool over a hierarchy's nodes, and their kinds."""
+    sets = {SEMANTIC: [], INSTANCE: list(extra_instances)}
+    for lv in h.levels:
+        labels = torch.as_tensor(np.asarray(lv.labels)).long().reshape(-1)
+        ids = torch.nonzero(torch.as_tensor(np.asarray(lv.sizes)) >= min_size).flatten()
+        sets[INSTANCE].append(labels[None] == ids[:, None])
+        sem = torch.as_tensor(np.asarray(lv.semantic_labels)).long().reshape(-1)
+        gids = torch.nonzero(torch.bincount(sem) >= min_size).flatten()
+        sets[SEMANTIC].append(sem[None] == gids[:, None])
+    stacks, kinds = [], []
+    for kind in (SEMANTIC, INSTANCE):
+        m = _distinct(torch.cat(sets[kind]))
+        stacks.append(m)
+        kinds.append(torch.full((m.shape[0],), kind, dtype=torch.long))
+    return torch.cat(stacks), torch.cat(kinds)
 
 
 def teacher_masks(hierarchies: list, shape: tuple[int, int], min_size: int) -> list[TeacherMasks]:
@@ -87,24 +154,23 @@ def teacher_masks(hierarchies: list, shape: tuple[int, int], min_size: int) -> l
     out = []
     for h in hierarchies:
         rows, cols = h.shape
-        sets = {SEMANTIC: [], INSTANCE: []}
-        for lv in h.levels:
-            labels = torch.as_tensor(lv.labels).long()
-            ids = torch.nonzero(torch.as_tensor(lv.sizes) >= min_size).flatten().to(labels.device)
-            sets[INSTANCE].append(labels.reshape(-1)[None] == ids[:, None])
-            sem = torch.as_tensor(lv.semantic_labels).long().reshape(-1)
-            gids = torch.nonzero(torch.bincount(sem) >= min_size).flatten()
-            sets[SEMANTIC].append(sem[None] == gids[:, None])
-        stacks, kinds = [], []
-        for kind in (SEMANTIC, INSTANCE):
-            m = _distinct(torch.cat(sets[kind]))
-            stacks.append(m)
-            kinds.append(torch.full((m.shape[0],), kind, dtype=torch.long))
-        m = torch.cat(stacks).reshape(-1, rows, cols)
-        padded = torch.zeros((m.shape[0],) + tuple(shape), dtype=torch.float32, device=m.device)
+        m, kinds = _hierarchy_sets(h, min_size)
+        m = m.reshape(-1, rows, cols)
+        padded = torch.zeros((m.shape[0],) + tuple(shape), dtype=torch.float32)
         padded[:, :rows, :cols] = m.float()
-        out.append(TeacherMasks(padded, torch.cat(kinds).to(m.device)))
+        out.append(TeacherMasks(kinds, masks=padded))
     return out
+
+
+def region_masks(h, min_size: int, contours: np.ndarray | None = None) -> TeacherMasks:
+    """A superpixel graph's hierarchy as teacher masks (sets of superpixels), plus the contour
+    regions (``contours`` (K, N): a label per superpixel per cut) as instance masks."""
+    extra = []
+    for cut in ([] if contours is None else contours):
+        cut = torch.as_tensor(np.asarray(cut)).long()
+        extra.append(cut[None] == torch.arange(int(cut.max()) + 1)[:, None])
+    members, kinds = _hierarchy_sets(h, min_size, extra)
+    return TeacherMasks(kinds, members=members.float())
 
 
 def _sample_generator(seed: int, index: int, crops, extra: tuple = ()) -> torch.Generator:
@@ -124,8 +190,9 @@ class PaperRecipe:
     """
 
     name = "paper"
-    metric_columns = ("loss_querysd", "loss_dice", "loss_bce", "match_dice", "match_dice_binary",
-                      "queries_matched", "teacher_masks", "teacher_masks_in_view")
+    metric_columns = ("loss_querysd", "loss_dice", "loss_bce", "loss_score", "match_dice", "match_dice_binary",
+                      "match_dice_whole", "score_iou_error", "queries_matched", "teacher_masks",
+                      "teacher_masks_in_view")
 
     def __init__(self, cfg, in_dim: int, backbone=None) -> None:
         self.cfg = cfg
@@ -136,6 +203,8 @@ class PaperRecipe:
         u = cfg.uniap
         self.uniap_options = dict(levels=tuple(u.levels), min_size=u.min_size, preset=u.preset,
                                   connectivity=u.connectivity)
+        m = cfg.model
+        self.needs_pixels = m.pixel_decoder == "fpn" and m.pixel_stem > 0
 
     # -- construction ------------------------------------------------------------------
     def view_sizes(self) -> dict[str, int]:
@@ -145,9 +214,12 @@ class PaperRecipe:
     def build_dataset(self, paths, backbone, pipeline_extractor):
         from ..data import PaperDataset
 
+        u = self.cfg.uniap
+        regions = ({"size": u.superpixel_size, "contours": u.contours, "target_scale": TARGET_SCALE}
+                   if u.nodes == "superpixels" else None)
         return PaperDataset(paths, self.cfg.crops, self.cfg.seed, self.cfg.data.max_side,
                             pipeline_extractor=pipeline_extractor, crop_features=backbone.crop_features,
-                            patch_size=backbone.patch_size)
+                            patch_size=backbone.patch_size, pixels=self.needs_pixels, regions=regions)
 
     def build_student(self) -> nn.Module:
         vit = None
@@ -170,7 +242,8 @@ class PaperRecipe:
 
     # -- the teacher ---------------------------------------------------------------------
     @torch.no_grad()
-    def teacher_targets(self, teacher: nn.Module, grid: torch.Tensor, cells: torch.Tensor
+    def teacher_targets(self, teacher: nn.Module, grid: torch.Tensor, cells: torch.Tensor,
+                        pixels: torch.Tensor | None = None, regions: list[dict] | None = None
                         ) -> tuple[list[TeacherMasks], list[torch.Tensor]]:
         """Teacher masks and their query logits for a batch of whole-image grids.
 
@@ -181,22 +254,127 @@ class PaperRecipe:
             with a trainable backbone.
         cells : LongTensor (B, 2)
             Rows and columns of each grid that hold the image.
+        pixels : uint8 tensor (B, T p, T p, 3), optional
+            The teacher views' pixels (a model with a pixel stem).
+        regions : list (B) of dict, optional
+            The images' superpixels (``uniap.nodes: superpixels``; :class:`~uniap_train.data.PaperDataset`).
         """
-        fine, mask_features = teacher.teacher_maps(grid)
+        fine, mask_features = teacher.teacher_maps(grid, pixels)
+        if regions is not None:
+            return self._region_targets(teacher, fine, mask_features, regions)
         scale = 2  # the fine map is the patch grid upsampled twice
         parts = [fine[i, : int(r) * scale, : int(c) * scale].float() for i, (r, c) in enumerate(cells.tolist())]
-        backend = "torch" if uniap.backends.available().get("torch") is None else "auto"
-        extra = {"exact": True} if fine.is_cuda else {}
-        hierarchies = uniap.segment(parts, semantic=True, backend=backend, **extra, **self.uniap_options)
+        u = self.cfg.uniap
+        if u.edge_fractions:  # thresholds of each image's own similarities: one call per image
+            hierarchies = []
+            for part in parts:
+                x = part.reshape(-1, part.shape[-1]).cpu().numpy()
+                edges = cell_edges(*part.shape[:2])
+                h = teacher_hierarchy(x, edges, calibrated_levels(x, edges, u.edge_fractions), min_size=u.min_size,
+                                      preset=u.preset)
+                hierarchies.append(_on_grid(h, part.shape[:2]))
+        else:
+            backend = "torch" if uniap.backends.available().get("torch") is None else "auto"
+            extra = {"exact": True} if fine.is_cuda else {}
+            hierarchies = uniap.segment(parts, semantic=True, backend=backend, **extra, **self.uniap_options)
         targets = teacher_masks(hierarchies, tuple(fine.shape[1:3]), self.cfg.uniap.min_size)
         logits = []
         for t, feats in zip(targets, mask_features):
-            m = t.masks.to(feats.device).flatten(1)
+            t.masks = t.masks.to(feats.device)
+            t.kinds = t.kinds.to(feats.device)
+            m = t.masks.flatten(1)
             pooled = (m @ feats.flatten(1).T.float()) / m.sum(1, keepdim=True).clamp_min(1)
             logits.append(teacher.head(pooled.to(feats.dtype)).float())
         return targets, logits
 
+    def _region_targets(self, teacher: nn.Module, fine: torch.Tensor, mask_features: torch.Tensor,
+                        regions: list[dict]) -> tuple[list[TeacherMasks], list[torch.Tensor]]:
+        """UniAP on each image's superpixels, each the sum of the fine map under its pixels."""
+        u = self.cfg.uniap
+        targets, logits = [], []
+        for i, r in enumerate(regions):
+            sizes = torch.as_tensor(r["sizes"], device=fine.device)
+            n = int(sizes.shape[0])
+            x = superpixel_features(fine[i].reshape(-1, fine.shape[-1]).float(), r["pool"], n).cpu().numpy()
+            levels = calibrated_levels(x, r["edges"], u.edge_fractions) if u.edge_fractions else u.levels
+            h = teacher_hierarchy(x, r["edges"], levels, min_size=u.min_size, preset=u.preset)
+            t = region_masks(h, u.min_size, r.get("contours"))
+            t.members, t.kinds = t.members.to(fine.device), t.kinds.to(fine.device)
+            sums = superpixel_features(mask_features[i].flatten(1).T.float(), r["pool"], n)  # (N, D)
+            pooled = (t.members @ sums) / (t.members @ sizes).clamp_min(1)[:, None]
+            logits.append(teacher.head(pooled.to(mask_features.dtype)).float())
+            targets.append(t)
+        return targets, logits
+
     # -- one step ----------------------------------------------------------------------
+    def _student_groups(self, batch: dict, grids: list[torch.Tensor]) -> list[dict]:
+        """The student's views grouped by size: the local crops, then the whole views."""
+        n_views = len(grids) - 1
+        n_local = self.cfg.crops.num_local
+        pixels = _pixels(batch) if self.needs_pixels else None
+        if pixels is not None:
+            pixels = [p.to(grids[0].device, non_blocking=True) for p in pixels]
+        groups = []
+        for views in (list(range(1, 1 + n_local)), list(range(1 + n_local, 1 + n_views))):
+            if not views:
+                continue
+            groups.append({
+                "views": views,
+                "grids": torch.cat([grids[v] for v in views]),
+                "pixels": torch.cat([pixels[v] for v in views]) if pixels is not None else None,
+            })
+        return groups
+
+    def _frames(self, batch: dict, targets: list[TeacherMasks], groups: list[dict], outputs: list[dict],
+                regions: list[dict] | None, device) -> list["_Frame"]:
+        """Every student view's teacher masks in its own frame (those covering ``loss.min_mask_area`` of it)."""
+        frames = []
+        min_area = max(self.cfg.loss.min_mask_area, 1e-9)
+        b = len(batch["crops"])
+        for gi, (group, out) in enumerate(zip(groups, outputs)):
+            rows, cols = out["masks"].shape[-2:]
+            for k, v in enumerate(group["views"]):
+                for i in range(b):
+                    crops = batch["crops"][i]
+                    if regions is not None:
+                        ids = torch.as_tensor(regions[i]["ids"][v - 1], device=device)
+                        sharp, index = targets[i].in_view(crops[v], crops[0], *ids.shape, ids=ids, min_area=min_area)
+                        soft = F.adaptive_avg_pool2d(sharp, (rows, cols)) if sharp.shape[0] else \
+                            sharp.new_zeros((0, rows, cols))
+                    else:
+                        sharp, index = targets[i].in_view(crops[v], crops[0], rows, cols, min_area=min_area)
+                        soft = sharp
+                    frames.append(_Frame(gi, k * b + i, i, v, soft, sharp, targets[i].kinds[index], index))
+        return frames
+
+    @staticmethod
+    @torch.no_grad()
+    def _match(frames: list["_Frame"], masks: list[torch.Tensor], num_semantic: int
+               ) -> tuple[list[tuple], list[torch.Tensor]]:
+        """Hungarian matching of one prediction's masks (per group (rows, Q, h, w)) in every frame.
+
+        Returns the matches ``(frame, queries, teacher masks)`` (LongTensors) and, per group,
+        each query's score target (rows, Q): the IoU of its binarised mask with its match."""
+        matches = []
+        score_targets = [m.new_zeros(m.shape[:2], dtype=torch.float32) for m in masks]
+        for f in frames:
+            prob = masks[f.group][f.row].detach().float().sigmoid().flatten(1)
+            soft = f.soft.flatten(1)
+            for kind, first, last in ((SEMANTIC, 0, num_semantic), (INSTANCE, num_semantic, prob.shape[0])):
+                sel = torch.nonzero(f.kinds == kind).flatten()
+                if sel.numel() == 0 or last == first:
+                    continue
+                q_idx, t_idx = hungarian(dice_cost(prob[first:last], soft[sel]))
+                if q_idx.size == 0:
+                    continue
+                q = torch.as_tensor(q_idx, device=prob.device) + first
+                t = sel[torch.as_tensor(t_idx, device=prob.device)]
+                hard, truth = prob[q] > 0.5, soft[t] > 0.5
+                iou = (hard & truth).sum(-1).float() / (hard | truth).sum(-1).clamp_min(1).float()
+                score_targets[f.group][f.row, q] = iou
+                matches.append((f, q, t))
+        return matches, score_targets
+
     def loss(self, batch: dict, grids: list[torch.Tensor], student: nn.Module, teacher: nn.Module,
              loss_fn: QuerySDLoss, teacher_temp: float, world_size: int, autocast: Any) -> StepOutput:
         """The loss of one batch (see the module docstring).
@@ -205,121 +383,129 @@ class PaperRecipe:
         ----------
         batch : dict
             From :func:`uniap_train.data.collate_views` of :class:`~uniap_train.data.PaperDataset`
-            samples (``crops``, ``teacher_cells``, ``index``).
-        grids : list (1 + N) of tensor (B, h_v, w_v, C)
-            Frozen features: the teacher's view, then the local crops.
+            samples (``crops``, ``teacher_cells``, ``index``, maybe ``pixels`` and ``regions``).
+        grids : list (1 + V) of tensor (B, h_v, w_v, C)
+            Frozen features: the teacher's view, then the student's views.
         """
         lc, cfg = self.cfg.loss, self.cfg
         b = grids[0].shape[0]
         device = grids[0].device
-        n_local = len(grids) - 1
+        pixels = _pixels(batch) if self.needs_pixels else None
+        regions = batch.get("regions")
         with torch.no_grad(), autocast():
-            targets, t_logits = self.teacher_targets(teacher, grids[0], batch["teacher_cells"])
+            t_pixels = pixels[0].to(device) if pixels is not None else None
+            targets, t_logits = self.teacher_targets(teacher, grids[0], batch["teacher_cells"], t_pixels, regions)
+        groups = self._student_groups(batch, grids)
         with autocast():
-            out = student(torch.cat(grids[1:]))  # rows v * B + i
-        s_masks, s_logits = out["masks"], out["logits"]
-        rows_s, cols_s = s_masks.shape[-2:]
-        n_sem = cfg.model.num_semantic_queries
+            outputs = student([g["grids"] for g in groups], [g["pixels"] for g in groups])
+        frames = self._frames(batch, targets, groups, outputs, regions, device)
 
-        # ---- cropped teacher masks and Hungarian matching, per crop ----
-        pairs = []  # (student row, query, image, teacher mask, target map)
-        kept = 0
+        # ---- per prediction (the last first, then the earlier ones): matching, mask and score terms ----
+        predictions = [[(o["masks"], o["scores"])] + [(a["masks"], a["scores"]) for a in o["aux"]] for o in outputs]
+        n_levels = len(predictions[0])
+        level_matches, level_scores = [], []
+        for level in range(n_levels):
+            matches, score_targets = self._match(frames, [p[level][0] for p in predictions],
+                                                 cfg.model.num_semantic_queries)
+            level_matches.append(matches)
+            level_scores.append(score_targets)
         with torch.no_grad():
-            prob = s_masks.detach().float().sigmoid().flatten(2)
-            for i in range(b):
-                crops = batch["crops"][i]
-                points = torch.from_numpy(np.stack([view_points(crops[1 + v], crops[0], rows_s, cols_s)
-                                                    for v in range(n_local)])).to(device)
-                masks = targets[i].masks.to(device)
-                kinds = targets[i].kinds.to(device)
-                cropped = (crop_masks(masks, points) > 0.5).float()  # (V, M, h, w)
-                area = cropped.flatten(2).mean(-1)
-                for v in range(n_local):
-                    row = v * b + i
-                    keep = area[v] >= max(lc.min_mask_area, 1e-9)
-                    kept += int(keep.sum())
-                    for kind, queries in ((SEMANTIC, slice(0, n_sem)), (INSTANCE, slice(n_sem, None))):
-                        sel = torch.nonzero(keep & (kinds == kind)).flatten()
-                        if sel.numel() == 0:
-                            continue
-                        q_idx, t_idx = hungarian(dice_cost(prob[row, queries], cropped[v, sel].flatten(1)))
-                        for q, t in zip(q_idx.tolist(), t_idx.tolist()):
-                            pairs.append((row, queries.start + q, i, int(sel[t]), cropped[v, sel[t]]))
-            if pairs:
-                p_rows = torch.tensor([p[0] for p in pairs], device=device)
-                p_queries = torch.tensor([p[1] for p in pairs], device=device)
-                target = torch.stack([p[4] for p in pairs]).flatten(1)
-                p = prob[p_rows, p_queries]
-                soft = (2 * (p * target).sum(-1) + 1) / (p.sum(-1) + target.sum(-1) + 1)
-                hard_p = (p > 0.5).float()
-                hard = 2 * (hard_p * target).sum(-1) / (hard_p.sum(-1) + target.sum(-1)).clamp_min(1)
-                sums = [soft.sum(), hard.sum()]
-            else:
-                sums = [torch.zeros((), device=device)] * 2
-            stats = torch.stack([torch.tensor(float(len(pairs)), device=device), sums[0].float(), sums[1].float(),
-                                 torch.tensor(float(kept), device=device),
-                                 torch.tensor(float(b * n_local), device=device),
-                                 torch.tensor(float(sum(t.masks.shape[0] for t in targets)), device=device),
-                                 torch.tensor(float(b), device=device)]).double()
+            counts = [float(sum(len(q) for _, q, _ in m)) for m in level_matches]
+            monitors = _match_monitors(level_matches[0], [p[0][0] for p in predictions], len(groups) - 1
+                                       if cfg.crops.student_whole else -1)
+            score_error = sum(float((p[0][1].detach().float().sigmoid() - level_scores[0][gi]).abs().sum())
+                              for gi, p in enumerate(predictions))
+            score_count = sum(p[0][1].numel() for p in predictions)
+            stats = torch.tensor(counts + monitors + [score_error, float(score_count), float(sum(len(f.index) for f in frames)),
+                                                      float(len(frames)), float(sum(len(t) for t in targets)), float(b)],
+                                 device=device, dtype=torch.float64)
             distributed_sum(stats)
-        n_pairs = int(stats[0].item())
+        pairs_global = stats[:n_levels].tolist()
+        soft_dice, hard_dice, whole_dice, whole_n, score_error, score_count, kept, n_frames, n_masks, n_images = \
+            stats[n_levels:].tolist()
 
-        # ---- losses on matched pairs ----
-        if pairs:
-            rows, queries = p_rows, p_queries
-            s_q = s_logits[rows, queries]  # (P, K)
-            t_q = torch.stack([t_logits[p[2]][p[3]] for p in pairs])
-            sd = loss_fn(s_q[:, None], t_q[:, None], teacher_temp, n_pairs, world_size)
-            logits = s_masks[rows, queries]  # (P, h, w)
-            target = torch.stack([p[4] for p in pairs])
-            coords = []
-            for r in range(logits.shape[0]):
-                i = pairs[r][2]
-                g = _sample_generator(cfg.seed, int(batch["index"][i]), batch["crops"][i], (pairs[r][0] // b, pairs[r][1]))
-                coords.append(uncertain_points(logits[r:r + 1], lc.num_points, lc.oversample_ratio,
-                                               lc.importance_ratio, g))
-            coords = torch.cat(coords)
-            point_logits = point_sample(logits.float(), coords)
-            point_target = (point_sample(target, coords) > 0.5).float()
-            scale = world_size / max(n_pairs, 1)
-            dice = dice_loss(point_logits, point_target).sum() * scale
-            bce = bce_loss(point_logits, point_target).sum() * scale
-            loss = lc.querysd_weight * sd + lc.dice_weight * dice + lc.bce_weight * bce
+        # every output in the graph, so DDP sees a gradient for every parameter
+        zero = 0.0 * sum(o["masks"].float().sum() + o["scores"].float().sum() + o["logits"].float().sum()
+                         + sum(a["masks"].float().sum() + a["scores"].float().sum() for a in o["aux"])
+                         for o in outputs)
+        dice_total = bce_total = score_total = zero
+        for level in range(n_levels):
+            scale = world_size / max(pairs_global[level], 1.0)
+            for gi, pred in enumerate(predictions):
+                matches = [m for m in level_matches[level] if m[0].group == gi]
+                if matches:
+                    logits, target = self._matched(pred[level][0], matches, batch, level)
+                    dice_total = dice_total + dice_loss(logits, target).sum() * scale
+                    bce_total = bce_total + bce_loss(logits, target).sum() * scale
+                scores = pred[level][1].float()
+                score_total = score_total + F.binary_cross_entropy_with_logits(
+                    scores, level_scores[level][gi], reduction="none").mean(-1).sum() * (world_size / max(n_frames, 1.0))
+        final = level_matches[0]
+        if final:
+            s_q = torch.cat([_gather(outputs[gi]["logits"], [m for m in final if m[0].group == gi])
+                             for gi in range(len(outputs))])
+            final = [m for gi in range(len(outputs)) for m in final if m[0].group == gi]  # in s_q's order
+            t_q = torch.cat([t_logits[f.image][f.index[t]] for f, _, t in final])
+            sd = loss_fn(s_q[:, None], t_q[:, None], teacher_temp, int(pairs_global[0]), world_size)
             t_pts = t_q[:, None]
-        else:  # keep every parameter in the graph (DDP expects gradients)
-            zero = 0.0 * (s_logits.float().sum() + s_masks.float().sum())
-            sd = dice = bce = loss = zero
-            t_pts = s_logits.new_zeros((0, 1, s_logits.shape[-1])).float()
-        if pairs:
-            loss = loss + 0.0 * (s_logits.float().sum() + s_masks.float().sum())
-        denominator = max(float(stats[0]), 1.0)
+        else:
+            sd = zero
+            t_pts = outputs[0]["logits"].new_zeros((0, 1, outputs[0]["logits"].shape[-1])).float()
+        loss = (lc.querysd_weight * sd + lc.dice_weight * dice_total + lc.bce_weight * bce_total
+                + lc.score_weight * score_total + zero)
         with torch.no_grad():  # each process holds its share of the global means: add them up
-            terms = torch.stack([t.detach().float().reshape(()) for t in (sd, dice, bce)]) / world_size
-            terms = distributed_sum(terms).tolist()
+            parts = torch.stack([t.detach().float().reshape(()) for t in (sd, dice_total, bce_total, score_total)])
+            parts = distributed_sum(parts / world_size).tolist()
+        n_final = max(pairs_global[0], 1.0)
         stats_out = {
-            "loss_querysd": terms[0],
-            "loss_dice": terms[1],
-            "loss_bce": terms[2],
-            "match_dice": float(stats[1]) / denominator,
-            "match_dice_binary": float(stats[2]) / denominator,
-            "queries_matched": float(stats[0]) / max(float(stats[4]), 1.0),
-            "teacher_masks": float(stats[5]) / max(float(stats[6]), 1.0),
-            "teacher_masks_in_view": float(stats[3]) / max(float(stats[4]), 1.0),
+            "loss_querysd": parts[0],
+            "loss_dice": parts[1],
+            "loss_bce": parts[2],
+            "loss_score": parts[3],
+            "match_dice": soft_dice / n_final,
+            "match_dice_binary": hard_dice / n_final,
+            "match_dice_whole": whole_dice / whole_n if whole_n else float("nan"),
+            "score_iou_error": score_error / max(score_count, 1.0),
+            "queries_matched": pairs_global[0] / max(n_frames, 1.0),
+            "teacher_masks": n_masks / max(n_images, 1.0),
+            "teacher_masks_in_view": kept / max(n_frames, 1.0),
             **getattr(loss_fn, "last_stats", {}),
         }
         return StepOutput(loss, stats_out, after_step=lambda: loss_fn.update_center(t_pts))
 
+    def _matched(self, masks: torch.Tensor, matches: list[tuple], batch: dict, level: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and targets of the matched pairs of one group, at the points the mask losses use:
+        every cell of the mask grid against the teacher mask's share of it (``loss.num_points: 0``),
+        or Mask2Former's sampled points (seeded per sample, so processes agree)."""
+        lc = self.cfg.loss
+        logits = _gather(masks, matches).float()  # (P, h, w)
+        if not lc.num_points:
+            target = torch.cat([f.soft[t] for f, _, t in matches])
+            return logits.flatten(1), target.flatten(1)
+        sharp = torch.cat([f.sharp[t] for f, _, t in matches])
+        coords = []
+        for f, q, _ in matches:
+            i = f.image
+            for query in q.tolist():
+                g = _sample_generator(self.cfg.seed, int(batch["index"][i]), batch["crops"][i], (f.view, query, level))
+                coords.append(uncertain_points(masks[f.row, query][None].detach(), lc.num_points, lc.oversample_ratio,
+                                               lc.importance_ratio, g))
+        coords = torch.cat(coords)
+        return point_sample(logits, coords), (point_sample(sharp, coords) > 0.5).float()
+
     # -- evaluation --------------------------------------------------------------------
     def embedder(self, teacher: nn.Module,
-                 kind: str = "logits") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``embed(features (h, w, C), queries) -> (h, w, D)``: per pixel, the [SEM] queries'
-        head logits (``kind="logits"``) or bottlenecks weighted by ``softmax_q`` of their mask
-        logits (the UniAP queries are not used)."""
+                 kind: str = "logits") -> Callable[..., torch.Tensor]:
+        """``embed(features (h, w, C), queries, pixels=None) -> (h, w, D)``: per pixel, the
+        [SEM] queries' head logits (``kind="logits"``) or bottlenecks weighted by ``softmax_q``
+        of their mask logits (the UniAP queries are not used; ``pixels`` (h p, w p, 3) for a
+        model with a pixel stem)."""
         n_sem = self.cfg.model.num_semantic_queries
 
         @torch.no_grad()
-        def embed(features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-            out = teacher(features[None].float())
+        def embed(features: torch.Tensor, queries: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+            out = teacher(features[None].float(), None if pixels is None else pixels[None])
             masks = out["masks"][0, :n_sem].float()  # (S, 2h, 2w)
             masks = torch.nn.functional.avg_pool2d(masks[None], 2)[0]  # back to the feature grid
             q = out["queries"][0, :n_sem]
@@ -328,3 +514,55 @@ class PaperRecipe:
             return torch.einsum("shw,sd->hwd", weights, vec.float())
 
         return embed
+
+
+def _on_grid(h, shape: tuple[int, int]):
+    """A graph hierarchy of a grid's cells seen as a grid hierarchy (``h.shape`` the grid's)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(shape=tuple(shape), levels=h.levels)
+
+
+def _gather(values: torch.Tensor, matches: list[tuple]) -> torch.Tensor:
+    """``values[row, query]`` of every match (frame, queries, teacher masks) of one group, in one
+    indexing: one per frame would make the backward pass zero-fill a gradient of ``values``'
+    whole size for each (most of a CPU step's time with hundreds of queries)."""
+    if not matches:
+        return values.new_zeros((0,) + tuple(values.shape[2:]))
+    rows = torch.cat([torch.full_like(q, f.row) for f, q, _ in matches])
+    return values[rows, torch.cat([q for _, q, _ in matches])]
+
+
+def _pixels(batch: dict) -> list[torch.Tensor] | None:
+    """The views' pixels: beside their features (``pixels``), or the views themselves (a ViT's)."""
+    return batch.get("pixels", batch.get("views"))
+
+
+class _Frame:
+    """One student view (``row`` of its size ``group``) of image ``image`` and the teacher's masks
+    large enough in it: ``soft`` (K, h, w) on the view's mask grid (the share of each cell they
+    cover), ``sharp`` at the target points, their ``kinds`` and ``index`` among the image's masks."""
+
+    __slots__ = ("group", "row", "image", "view", "soft", "sharp", "kinds", "index")
+
+    def __init__(self, group, row, image, view, soft, sharp, kinds, index) -> None:
+        self.group, self.row, self.image, self.view = group, row, image, view
+        self.soft, self.sharp, self.kinds, self.index = soft, sharp, kinds, index
+
+
+@torch.no_grad()
+def _match_monitors(matches: list[tuple], masks: list[torch.Tensor], whole_group: int) -> list[float]:
+    """Sums over the matched pairs of their soft and binary Dice, and the whole view's soft Dice and count."""
+    soft_sum = hard_sum = whole_sum = whole_n = 0.0
+    for f, q, t in matches:
+        p = masks[f.group][f.row, q].detach().float().sigmoid().flatten(1)
+        target = f.soft[t].flatten(1)
+        soft = (2 * (p * target).sum(-1) + 1) / (p.sum(-1) + target.sum(-1) + 1)
+        hp = (p > 0.5).float()
+        hard = 2 * (hp * target).sum(-1) / (hp.sum(-1) + target.sum(-1)).clamp_min(1)
+        soft_sum += float(soft.sum())
+        hard_sum += float(hard.sum())
+        if f.group == whole_group:
+            whole_sum += float(soft.sum())
+            whole_n += len(q)
+    return [soft_sum, hard_sum, whole_sum, whole_n]

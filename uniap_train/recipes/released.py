@@ -136,8 +136,9 @@ class ReleasedRecipe:
 
     # -- evaluation --------------------------------------------------------------------
     def embedder(self, teacher: nn.Module,
-                 kind: str = "logits") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``embed(features (h, w, C), queries (Q, C)) -> (h, w, D)`` per-pixel vectors.
+                 kind: str = "logits") -> Callable[..., torch.Tensor]:
+        """``embed(features (h, w, C), queries (Q, C), pixels=None) -> (h, w, D)`` per-pixel vectors
+        (the pixels are not used).
 
         ``kind="logits"``: attention x teacher head logits (D = K);
         ``kind="bottleneck"``: attention x the head's L2-normalised bottleneck (D = 256).
@@ -146,7 +147,7 @@ class ReleasedRecipe:
         head = teacher.head
 
         @torch.no_grad()
-        def embed(features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        def embed(features: torch.Tensor, queries: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
             h, w, c = features.shape
             q = queries[None]
             mask = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
