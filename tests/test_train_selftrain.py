@@ -491,30 +491,44 @@ def test_instance_masks_snapped_to_regions_are_unions_of_regions():
         return all(bool(torch.all(m[regions == r] == m[regions == r][0])) for m in masks
                    for r in torch.unique(regions).tolist())
 
-    snapped = instance_masks(logits, 0.5, 0.0, 1, regions=regions, nms="none")
-    assert len(snapped.masks) >= 3 and unions(snapped.masks)
-    per_pixel = instance_masks(logits, 0.5, 0.0, 1, nms="none")
-    assert not unions(per_pixel.masks)  # the check can tell: thresholded per pixel they are not
+    snapped, prob, keep = instance_masks(logits, 0.5, 1, regions=regions)
+    assert int(keep.sum()) >= 3 and unions(snapped)
+    per_pixel, _, _ = instance_masks(logits, 0.5, 1)
+    assert not unions(per_pixel)  # the check can tell: thresholded per pixel they are not
+    torch.testing.assert_close(prob, logits.sigmoid())
+    _, _, keep_large = instance_masks(logits, 0.5, 200, regions=regions)
+    assert torch.equal(keep_large, snapped.flatten(1).sum(-1) >= 200) and keep_large.sum() < keep.sum()
 
 
 def test_hard_nms_and_max_masks():
-    from uniap_train.predict import instance_masks
+    from uniap_train.predict import rank_instances
 
     logits = random_logits(1)
     scores = torch.linspace(2, -2, len(logits))
-    every = instance_masks(logits, 0.5, 0.0, 1, score_logits=scores, nms="none", max_masks=0)
-    assert pairwise_iou(every.masks)[np.triu_indices(len(every.masks), 1)].max() > 0.5  # overlaps to remove
+    binary = logits > 0
+
+    every = rank_instances(logits, 0.5, score_logits=scores, nms="none", max_masks=0)
+    assert pairwise_iou(binary[every.queries])[np.triu_indices(len(every.queries), 1)].max() > 0.5  # overlaps
     assert torch.all(every.scores[:-1] >= every.scores[1:])
-    hard = instance_masks(logits, 0.5, 0.0, 1, score_logits=scores, nms="hard", nms_threshold=0.5)
-    assert 1 <= len(hard.masks) < len(every.masks)
-    assert pairwise_iou(hard.masks)[np.triu_indices(len(hard.masks), 1)].max(initial=0) <= 0.5
+    torch.testing.assert_close(every.scores, scores[every.queries].sigmoid())  # ranked by the learned score
+    hard = rank_instances(logits, 0.5, score_logits=scores, nms="hard", nms_threshold=0.5)
+    assert 1 <= len(hard.queries) < len(every.queries)
+    assert pairwise_iou(binary[hard.queries])[np.triu_indices(len(hard.queries), 1)].max(initial=0) <= 0.5
     # greedy: the best mask always stays
     assert hard.queries[0] == every.queries[0]
-    capped = instance_masks(logits, 0.5, 0.0, 1, score_logits=scores, nms="none", max_masks=3)
-    assert len(capped.masks) == 3
+    matrix = rank_instances(logits, 0.5, score_logits=scores, nms="matrix")
+    assert len(matrix.queries) == len(every.queries) and torch.all(matrix.scores <= every.scores.max())
+    capped = rank_instances(logits, 0.5, score_logits=scores, nms="none", max_masks=3)
+    assert len(capped.queries) == 3
     assert capped.queries.tolist() == every.queries[:3].tolist()
     torch.testing.assert_close(capped.scores, every.scores[:3])
     torch.testing.assert_close(capped.predicted_iou, scores[capped.queries].sigmoid())
+    by_mask = rank_instances(logits, 0.5, score_logits=scores, nms="none", score="mask")
+    prob = logits.sigmoid()
+    inside = (prob * binary).flatten(1).sum(-1) / binary.flatten(1).sum(-1).clamp_min(1)
+    torch.testing.assert_close(by_mask.scores, inside[by_mask.queries])
+    with pytest.raises(ValueError, match="edge strength"):
+        rank_instances(logits, 0.5, score_logits=scores, score="contrast")
 
 
 @pytest.fixture(scope="module")

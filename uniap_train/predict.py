@@ -5,13 +5,13 @@ shared words the run was trained with, or a fine-tuned ViT, both stored in the c
 neck, pixel decoder and decoder (the EMA teacher's weights), and turns images into a
 :class:`Prediction`:
 
-* **instance masks** with scores: the [INS] queries' masks at the image's resolution, snapped
-  to the image's superpixels (``refine="superpixels"``: each superpixel takes its mean
-  probability, :func:`~uniap_train.postprocess.snap_to_regions`) or thresholded per pixel
-  (``refine="none"``); each scored by the query's learned score (its predicted IoU, SAM's
-  ``predicted_iou``) times Mask2Former's mask score (the mean probability inside), the
-  overlaps decayed by Matrix NMS (``nms="matrix"``) or removed by greedy mask NMS
-  (``nms="hard"``), best first, at most ``max_masks``;
+* **instance masks** with scores: the [INS] queries ranked at the model's resolution by their
+  learned score (the predicted IoU, SAM's ``predicted_iou``; ``score`` chooses other rules),
+  the overlaps decayed by Matrix NMS (``nms="matrix"``) or removed by greedy mask NMS
+  (``nms="hard"``), the best ``max_masks`` kept (:func:`rank_instances`); only those are
+  brought to the image's pixels, snapped to its superpixels (``refine="superpixels"``: each
+  superpixel takes its mean probability, :func:`~uniap_train.postprocess.snap_to_regions`) or
+  thresholded per pixel (``refine="none"``) (:func:`instance_masks`);
 * a **semantic map**: per pixel, the [SEM] query of the largest mask logit;
 * three **nested levels** of label maps and the **SAM-style records** ``uniap-cli`` writes
   (:func:`uniap.records.hierarchy_records`): level 0 (``threshold`` 1.0) are the connected
@@ -24,7 +24,7 @@ neck, pixel decoder and decoder (the EMA teacher's weights), and turns images in
   ranking score of the part (area-weighted over the parts of a region).
 
 The work is done by module functions (:func:`teacher_grids`, :func:`decode_masks`,
-:func:`instance_masks`, :func:`nested_levels`, :func:`prediction_records`); the class holds
+:func:`rank_instances`, :func:`instance_masks`, :func:`nested_levels`, :func:`prediction_records`); the class holds
 the model and options.  ``uniap-predict`` runs a predictor through :func:`uniap.pipeline.run`
 (same inputs, plan, resuming and sinks as ``uniap-cli``).
 """
@@ -144,85 +144,78 @@ def decode_masks(logits: Any, image_shape: tuple[int, int], work_shape: tuple[in
 
 NMS_KINDS = ("matrix", "hard", "none")
 REFINES = ("superpixels", "none")
-SCORES = ("contrast", "learned", "mask")
-_NMS_PIXELS = 1 << 16  # overlaps for NMS are measured on a strided grid of at most this many pixels
+SCORES = ("learned", "mask", "contrast")
 
 
 @dataclass
-class InstanceMasks:
-    """The kept instance masks of one image, best first (tensors on the model's device)."""
+class RankedQueries:
+    """The [INS] queries an image keeps, best first (tensors on the model's device)."""
 
-    masks: Any  # (K, H, W) bool
+    queries: Any  # (K,) LongTensor: 0-based among the [INS] queries
     scores: Any  # (K,) ranking scores (after NMS)
-    prob: Any  # (K, H, W) probabilities
-    queries: Any  # (K,) LongTensor: the [INS] query of each mask (0-based among [INS])
     predicted_iou: Any  # (K,) the learned scores
     stability: Any  # (K,) SAM's stability scores
 
 
-def instance_masks(logits: Any, mask_threshold: float, score_threshold: float, min_area: int, *,
-                   score_logits: Any = None, regions: Any = None, nms: str = "matrix", nms_threshold: float = 0.5,
-                   max_masks: int = 0, score: str = "learned", strength: Any = None) -> InstanceMasks:
-    """[INS] logits (N, H, W) at the image's resolution -> the kept masks, best first.
+def rank_instances(logits: Any, mask_threshold: float = 0.5, *, score_logits: Any = None, nms: str = "matrix",
+                   nms_threshold: float = 0.5, max_masks: int = 0, score: str = "learned", strength: Any = None,
+                   score_threshold: float = 0.0) -> RankedQueries:
+    """Rank [INS] masks at the model's own resolution: scores, stability, overlaps, the best ones.
+
+    Everything here works on the mask logits as the model gives them (the image's part of the
+    whole-image view, e.g. 64 x 48 cells): only the masks kept are brought to the image's
+    pixels afterwards (:func:`instance_masks`), as SAM's mask generator ranks and suppresses
+    low-resolution masks before it upsamples the survivors.
 
     Parameters
     ----------
-    logits : tensor (N, H, W)
+    logits : tensor (N, h, w)
     mask_threshold : float
-        Probability above which a pixel (or, with ``regions``, a superpixel's mean) is inside.
-    score_threshold, min_area :
-        Masks scoring less, or with fewer pixels, are dropped.
+        Probability above which a cell is inside.
     score_logits : tensor (N,), optional
         The queries' learned score logits (predicted IoU); without them it counts as 1.
-    regions : tensor (H, W), optional
-        Superpixels to snap the masks to (:func:`~uniap_train.postprocess.snap_to_regions`).
     nms : {"matrix", "hard", "none"}
         Matrix NMS (decays the scores of overlapping masks), greedy mask NMS at
         ``nms_threshold`` IoU, or none.
     max_masks : int
         Keep at most this many (0: all).
-    score : {"contrast", "learned", "mask"}
-        Rank by predicted IoU x stability x boundary contrast (the mean of ``strength`` on the
-        mask's boundary, :func:`~uniap_train.postprocess.boundary_contrast`: how strongly the
-        image's edges bound it, as ``uniap``'s own proposals are ranked), by predicted IoU x
-        mask score, or by the mask score alone (Mask2Former's mean probability inside the mask).
-    strength : tensor (H, W), optional
-        The image's edge strength (:func:`uniap.evaluation.proposals.edge_strength`); needed
-        by ``score="contrast"``.
+    score : {"learned", "mask", "contrast"}
+        Rank by the learned score (the predicted IoU), by the mask score (Mask2Former's mean
+        probability inside the mask), or by predicted IoU x stability x boundary contrast (the
+        mean of ``strength`` on the mask's boundary,
+        :func:`~uniap_train.postprocess.boundary_contrast`, as ``uniap``'s own proposals are
+        ranked).
+    strength : tensor (h, w), optional
+        The image's edge strength at the logits' resolution; needed by ``score="contrast"``.
+    score_threshold : float
+        Masks scoring less after NMS are dropped.
     """
     import math
 
     import torch
 
-    from .postprocess import boundary_contrast, mask_nms, matrix_nms, snap_to_regions, stability_score
+    from .postprocess import boundary_contrast, mask_nms, matrix_nms, stability_score
 
-    prob = logits.sigmoid()
-    if regions is not None:
-        binary, _ = snap_to_regions(prob, regions, mask_threshold)
-    else:
-        binary = prob > mask_threshold
+    prob = logits.float().sigmoid()
+    binary = prob > mask_threshold
     area = binary.flatten(1).sum(-1)
-    mask_score = (prob * binary).flatten(1).sum(-1) / area.clamp_min(1)
-    learned = score_logits.float().sigmoid() if score_logits is not None else torch.ones_like(mask_score)
+    learned = score_logits.float().sigmoid() if score_logits is not None else torch.ones(len(logits), device=logits.device)
     cut = math.log(mask_threshold / (1 - mask_threshold))  # the probability threshold in logits
-    stability = stability_score(logits, threshold=cut, offset=1.0)
-    valid = torch.nonzero(area >= min_area).flatten()
+    stability = stability_score(logits.float(), threshold=cut, offset=1.0)
+    valid = torch.nonzero(area > 0).flatten()
     if score == "contrast":
         if strength is None:
             raise ValueError("score='contrast' needs the image's edge strength")
         ranked = learned[valid] * stability[valid] * boundary_contrast(binary[valid], strength)
     elif score == "learned":
-        ranked = (learned * mask_score)[valid]
+        ranked = learned[valid]
     else:
-        ranked = mask_score[valid]
+        ranked = ((prob * binary).flatten(1).sum(-1) / area.clamp_min(1))[valid]
     if nms != "none" and valid.numel() > 1:
-        height, width = binary.shape[-2:]
-        step = max(1, math.ceil(math.sqrt(height * width / _NMS_PIXELS)))
-        small = binary[valid][:, ::step, ::step]
         if nms == "matrix":
-            ranked = matrix_nms(small, ranked)
+            ranked = matrix_nms(binary[valid], ranked)
         else:
-            kept = mask_nms(small, ranked, nms_threshold)
+            kept = mask_nms(binary[valid], ranked, nms_threshold)
             valid, ranked = valid[kept], ranked[kept]
     keep = ranked >= score_threshold
     valid, ranked = valid[keep], ranked[keep]
@@ -230,7 +223,38 @@ def instance_masks(logits: Any, mask_threshold: float, score_threshold: float, m
     if max_masks:
         order = order[:max_masks]
     chosen = valid[order]
-    return InstanceMasks(binary[chosen], ranked[order], prob[chosen], chosen, learned[chosen], stability[chosen])
+    return RankedQueries(chosen, ranked[order], learned[chosen], stability[chosen])
+
+
+def instance_masks(logits: Any, mask_threshold: float = 0.5, min_area: int = 1, *,
+                   regions: Any = None) -> tuple[Any, Any, Any]:
+    """Masks at the image's pixels from their logits (K, H, W): ``(masks, prob, keep)``.
+
+    Parameters
+    ----------
+    logits : tensor (K, H, W)
+    mask_threshold : float
+        Probability above which a pixel (or, with ``regions``, a superpixel's mean) is inside.
+    min_area : int
+        Masks with fewer pixels are not kept.
+    regions : tensor (H, W), optional
+        Superpixels to snap the masks to (:func:`~uniap_train.postprocess.snap_to_regions`).
+
+    Returns
+    -------
+    masks : bool tensor (K, H, W)
+    prob : tensor (K, H, W)
+    keep : bool tensor (K,)
+        The masks of at least ``min_area`` pixels.
+    """
+    from .postprocess import snap_to_regions
+
+    prob = logits.sigmoid()
+    if regions is not None:
+        binary, _ = snap_to_regions(prob, regions, mask_threshold)
+    else:
+        binary = prob > mask_threshold
+    return binary, prob, binary.flatten(1).sum(-1) >= min_area
 
 
 def _relabel_connected(labels: np.ndarray) -> np.ndarray:
@@ -380,15 +404,15 @@ class Predictor:
         Snap the instance masks to the image's watershed superpixels (pixel-accurate edges;
         :func:`uniap.superpixels.superpixels`) or threshold them per pixel.
     nms : {"matrix", "hard", "none"}
-        How overlapping instance masks are suppressed (:func:`instance_masks`).
+        How overlapping instance masks are suppressed (:func:`rank_instances`).
     nms_threshold : float
         IoU above which ``nms="hard"`` drops a mask.
     max_masks : int
         Most instance masks kept per image (0: all).
-    score : {"contrast", "learned", "mask"}
-        Rank instance masks by the learned score x stability x the image's contrast along the
-        mask's boundary (default), by the learned score x the mask score, or by the mask score
-        alone (:func:`instance_masks`).
+    score : {"learned", "mask", "contrast"}
+        Rank instance masks by their learned score (predicted IoU, default), by Mask2Former's
+        mask score, or by predicted IoU x stability x the image's contrast along the mask's
+        boundary (:func:`rank_instances`).
     view_size : int
         Side of the whole-image view the model sees (0: ``crops.teacher_size``, as trained);
         larger views see smaller objects (images are then downscaled to at most this side).
@@ -399,7 +423,7 @@ class Predictor:
 
     def __init__(self, model, cfg, extractor, device, *, mask_threshold: float = 0.5, score_threshold: float = 0.0,
                  min_area: int = 16, refine: str = "superpixels", nms: str = "matrix", nms_threshold: float = 0.5,
-                 max_masks: int = 100, score: str = "contrast", view_size: int = 0,
+                 max_masks: int = 100, score: str = "learned", view_size: int = 0,
                  name: str = "uniap_train") -> None:
         if not 0 < mask_threshold < 1:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
@@ -602,12 +626,26 @@ class Predictor:
              features_seconds: float, batch: int) -> Prediction:
         """One image's prediction from its view's mask and score logits."""
         import torch
+        import torch.nn.functional as F
 
+        from .data import teacher_cells
         from .postprocess import stability_score
 
         start = time.perf_counter()
         n_sem = self.model.num_semantic
-        logits = decode_masks(logits_view, image.shape[:2], work_shape)
+        rows, cols = teacher_cells(work_shape[0], work_shape[1], logits_view.shape[-1])
+        low = logits_view[:, :rows, :cols].float()  # the image's part of the view, as the model sees it
+        strength = None
+        if self.score == "contrast":
+            from uniap.evaluation.proposals import edge_strength
+
+            full = torch.from_numpy(edge_strength(image)).float().to(low.device)
+            strength = F.adaptive_avg_pool2d(full[None, None], (rows, cols))[0, 0]
+        ranked = rank_instances(low[n_sem:], self.mask_threshold, score_logits=score_logits[n_sem:], nms=self.nms,
+                                nms_threshold=self.nms_threshold, max_masks=self.max_masks, score=self.score,
+                                strength=strength, score_threshold=self.score_threshold)
+        chosen = torch.cat([torch.arange(n_sem, device=low.device), ranked.queries + n_sem])
+        logits = decode_masks(logits_view[chosen], image.shape[:2], work_shape)  # only what is kept: to pixels
         sem_logits = logits[:n_sem]
         semantic = sem_logits.argmax(0)
         confidence = sem_logits.softmax(0).amax(0)
@@ -616,20 +654,13 @@ class Predictor:
             from uniap.superpixels import superpixels
 
             regions = torch.from_numpy(superpixels(image).astype(np.int64)).to(logits.device)
-        strength = None
-        if self.score == "contrast":
-            from uniap.evaluation.proposals import edge_strength
-
-            strength = torch.from_numpy(edge_strength(image)).to(logits.device)
-        kept = instance_masks(logits[n_sem:], self.mask_threshold, self.score_threshold, self.min_area,
-                              score_logits=score_logits[n_sem:], regions=regions, nms=self.nms,
-                              nms_threshold=self.nms_threshold, max_masks=self.max_masks, score=self.score,
-                              strength=strength)
+        masks, prob, keep = instance_masks(logits[n_sem:], self.mask_threshold, self.min_area, regions=regions)
         cut = float(np.log(self.mask_threshold / (1 - self.mask_threshold)))
         sem_iou = score_logits[:n_sem].float().sigmoid()
-        sem_stability = stability_score(sem_logits, threshold=cut, offset=1.0)
-        host = [t.cpu().numpy() for t in (kept.masks, kept.scores, kept.prob, semantic, confidence, kept.predicted_iou,
-                                          kept.stability, sem_iou, sem_stability)]  # the one host exit
+        sem_stability = stability_score(low[:n_sem], threshold=cut, offset=1.0)
+        host = [t.cpu().numpy() for t in (masks[keep], ranked.scores[keep], prob[keep], semantic, confidence,
+                                          ranked.predicted_iou[keep], ranked.stability[keep], sem_iou,
+                                          sem_stability)]  # the one host exit
         masks, scores, prob, semantic, confidence, iou, stability, sem_iou, sem_stability = host
         levels, groups, part_scores, source = nested_levels(masks, scores, prob, semantic.astype(np.int64), confidence)
         query_iou = np.concatenate([iou, sem_iou]).astype(np.float64)
@@ -764,9 +795,9 @@ def add_predictor_arguments(group: Any) -> None:
     group.add_argument("--max-masks", type=_nonnegative_int, metavar="N",
                        help="most instance masks kept per image (default 100; 0: all)")
     group.add_argument("--ranking", dest="score", choices=SCORES,
-                       help="rank instance masks by contrast (predicted IoU x stability x the image's contrast "
-                       "along the mask's boundary, default), learned (predicted IoU x mask score) or mask (mask "
-                       "score alone)")
+                       help="rank instance masks by learned (their predicted IoU, default), mask (Mask2Former's "
+                       "mask score) or contrast (predicted IoU x stability x the image's contrast along the "
+                       "mask's boundary)")
 
 
 def _nonnegative_int(text: str) -> int:

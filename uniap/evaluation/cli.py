@@ -147,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlapping instance masks: matrix (decay their scores, default), hard, or none")
     t.add_argument("--nms-threshold", type=float, metavar="IOU", help="--nms hard: IoU above which a mask is dropped")
     t.add_argument("--max-masks", type=positive_int, metavar="N", help="most instance masks per image (default 100)")
-    t.add_argument("--ranking", choices=("contrast", "learned", "mask"),
-                   help="rank instance masks by contrast (predicted IoU x stability x boundary contrast, "
-                   "default), learned (predicted IoU x mask score) or mask (mask score)")
+    t.add_argument("--ranking", choices=("learned", "mask", "contrast"),
+                   help="rank instance masks by learned (their predicted IoU, default), mask (Mask2Former's mask "
+                   "score) or contrast (predicted IoU x stability x boundary contrast)")
 
     p = parser.add_argument_group("peers")
     p.add_argument("--scales", type=_numbers(float), metavar="S1,S2,...",
