@@ -74,6 +74,40 @@ def test_prediction_columns_and_nesting(predictor):
             assert not (mask & ~decode_rle(by_id[rec["parent"]]["segmentation"])).any()
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_levels_follow_the_semantic_map_even_under_a_large_instance(seed):
+    """One instance mask over most of the image must not decide the query of what it covers."""
+    from uniap_train.predict import nested_levels
+
+    rng = np.random.default_rng(seed)
+    h, w = 30, 40
+    semantic = np.zeros((h, w), np.int64)
+    semantic[:, 15:] = 1
+    semantic[20:, :] = 2 + rng.integers(0, 2)
+    semantic[5:9, 30:36] = 3  # an island of query 3 inside query 1
+    large = np.ones((h, w), bool)
+    large[:2] = False  # 93% of the image
+    small = np.zeros((h, w), bool)
+    small[10:15, 5:12] = True
+    masks = np.stack([large, small])
+    scores = np.array([0.9, 0.95])
+    prob = np.where(masks, 0.9, 0.1)
+    levels, groups, part_scores, source = nested_levels(masks, scores, prob, semantic, np.full((h, w), 0.7))
+    # level 2 is the semantic map, level 1 its connected regions
+    pairs = np.unique(np.stack([levels[2].ravel(), semantic.ravel()]), axis=1)
+    assert pairs.shape[1] == np.unique(semantic).size == levels[2].max() + 1
+    from skimage.measure import label
+    assert levels[1].max() + 1 == label(semantic + 1, connectivity=1).max()
+    for fine, coarse in zip(levels[:-1], levels[1:]):  # nested
+        pairs = np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1)
+        assert pairs.shape[1] == fine.max() + 1
+    # every part carries its one query, its source and its score
+    np.testing.assert_array_equal(groups[levels[0]], semantic)
+    assert set(source[levels[0][large & ~small]]) == {0} and set(source[levels[0][small]]) == {1}
+    np.testing.assert_allclose(part_scores[levels[0][small]], 0.95)
+    np.testing.assert_allclose(part_scores[levels[0][:2]], 0.7)  # not covered: the semantic confidence
+
+
 def test_batch_equals_one_by_one(predictor):
     a, b = picture(1), picture(2, (64, 40))
     together = predictor.predict([a, b])
