@@ -677,3 +677,25 @@ def test_grid_pixels_lie_under_their_cells():
     assert pixels.shape == (8 * h, 8 * w, 3) and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels[:37, :61], image)
     assert not pixels[37:].any() and not pixels[:, 61:].any()
+
+
+def test_selftrain_cpu_config_runs_as_shipped(images, tmp_path):
+    """examples/configs/selftrain_cpu.yaml as shipped (every model and loss key), on other images:
+    two steps train, the checkpoint predicts with learned scores, and the schedules span 1000 steps."""
+    from pathlib import Path
+
+    from uniap_train import Predictor
+    from uniap_train.trainer import train
+
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / "selftrain_cpu.yaml"
+    cfg = load_config(config, [f"data.root={images}", f"output_dir={tmp_path / 'run'}", "optim.max_steps=2",
+                               "log.progress=false", "log.tensorboard=false", "threads=1", "data.max_side=96",
+                               "crops.teacher_size=64", "crops.local_size=32"])
+    assert cfg.optim.total_steps == 1000 and cfg.uniap.edge_fractions and cfg.model.num_instance_queries == 300
+    train(cfg)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows][-1] == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "checkpoint_last.pt", device="cpu", min_area=1)
+    pred = predictor(picture(3, (64, 96)))
+    assert len(pred.masks) <= 100 and pred.levels.shape == (3, 64, 96)
+    assert np.all((pred.predicted_iou >= 0) & (pred.predicted_iou <= 1))
