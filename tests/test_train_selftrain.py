@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 pytest.importorskip("yaml")
 
+from test_predict import picture  # noqa: E402
 from test_train_paper import paper_small  # noqa: E402
 from test_train_run import images, load, read_metrics  # noqa: E402, F401 (images: a fixture)
 from uniap_train.config import ConfigError, load_config  # noqa: E402
@@ -545,15 +546,6 @@ def predictor(checkpoint):
     from uniap_train import Predictor
 
     return Predictor.from_checkpoint(checkpoint, device="cpu", min_area=4)
-
-
-def picture(seed: int, shape=(50, 70)) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.zeros(shape + (3,), np.uint8)
-    img[:] = rng.integers(0, 255, 3)
-    img[10:30, 15:45] = rng.integers(0, 255, 3)
-    img[:, 50:] = rng.integers(0, 255, 3)
-    return img
 
 
 def test_records_carry_learned_and_stability_scores(predictor, checkpoint):

@@ -811,13 +811,9 @@ def add_predictor_arguments(group: Any) -> None:
 
 
 def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    from uniap.cli import nonnegative_int
+
+    return nonnegative_int(text)
 
 
 def _positive_int(text: str) -> int:
