@@ -119,6 +119,46 @@ def test_batch_equals_one_by_one(predictor):
         assert [r["segmentation"] for r in alone.records] == [r["segmentation"] for r in pred.records]
 
 
+def test_large_images_are_worked_on_a_bounded_grid_and_mapped_back(predictor):
+    """Above ``mask_pixels`` the masks, superpixels and levels are computed on a downscaled copy
+    (memory bounded by it, not by the image) and mapped back to every pixel of the image."""
+    import copy
+
+    from uniap.hierarchy import nearest_index
+    from uniap.records import decode_rle
+
+    img = picture(3, (90, 120))
+    bounded = copy.copy(predictor)
+    bounded.mask_pixels = 45 * 60  # a quarter of the pixels
+    pred = bounded(img)
+    assert pred.levels.shape == (3, 90, 120) and pred.masks.shape[1:] == (90, 120)
+    assert pred.semantic.shape == (90, 120)
+    # the levels are the working grid's, each working pixel a 2 x 2 block of the image
+    ys, xs = nearest_index(90, 45), nearest_index(120, 60)
+    np.testing.assert_array_equal(pred.levels, pred.levels[:, ::2, ::2][:, ys][:, :, xs])
+    for fine, coarse in zip(pred.levels[:-1], pred.levels[1:]):  # still nested
+        assert np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1).shape[1] == fine.max() + 1
+    for rec in pred.records:  # records describe the image's pixels
+        mask = decode_rle(rec["segmentation"])
+        assert mask.shape == (90, 120) and mask.sum() == rec["area"]
+    assert bounded.options()["mask_pixels"] == 45 * 60 != predictor.options()["mask_pixels"]
+    with pytest.raises(ValueError, match="mask_pixels"):
+        type(predictor)(predictor.model, predictor.cfg, predictor.extractor, predictor.device, mask_pixels=0)
+
+
+def test_masks_decoded_a_few_at_a_time_give_the_same_prediction(predictor, monkeypatch):
+    """The panoptic owner is found chunk by chunk (no (K, H, W) floats held): the same as at once."""
+    import uniap_train.predict as predict
+
+    img = picture(4, (60, 80))
+    at_once = predictor(img)
+    monkeypatch.setattr(predict, "DECODE_PIXELS", 60 * 80)  # one mask a chunk
+    one_by_one = predictor(img)
+    np.testing.assert_array_equal(at_once.levels, one_by_one.levels)
+    np.testing.assert_array_equal(at_once.masks, one_by_one.masks)
+    assert [r["segmentation"] for r in at_once.records] == [r["segmentation"] for r in one_by_one.records]
+
+
 def test_checkpoint_records_config_version_and_words(checkpoint):
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert ckpt["recipe"] == "paper" and ckpt["config"]["recipe"] == "paper"

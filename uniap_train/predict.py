@@ -144,6 +144,16 @@ def decode_masks(logits: Any, image_shape: tuple[int, int], work_shape: tuple[in
 
 
 NMS_KINDS = ("matrix", "hard", "none")
+MASK_PIXELS = 1 << 22  # instance masks are decoded at most at this many pixels (then mapped back)
+DECODE_PIXELS = 1 << 24  # mask probabilities held at a time (floats): a few queries of a large image
+
+
+def working_shape(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """``(height, width)``, or the largest shape of the same aspect with at most ``max_pixels``."""
+    if height * width <= max_pixels:
+        return height, width
+    scale = (max_pixels / (height * width)) ** 0.5
+    return max(1, int(height * scale)), max(1, int(width * scale))
 REFINES = ("superpixels", "none")
 SCORES = ("learned", "mask", "contrast")
 
@@ -273,8 +283,8 @@ def _canonical(labels: np.ndarray) -> np.ndarray:
     return rank[np.searchsorted(uniq, labels)].astype(np.int32)
 
 
-def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray, semantic: np.ndarray,
-                  semantic_confidence: np.ndarray, overlap: float = 0.8
+def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | None, semantic: np.ndarray,
+                  semantic_confidence: np.ndarray, overlap: float = 0.8, *, owner: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Three nested label maps and, per level-0 part, a score and the query it comes from.
 
@@ -287,6 +297,10 @@ def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray, seman
     panoptic parts by their majority query instead let one large instance mask decide the
     query of most of the image: on CamVid the levels then scored about half the semantic
     map's mIoU.)
+
+    ``prob`` (N, H, W) gives each pixel's instance (``argmax(score * prob)``); a caller that
+    has it already (the predictor computes it a few masks at a time) passes ``owner`` (H, W)
+    instead and ``prob=None``.
 
     Returns
     -------
@@ -302,8 +316,8 @@ def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray, seman
     panoptic = semantic.astype(np.int64) + masks.shape[0]  # stuff: after the instances
     instance_score = np.zeros(masks.shape[0] + n_sem)
     if masks.shape[0]:
-        weighted = scores[:, None, None] * prob
-        owner = weighted.argmax(0)
+        if owner is None:
+            owner = (scores[:, None, None] * prob).argmax(0)
         covered = np.take_along_axis(masks, owner[None], 0)[0]
         assigned = np.bincount(owner[covered], minlength=masks.shape[0])
         original = masks.reshape(masks.shape[0], -1).sum(1)
@@ -421,6 +435,11 @@ class Predictor:
     view_size : int
         Side of the whole-image view the model sees (0: ``crops.teacher_size``, as trained);
         larger views see smaller objects (images are then downscaled to at most this side).
+    mask_pixels : int
+        Instance masks, superpixels and levels are computed at most at this many pixels
+        (default 2**22); a larger image is worked on at a nearest-neighbour downscaled copy
+        and its label maps and masks are mapped back, so memory stays bounded (the model
+        sees a small view anyway: this only coarsens the superpixel edges).
     name : str
         The predictor's name in output files (``from_checkpoint`` names the checkpoint,
         its step and digest).
@@ -429,7 +448,7 @@ class Predictor:
     def __init__(self, model, cfg, extractor, device, *, mask_threshold: float = 0.5, score_threshold: float = 0.0,
                  min_area: int = 16, refine: str = "superpixels", nms: str = "matrix", nms_threshold: float = 0.5,
                  max_masks: int = 100, score: str = "learned", view_size: int = 0,
-                 name: str = "uniap_train") -> None:
+                 mask_pixels: int = MASK_PIXELS, name: str = "uniap_train") -> None:
         if not 0 < mask_threshold < 1:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         if not 0 <= score_threshold <= 1:
@@ -443,6 +462,8 @@ class Predictor:
             raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
         if max_masks < 0:
             raise ValueError(f"max_masks must be >= 0 (0: all), got {max_masks}")
+        if mask_pixels < 1:
+            raise ValueError(f"mask_pixels must be >= 1, got {mask_pixels}")
         patch = int(getattr(extractor, "patch_size", None) or getattr(getattr(model, "backbone", None), "patch_size",
                                                                          None) or 1)
         if view_size < 0 or (view_size and view_size % patch):
@@ -461,6 +482,7 @@ class Predictor:
         self.max_masks = int(max_masks)
         self.score = score
         self.view_size = int(view_size)
+        self.mask_pixels = int(mask_pixels)
         self.name = name
 
     @classmethod
@@ -538,7 +560,7 @@ class Predictor:
         return {"predictor": self.name, "mask_threshold": self.mask_threshold,
                 "score_threshold": self.score_threshold, "min_area": self.min_area, "refine": self.refine,
                 "nms": self.nms, "nms_threshold": self.nms_threshold, "max_masks": self.max_masks,
-                "score": self.score, "view_size": self.view_size}
+                "score": self.score, "view_size": self.view_size, "mask_pixels": self.mask_pixels}
 
     def __call__(self, image: np.ndarray) -> Prediction:
         """The prediction for one (H, W, 3) uint8 image."""
@@ -633,6 +655,8 @@ class Predictor:
         import torch
         import torch.nn.functional as F
 
+        from uniap.hierarchy import nearest_index
+
         from .data import teacher_cells
         from .postprocess import stability_score
 
@@ -640,39 +664,45 @@ class Predictor:
         n_sem = self.model.num_semantic
         rows, cols = teacher_cells(work_shape[0], work_shape[1], logits_view.shape[-1])
         low = logits_view[:, :rows, :cols].float()  # the image's part of the view, as the model sees it
+        height, width = image.shape[:2]
+        shape = working_shape(height, width, self.mask_pixels)
+        small = image if shape == (height, width) else image[nearest_index(shape[0], height)][:, nearest_index(
+            shape[1], width)]
         strength = None
         if self.score == "contrast":
             from uniap.evaluation.proposals import edge_strength
 
-            full = torch.from_numpy(edge_strength(image)).float().to(low.device)
+            full = torch.from_numpy(edge_strength(small)).float().to(low.device)
             strength = F.adaptive_avg_pool2d(full[None, None], (rows, cols))[0, 0]
         ranked = rank_instances(low[n_sem:], self.mask_threshold, score_logits=score_logits[n_sem:], nms=self.nms,
                                 nms_threshold=self.nms_threshold, max_masks=self.max_masks, score=self.score,
                                 strength=strength, score_threshold=self.score_threshold)
-        chosen = torch.cat([torch.arange(n_sem, device=low.device), ranked.queries + n_sem])
-        logits = decode_masks(logits_view[chosen], image.shape[:2], work_shape)  # only what is kept: to pixels
-        sem_logits = logits[:n_sem]
-        sem_prob = sem_logits.softmax(0)
+        sem_prob = decode_masks(logits_view[:n_sem], shape, work_shape).softmax(0)  # only what is kept: to pixels
         regions = None
         if self.refine == "superpixels":
             from uniap.superpixels import superpixels
 
             from .postprocess import snap_to_regions
 
-            regions = torch.from_numpy(superpixels(image).astype(np.int64)).to(logits.device)
+            regions = torch.from_numpy(superpixels(small).astype(np.int64)).to(sem_prob.device)
             _, region_prob = snap_to_regions(sem_prob, regions)  # each superpixel: its mean query probabilities
             sem_prob = region_prob[:, regions]
         semantic = sem_prob.argmax(0)
         confidence = sem_prob.amax(0)
-        masks, prob, keep = instance_masks(logits[n_sem:], self.mask_threshold, self.min_area, regions=regions)
+        del sem_prob
+        masks, keep, owner = self._instances(logits_view, ranked, n_sem, shape, work_shape, regions)
         cut = float(np.log(self.mask_threshold / (1 - self.mask_threshold)))
         sem_iou = score_logits[:n_sem].float().sigmoid()
         sem_stability = stability_score(low[:n_sem], threshold=cut, offset=1.0)
-        host = [t.cpu().numpy() for t in (masks[keep], ranked.scores[keep], prob[keep], semantic, confidence,
+        host = [t.cpu().numpy() for t in (masks[keep], ranked.scores[keep], owner, semantic, confidence,
                                           ranked.predicted_iou[keep], ranked.stability[keep], sem_iou,
                                           sem_stability)]  # the one host exit
-        masks, scores, prob, semantic, confidence, iou, stability, sem_iou, sem_stability = host
-        levels, groups, part_scores, source = nested_levels(masks, scores, prob, semantic.astype(np.int64), confidence)
+        masks, scores, owner, semantic, confidence, iou, stability, sem_iou, sem_stability = host
+        levels, groups, part_scores, source = nested_levels(masks, scores, None, semantic.astype(np.int64), confidence,
+                                                            owner=owner)
+        if shape != (height, width):  # back to the image's pixels (nearest neighbour)
+            ys, xs = nearest_index(height, shape[0]), nearest_index(width, shape[1])
+            levels, semantic, masks = levels[:, ys][:, :, xs], semantic[ys][:, xs], masks[:, ys][:, :, xs]
         query_iou = np.concatenate([iou, sem_iou]).astype(np.float64)
         query_stability = np.concatenate([stability, sem_stability]).astype(np.float64)
         h, records, sem_labels = prediction_records(levels, groups, part_scores, self.min_area, self.options(),
@@ -680,6 +710,37 @@ class Predictor:
         timings = {"features": features_seconds / batch, "records": time.perf_counter() - start}
         return Prediction(masks, scores.astype(np.float32), semantic.astype(np.int32), levels, sem_labels, h,
                           records, timings, iou.astype(np.float32), stability.astype(np.float32))
+
+    def _instances(self, logits_view: Any, ranked: RankedQueries, n_sem: int, shape: tuple[int, int],
+                   work_shape: tuple[int, int], regions: Any) -> tuple[Any, Any, Any]:
+        """The kept instance masks at ``shape``, decoded a few queries at a time.
+
+        Returns ``(masks (K, h, w) bool, keep (K,) bool: at least min_area, owner (h, w))``:
+        ``owner`` is the panoptic owner of each pixel among the kept masks (largest score x
+        probability, :func:`nested_levels`), so no (K, h, w) array of floats is ever held.
+        """
+        import torch
+
+        queries = ranked.queries + n_sem
+        k = int(queries.numel())
+        device = logits_view.device
+        masks = torch.zeros((k, *shape), dtype=torch.bool, device=device)
+        keep = torch.zeros(k, dtype=torch.bool, device=device)
+        best = torch.full(shape, -1.0, device=device)
+        owner = torch.zeros(shape, dtype=torch.int64, device=device)
+        chunk = max(1, DECODE_PIXELS // max(1, shape[0] * shape[1]))
+        for s in range(0, k, chunk):
+            e = min(k, s + chunk)
+            logits = decode_masks(logits_view[queries[s:e]], shape, work_shape)
+            masks[s:e], prob, keep[s:e] = instance_masks(logits, self.mask_threshold, self.min_area, regions=regions)
+            weighted = ranked.scores[s:e, None, None].float() * prob
+            weighted[~keep[s:e]] = -1.0  # a dropped mask owns nothing
+            value, index = weighted.max(0)
+            better = value > best  # strictly: the first mask of the largest value wins, as argmax
+            best = torch.where(better, value, best)
+            owner = torch.where(better, index + s, owner)
+        kept_index = torch.cumsum(keep.long(), 0) - 1  # owner among all masks -> among the kept ones
+        return masks, keep, kept_index[owner].clamp_min(0) if k else owner
 
 
 def _infer_in_dim(state: dict) -> int:
