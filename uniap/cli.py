@@ -298,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     for report in summary.failures:
         print(f"uniap-cli: {report.source}: {report.error}", file=sys.stderr)
+    if summary.failures_error:
+        print(f"uniap-cli: error: {summary.failures_error}", file=sys.stderr)
     if not args.quiet:
         _summary(summary)
     return 1 if summary.failures else 0
