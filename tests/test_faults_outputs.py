@@ -106,12 +106,14 @@ def test_every_format_writes_every_image_once_or_refuses(tmp_path, format, capsy
     inputs = image_and_folder_of_images(tmp_path / "in")
     out = tmp_path / "out"
     target = tmp_path / "all.json" if format == "coco" else f"{out}/"
-    status = cli(inputs, "--out", target, "--format", format, "--viz", f"{out}/", "--quiet")
     keys = {"a.jpg", *(f"a/p{i}.png" for i in range(1, 6))}
-    if status == 2:
-        assert format == "png" and not out.exists()
-        return
-    assert status == 0, capsys.readouterr().err
+    for again in ([], ["--overwrite"]):  # a rerun replaces a.jpg's outputs, and only those
+        status = cli(inputs, "--out", target, "--format", format, "--viz", f"{out}/", "--workers", "2",
+                     "--batch-size", "1", "--quiet", *again)
+        if status == 2:
+            assert format == "png" and not out.exists()
+            return
+        assert status == 0, capsys.readouterr().err
     if format == "png":
         assert {str(p.parent.relative_to(out)) for p in out.rglob("uniap.json")} == {"a", *(f"a/p{i}" for i in range(1, 6))}
     else:
