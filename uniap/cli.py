@@ -310,7 +310,8 @@ def _summary(summary) -> None:
     if summary.skipped:
         parts.append(f"{summary.skipped} skipped (done with the same settings; --overwrite replaces)")
     if summary.failures:
-        parts.append(f"{len(summary.failures)} failed (listed in {summary.failures_path})")
+        where = f"listed in {summary.failures_path}" if summary.failures_path else "not listed: see above"
+        parts.append(f"{len(summary.failures)} failed ({where})")
     total = summary.written + summary.skipped + len(summary.failures)
     line = f"uniap-cli: {total} image(s): " + ", ".join(parts)
     if summary.written:
