@@ -222,12 +222,31 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init_worker(settings: Settings, collect: bool, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if hasattr(signal, "pthread_sigmask"):  # blocked by _submit while this process started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _raise_on_sigterm()
     _limit_threads(settings.threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     _WORKER.update(stages=Stages(settings), collect=collect,
                    decoder=ThreadPoolExecutor(1, thread_name_prefix="uniap-decode"))
+
+
+def _submit_to_pool(pool: Any, jobs: Sequence[Job]) -> Future:
+    """``pool.submit(_worker_chunk, jobs)`` with SIGINT blocked meanwhile.
+
+    The pool starts its worker processes inside ``submit``; a Ctrl-C that reached a new worker
+    before :func:`_init_worker` ignores it would kill that worker with a traceback.  Blocked
+    here, the signal waits in the worker until it is ignored there, and in this process until
+    ``submit`` returns, where it interrupts the run as usual.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return pool.submit(_worker_chunk, jobs)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(_worker_chunk, jobs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _worker_chunk(jobs: Sequence[Job]) -> list[Report]:
@@ -320,7 +339,7 @@ class LocalEngine:
                     if suspects and not pending:  # one image in one fresh worker at a time
                         job = suspects.popleft()
                         try:
-                            reports = pool.submit(_worker_chunk, [job]).result()
+                            reports = _submit_to_pool(pool, [job]).result()
                         except BrokenProcessPool:
                             _shutdown(pool)
                             pool = new_pool(helpers)
@@ -332,7 +351,7 @@ class LocalEngine:
                     while not suspects and chunks and len(pending) < 2 * helpers:
                         chunk = chunks.popleft()
                         try:
-                            pending.append((pool.submit(_worker_chunk, chunk), chunk))
+                            pending.append((_submit_to_pool(pool, chunk), chunk))
                         except BrokenProcessPool:  # a worker died since the last submit
                             chunks.appendleft(chunk)
                             broken = True
