@@ -65,7 +65,13 @@ class Job:
 
 @dataclass
 class Plan:
-    """What a run will do: the jobs to run and the images already done."""
+    """What a run will do: the jobs to run and the images already done.
+
+    ``refused`` holds the images that fail without being processed (an output path too long
+    for the file system) with the reason; ``keys`` the keys of this shard's images; ``stale``
+    every output path of them (temporaries beside these are removed); ``lock_paths`` the
+    run's lock files (:mod:`uniap.pipeline.locks`).
+    """
 
     jobs: list[Job]
     done: int
@@ -187,9 +193,12 @@ def plan_jobs(
     Raises
     ------
     PlanError
-        An output would be an input or lie over one, two outputs share a path, an output
-        exists as the wrong kind of file, or an output made with other settings exists and
-        ``overwrite`` is False.
+        The output-path rule is broken (:func:`check_output_paths`: an output would be an
+        input or lie over one, two outputs share a path, or one output's folder would hold
+        another's), an output exists as the wrong kind of file, a ``--format png`` folder to
+        replace holds files uniap did not write, or an output made with other settings exists
+        and ``overwrite`` is False.  An output path too long for the file system is no error:
+        that image is in ``Plan.refused`` and fails alone.
     """
     collected = format in ("coco", "parquet")  # one writer for every image, in the main process
     out_is_folder, viz_is_folder = output_layout(len(items), out=out, format=format, viz=viz, single=single)

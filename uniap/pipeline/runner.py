@@ -164,7 +164,17 @@ def run(
     Raises
     ------
     uniap.pipeline.sources.InputError, uniap.pipeline.plan.PlanError
-        Bad inputs, or outputs that cannot be written safely; nothing is written then.
+        Bad inputs, outputs that cannot be written safely (the output-path rule of
+        :func:`uniap.pipeline.plan.check_output_paths`), or another run holding the outputs'
+        lock (:mod:`uniap.pipeline.locks`); nothing is written then.
+
+    Notes
+    -----
+    The run holds a lock on ``out`` and ``viz`` from planning to its end.  A worker process
+    that dies fails only its image; an output path too long for the file system fails its
+    image before it is processed.  ``failures.jsonl`` keeps the failures of the folder's other
+    images (:func:`_write_failures`); when it cannot be written, ``RunSummary.failures_error``
+    says why.  A run with failures or an error leaves no empty folder behind.
     ValueError, FileNotFoundError, ImportError
         The extractor cannot be built (unknown model, missing weights, ...).
     """
