@@ -5,7 +5,8 @@ i/n``, shared plus ``.uniap-<i>-of-<n>.lock`` exclusively (shards write differen
 they may run together; a second run of one shard, or an unsharded run beside shards, may not).
 An output file (one image's JSON, a COCO data set) is locked by ``.<name>.uniap.lock`` beside
 it.  A run that finds a lock held stops before planning its work (:class:`PlanError`, exit
-status 2).  Locks are ``flock`` locks: the kernel releases them when a process dies, so a
+status 2).  Locks are ``flock`` locks (none where the file system or the platform has
+none): the kernel releases them when a process dies, so a
 killed run never blocks the next one.  The lock files are removed when the run ends (kept when
 another shard still holds them).
 """
@@ -38,11 +39,19 @@ class RunLock:
         self._held: list[tuple[str, int, bool]] = []  # (path, fd, exclusive)
 
     def acquire(self, path: str, exclusive: bool) -> None:
-        """Take ``path``'s lock without waiting; PlanError when another run holds it."""
-        import fcntl
-
+        """Take ``path``'s lock without waiting; PlanError when another run holds it or the
+        folder cannot be written.  Without ``flock`` (Windows, a file system without locks)
+        nothing is locked."""
+        try:
+            import fcntl
+        except ImportError:
+            return
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise PlanError(f"cannot write to {os.path.dirname(path)}: "
+                                f"{(err.strerror or str(err)).lower()}") from None
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -51,6 +60,9 @@ class RunLock:
                 raise PlanError(
                     f"another uniap run is writing to {os.path.dirname(path)} ({path} is locked"
                     f"{holder}); wait for it to finish, or choose another --out/--viz") from None
+            except OSError:  # no locks on this file system (ENOLCK, EOPNOTSUPP): run unlocked
+                os.close(fd)
+                return
             except BaseException:
                 os.close(fd)
                 raise
@@ -68,6 +80,8 @@ class RunLock:
 
     def release(self) -> None:
         """Unlock and remove the lock files that no other run holds."""
+        if not self._held:
+            return
         import fcntl
 
         while self._held:
