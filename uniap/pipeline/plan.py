@@ -291,6 +291,8 @@ NAME_MAX, PATH_MAX, _TEMPORARY_EXTRA = 255, 4095, 14
 
 def _unwritable_name(path: str) -> str | None:
     """Why ``path`` cannot be written (a name or the path too long), or None."""
+    if len(path) + _TEMPORARY_EXTRA <= NAME_MAX and path.isascii():  # most paths: no name can be too long
+        return None
     raw = os.fsencode(path)
     if len(raw) + _TEMPORARY_EXTRA > PATH_MAX:
         return (f"cannot write {path[:60]}...: the output path is {len(raw)} bytes, more than the "
@@ -350,18 +352,17 @@ def check_output_paths(inputs: set[str], run_files: Sequence[tuple[str, str]], p
             raise PlanError(f"output {path} would overwrite an input image; choose another --out/--viz")
     clear: set[str] = set()  # folders known to be no output (nor their parents)
 
+    sep = os.sep
+
     def check_above(path: str, what: str) -> None:
-        parent = os.path.dirname(path)
-        while parent not in clear:
+        parent = path.rpartition(sep)[0]  # dirname of a normalised absolute path ("" above the top)
+        while parent and parent not in clear:
             if parent in owner:
                 raise PlanError(
                     f"{owner[parent]} and {what} clash: {parent}, an output of {owner[parent]}, would be the "
                     f"folder holding {path}; rename one, or run them separately")
             clear.add(parent)
-            up = os.path.dirname(parent)
-            if up == parent:
-                break
-            parent = up
+            parent = parent.rpartition(sep)[0]
 
     for path, who in owner.items():
         check_above(path, f"{who} (output {path})")
