@@ -246,6 +246,8 @@ def run(
             summary.timings = {k: sum(r.timings.get(k, 0.0) for r in ok) / len(ok) for k in ok[0].timings}
         if collector is not None:
             collector.close()
+        if summary.failures:  # a worker killed while writing left its temporaries
+            remove_stale_temporaries(the_plan)
         _write_failures(the_plan, summary, [item for item in items if item.key in the_plan.keys])
         clean = not summary.failures
         return summary
