@@ -220,23 +220,26 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(not LINUX, reason="SIGKILL of a forked or spawned worker")
-def test_a_killed_worker_fails_its_image_and_the_run_goes_on(tmp_path):
-    # Before #23: BrokenProcessPool traceback, exit 1, 10-11 of 24 images.
+@pytest.mark.parametrize("batch,poison", [(1, 0), (3, 1)], ids=["alone", "in-a-batch"])
+def test_a_killed_worker_fails_its_image_and_the_run_goes_on(tmp_path, batch, poison):
+    # Before #23: BrokenProcessPool traceback, exit 1, 10-11 of 24 images.  In a batch, the
+    # images beside the one that kills its worker are written.
     for i in range(24):
         save(tmp_path / "in" / f"{i:02d}.png", i)
     driver = tmp_path / "driver.py"
     driver.write_text(KILLING_DRIVER)
     out, viz = tmp_path / "out", tmp_path / "viz"
-    env = {**os.environ, "FAULT_POISON": "00.png"}  # the first chunk: always a worker's
+    env = {**os.environ, "FAULT_POISON": f"{poison:02d}.png"}  # in the first chunk: always a worker's
     res = subprocess.run([sys.executable, str(driver), tmp_path / "in", "--out", f"{out}/", "--viz", f"{viz}/",
-                          "--workers", "2", "--batch-size", "1", "--quiet"],
+                          "--workers", "2", "--batch-size", str(batch), "--quiet"],
                          capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr
-    assert files_below(out) == {f"{i:02d}.json" for i in range(1, 24)} | {"failures.jsonl"}
-    assert files_below(viz) == {f"{i:02d}.png" for i in range(1, 24)}
-    assert "worker process died" in failures_of(out / "failures.jsonl")["00.png"]
-    assert "00.png: the worker process died" in res.stderr
+    written = {f"{i:02d}" for i in range(24) if i != poison}
+    assert files_below(out) == {f"{i}.json" for i in written} | {"failures.jsonl"}
+    assert files_below(viz) == {f"{i}.png" for i in written}
+    assert "worker process died" in failures_of(out / "failures.jsonl")[f"{poison:02d}.png"]
+    assert f"{poison:02d}.png: the worker process died" in res.stderr
 
 
 # -- 5. concurrent runs on one --out ----------------------------------------------------------
