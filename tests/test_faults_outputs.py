@@ -398,6 +398,38 @@ def test_a_full_disk_still_reports_every_image_and_leaves_no_folder(tmp_path, mo
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MB tmpfs filled to the last block (needs the right to mount: root in a container)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if not LINUX or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        with open(mount / "fill", "wb", buffering=0) as f:
+            try:
+                while f.write(b"\0" * 4096):
+                    pass
+            except OSError:  # ENOSPC: full
+                pass
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk(tmp_path, full_disk, capsys):
+    for i in range(3):
+        save(tmp_path / "in" / f"{i}.png", i)
+    assert cli(tmp_path / "in", "--out", f"{full_disk / 'out'}/", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.count(f"OSError: [Errno {errno.ENOSPC}]") == 3 and "Traceback" not in err
+    assert "failures.jsonl: no space left on device" in err
+    assert sorted(p.name for p in full_disk.iterdir()) == ["fill"]
+
+
 # -- 18. stale temporaries beside finished outputs --------------------------------------------------
 
 def test_stale_temporaries_beside_finished_outputs_are_removed(tmp_path):

@@ -73,10 +73,13 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        if exclusive:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
         self._held.append((path, fd, exclusive))
+        if exclusive:  # who holds it, for the message of a refused run (best effort: a full disk)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
 
     def release(self) -> None:
         """Unlock and remove the lock files that no other run holds."""
