@@ -167,6 +167,8 @@ def run(
         Bad inputs, outputs that cannot be written safely (the output-path rule of
         :func:`uniap.pipeline.plan.check_output_paths`), or another run holding the outputs'
         lock (:mod:`uniap.pipeline.locks`); nothing is written then.
+    ValueError, FileNotFoundError, ImportError
+        The extractor cannot be built (unknown model, missing weights, ...).
 
     Notes
     -----
@@ -175,8 +177,6 @@ def run(
     image before it is processed.  ``failures.jsonl`` keeps the failures of the folder's other
     images (:func:`_write_failures`); when it cannot be written, ``RunSummary.failures_error``
     says why.  A run with failures or an error leaves no empty folder behind.
-    ValueError, FileNotFoundError, ImportError
-        The extractor cannot be built (unknown model, missing weights, ...).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
