@@ -11,8 +11,7 @@ pure bookkeeping on names (no image is opened), linear in the number of inputs:
   output, or is a folder above another output (``--format png``: ``a.jpg``'s folder ``out/a``
   and ``a/p1.png``'s ``out/a/p1``), the run's own files (``failures.jsonl``, the lock)
   included; a path the file system cannot hold (with its temporary's name: a name over 255
-  bytes, a path over 4095)
-  fails that image alone, before it is processed;
+  bytes, a path over 4095) fails that image alone, before it is processed;
 * an image is done when every requested output exists and was made with the same settings
   (each output records a :func:`signature` of them); without ``overwrite`` an output made with
   other settings is an error, never silently replaced;
