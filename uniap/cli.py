@@ -298,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     for report in summary.failures:
         print(f"uniap-cli: {report.source}: {report.error}", file=sys.stderr)
+    if summary.failures_error:
+        print(f"uniap-cli: error: {summary.failures_error}", file=sys.stderr)
     if not args.quiet:
         _summary(summary)
     return 1 if summary.failures else 0
@@ -308,7 +310,8 @@ def _summary(summary) -> None:
     if summary.skipped:
         parts.append(f"{summary.skipped} skipped (done with the same settings; --overwrite replaces)")
     if summary.failures:
-        parts.append(f"{len(summary.failures)} failed (listed in {summary.failures_path})")
+        where = f"listed in {summary.failures_path}" if summary.failures_path else "not listed: see above"
+        parts.append(f"{len(summary.failures)} failed ({where})")
     total = summary.written + summary.skipped + len(summary.failures)
     line = f"uniap-cli: {total} image(s): " + ", ".join(parts)
     if summary.written:

@@ -10,7 +10,8 @@ Parquet parts (``--format parquet``) hold one row per record: the image's ``file
 ``image_id``, ``height``, ``width``, then every record key, ``segmentation`` as
 ``segmentation_size`` (list of 2 int) and ``segmentation_counts`` (the COCO RLE string), lists
 (``bbox``, ``point_coords``, ``crop_box``, ``levels``) as list columns.  Keys this module does
-not know are JSON text columns (field metadata ``uniap.json``).  An image without records is
+not know are JSON text columns (field metadata ``uniap.json``).  A ``file_name`` whose bytes
+are not UTF-8 is stored with ``\\xNN`` escapes for those bytes (:func:`utf8_text`).  An image without records is
 one row whose record columns are all null, so every image survives a round trip; a key missing
 from a record is a null.  The schema metadata ``uniap`` holds the provenance of the part's
 first image (as COCO's ``info.uniap`` does for a data set).
@@ -269,6 +270,18 @@ def pyarrow_modules():
     return pyarrow, pyarrow.parquet
 
 
+def utf8_text(name: Any) -> Any:
+    """A file name as text that UTF-8 can hold: bytes of a name that are not UTF-8 (read by Python
+    as lone surrogates) become ``\\xNN`` escapes, so one such name cannot fail a Parquet part."""
+    if not isinstance(name, str):
+        return name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
 def _arrow_type(pa, name: str):
     if name.startswith("list<"):
         return pa.list_(_arrow_type(pa, name[5:-1]))
@@ -298,7 +311,7 @@ def parquet_table(items: Iterable[tuple[dict, list[dict]]], uniap_info: dict | N
     for info, records in items:
         for rec in records or [None]:  # an image without records: one row of nulls
             for name in PARQUET_IMAGE_COLUMNS:
-                columns[name].append(info.get(name))
+                columns[name].append(utf8_text(info.get(name)) if name == "file_name" else info.get(name))
             if rec is None:
                 for name in columns:
                     if name not in PARQUET_IMAGE_COLUMNS:
@@ -352,7 +365,10 @@ def _read_parquet(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
     if missing:
         raise ValueError(f"{path} is not a uniap Parquet part: no column {missing[0]!r}")
     meta = table.schema.metadata or {}
-    uniap_info = json.loads(meta[b"uniap"]) if b"uniap" in meta else None
+    try:
+        uniap_info = json.loads(meta[b"uniap"]) if b"uniap" in meta else None
+    except ValueError as err:
+        raise ValueError(f"{path}: the \"uniap\" metadata is not JSON: {err}") from None
     as_json = {f.name for f in table.schema if f.metadata and f.metadata.get(b"uniap.json") == b"1"}
     record_columns = [name for name in table.column_names if name not in PARQUET_IMAGE_COLUMNS]
     data = table.to_pydict()
@@ -375,7 +391,10 @@ def _read_parquet(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
             elif key == "segmentation_counts":
                 rec.setdefault("segmentation", {"size": None, "counts": value})
             else:
-                rec[key] = json.loads(value) if key in as_json else value
+                try:
+                    rec[key] = json.loads(value) if key in as_json else value
+                except ValueError as err:
+                    raise ValueError(f"{path}: column {key!r} of row {row} is not JSON: {err}") from None
         out[name][1].append(rec)
     return list(out.values())
 

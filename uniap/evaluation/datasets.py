@@ -134,8 +134,11 @@ class Coco:
             raise DataError(f"{self.root} is not a COCO folder: no {images.relative_to(self.root)}/")
         self.splits = list(splits or [])
         self.annotations = ann
-        with open(ann) as fh:
-            data = json.load(fh)
+        try:
+            with open(ann, "rb") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
+            raise DataError(f"cannot read {ann}: {err}") from None
         try:
             entries = sorted(data["images"], key=lambda im: im["file_name"])
         except (KeyError, TypeError):

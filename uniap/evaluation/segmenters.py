@@ -548,8 +548,11 @@ class Predictions(Segmenter):
         return []  # known per file (Segmentation.level_names)
 
     def read(self, key: str) -> tuple[list[dict], int | None, list[str] | None]:
-        with open(self.path(key)) as fh:
-            doc = json.load(fh)
+        try:
+            with open(self.path(key), "rb") as fh:
+                doc = json.load(fh)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{self.path(key)} is not JSON: {err}") from None
         if isinstance(doc, list):
             return doc, None, None
         if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,12 @@ def load_image(image: ImageLike) -> np.ndarray:
 
 
 def _read_file(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise MissingFileError(2, "image file not found", str(path))
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise MissingFileError(2, "image file not found", str(path)) from None
+    except OSError as err:  # a symbolic link loop, a name too long, no permission
+        raise ValueError(f"cannot read image {str(path)!r}: {(err.strerror or str(err)).lower()}") from None
     if path.is_dir():
         raise ValueError(f"cannot read image {str(path)!r}: it is a directory")
     return _decode(path, str(path))
@@ -117,6 +122,8 @@ def _decode(source, where: str) -> np.ndarray:
         raise ValueError(f"cannot read image {where!r}: {err}") from err
     except Exception as err:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
         reason = str(err) or type(err).__name__
+        if not isinstance(source, (str, os.PathLike)):  # PIL names the file object: "<_io.BytesIO ...>"
+            reason = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "it", reason)
         raise ValueError(f"cannot read image {where!r}: {reason}") from err
 
 

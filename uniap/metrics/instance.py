@@ -65,8 +65,11 @@ def encode_mask(mask) -> dict:
 
 def _load_gt(ground_truth) -> dict:
     if isinstance(ground_truth, (str, PathLike)):
-        with open(ground_truth) as fh:
-            return json.load(fh)
+        try:
+            with open(ground_truth, "rb") as fh:
+                return json.load(fh)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{ground_truth} is not JSON: {err}") from None
     if isinstance(ground_truth, Mapping):
         return copy.deepcopy(dict(ground_truth))
     dataset = getattr(ground_truth, "dataset", None)  # a pycocotools COCO object

@@ -222,12 +222,31 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init_worker(settings: Settings, collect: bool, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if hasattr(signal, "pthread_sigmask"):  # blocked by _submit while this process started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _raise_on_sigterm()
     _limit_threads(settings.threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     _WORKER.update(stages=Stages(settings), collect=collect,
                    decoder=ThreadPoolExecutor(1, thread_name_prefix="uniap-decode"))
+
+
+def _submit_to_pool(pool: Any, jobs: Sequence[Job]) -> Future:
+    """``pool.submit(_worker_chunk, jobs)`` with SIGINT blocked meanwhile.
+
+    The pool starts its worker processes inside ``submit``; a Ctrl-C that reached a new worker
+    before :func:`_init_worker` ignores it would kill that worker with a traceback.  Blocked
+    here, the signal waits in the worker until it is ignored there, and in this process until
+    ``submit`` returns, where it interrupts the run as usual.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return pool.submit(_worker_chunk, jobs)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(_worker_chunk, jobs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _worker_chunk(jobs: Sequence[Job]) -> list[Report]:
@@ -277,6 +296,13 @@ class LocalEngine:
             yield from finished(previous)
 
     def _run_with_workers(self, chunks: deque, stages: Stages, collect: bool, helpers: int) -> Iterator[Report]:
+        """Chunks shared by this process and ``helpers`` worker processes.
+
+        A worker that dies (the out-of-memory killer, a crash in native code, ``kill -9``) breaks
+        the pool: the chunks it held, and those queued with it, are run again image by image,
+        each alone in a fresh pool, so that the image that kills a worker again is reported as
+        failed and every other image is written.
+        """
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -288,28 +314,64 @@ class LocalEngine:
             from dataclasses import replace
 
             settings = replace(settings, threads=max(1, cores // self.workers))
-        pool = ProcessPoolExecutor(helpers, mp_context=mp.get_context(method), initializer=_init_worker,
-                                   initargs=(settings, collect, os.getpid()))
+
+        def new_pool(size: int) -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(size, mp_context=mp.get_context(method), initializer=_init_worker,
+                                       initargs=(settings, collect, os.getpid()))
+
+        pool = new_pool(helpers)
         pending: deque[tuple[Future, Sequence[Job]]] = deque()
-        broken = False
+        suspects: deque[Job] = deque()  # images of a broken pool's chunks: each runs alone
         restore_threads = _limit_threads(settings.threads)
+
+        def collect_broken() -> Iterator[Report]:
+            """After a break: reports of the chunks that finished, the others' images to suspects."""
+            while pending:
+                future, chunk = pending.popleft()
+                try:
+                    yield from future.result()
+                except BrokenProcessPool:
+                    suspects.extend(chunk)
+
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder:
-                while chunks or pending:
-                    while not broken and chunks and len(pending) < 2 * helpers:
+                while chunks or pending or suspects:
+                    if suspects and not pending:  # one image in one fresh worker at a time
+                        job = suspects.popleft()
+                        try:
+                            reports = _submit_to_pool(pool, [job]).result()
+                        except BrokenProcessPool:
+                            _shutdown(pool)
+                            pool = new_pool(helpers)
+                            yield _died(job)
+                            continue
+                        yield from reports
+                        continue
+                    broken = False
+                    while not suspects and chunks and len(pending) < 2 * helpers:
                         chunk = chunks.popleft()
-                        pending.append((pool.submit(_worker_chunk, chunk), chunk))
-                    while pending and (pending[0][0].done() or not chunks):
+                        try:
+                            pending.append((_submit_to_pool(pool, chunk), chunk))
+                        except BrokenProcessPool:  # a worker died since the last submit
+                            chunks.appendleft(chunk)
+                            broken = True
+                            break
+                    while not broken and pending and (pending[0][0].done() or not chunks):
                         future, chunk = pending.popleft()
                         try:
                             yield from future.result()
                         except BrokenProcessPool:  # a worker died (killed, out of memory)
+                            suspects.extend(chunk)
                             broken = True
-                            chunks.append(chunk)  # this process redoes its images
-                    if chunks:
+                    if broken:
+                        yield from collect_broken()
+                        _shutdown(pool)
+                        pool = new_pool(helpers)
+                        continue
+                    if chunks and not suspects:
                         yield from process_chunk(stages, chunks.popleft(), collect, decoder)
         except BaseException:
-            workers = list(getattr(pool, "_processes", {}).values())
+            workers = list((getattr(pool, "_processes", None) or {}).values())
             for process in workers:
                 process.terminate()  # SIGTERM: the workers remove their temporaries
             for process in workers:
@@ -319,6 +381,23 @@ class LocalEngine:
         finally:
             restore_threads()
         pool.shutdown(wait=True)
+
+
+DIED = ("the worker process died while processing this image (killed, e.g. by the out-of-memory "
+        "killer, or crashed); the other images went on")
+
+
+def _died(job: Job) -> Report:
+    """The report of an image whose worker process died, twice: once among others, once alone."""
+    return Report(job.item.key, job.item.describe(), job.image_id, status="failed", error=DIED)
+
+
+def _shutdown(pool: Any) -> None:
+    """Let a broken pool go (its processes are gone or being ended)."""
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except Exception:  # noqa: BLE001 - a broken pool may fail to shut down cleanly; it is dropped
+        pass
 
 
 def _limit_threads(threads: int | None) -> Callable[[], None]:

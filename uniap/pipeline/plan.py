@@ -6,11 +6,16 @@ pure bookkeeping on names (no image is opened), linear in the number of inputs:
 * outputs mirror each input's key (its path relative to its input root), so names never clash;
 * a folder ``--out`` is a folder whatever the input count: an existing folder, a path ending in
   ``/``, or more than one input (``--format png`` always writes a folder per image below it);
-* no output is an input file, lies over one, or is another output of the run;
+* **one output-path rule** (:func:`check_output_paths`), checked for every format over every
+  input of the run (all shards): no output path is an input, lies over one, equals another
+  output, or is a folder above another output (``--format png``: ``a.jpg``'s folder ``out/a``
+  and ``a/p1.png``'s ``out/a/p1``), the run's own files (``failures.jsonl``, the lock)
+  included; a path the file system cannot hold (with its temporary's name: a name over 255
+  bytes, a path over 4095) fails that image alone, before it is processed;
 * an image is done when every requested output exists and was made with the same settings
   (each output records a :func:`signature` of them); without ``overwrite`` an output made with
   other settings is an error, never silently replaced;
-* temporary files left by a killed run beside this run's outputs are removed.
+* temporary files left by a killed run beside this run's outputs (done or not) are removed.
 """
 
 from __future__ import annotations
@@ -60,13 +65,23 @@ class Job:
 
 @dataclass
 class Plan:
-    """What a run will do: the jobs to run and the images already done."""
+    """What a run will do: the jobs to run and the images already done.
+
+    ``refused`` holds the images that fail without being processed (an output path too long
+    for the file system) with the reason; ``keys`` the keys of this shard's images; ``stale``
+    every output path of them (temporaries beside these are removed); ``lock_paths`` the
+    run's lock files (:mod:`uniap.pipeline.locks`).
+    """
 
     jobs: list[Job]
     done: int
     failures_path: Path | None
     out_is_folder: bool
     viz_is_folder: bool
+    refused: list[tuple[Job, str]] = field(default_factory=list)  # (job, why): fail without running
+    keys: frozenset = frozenset()  # keys of this shard's images (jobs, done and refused)
+    stale: list[str] = field(default_factory=list)  # every output path of this shard's images
+    lock_paths: list[str] = field(default_factory=list)
 
 
 def stable_image_ids(keys: Sequence[str]) -> list[int]:
@@ -120,6 +135,21 @@ def folder_like(path: str) -> bool:
     return path.endswith(("/", os.sep)) or os.path.isdir(path)
 
 
+def output_layout(count: int, *, out: str, format: str, viz: str | None, single: bool) -> tuple[bool, bool]:
+    """Whether ``--out`` and ``--viz`` are folders for a run of ``count`` images (PlanError when
+    an existing file stands where a folder is needed, or the reverse)."""
+    single = single and count == 1
+    out_is_folder = format in ("png", "parquet") or (format == "sam" and (not single or folder_like(out)))
+    if format == "coco" and folder_like(out):
+        raise PlanError(f"--format coco writes one file, but --out {out} is a folder")
+    if format == "sam" and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
+        raise PlanError(f"--out {out} is a file, but {count} images need a folder")
+    viz_is_folder = viz is not None and (not single or folder_like(viz))
+    if viz_is_folder and os.path.isfile(viz.rstrip("/" + os.sep)):
+        raise PlanError(f"--viz {viz} is a file, but {count} images need a folder")
+    return out_is_folder, viz_is_folder
+
+
 def plan_jobs(
     items: Sequence[Item],
     *,
@@ -163,20 +193,15 @@ def plan_jobs(
     Raises
     ------
     PlanError
-        An output would be an input or lie over one, two outputs share a path, an output
-        exists as the wrong kind of file, or an output made with other settings exists and
-        ``overwrite`` is False.
+        The output-path rule is broken (:func:`check_output_paths`: an output would be an
+        input or lie over one, two outputs share a path, or one output's folder would hold
+        another's), an output exists as the wrong kind of file, a ``--format png`` folder to
+        replace holds files uniap did not write, or an output made with other settings exists
+        and ``overwrite`` is False.  An output path too long for the file system is no error:
+        that image is in ``Plan.refused`` and fails alone.
     """
-    single = single and len(items) == 1
     collected = format in ("coco", "parquet")  # one writer for every image, in the main process
-    out_is_folder = format in ("png", "parquet") or (format == "sam" and (not single or folder_like(out)))
-    if format == "coco" and folder_like(out):
-        raise PlanError(f"--format coco writes one file, but --out {out} is a folder")
-    if format == "sam" and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
-        raise PlanError(f"--out {out} is a file, but {len(items)} images need a folder")
-    viz_is_folder = viz is not None and (not single or folder_like(viz))
-    if viz_is_folder and os.path.isfile(viz.rstrip("/" + os.sep)):
-        raise PlanError(f"--viz {viz} is a file, but {len(items)} images need a folder")
+    out_is_folder, viz_is_folder = output_layout(len(items), out=out, format=format, viz=viz, single=single)
 
     # Keys are normalised relative paths, so a root plus a key is already a normalised
     # absolute path: no per-image abspath (planning 100k images stays about a second).
@@ -203,19 +228,30 @@ def plan_jobs(
             raise PlanError(f"{len(missing)} input(s) have no image id in --image-ids, e.g. {missing[0]!r} "
                             "(matched by file_name, the path relative to the input root)")
         ids = [int(image_ids[item.key]) for item in items]
-    numbered = list(zip(ids, items))
+    # Every input's paths, whatever the shard: each shard refuses the same layout.
+    planned = [(image_id, item, paths_of(item.key)) for image_id, item in zip(ids, items)]
+
+    failures = Path(out_root if out_is_folder else os.path.dirname(out_root))
+    failures = failures / (FAILURES if shard is None else f"failures-{shard[0]}-of-{shard[1]}.jsonl")
+    from .locks import lock_files
+
+    locks = list(dict.fromkeys(path for target, is_folder in ((out_root, out_is_folder), (viz_root, viz_is_folder))
+                               if target for path, _ in lock_files(target, is_folder, shard)))
+    run_files = [(out_root, "--out")] if format == "coco" else []
+    run_files += [(str(failures), "the failure list")] + [(path, "the run's lock") for path in locks]
+    check_output_paths({item.path for item in items}, run_files, planned)
     if shard is not None:
         index, count = shard
-        numbered = numbered[index::count]
-    planned = [(image_id, item, paths_of(item.key)) for image_id, item in numbered]
-
-    _check_against_inputs(items, planned, out if format == "coco" else None)
-    failures = Path(out if out_is_folder else (os.path.dirname(os.path.abspath(out)) or "."))
-    failures = failures / (FAILURES if shard is None else f"failures-{shard[0]}-of-{shard[1]}.jsonl")
+        planned = planned[index::count]
 
     listing = _Listing()
-    jobs, done, conflicts = [], 0, []
+    jobs, done, conflicts, refused, stale = [], 0, [], [], []
     for image_id, item, paths in planned:
+        too_long = next((why for why in map(_unwritable_name, paths.values()) if why), None)
+        if too_long:
+            refused.append((Job(item, image_id, {}), too_long))
+            continue
+        stale += paths.values()
         todo = {}
         for kind, path in paths.items():
             exists = listing.exists(path)
@@ -223,6 +259,8 @@ def plan_jobs(
                 raise PlanError(f"{path} exists and is a {'folder' if kind != PNG else 'file'}; "
                                 "move it away or choose another --out")
             if not exists or overwrite:
+                if exists and kind == PNG:
+                    _check_png_folder(path)
                 todo[kind] = path
             elif read_signature(kind, path) != settings_signature:
                 conflicts.append(path)
@@ -235,35 +273,101 @@ def plan_jobs(
             f"{len(conflicts)} existing output(s) were made with other settings or not by uniap, "
             f"e.g. {conflicts[0]}; pass --overwrite to replace them or choose another --out"
         )
-    listing.remove_stale_temporaries(path for job in jobs for path in job.outputs.values())
     return Plan(jobs=jobs, done=done, failures_path=failures, out_is_folder=out_is_folder,
-                viz_is_folder=viz_is_folder)
+                viz_is_folder=viz_is_folder, refused=refused,
+                keys=frozenset(item.key for _, item, _ in planned), stale=stale, lock_paths=locks)
 
 
-def _check_against_inputs(items: Sequence[Item], planned: list, coco_out: str | None) -> None:
-    """No output is an input, contains one (a png folder), or is another output."""
-    inputs = {item.path for item in items}  # absolute already (sources)
-    seen: dict[str, str] = {}
-    folders = set()
-    outputs = [(coco_out and os.path.abspath(coco_out), "--out")] if coco_out else []
-    for _, item, paths in planned:
-        outputs += [(path, item.describe()) for path in paths.values()]
-        if PNG in paths:
-            folders.add(paths[PNG])
-    for path, owner in outputs:
-        if path in inputs:
+def remove_stale_temporaries(plan: Plan) -> None:
+    """Remove ``.<name>.*.tmp`` / ``.old`` left by a killed run beside the outputs of ``plan``'s
+    images, finished ones included (call it while holding the run's lock)."""
+    _Listing().remove_stale_temporaries(plan.stale)
+
+
+# Bytes the file system allows in one name and one path (Linux, macOS), less the room that the
+# temporary beside an output needs (``.<name>.<8 random>.tmp``: 14 bytes more than the name).
+NAME_MAX, PATH_MAX, _TEMPORARY_EXTRA = 255, 4095, 14
+
+
+def _unwritable_name(path: str) -> str | None:
+    """Why ``path`` cannot be written (a name or the path too long), or None."""
+    if len(path) + _TEMPORARY_EXTRA <= NAME_MAX and path.isascii():  # most paths: no name can be too long
+        return None
+    raw = os.fsencode(path)
+    if len(raw) + _TEMPORARY_EXTRA > PATH_MAX:
+        return (f"cannot write {path[:60]}...: the output path is {len(raw)} bytes, more than the "
+                f"{PATH_MAX - _TEMPORARY_EXTRA} a file system path holds (with its temporary's name)")
+    if len(raw) + _TEMPORARY_EXTRA > NAME_MAX:
+        longest = max(raw.split(os.fsencode(os.sep)), key=len)
+        if len(longest) + _TEMPORARY_EXTRA > NAME_MAX:
+            return (f"cannot write {path[:60]}...: the name {os.fsdecode(longest[:40])}... is {len(longest)} "
+                    f"bytes, more than the {NAME_MAX - _TEMPORARY_EXTRA} a file name holds "
+                    "(with its temporary's name)")
+    return None
+
+
+_PNG_FOLDER_FILE = re.compile(r"(?:level|semantic|contour)_\d+\.png|metadata\.csv|" + re.escape(SIGNATURE_FILE))
+
+
+def _check_png_folder(path: str) -> None:
+    """A ``--format png`` folder about to be replaced holds only what uniap writes there."""
+    try:
+        names = os.listdir(path)
+    except OSError as err:
+        raise PlanError(f"cannot read {path}: {(err.strerror or str(err)).lower()}") from None
+    foreign = sorted(n for n in names if not _PNG_FOLDER_FILE.fullmatch(n) and not n.startswith("."))
+    if foreign:
+        raise PlanError(f"{path} holds {os.path.join(path, foreign[0])}, which uniap did not write; "
+                        "it is not replaced: move it away or choose another --out")
+
+
+def check_output_paths(inputs: set[str], run_files: Sequence[tuple[str, str]], planned: Sequence) -> None:
+    """The one output-path rule, for every format: raise PlanError unless the outputs are
+    pairwise apart and apart from the inputs.
+
+    No output path (a file, or a ``--format png`` folder) may be an input, lie over one (be a
+    folder above it), equal another output, or be a folder above another output; ``run_files``
+    (``--format coco``'s data set, the failure list, the lock files) count as outputs.  Linear:
+    each folder above an output is looked at once.
+
+    Parameters
+    ----------
+    inputs : set of str
+        Absolute paths of the input files (a tar shard's path for its members).
+    run_files : sequence of (path, owner)
+        The run's own files, ``owner`` naming them in messages.
+    planned : sequence of (image_id, Item, {kind: path})
+        Every input's outputs.
+    """
+    owner: dict[str, str] = {}
+    for path, who in [*run_files, *((p, item.describe()) for _, item, paths in planned for p in paths.values())]:
+        if path in owner:
+            if owner[path] == who:  # one image's --out and --viz
+                raise PlanError(f"--out and --viz would both write {path} for {who}; give them different paths")
+            raise PlanError(f"{owner[path]} and {who} would both write {path}; rename one, give --out "
+                            "and --viz different paths, or run them separately")
+        owner[path] = who
+    for path in inputs:
+        if path in owner:
             raise PlanError(f"output {path} would overwrite an input image; choose another --out/--viz")
-        if path in seen:
-            raise PlanError(f"{seen[path]} and {owner} would both write {path}; "
-                            "give --out and --viz different paths")
-        seen[path] = owner
-    if folders:
-        for path in inputs:
-            parent = os.path.dirname(path)
-            while parent and parent not in folders and os.path.dirname(parent) != parent:
-                parent = os.path.dirname(parent)
-            if parent in folders:
-                raise PlanError(f"output folder {parent} holds the input {path}; choose another --out")
+    clear: set[str] = set()  # folders known to be no output (nor their parents)
+
+    sep = os.sep
+
+    def check_above(path: str, what: str) -> None:
+        parent = path.rpartition(sep)[0]  # dirname of a normalised absolute path ("" above the top)
+        while parent and parent not in clear:
+            if parent in owner:
+                raise PlanError(
+                    f"{owner[parent]} and {what} clash: {parent}, an output of {owner[parent]}, would be the "
+                    f"folder holding {path}; rename one, or run them separately")
+            clear.add(parent)
+            parent = parent.rpartition(sep)[0]
+
+    for path, who in owner.items():
+        check_above(path, f"{who} (output {path})")
+    for path in inputs:
+        check_above(path, f"the input {path}")
 
 
 class _Listing:
@@ -277,7 +381,7 @@ class _Listing:
             try:
                 with os.scandir(folder) as entries:
                     self._names[folder] = {e.name for e in entries}
-            except (FileNotFoundError, NotADirectoryError):
+            except OSError:  # missing, not a folder, a name too long: nothing of ours there
                 self._names[folder] = set()
         return self._names[folder]
 

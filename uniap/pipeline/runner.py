@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from .. import io
 from .engine import LocalEngine, Report
-from .plan import PlanError, plan_jobs, signature
+from .locks import lock_outputs
+from .plan import Plan, PlanError, output_layout, plan_jobs, remove_stale_temporaries, signature
 from .sinks import COLLECTORS
 from .sources import expand_inputs
 from ..features.regions import refined
@@ -47,6 +48,8 @@ class RunSummary:
         Seconds from the first image to the last.
     failures_path : Path or None
         The ``failures.jsonl`` written, when anything failed.
+    failures_error : str or None
+        Why ``failures.jsonl`` could not be written (a full disk, say); None when it was.
     """
 
     written: int = 0
@@ -55,6 +58,7 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     failures_path: Path | None = None
+    failures_error: str | None = None
 
 
 def check_refine(refine: str, refine_options: dict | None, upsampling: str,
@@ -160,9 +164,19 @@ def run(
     Raises
     ------
     uniap.pipeline.sources.InputError, uniap.pipeline.plan.PlanError
-        Bad inputs, or outputs that cannot be written safely; nothing is written then.
+        Bad inputs, outputs that cannot be written safely (the output-path rule of
+        :func:`uniap.pipeline.plan.check_output_paths`), or another run holding the outputs'
+        lock (:mod:`uniap.pipeline.locks`); nothing is written then.
     ValueError, FileNotFoundError, ImportError
         The extractor cannot be built (unknown model, missing weights, ...).
+
+    Notes
+    -----
+    The run holds a lock on ``out`` and ``viz`` from planning to its end.  A worker process
+    that dies fails only its image; an output path too long for the file system fails its
+    image before it is processed.  ``failures.jsonl`` keeps the failures of the folder's other
+    images (:func:`_write_failures`); when it cannot be written, ``RunSummary.failures_error``
+    says why.  A run with failures or an error leaves no empty folder behind.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -181,40 +195,93 @@ def run(
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")
     single = len(inputs) == 1 and not file_lists and os.path.isfile(inputs[0]) and len(items) == 1 \
         and items[0].member is None
-    plan = plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
-                     settings_signature=digest, single=single, shard=shard, image_ids=image_ids)
-    summary = RunSummary(skipped=plan.done)
-    if "backend" not in settings.segment_options and len(plan.jobs) < NUMBA_PAYS_OFF:
-        # Loading Numba and its compiled kernels costs about 0.5 s per process, more than the
-        # NumPy reference spends on a few dozen images; both give the same partitions.
-        from dataclasses import replace
+    out_is_folder, viz_is_folder = output_layout(len(items), out=out, format=format, viz=viz, single=single)
+    targets = [(out, out_is_folder)] + ([(viz, viz_is_folder)] if viz is not None else [])
 
-        settings = replace(settings, host_backend="numpy")
-    if extractor is not None:
-        extractor = refined(extractor, refine, **(refine_options or {}))
-    stages = Stages(settings, extractor)  # builds the extractor: bad weights fail here, early
-    _prepare_folders(out, viz, plan)
+    def plan() -> Plan:
+        return plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
+                         settings_signature=digest, single=single, shard=shard, image_ids=image_ids)
 
-    if not isinstance(engine, str):
-        runner: Any = engine
-    elif engine == "ray":
-        from .ray_engine import RayEngine
+    # One run at a time per output (locks.py): taken before planning where the folders exist,
+    # else once they are made, and the plan made again under the lock.
+    lock = lock_outputs(targets, shard) if all(map(_lockable, targets)) else None
+    made: list[Path] = []
+    the_plan, clean = None, False
+    try:
+        the_plan = plan()
+        summary = RunSummary(skipped=the_plan.done)
+        if "backend" not in settings.segment_options and len(the_plan.jobs) < NUMBA_PAYS_OFF:
+            # Loading Numba and its compiled kernels costs about 0.5 s per process, more than the
+            # NumPy reference spends on a few dozen images; both give the same partitions.
+            from dataclasses import replace
 
-        runner = RayEngine(address=ray_address, batch_size=batch_size, num_gpus=num_gpus)
-    else:
-        runner = LocalEngine(workers, batch_size)
-    collector = COLLECTORS[format](out, shard=shard, image_ids=[job.image_id for job in plan.jobs],
-                                   overwrite=overwrite) if format in COLLECTORS else None
-    reports = _run(runner, plan.jobs, stages, collector, progress, summary)
-    ok = [r for r in reports if r.status == "ok"]
-    summary.written = len(ok)
-    summary.failures = [r for r in reports if r.status != "ok"]
-    if ok:
-        summary.timings = {k: sum(r.timings.get(k, 0.0) for r in ok) / len(ok) for k in ok[0].timings}
-    if collector is not None:
-        collector.close()
-    _write_failures(plan.failures_path, summary)
-    return summary
+            settings = replace(settings, host_backend="numpy")
+        if extractor is not None:
+            extractor = refined(extractor, refine, **(refine_options or {}))
+        stages = Stages(settings, extractor)  # builds the extractor: bad weights fail here, early
+        made = _prepare_folders(out, viz, the_plan)
+        if lock is None:
+            lock = lock_outputs(targets, shard)
+            the_plan = plan()
+            summary.skipped = the_plan.done
+        remove_stale_temporaries(the_plan)
+
+        if not isinstance(engine, str):
+            runner: Any = engine
+        elif engine == "ray":
+            from .ray_engine import RayEngine
+
+            runner = RayEngine(address=ray_address, batch_size=batch_size, num_gpus=num_gpus)
+        else:
+            runner = LocalEngine(workers, batch_size)
+        collector = COLLECTORS[format](out, shard=shard, image_ids=[job.image_id for job in the_plan.jobs],
+                                       overwrite=overwrite) if format in COLLECTORS else None
+        reports = [Report(job.item.key, job.item.describe(), job.image_id, status="failed", error=why)
+                   for job, why in the_plan.refused]
+        reports += _run(runner, the_plan.jobs, stages, collector, progress, summary)
+        ok = [r for r in reports if r.status == "ok"]
+        summary.written = len(ok)
+        summary.failures = [r for r in reports if r.status != "ok"]
+        if ok:
+            summary.timings = {k: sum(r.timings.get(k, 0.0) for r in ok) / len(ok) for k in ok[0].timings}
+        if collector is not None:
+            collector.close()
+        if summary.failures:  # a worker killed while writing left its temporaries
+            remove_stale_temporaries(the_plan)
+        _write_failures(the_plan, summary, [item for item in items if item.key in the_plan.keys])
+        clean = not summary.failures
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
+        if not clean:  # a failed image or an error must not leave empty folders behind
+            roots = {os.path.abspath(path) for path, is_folder in targets if is_folder}
+            _remove_empty_folders(the_plan, made, roots)
+
+
+def _lockable(target: tuple[str, bool]) -> bool:
+    """Whether the folder holding ``target``'s lock exists already."""
+    path, is_folder = target
+    return os.path.isdir(path if is_folder else (os.path.dirname(os.path.abspath(path)) or "."))
+
+
+def _remove_empty_folders(plan: Plan | None, made: list[Path], roots: set[str]) -> None:
+    """After a run with failures or an error: the folders below ``roots`` that failed images'
+    outputs left empty, then the folders this run made, if they are empty."""
+    if plan is not None:
+        for path in (p for job in plan.jobs for p in job.outputs.values()):
+            parent = os.path.dirname(path)
+            while parent not in roots and len(parent) > 1 and not os.path.exists(path):
+                try:
+                    os.rmdir(parent)  # only when empty
+                except OSError:
+                    break
+                path, parent = parent, os.path.dirname(parent)
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _run(engine: Any, jobs, stages: Stages, collector: Any, progress: bool,
@@ -243,13 +310,14 @@ def _run(engine: Any, jobs, stages: Stages, collector: Any, progress: bool,
     return reports
 
 
-def _prepare_folders(out: str, viz: str | None, plan) -> None:
+def _prepare_folders(out: str, viz: str | None, plan) -> list[Path]:
     """Check that the outputs can be written, then make the folders they need.
 
     Writability is tried (a probe file), not inferred from permission bits, which a
     read-only file system or root ignore.  Every target is checked before any folder is made,
     and folders made for ``out`` are removed again when ``viz``'s cannot be made: a refused
     run leaves nothing behind.  Problems are :class:`PlanError` (a usage error, exit 2).
+    Returns the folders made, outermost first.
     """
 
     def writable(folder: Path) -> None:
@@ -298,6 +366,7 @@ def _prepare_folders(out: str, viz: str | None, plan) -> None:
             except OSError:
                 pass
         raise
+    return made
 
 
 def _reason(err: OSError) -> str:
@@ -305,16 +374,47 @@ def _reason(err: OSError) -> str:
     return (err.strerror or str(err)).lower()
 
 
-def _write_failures(path: Path | None, summary: RunSummary) -> None:
-    """``failures.jsonl``: one line per failed image; a stale one goes when nothing failed."""
+def _write_failures(plan: Plan, summary: RunSummary, items: Sequence[Any]) -> None:
+    """``failures.jsonl``: one line per image of the output folder that failed and is not done.
+
+    The list belongs to the folder's images, not to one run: this run's failures replace the
+    lines of its images (done now, or failed again), and lines of other images stay while
+    their input still exists, so a clean run of other images keeps an earlier run's list.  The
+    file goes when no line is left.  When it cannot be written (a full disk), the reason is in
+    ``summary.failures_error`` and the failures are still in ``summary.failures``.
+    """
+    path = plan.failures_path
     if path is None:
         return
-    if not summary.failures:
-        if path.is_file():
-            path.unlink()
+    files = {item.key: item.path for item in items}  # a tar member's file is its tar
+    kept = []
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            old = f.read().splitlines()
+    except FileNotFoundError:
+        old = []
+    except OSError as err:
+        old = []
+        summary.failures_error = f"cannot read {path}: {_reason(err)}"
+    for number, line in enumerate(old, 1):
+        try:
+            entry = json.loads(line)
+            key, source = entry["key"], entry.get("file", entry["path"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not a line of ours: dropped
+        if key not in files and os.path.lexists(source):
+            kept.append(line + "\n")
+    lines = kept + [json.dumps({"path": r.source, "key": r.key, "error": r.error,
+                                "file": files.get(r.key, r.source)}) + "\n"
+                    for r in summary.failures]
+    try:
+        if not lines:
+            if path.is_file():
+                path.unlink()
+            return
+        with io.atomic_path(path) as tmp:
+            tmp.write_text("".join(lines), encoding="utf-8", errors="surrogateescape")
+    except OSError as err:
+        summary.failures_error = f"cannot write {path}: {_reason(err)}"
         return
-    lines = "".join(json.dumps({"path": r.source, "key": r.key, "error": r.error}) + "\n"
-                    for r in summary.failures)
-    with io.atomic_path(path) as tmp:
-        tmp.write_text(lines)
     summary.failures_path = path

@@ -45,6 +45,7 @@ same output name once the image suffix is dropped (``a/img.jpg`` and ``a/img.png
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import glob
 import heapq
@@ -296,9 +297,16 @@ def _walk_folder(folder: str) -> tuple[list[tuple[str, Item]], int]:
                         continue
                     dot = name.rfind(".")
                     suffix = name[dot:].lower() if dot > 0 else ""
-                    if suffix in suffixes and entry.is_file():
+                    try:
+                        is_file = suffix in suffixes and entry.is_file()
+                        is_dir = not is_file and entry.is_dir()
+                    except OSError:  # a symbolic link loop, say: that entry alone fails
+                        if suffix in suffixes:  # decoding it reports why, as for any bad image
+                            out.append((real_dir + name, Item(prefix + name, entry.path)))
+                        continue
+                    if is_file:
                         out.append((real_dir + name, Item(prefix + name, entry.path)))
-                    elif entry.is_dir():
+                    elif is_dir:
                         if entry.is_symlink():
                             heapq.heappush(links, (prefix + name + "/", entry.path))
                         else:
@@ -331,14 +339,109 @@ def _glob(pattern: str) -> list[tuple[str, Item]]:
     real_base = os.path.realpath(base)
     out: list[tuple[str, Item]] = []
     matched = False
-    for match in glob.glob(pattern, recursive=True):
-        if not os.path.isfile(match):
+    recursive = "**" in pattern.replace(os.altsep or os.sep, os.sep).split(os.sep)
+    for match in _recursive_glob(pattern, root) if recursive else glob.glob(pattern):
+        if not _is_file(match):
             continue
         matched = True
-        out += _file_under(os.path.abspath(match), base, real_base)
+        found = _file_under(os.path.abspath(match), base, real_base)
+        if recursive and len(found) == 1 and found[0][1].member is None:
+            found = [(os.path.realpath(match), found[0][1])]  # one physical file, one item
+        out += found
     if not matched:
         raise InputError(f"no file matches {pattern!r}")
     return out
+
+
+def _is_file(path: str) -> bool:
+    """A regular file, or an entry that cannot be examined (a symbolic link loop), which then
+    fails alone when decoded."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _recursive_glob(pattern: str, root: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)`` that enters each real folder once per ``**``.
+
+    Python's glob follows symbolic links to folders without remembering where it has been, so
+    a link to a parent (``sub/up -> ..``) makes it list for ever.  Here each ``**`` walks the
+    folders below it as :func:`_walk_folder` does: real folders before linked ones, each real
+    folder once; hidden names only where the pattern names them, as the shell and glob do.
+    """
+    parts = [p for p in pattern[len(root):].replace(os.altsep or os.sep, os.sep).split(os.sep) if p]
+    if parts and parts[-1] == "**":
+        parts.append("*")  # "a/**": every file below a
+    matches: list[str] = []
+
+    def step(folder: str, i: int) -> None:
+        part = parts[i]
+        last = i == len(parts) - 1
+        if part == "**":
+            for below in _folders_below(folder):
+                step(below, i + 1)
+            return
+        if not glob.has_magic(part):
+            path = os.path.join(folder, part)
+            if last:
+                matches.append(path)
+            elif os.path.isdir(path):
+                step(path, i + 1)
+            return
+        try:
+            with os.scandir(folder or os.curdir) as it:
+                names = sorted(e.name for e in it)
+        except OSError:
+            return
+        for name in names:
+            if name[0] == "." and part[0] != ".":
+                continue
+            if fnmatch.fnmatchcase(name, part):
+                path = os.path.join(folder, name)
+                if last:
+                    matches.append(path)
+                elif os.path.isdir(path):
+                    step(path, i + 1)
+
+    if parts:
+        step(root, 0)
+    return matches
+
+
+def _folders_below(folder: str) -> list[str]:
+    """``folder`` and every non-hidden folder below it, each real folder once, real ones first."""
+    found: list[str] = []
+    visited: set[str] = set()
+    pending = [folder]
+    links: list[str] = []
+    while pending or links:
+        path = pending.pop() if pending else heapq.heappop(links)
+        real = os.path.realpath(path or os.curdir)
+        if real in visited:
+            continue
+        visited.add(real)
+        found.append(path)
+        try:
+            with os.scandir(path or os.curdir) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.name[0] == "." or not entry.is_dir():
+                    continue
+                is_link = entry.is_symlink()
+            except OSError:
+                continue
+            child = os.path.join(path, entry.name)
+            if is_link:
+                heapq.heappush(links, child)
+            else:
+                pending.append(child)
+    return found
 
 
 def _file_list(spec: str) -> list[tuple[str, Item]]:
@@ -364,6 +467,8 @@ def _file_list(spec: str) -> list[tuple[str, Item]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if "\0" in line:
+            raise InputError(f"file list {where}, line {number}: a NUL byte in the path {line!r}")
         path = os.path.normpath(os.path.join(base, line))
         try:
             mode = os.stat(path).st_mode
