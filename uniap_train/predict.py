@@ -916,6 +916,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     for report in summary.failures:
         print(f"uniap-predict: {report.source}: {report.error}", file=sys.stderr)
+    if summary.failures_error:  # the per-image errors above are then the only list
+        print(f"uniap-predict: error: {summary.failures_error}", file=sys.stderr)
     if not args.quiet:
         total = summary.written + summary.skipped + len(summary.failures)
         print(f"uniap-predict: {total} image(s): {summary.written} written, {summary.skipped} skipped, "
