@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from .base import MissingFileError
 
-__all__ = ["load_image", "load_image_bytes"]
+__all__ = ["DEFAULT_MAX_PIXELS", "load_image", "load_image_bytes", "check_pixels"]
 
 ImageLike = str | os.PathLike | np.ndarray
+
+# The most pixels (height x width) an image file may declare before it is decoded: Pillow's
+# decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 million: 9459 x 9459), which
+# keeps 8000 x 8000 work (64 million) possible and refuses a 12000 x 12000 PNG of zeros (420 KB
+# on disk, over 9 GB of memory once decoded and segmented).  ``max_pixels`` / ``--max-pixels``
+# change it; 0 lifts it.
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+_PIL_LIMIT = threading.Lock()  # guards the moments Pillow's own limit is lifted for a larger cap
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def load_image(image: ImageLike) -> np.ndarray:
+def load_image(image: ImageLike, *, max_pixels: int | None = None) -> np.ndarray:
     """Load or validate an image as an ``(H, W, 3)`` uint8 RGB array.
 
     Parameters
@@ -28,6 +37,10 @@ def load_image(image: ImageLike) -> np.ndarray:
         first frame of a multi-frame file is used.  Or an array of shape (H, W) (gray),
         (H, W, 1), (H, W, 3) (RGB) or (H, W, 4) (RGBA, alpha dropped), of dtype uint8 (0..255),
         bool, or float with values in [0, 1] (scaled by 255 and rounded).
+    max_pixels : int, optional
+        The most pixels (height x width) an image may have, checked on the file's header before
+        anything is decoded.  None (default): :data:`DEFAULT_MAX_PIXELS` (89.5 million) for
+        files and PIL images, no limit for arrays (already in memory); 0: no limit.
 
     Returns
     -------
@@ -39,8 +52,10 @@ def load_image(image: ImageLike) -> np.ndarray:
     MissingFileError
         If the path does not exist (also a ValueError and a FileNotFoundError).
     ValueError
-        If the file cannot be read or is not an image (the message names the file), or the
-        array is empty, has the wrong shape, holds NaN/inf, or floats outside [0, 1].
+        If the file cannot be read or is not an image, has more than ``max_pixels`` pixels, or
+        is a float image holding NaN/inf (the message names the file); or the array is empty,
+        has the wrong shape, more than ``max_pixels`` pixels, holds NaN/inf, or floats
+        outside [0, 1].
     TypeError
         If ``image`` is neither a path nor an array, or the array's dtype is not uint8, bool or
         floating.
@@ -54,25 +69,55 @@ def load_image(image: ImageLike) -> np.ndarray:
     array([255, 255, 255], dtype=uint8)
     """
     if isinstance(image, (str, os.PathLike)):
-        return _read_file(Path(image))
+        return _read_file(Path(image), _file_limit(max_pixels))
     if isinstance(image, np.ndarray):
+        if max_pixels is not None:
+            check_pixels(image.shape[:2], _file_limit(max_pixels), "image array")
         return _from_array(image)
     if type(image).__module__.startswith("PIL."):
+        check_pixels(image.size[::-1], _file_limit(max_pixels), "<PIL image>")
         return _from_pil(image, "<PIL image>")
     raise TypeError(
         f"image must be a file path or a numpy array, got {type(image).__name__}"
     )
 
 
-def _read_file(path: Path) -> np.ndarray:
+def check_pixels(shape, max_pixels: int | None, where: str) -> None:
+    """ValueError naming ``where`` when an image of ``shape`` ``(height, width)`` has more than
+    ``max_pixels`` pixels (None or 0: no limit).
+
+    Examples
+    --------
+    >>> check_pixels((100, 100), 10_000, "a.png")
+    >>> check_pixels((100, 101), 10_000, "a.png")
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot read image 'a.png': 100 x 101 = 10100 pixels, more than the limit of 10000 (--max-pixels / max_pixels; 0 lifts it)
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if max_pixels and height * width > max_pixels:
+        raise ValueError(f"cannot read image {where!r}: {height} x {width} = {height * width} pixels, "
+                         f"more than the limit of {max_pixels} (--max-pixels / max_pixels; 0 lifts it)")
+
+
+def _file_limit(max_pixels: int | None) -> int:
+    """The cap for an image to decode: ``max_pixels``, the default when None, 0 for none."""
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 0:
+        raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def _read_file(path: Path, max_pixels: int) -> np.ndarray:
     if not path.exists():
         raise MissingFileError(2, "image file not found", str(path))
     if path.is_dir():
         raise ValueError(f"cannot read image {str(path)!r}: it is a directory")
-    return _decode(path, str(path))
+    return _decode(path, str(path), max_pixels)
 
 
-def load_image_bytes(data: bytes, where: str) -> np.ndarray:
+def load_image_bytes(data: bytes, where: str, *, max_pixels: int | None = None) -> np.ndarray:
     """Decode an encoded image (the bytes of a JPEG, PNG, ... file) as :func:`load_image` does.
 
     Parameters
@@ -81,6 +126,9 @@ def load_image_bytes(data: bytes, where: str) -> np.ndarray:
         The file's contents, e.g. a tar member's (:mod:`uniap.pipeline.sources`).
     where : str
         Where the bytes come from, named in error messages.
+    max_pixels : int, optional
+        The most pixels the image may have, read from its header before decoding
+        (default :data:`DEFAULT_MAX_PIXELS`; 0: no limit).
 
     Returns
     -------
@@ -90,7 +138,8 @@ def load_image_bytes(data: bytes, where: str) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the bytes are not a readable image (the message names ``where``).
+        If the bytes are not a readable image, or one of more than ``max_pixels`` pixels (the
+        message names ``where``).
 
     Examples
     --------
@@ -101,15 +150,15 @@ def load_image_bytes(data: bytes, where: str) -> np.ndarray:
     >>> load_image_bytes(buf.getvalue(), "tiny.png").shape
     (4, 5, 3)
     """
-    return _decode(io.BytesIO(data), where)
+    return _decode(io.BytesIO(data), where, _file_limit(max_pixels))
 
 
-def _decode(source, where: str) -> np.ndarray:
-    """Open ``source`` (a path or a binary file object) with Pillow; errors name ``where``."""
-    from PIL import Image
-
+def _decode(source, where: str, max_pixels: int) -> np.ndarray:
+    """Open ``source`` (a path or a binary file object) with Pillow, check its size on the
+    header (nothing is decoded yet), then decode it; errors name ``where``."""
     try:
-        with Image.open(source) as img:
+        with _open(source, where, max_pixels) as img:
+            check_pixels(img.size[::-1], max_pixels, where)
             return _from_pil(img, where)
     except ValueError as err:
         if where in str(err):
@@ -120,6 +169,24 @@ def _decode(source, where: str) -> np.ndarray:
         raise ValueError(f"cannot read image {where!r}: {reason}") from err
 
 
+def _open(source, where: str, max_pixels: int):
+    """``PIL.Image.open(source)``: the header only, nothing decoded yet.
+
+    The caller checks ``max_pixels`` on the size it gives, in place of Pillow's own
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), which would warn above 89.5
+    million pixels and refuse twice that whatever ``max_pixels`` says: Pillow's limit is lifted
+    while the header is read, under a lock so that concurrent loads restore it in turn.
+    """
+    from PIL import Image
+
+    with _PIL_LIMIT:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
 def _from_pil(img, where: str) -> np.ndarray:
     from PIL import ImageOps
 
@@ -128,6 +195,8 @@ def _from_pil(img, where: str) -> np.ndarray:
     mode = img.mode
     if mode in _SIXTEEN_BIT or mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if mode == "F" and not np.isfinite(arr).all():
+            raise ValueError(f"cannot read image {where!r}: the float image holds NaN or inf values")
         if mode in _SIXTEEN_BIT:
             arr = arr / 257.0
         elif arr.size and (arr.min() < 0 or arr.max() > 255):
