@@ -521,7 +521,10 @@ def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_level
 
     from ..records import decode_rle
 
+    from ..features.image import DEFAULT_MAX_PIXELS, check_pixels
+
     height, width = int(shape[0]), int(shape[1])
+    check_pixels((height, width), DEFAULT_MAX_PIXELS, "label maps")
     if num_levels is not None and not 0 <= num_levels <= MAX_LEVELS:
         raise ValueError(f"{num_levels} levels: more than the limit of {MAX_LEVELS} "
                          "(uniap.evaluation.segmenters.MAX_LEVELS)")

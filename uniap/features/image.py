@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import MissingFileError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "load_image", "load_image_bytes", "check_pixels"]
+__all__ = ["DEFAULT_MAX_PIXELS", "load_image", "load_image_bytes", "check_pixels", "open_image"]
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -157,8 +157,7 @@ def _decode(source, where: str, max_pixels: int) -> np.ndarray:
     """Open ``source`` (a path or a binary file object) with Pillow, check its size on the
     header (nothing is decoded yet), then decode it; errors name ``where``."""
     try:
-        with _open(source, where, max_pixels) as img:
-            check_pixels(img.size[::-1], max_pixels, where)
+        with open_image(source, where, max_pixels) as img:
             return _from_pil(img, where)
     except ValueError as err:
         if where in str(err):
@@ -169,22 +168,37 @@ def _decode(source, where: str, max_pixels: int) -> np.ndarray:
         raise ValueError(f"cannot read image {where!r}: {reason}") from err
 
 
-def _open(source, where: str, max_pixels: int):
-    """``PIL.Image.open(source)``: the header only, nothing decoded yet.
+def open_image(source, where: str, max_pixels: int | None = None):
+    """``PIL.Image.open(source)`` (the header only: nothing is decoded yet) with its size
+    checked against ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`; 0: no limit).
 
-    The caller checks ``max_pixels`` on the size it gives, in place of Pillow's own
-    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), which would warn above 89.5
-    million pixels and refuse twice that whatever ``max_pixels`` says: Pillow's limit is lifted
-    while the header is read, under a lock so that concurrent loads restore it in turn.
+    ``max_pixels`` takes the place of Pillow's own decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``), which would warn above 89.5 million pixels and refuse
+    twice that whatever ``max_pixels`` says: Pillow's limit is lifted while the header is read,
+    under a lock so that concurrent loads restore it in turn.  Use it as a context manager.
+
+    Raises
+    ------
+    ValueError
+        The image has more than ``max_pixels`` pixels (the message names ``where``).
+    OSError, PIL.UnidentifiedImageError
+        Pillow cannot open ``source``.
     """
     from PIL import Image
 
+    max_pixels = _file_limit(max_pixels)
     with _PIL_LIMIT:
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return Image.open(source)
+            img = Image.open(source)
         finally:
             Image.MAX_IMAGE_PIXELS = limit
+    try:
+        check_pixels(img.size[::-1], max_pixels, where)
+    except ValueError:
+        img.close()
+        raise
+    return img
 
 
 def _from_pil(img, where: str) -> np.ndarray:
