@@ -523,7 +523,7 @@ def _records_of_json(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
         if image.get("image_id") is not None:
             image["image_id"] = as_id(image["image_id"], f"{path}: \"image\".\"image_id\"")
         for i, rec in enumerate(records):
-            if "id" in rec:
+            if rec.get("id") is not None:
                 rec["id"] = as_id(rec["id"], f"{path}: annotations[{i}].\"id\"")
         return [(image, records, document.get("uniap"))]
     raise ValueError(f"{path} is neither a SAM-style file (\"image\", \"annotations\") nor a COCO "
@@ -563,7 +563,7 @@ def _records_of_coco(path: Path, dataset: dict) -> list[tuple[dict, list[dict], 
             rec = {"id": ann["uniap_id"], **{k: v for k, v in ann.items() if k not in _COCO_KEYS}}
         else:
             rec = {k: v for k, v in ann.items() if k != "image_id"}
-        if "id" in rec:
+        if rec.get("id") is not None:
             rec["id"] = as_id(rec["id"], f"{path}: annotations[{i}] id")
         entry[1].append(rec)
     return list(by_id.values())

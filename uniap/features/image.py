@@ -17,11 +17,11 @@ ImageLike = str | os.PathLike | np.ndarray
 
 # The most pixels (height x width) an image file may declare before it is decoded: Pillow's
 # decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 million: 9459 x 9459), which
-# keeps 8000 x 8000 work (64 million) possible and refuses a 12000 x 12000 PNG of zeros (420 KB
-# on disk, over 9 GB of memory once decoded and segmented).  ``max_pixels`` / ``--max-pixels``
+# keeps 8000 x 8000 work (64 million) possible and refuses a 12000 x 12000 PNG of zeros (a few
+# hundred KB on disk, over 9 GB of memory once decoded and segmented).  ``max_pixels`` / ``--max-pixels``
 # change it; 0 lifts it.
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
-_PIL_LIMIT = threading.Lock()  # guards the moments Pillow's own limit is lifted for a larger cap
+_PIL_LIMIT = threading.Lock()  # held while Pillow's own limit is lifted to read a header (open_image)
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
