@@ -262,6 +262,16 @@ def test_float_image_id_is_refused_not_truncated(tmp_path, capsys):
         io.coco_dataset([({**IMAGE, "image_id": 1.5}, [])])
 
 
+def test_image_ids_file_refuses_ids_beyond_64_bits(tmp_path, capsys):
+    ids = tmp_path / "gt.json"
+    ids.write_text(json.dumps(coco([{**IMAGE, "file_name": "small.png", "id": 2**70}])))
+    small = zero_png(tmp_path / "small.png", 40, 30)
+    out = tmp_path / "out"
+    code = exit_status(cli_main, [str(small), "--out", str(out), "--format", "parquet", "--image-ids", str(ids)])
+    assert code == 2 and "must be a 64-bit integer" in one_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
 def test_record_id_beyond_64_bits_leaves_no_parquet_folder(tmp_path, capsys):
     from uniap.merge import main as merge_main
 

@@ -232,7 +232,7 @@ def coco_image_ids(path: str | os.PathLike) -> dict[str, int]:
         ``path`` does not exist.
     ValueError
         ``path`` is not JSON, has no ``images`` list, an image lacks ``file_name`` or an
-        integer ``id``, or two images share a ``file_name`` or an ``id``.
+        integer ``id`` (of 64 bits), or two images share a ``file_name`` or an ``id``.
     """
     document = _load_json(path)
     images = document.get("images") if isinstance(document, dict) else None
@@ -245,6 +245,7 @@ def coco_image_ids(path: str | os.PathLike) -> dict[str, int]:
         image_id = image.get("id") if isinstance(image, dict) else None
         if not isinstance(name, str) or not isinstance(image_id, int) or isinstance(image_id, bool):
             raise ValueError(f"{path}: images[{i}] needs a string \"file_name\" and an integer \"id\"")
+        as_id(image_id, f"{path}: images[{i}].\"id\"")  # within 64 bits, as every writer needs
         if name in ids:
             raise ValueError(f"{path}: file_name {name!r} is listed twice (ids {ids[name]} and {image_id})")
         if image_id in owner:
