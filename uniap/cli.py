@@ -117,7 +117,7 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
     """The input and output flags that ``uniap-cli`` shares with commands built on
     :func:`uniap.pipeline.run` (``uniap-predict``): inputs, ``--file-list``, ``--out``,
     ``--format``, ``--image-ids``, ``--viz``, ``--overwrite``, ``--shard``, ``--batch-size``,
-    ``--quiet``."""
+    ``--max-pixels``, ``--quiet``."""
     io.add_argument("inputs", nargs="*",
                     help="image files, folders (searched recursively), glob patterns or .tar shards")
     io.add_argument("--file-list", action="append", metavar="FILE",
@@ -143,6 +143,10 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     "auto: from SLURM array or RANK/WORLD_SIZE variables, LOCAL_RANK picking the GPU "
                     "(docs/scale.md)")
     io.add_argument("--batch-size", type=positive_int, default=4, metavar="N", help=batch_help)
+    io.add_argument("--max-pixels", type=nonnegative_int, metavar="N",
+                    help="refuse (as a failed image) an image of more than N pixels, height x width, "
+                    "read from its header before decoding (default 89478485, Pillow's "
+                    "decompression-bomb limit: 9459 x 9459; 0: no limit)")
     io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -290,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
             features=args.features, extractor_options=extractor_kwargs,
             segment_options=segment_options(args), upsampling=args.upsampling, refine=args.refine,
             refine_options=refine_options(args),
-            all_levels=bool(args.all_levels), progress=not args.quiet,
+            all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -51,6 +51,49 @@ PARQUET_RECORD_COLUMNS = (
     ("score", "double"),
 )
 PARQUET_INSTALL = "Parquet files need pyarrow: pip install 'uniap[parquet]'"
+# The most records (Parquet rows, JSON annotations) one read_records call takes in: a Parquet
+# part's row count is read from its footer, before any data, so a small hostile file declaring
+# 30 million rows is refused at once.  Every record read is held in memory (about 2 KB each).
+DEFAULT_MAX_RECORDS = 5_000_000
+# Rows decoded at a time from a Parquet part (its memory, whatever the file's size).
+PARQUET_BATCH_ROWS = 65_536
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def as_id(value: Any, what: str) -> int:
+    """``value`` as an exact 64-bit integer id (COCO ids are integers), or a ValueError naming
+    ``what``.  An integral float (``3.0``, as some JSON writers give) is that integer; a
+    fractional one (``1.5``), a bool, a string, a list or a number beyond 64 bits is refused,
+    never rounded or truncated.
+
+    Examples
+    --------
+    >>> as_id(3.0, "image id")
+    3
+    >>> as_id(1.5, "image id")
+    Traceback (most recent call last):
+    ...
+    ValueError: image id must be a 64-bit integer (COCO ids are integers), got 1.5
+    """
+    exact = _int64(value)
+    if exact is None:
+        raise ValueError(f"{what} must be a 64-bit integer (COCO ids are integers), got {_short_repr(value)}")
+    return exact
+
+
+def _int64(value: Any) -> int | None:
+    """``value`` as an exact 64-bit integer, or None when it is not one."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return None
+    value = int(value)
+    return value if _INT64[0] <= value <= _INT64[1] else None
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @contextmanager
@@ -150,11 +193,12 @@ def coco_dataset(items: Iterable[tuple[dict, list[dict]]], uniap_info: dict | No
     Raises
     ------
     ValueError
-        Two images share an id.
+        Two images share an id, or an id is not an integer (:func:`as_id`).
     """
     numbered = []
     for position, (info, records) in enumerate(items, start=1):
-        numbered.append((int(info.get("image_id", position)), info, records))
+        numbered.append((as_id(info.get("image_id", position), f"{info.get('file_name')!r}: image id"),
+                         info, records))
     numbered.sort(key=lambda item: item[0])
     for (a, info_a, _), (b, info_b, _) in zip(numbered, numbered[1:]):
         if a == b:
@@ -189,7 +233,7 @@ def coco_image_ids(path: str | os.PathLike) -> dict[str, int]:
         ``path`` does not exist.
     ValueError
         ``path`` is not JSON, has no ``images`` list, an image lacks ``file_name`` or an
-        integer ``id``, or two images share a ``file_name`` or an ``id``.
+        integer ``id`` (of 64 bits), or two images share a ``file_name`` or an ``id``.
     """
     document = _load_json(path)
     images = document.get("images") if isinstance(document, dict) else None
@@ -202,6 +246,7 @@ def coco_image_ids(path: str | os.PathLike) -> dict[str, int]:
         image_id = image.get("id") if isinstance(image, dict) else None
         if not isinstance(name, str) or not isinstance(image_id, int) or isinstance(image_id, bool):
             raise ValueError(f"{path}: images[{i}] needs a string \"file_name\" and an integer \"id\"")
+        as_id(image_id, f"{path}: images[{i}].\"id\"")  # within 64 bits, as every writer needs
         if name in ids:
             raise ValueError(f"{path}: file_name {name!r} is listed twice (ids {ids[name]} and {image_id})")
         if image_id in owner:
@@ -334,9 +379,12 @@ def parquet_table(items: Iterable[tuple[dict, list[dict]]], uniap_info: dict | N
     typed = [(name, "string" if name == "file_name" else "int64") for name in PARQUET_IMAGE_COLUMNS]
     for name, type_name in typed + list(PARQUET_RECORD_COLUMNS):
         kind = _arrow_type(pa, type_name)
+        values = columns[name]
+        if type_name in ("int64", "list<int64>"):  # pyarrow would truncate 1.5 to 1
+            values = _exact_ints(values, name, type_name, columns["file_name"])
         try:
-            arrays.append(pa.array(columns[name], type=kind))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            arrays.append(pa.array(values, type=kind))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
             raise ValueError(f"record key {name!r} does not fit a {type_name} column: {err}") from None
         fields.append(pa.field(name, kind))
     for name in extra:
@@ -344,6 +392,26 @@ def parquet_table(items: Iterable[tuple[dict, list[dict]]], uniap_info: dict | N
         fields.append(pa.field(name, pa.string(), metadata={"uniap.json": "1"}))
     metadata = {"uniap": json_text(uniap_info)} if uniap_info is not None else None
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def _exact_ints(values: list, name: str, type_name: str, names: list) -> list:
+    """``values`` of an int64 (or list<int64>) column as exact integers, or a ValueError
+    naming the image and the key: pyarrow itself would truncate 1.5 to 1."""
+    nested = type_name.startswith("list<")
+    out = []
+    for row, value in enumerate(values):
+        if value is None:
+            out.append(None)
+            continue
+        items = value if nested and isinstance(value, (list, tuple)) else [value]
+        exact = [None if v is None else _int64(v) for v in items]
+        if (nested and not isinstance(value, (list, tuple))) or any(
+                e is None and v is not None for e, v in zip(exact, items)):
+            what = "image key" if name in PARQUET_IMAGE_COLUMNS else "record key"
+            raise ValueError(f"{names[row]!r}: {what} {name!r} holds {_short_repr(value)}, which does not fit "
+                             f"the {type_name} column (64-bit integers, never truncated)")
+        out.append(exact if nested else exact[0])
+    return out
 
 
 def write_parquet(path: str | os.PathLike, items: Iterable[tuple[dict, list[dict]]],
@@ -355,33 +423,70 @@ def write_parquet(path: str | os.PathLike, items: Iterable[tuple[dict, list[dict
         pq.write_table(table, str(tmp))
 
 
-def _read_parquet(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
-    _, pq = pyarrow_modules()
+def _read_parquet(path: Path, max_records: int = 0) -> list[tuple[dict, list[dict], dict | None]]:
+    """The record sets of one Parquet part, streamed :data:`PARQUET_BATCH_ROWS` rows at a time.
+
+    The row count comes from the footer and is checked against ``max_records`` (0: no limit)
+    before any data is read; then only the rows that hold a record become Python objects (an
+    image's row without records is found by vectorised null checks), so memory is one batch
+    plus the records read, whatever the file's size.
+    """
+    pa, pq = pyarrow_modules()
+    import pyarrow.compute as pc
+
     try:
-        table = pq.read_table(str(path))
+        part = pq.ParquetFile(str(path))
+        schema, rows = part.schema_arrow, part.metadata.num_rows
     except Exception as err:  # pyarrow's own errors for a file that is not Parquet
-        raise ValueError(f"{path} is not a Parquet file: {err}") from None
-    missing = [name for name in PARQUET_IMAGE_COLUMNS if name not in table.column_names]
+        raise ValueError(f"{path} is not a Parquet file: {_first_line(err)}") from None
+    missing = [name for name in PARQUET_IMAGE_COLUMNS if name not in schema.names]
     if missing:
         raise ValueError(f"{path} is not a uniap Parquet part: no column {missing[0]!r}")
-    meta = table.schema.metadata or {}
+    if max_records and rows > max_records:
+        raise ValueError(f"{path} holds {rows} rows, more than the limit of {max_records} records "
+                         "(--max-records / max_records; 0 lifts it)")
+    meta = schema.metadata or {}
     try:
         uniap_info = json.loads(meta[b"uniap"]) if b"uniap" in meta else None
-    except ValueError as err:
-        raise ValueError(f"{path}: the \"uniap\" metadata is not JSON: {err}") from None
-    as_json = {f.name for f in table.schema if f.metadata and f.metadata.get(b"uniap.json") == b"1"}
-    record_columns = [name for name in table.column_names if name not in PARQUET_IMAGE_COLUMNS]
-    data = table.to_pydict()
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: its \"uniap\" metadata is not JSON: {err}") from None
+    as_json = {f.name for f in schema if f.metadata and f.metadata.get(b"uniap.json") == b"1"}
+    record_columns = [name for name in schema.names if name not in PARQUET_IMAGE_COLUMNS]
     out: dict[str, tuple[dict, list[dict], dict | None]] = {}  # rows of an image may be apart
-    for row in range(table.num_rows):
-        name = data["file_name"][row]
+    try:
+        for batch in part.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            _parquet_batch(pa, pc, path, batch, record_columns, as_json, out, uniap_info)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: unreadable Parquet data: {_first_line(err)}") from None
+    return list(out.values())
+
+
+def _parquet_batch(pa, pc, path: Path, batch, record_columns: list[str], as_json: set[str],
+                   out: dict, uniap_info: dict | None) -> None:
+    """Add one record batch of a Parquet part to ``out`` (``file_name`` -> record set)."""
+    names = batch.column("file_name")
+    if names.null_count:
+        raise ValueError(f"{path}: a row has no file_name")
+    codes = names.dictionary_encode() if not pa.types.is_dictionary(names.type) else names
+    first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)[1]
+    for row in np.sort(first).tolist():  # each image's first row in this batch, in row order
+        name = names[row].as_py()
         if name not in out:
-            info = {"image_id": data["image_id"][row], "file_name": name,
-                    "height": data["height"][row], "width": data["width"][row]}
+            info = {"image_id": batch.column("image_id")[row].as_py(), "file_name": name,
+                    "height": batch.column("height")[row].as_py(), "width": batch.column("width")[row].as_py()}
             out[name] = (info, [], uniap_info)
-        values = {key: data[key][row] for key in record_columns}
-        if all(v is None for v in values.values()):
-            continue  # the row of an image without records
+    has = None  # rows holding a record: any record column not null
+    for key in record_columns:
+        valid = pc.is_valid(batch.column(key))
+        has = valid if has is None else pc.or_(has, valid)
+    if has is None:
+        return
+    rows = np.flatnonzero(has.to_numpy(zero_copy_only=False))
+    if not rows.size:
+        return
+    taken = batch.select(["file_name", *record_columns]).take(pa.array(rows))
+    for values in taken.to_pylist():
+        name = values.pop("file_name")
         rec: dict[str, Any] = {}
         for key, value in values.items():
             if value is None:
@@ -390,13 +495,19 @@ def _read_parquet(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
                 rec["segmentation"] = {"size": value, "counts": values.get("segmentation_counts")}
             elif key == "segmentation_counts":
                 rec.setdefault("segmentation", {"size": None, "counts": value})
-            else:
+            elif key in as_json:
                 try:
-                    rec[key] = json.loads(value) if key in as_json else value
-                except ValueError as err:
-                    raise ValueError(f"{path}: column {key!r} of row {row} is not JSON: {err}") from None
+                    rec[key] = json.loads(value)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: image {name!r}: column {key!r} is not JSON: {err}") from None
+            else:
+                rec[key] = value
         out[name][1].append(rec)
-    return list(out.values())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ------------------------------------------------------------------------- reading back
@@ -416,35 +527,58 @@ def _load_json(path: str | os.PathLike) -> Any:
 
 def _records_of_json(path: Path) -> list[tuple[dict, list[dict], dict | None]]:
     document = _load_json(path)
-    if isinstance(document, dict) and isinstance(document.get("images"), list):
+    if isinstance(document, dict) and "images" in document:
+        if not isinstance(document["images"], list):
+            raise ValueError(f"{path}: \"images\" must be a list, got {type(document['images']).__name__}")
         return _records_of_coco(path, document)
-    if isinstance(document, dict) and isinstance(document.get("image"), dict) \
-            and isinstance(document.get("annotations"), list):
-        return [(dict(document["image"]), document["annotations"], document.get("uniap"))]
+    if isinstance(document, dict) and isinstance(document.get("image"), dict) and "annotations" in document:
+        records = _annotations(path, document)
+        image = dict(document["image"])
+        if image.get("image_id") is not None:
+            image["image_id"] = as_id(image["image_id"], f"{path}: \"image\".\"image_id\"")
+        for i, rec in enumerate(records):
+            if rec.get("id") is not None:
+                rec["id"] = as_id(rec["id"], f"{path}: annotations[{i}].\"id\"")
+        return [(image, records, document.get("uniap"))]
     raise ValueError(f"{path} is neither a SAM-style file (\"image\", \"annotations\") nor a COCO "
                      "data set (\"images\")")
+
+
+def _annotations(path: Path, document: dict) -> list[dict]:
+    """``document["annotations"]`` checked: a list of objects (absent: none)."""
+    annotations = document.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise ValueError(f"{path}: \"annotations\" must be a list, got {type(annotations).__name__}")
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise ValueError(f"{path}: annotations[{i}] must be an object, got {type(ann).__name__}")
+    return annotations
 
 
 def _records_of_coco(path: Path, dataset: dict) -> list[tuple[dict, list[dict], dict | None]]:
     info_block = dataset.get("info")
     uniap_info = info_block.get("uniap") if isinstance(info_block, dict) else None
     by_id: dict[int, tuple[dict, list[dict], dict | None]] = {}
-    for image in dataset["images"]:
+    for i, image in enumerate(dataset["images"]):
         if not isinstance(image, dict) or "id" not in image:
-            raise ValueError(f"{path}: an entry of \"images\" has no \"id\"")
-        info = {"image_id": image["id"], **{k: v for k, v in image.items() if k != "id"}}
-        if image["id"] in by_id:
-            raise ValueError(f"{path}: image id {image['id']} is listed twice")
-        by_id[image["id"]] = (info, [], uniap_info)
-    for ann in dataset.get("annotations", []):
-        entry = by_id.get(ann.get("image_id"))
+            raise ValueError(f"{path}: images[{i}] is not an object with an \"id\"")
+        image_id = as_id(image["id"], f"{path}: images[{i}].\"id\"")
+        info = {"image_id": image_id, **{k: v for k, v in image.items() if k != "id"}}
+        if image_id in by_id:
+            raise ValueError(f"{path}: image id {image_id} is listed twice")
+        by_id[image_id] = (info, [], uniap_info)
+    for i, ann in enumerate(_annotations(path, dataset)):
+        image_id = as_id(ann.get("image_id"), f"{path}: annotations[{i}].\"image_id\"")
+        entry = by_id.get(image_id)
         if entry is None:
-            raise ValueError(f"{path}: annotation {ann.get('id')} names image id {ann.get('image_id')}, "
+            raise ValueError(f"{path}: annotation {ann.get('id')} names image id {image_id}, "
                              "which is not in \"images\"")
         if "uniap_id" in ann:  # ours: undo what coco_dataset added
             rec = {"id": ann["uniap_id"], **{k: v for k, v in ann.items() if k not in _COCO_KEYS}}
         else:
             rec = {k: v for k, v in ann.items() if k != "image_id"}
+        if rec.get("id") is not None:
+            rec["id"] = as_id(rec["id"], f"{path}: annotations[{i}] id")
         entry[1].append(rec)
     return list(by_id.values())
 
@@ -458,12 +592,17 @@ def _record_files(folder: Path) -> list[Path]:
     return found
 
 
-def read_record_sets(path: str | os.PathLike) -> list[tuple[dict, list[dict], dict | None]]:
+def read_record_sets(path: str | os.PathLike, max_records: int | None = None,
+                     ) -> list[tuple[dict, list[dict], dict | None]]:
     """``(image_info, records, provenance)`` of every image in ``path``, by image id.
 
     As :func:`read_records`, with each image's ``uniap`` provenance (None when the file has
     none; a COCO data set and a Parquet part record one for all their images).
     """
+    limit = DEFAULT_MAX_RECORDS if max_records is None else max_records
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"max_records must be an integer >= 0 (0: no limit), got {max_records!r}")
+    taken = 0
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(path))
@@ -473,11 +612,21 @@ def read_record_sets(path: str | os.PathLike) -> list[tuple[dict, list[dict], di
     sets: list[tuple[dict, list[dict], dict | None]] = []
     origin: dict[str, Path] = {}
     for file in files:
-        read = _read_parquet(file) if file.suffix.lower() == ".parquet" else _records_of_json(file)
+        left = max(limit - taken, 1) if limit else 0  # what this file may still add
+        if file.suffix.lower() == ".parquet":
+            read = _read_parquet(file, left)
+        else:
+            read = _records_of_json(file)
+        taken += sum(max(len(records), 1) for _, records, _ in read)
+        if limit and taken > limit:
+            raise ValueError(f"{file}: more than the limit of {limit} records in all "
+                             "(--max-records / max_records; 0 lifts it)")
         for entry in read:
             name = entry[0].get("file_name")
             if not isinstance(name, str):
                 raise ValueError(f"{file}: an image has no \"file_name\"")
+            if entry[0].get("image_id") is not None:
+                entry[0]["image_id"] = as_id(entry[0]["image_id"], f"{file}: image {name!r}: image id")
             if name in origin:
                 where = str(file) if origin[name] == file else f"{origin[name]} and {file}"
                 raise ValueError(f"image {name!r} is listed twice: in {where}")
@@ -498,7 +647,7 @@ def read_record_sets(path: str | os.PathLike) -> list[tuple[dict, list[dict], di
     return sets
 
 
-def read_records(path: str | os.PathLike) -> dict[str, tuple[dict, list[dict]]]:
+def read_records(path: str | os.PathLike, max_records: int | None = None) -> dict[str, tuple[dict, list[dict]]]:
     """The records of any uniap output, back as ``{file_name: (image_info, records)}``.
 
     ``path`` is a SAM-style JSON (one image), a COCO data set, a Parquet part, or a folder
@@ -509,13 +658,22 @@ def read_records(path: str | os.PathLike) -> dict[str, tuple[dict, list[dict]]]:
     the keys the COCO writer adds are dropped (a COCO file not made by uniap keeps its
     annotations as they are, less ``image_id``).  The dict is ordered by image id.
 
+    Image and annotation ids are exact 64-bit integers (:func:`as_id`: ``3.0`` is 3, ``1.5``
+    is an error, never truncated).  Parquet parts are streamed in batches of
+    :data:`PARQUET_BATCH_ROWS` rows; ``max_records`` (default :data:`DEFAULT_MAX_RECORDS`, 5
+    million; 0: no limit) bounds the records (Parquet rows, JSON annotations; an image
+    without records counts one) read in all, a Parquet part's rows checked on its footer before
+    its data are read.
+
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        A file is not one of these formats, or two images share a ``file_name`` or an id.
+        A file is not one of these formats or is malformed (the message names the file), an id
+        is not an integer, two images share a ``file_name`` or an id, or the records exceed
+        ``max_records``.
     ImportError
         A Parquet file is read without pyarrow installed.
     """
-    return {info["file_name"]: (info, records) for info, records, _ in read_record_sets(path)}
+    return {info["file_name"]: (info, records) for info, records, _ in read_record_sets(path, max_records)}

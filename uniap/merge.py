@@ -8,9 +8,11 @@ writes the same records as Parquet parts or one SAM-style JSON per image (``OUT/
 without suffix>.json``, as ``uniap-cli`` names them) instead; any input format goes to any
 output format (:func:`uniap.io.read_records` reads them).
 
-Exit status: 0 done; 2 a usage error (a missing or unreadable input, an image in two inputs,
-an output that exists without ``--overwrite`` or that would be written over an input);
-1 an operating system error while writing.  Every file is written atomically.
+Exit status: 0 done; 2 a usage error (a missing, unreadable or malformed input, an id that is
+not a 64-bit integer, an image in two inputs, more records than ``--max-records``, an output
+that exists without ``--overwrite`` or that would be written over an input); 1 an operating
+system error while writing.  Every file is written atomically, after every input was read
+and checked; a Parquet folder this command created is removed again when writing fails.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import io
-from .cli import UsageError, positive_int, run_command
+from .cli import UsageError, nonnegative_int, positive_int, run_command
 
 FORMATS = ("coco", "parquet", "sam")
 
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images-per-part", type=positive_int, metavar="N",
                         help="--format parquet: images per part file (default "
                         "uniap.pipeline.sinks.IMAGES_PER_PART, 1000)")
+    parser.add_argument("--max-records", type=nonnegative_int, metavar="N",
+                        help="refuse inputs of more than N records in all (Parquet rows, checked on each "
+                        "part's footer before reading; default uniap.io.DEFAULT_MAX_RECORDS, 5000000; "
+                        "0: no limit): every record is held in memory")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT (coco), existing parts (parquet) or the "
                         "images' existing files (sam)")
@@ -72,11 +78,17 @@ def run(args: argparse.Namespace) -> int:
     sets: list[tuple[dict, list[dict], dict | None]] = []
     origin: dict[str, str] = {}
     ids: dict[int, str] = {}
+    limit = io.DEFAULT_MAX_RECORDS if args.max_records is None else args.max_records
+    taken = 0
     for path in args.inputs:
-        try:
-            read = io.read_record_sets(path)
+        try:  # what the inputs before this one left of the limit (0: none)
+            read = io.read_record_sets(path, max(limit - taken, 1) if limit else 0)
         except (FileNotFoundError, ValueError, ImportError) as err:
             raise UsageError(str(err)) from None
+        taken += sum(max(len(records), 1) for _, records, _ in read)
+        if limit and taken > limit:
+            raise UsageError(f"{path}: the inputs hold more than the limit of {limit} records "
+                             "(--max-records; 0 lifts it)")
         for entry in read:
             name, image_id = entry[0]["file_name"], entry[0]["image_id"]
             if name in origin:
@@ -128,10 +140,20 @@ def _write_parquet(out: Path, sets, overwrite: bool, per_part: int | None) -> No
                                overwrite=overwrite, images_per_part=per_part)
     except PlanError as err:
         raise UsageError(str(err)) from None
+    for info, records, _ in sets:  # every value fits its column before anything is written
+        io.parquet_table([(info, records)])
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for info, records, uniap in sets:
-        writer.add(info, records, uniap)
-    writer.close()
+    try:
+        for info, records, uniap in sets:
+            writer.add(info, records, uniap)
+        writer.close()
+    except BaseException:
+        if created:  # no folder of partial parts left behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _write_sam(out: Path, sets, overwrite: bool) -> None:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 __all__ = ["CheckpointError", "read_checkpoint", "checkpoint_config", "upgrade_schedule_keys", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("step", "recipe", "student", "teacher", "config")
+# What a torch.save file starts with: a zip archive (the default since torch 1.6) or a pickle
+# of protocol 2 or more (the legacy format).  Anything else is not a checkpoint, and is not
+# handed to the unpickler (a text file starting with "c" would read as a pickle's global).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 class CheckpointError(ConfigError):
@@ -33,8 +37,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     Raises
     ------
     CheckpointError
-        The file is missing, empty, truncated, not a torch file, holds arbitrary pickled
-        objects (refused unread), or lacks the keys of a uniap-train checkpoint.
+        The file is missing, empty, not a torch file (a text file, say: refused on its first
+        bytes), truncated, holds arbitrary pickled objects (refused unread), or lacks the keys
+        of a uniap-train checkpoint.
     """
     import pickle
     import zipfile
@@ -46,6 +51,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {str(p)!r}")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: the checkpoint is empty (0 bytes)")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(_TORCH_MAGIC):  # a YAML, log or image file given by mistake
+        raise CheckpointError(f"{p}: not a checkpoint file (torch.save writes a zip archive or a pickle; "
+                              f"this file starts with {head!r})")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol: it is refused or read anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")

@@ -165,6 +165,13 @@ class LossConfig:
     score_weight: float = 2.0  # BCE of every query's score against its mask's IoU with its match (0 if none)
 
 
+# The longest run, in steps: every schedule is an array with one float64 per step (lr, weight
+# decay, teacher momentum, teacher temperature), built before step 1, so 10 million steps cost
+# 320 MB and an unbounded optim.epochs (1e30, 2e8 x steps per epoch) would exhaust memory.
+# 10 million steps at batch 64 are 640 million images, 50 epochs of SA-1B's 11 million.
+MAX_STEPS = 10_000_000
+
+
 @dataclass
 class OptimConfig:
     # The run's length, given one way only: total_steps (the default way) or epochs (then
@@ -391,7 +398,12 @@ def _validate(c: TrainConfig) -> None:
     o = c.optim
     _need(o.total_steps is None or o.total_steps >= 1, "optim.total_steps",
           "must be >= 1, or null when optim.epochs gives the run's length", o.total_steps)
+    _need(o.total_steps is None or o.total_steps <= MAX_STEPS, "optim.total_steps",
+          f"must be at most {MAX_STEPS} (uniap_train.config.MAX_STEPS: the per-step schedules are "
+          "built before step 1)", o.total_steps)
     _need(o.epochs is None or o.epochs > 0, "optim.epochs", "must be > 0 (or null)", o.epochs)
+    _need(o.epochs is None or o.epochs <= MAX_STEPS, "optim.epochs",
+          f"gives more than {MAX_STEPS} steps (uniap_train.config.MAX_STEPS) at any data size", o.epochs)
     if o.total_steps is not None and o.epochs is not None:
         raise ConfigError(f"optim.total_steps ({o.total_steps}) and optim.epochs ({o.epochs:g}) both give the "
                           "run's length: set one of them and the other to null")
@@ -652,7 +664,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise ConfigError(f"config file not found: {str(p)!r}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{p}: not a YAML text file (not UTF-8: byte {err.object[err.start]:#04x} "
+                              f"at offset {err.start})") from None
+        except OSError as err:
+            raise ConfigError(f"{p}: cannot read the config: {err.strerror or err}") from None
         except yaml.YAMLError as err:
             first = " ".join(str(err).split())
             raise ConfigError(f"{p}: invalid YAML: {first}") from None

@@ -122,13 +122,19 @@ class SemanticEvaluator:
     def __init__(self, cfg: EvalConfig, backbone, uniap_options: dict, device: torch.device) -> None:
         from PIL import Image
 
+        from uniap.features.image import open_image
+
         self.cfg = cfg
         self.device = device
         self.k = cfg.num_clusters or cfg.num_classes
         self.items: list[EvalItem] = []
         for image_path, label_path in list_pairs(cfg.images, cfg.labels, cfg.max_images):
             image = load_resized(image_path, cfg.max_side)
-            labels = np.asarray(Image.open(label_path))
+            try:  # the label map's size checked on its header before decoding, as images are
+                with open_image(label_path, str(label_path)) as label_image:
+                    labels = np.asarray(label_image)
+            except ValueError as err:
+                raise ConfigError(f"eval.labels: {err}") from None
             if labels.ndim != 2:
                 raise ConfigError(f"eval.labels: {label_path} is not a single-channel label map")
             if labels.shape != image.shape[:2]:

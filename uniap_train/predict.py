@@ -910,7 +910,7 @@ def run(args: argparse.Namespace) -> int:
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
             overwrite=args.overwrite, shard=shard, engine=PredictEngine(predictor, args.batch_size),
             image_ids=image_ids, features=predictor.name, extractor_options=predictor.options(),
-            extractor=_NoFeatures(), refine="none", progress=not args.quiet,
+            extractor=_NoFeatures(), refine="none", progress=not args.quiet, max_pixels=args.max_pixels,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

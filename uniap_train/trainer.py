@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from .backbone import Backbone, vocabulary_state
 from .checkpoint import CheckpointError, read_checkpoint
-from .config import ConfigError, TrainConfig, config_to_dict, save_config
+from .config import MAX_STEPS, ConfigError, TrainConfig, config_to_dict, save_config
 from .data import ResumableDistributedSampler, collate_views, list_images, load_resized
 from .model import ema_update
 from .recipes import get_recipe
@@ -76,8 +76,15 @@ def run_length(cfg: TrainConfig, steps_per_epoch: int) -> int:
     ceil(epochs x steps per epoch) (at least 1)."""
     o = cfg.optim
     if o.total_steps is not None:
-        return int(o.total_steps)
-    return max(1, math.ceil(o.epochs * steps_per_epoch))
+        steps = int(o.total_steps)
+    else:
+        steps = max(1, math.ceil(o.epochs * steps_per_epoch))
+    if steps > MAX_STEPS:  # before any schedule (one float64 per step each) is allocated
+        raise ConfigError(f"optim.epochs {o.epochs:g} x {steps_per_epoch} steps per epoch = {steps} steps, "
+                          f"more than the limit of {MAX_STEPS} (uniap_train.config.MAX_STEPS)"
+                          if o.total_steps is None else
+                          f"optim.total_steps {steps} is more than the limit of {MAX_STEPS}")
+    return steps
 
 
 @dataclass

@@ -44,9 +44,11 @@ class Sample:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
+    """A ground-truth map; its size is checked on the header against the image pixel limit
+    (:data:`uniap.features.image.DEFAULT_MAX_PIXELS`) before it is decoded."""
+    from ..features.image import open_image
 
-    with Image.open(path) as im:
+    with open_image(path, str(path)) as im:
         return np.array(im)
 
 
@@ -72,6 +74,27 @@ def _manifest(root: Path) -> dict:
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {path}: {err}") from None
     return data if isinstance(data, dict) else {}
+
+
+def _coco_truth(ann: Path, image: dict) -> dict:
+    """A COCO image's id and size, checked: integer id (never truncated), positive integer
+    height and width within the image pixel limit (the label maps of saved predictions are
+    allocated at this size before anything else is read)."""
+    from ..features.image import DEFAULT_MAX_PIXELS, check_pixels
+    from ..io import as_id
+
+    name = image.get("file_name")
+    try:
+        truth = {"image_id": as_id(image.get("id"), "its id")}
+        for key in ("height", "width"):
+            value = image.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"its {key} must be a positive integer, got {value!r:.40}")
+            truth[key] = value
+        check_pixels((truth["height"], truth["width"]), DEFAULT_MAX_PIXELS, name)
+    except ValueError as err:
+        raise DataError(f"{ann}: image {name!r}: {err}") from None
+    return truth
 
 
 def _limit(samples: list[Sample], limit: int | None) -> list[Sample]:
@@ -149,8 +172,7 @@ class Coco:
         samples = []
         for im, stem in zip(entries, stems):
             path = images / im["file_name"]
-            samples.append(Sample(stem, path, None, {"image_id": int(im["id"]), "height": int(im["height"]),
-                                                      "width": int(im["width"])}))
+            samples.append(Sample(stem, path, None, _coco_truth(ann, im)))
         self.samples = _limit(samples, limit)
         missing = [s.image for s in self.samples if not s.image.is_file()]
         if missing:

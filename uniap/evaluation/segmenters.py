@@ -459,10 +459,18 @@ class HigraWatershed(Segmenter):
 
 # ------------------------------------------------------------------------------- predictions
 
+# The most levels saved predictions may name: label maps are (levels, H, W) int32, so a record
+# listing level 5000 would otherwise cost 5001 full maps (3 GB for a 480 x 320 image) before
+# any check.  uniap's defaults use 5 to 8; the bound is checked before anything is allocated.
+MAX_LEVELS = 64
 
-def check_records(records: Sequence[dict], shape: Sequence[int] | None, source: object = "") -> None:
+
+def check_records(records: Sequence[dict], shape: Sequence[int] | None, source: object = "",
+                  num_levels: int | None = None) -> None:
     """``ValueError`` naming the first record (by position and id) whose mask is not a valid
-    RLE of an image of ``shape`` (:func:`uniap.records.check_rle`): nothing is decoded first."""
+    RLE of an image of ``shape`` (:func:`uniap.records.check_rle`), or whose ``levels`` /
+    ``level`` are not integers in ``[0, num_levels)`` (instance records; ``[0, MAX_LEVELS)``
+    for the others, or when ``num_levels`` is None): nothing is decoded or allocated first."""
     from ..records import check_rle
 
     for i, rec in enumerate(records):
@@ -471,8 +479,24 @@ def check_records(records: Sequence[dict], shape: Sequence[int] | None, source: 
             raise ValueError(f"{source}: {name} has no 'segmentation'")
         try:
             check_rle(rec["segmentation"], shape)
+            _record_levels(rec, num_levels if rec.get("kind", "instance") == "instance" else None)
         except ValueError as err:
             raise ValueError(f"{source}: {name}: {err}") from None
+
+
+def _record_levels(rec: dict, num_levels: int | None) -> list[int]:
+    """The levels a record spans (``levels``, else ``[level]``, else ``[0]``), each checked to
+    be an integer in ``[0, num_levels)``, or ``[0, MAX_LEVELS)`` when the file gives none."""
+    span = rec.get("levels", [rec.get("level", 0)])
+    if not isinstance(span, (list, tuple)):
+        raise ValueError(f"'levels' must be a list of level indices, got {span!r:.40}")
+    bound = MAX_LEVELS if num_levels is None else num_levels
+    for v in span:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < bound:
+            where = f"the file's {num_levels} levels" if num_levels is not None else \
+                f"the limit of {MAX_LEVELS} levels (uniap.evaluation.segmenters.MAX_LEVELS)"
+            raise ValueError(f"level {v!r:.40} is not an index in [0, {bound}): beyond {where}")
+    return [int(v) for v in span]
 
 
 def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_levels: int | None = None,
@@ -485,14 +509,32 @@ def levels_from_records(records: Sequence[dict], shape: Sequence[int], num_level
     level, masks are painted largest first, so a smaller overlapping mask wins its pixels.
     Pixels no mask covers (e.g. clusters below ``uniap-cli --min-size``) become regions of
     their own, one per 4-connected component.
+
+    Raises
+    ------
+    ValueError
+        A record's level is not an integer in ``[0, num_levels)`` (``[0, MAX_LEVELS)`` when
+        ``num_levels`` is None; checked before the maps are allocated), or a mask has another
+        shape.
     """
     from scipy import ndimage
 
     from ..records import decode_rle
 
+    from ..features.image import DEFAULT_MAX_PIXELS, check_pixels
+
     height, width = int(shape[0]), int(shape[1])
+    check_pixels((height, width), DEFAULT_MAX_PIXELS, "label maps")
+    if num_levels is not None and not 0 <= num_levels <= MAX_LEVELS:
+        raise ValueError(f"{num_levels} levels: more than the limit of {MAX_LEVELS} "
+                         "(uniap.evaluation.segmenters.MAX_LEVELS)")
     chosen = [r for r in records if r.get("kind", "instance") == kind]
-    spans = [[int(v) for v in r.get("levels", [r.get("level", 0)])] for r in chosen]
+    spans = []
+    for i, rec in enumerate(chosen):
+        try:
+            spans.append(_record_levels(rec, num_levels))
+        except ValueError as err:
+            raise ValueError(f"{kind} record {i}: {err}") from None
     if num_levels is None:
         num_levels = 1 + max((max(s) for s in spans if s), default=0)
     out = np.empty((num_levels, height, width), np.int32)
@@ -548,24 +590,32 @@ class Predictions(Segmenter):
         return []  # known per file (Segmentation.level_names)
 
     def read(self, key: str) -> tuple[list[dict], int | None, list[str] | None]:
+        path = self.path(key)
         try:
-            with open(self.path(key), "rb") as fh:
+            with open(path, "rb") as fh:
                 doc = json.load(fh)
         except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-            raise ValueError(f"{self.path(key)} is not JSON: {err}") from None
+            raise ValueError(f"{path} is not JSON: {err}") from None
         if isinstance(doc, list):
             return doc, None, None
         if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
-            raise ValueError(f"{self.path(key)} is neither a SAM document nor a list of records")
-        thresholds = (doc.get("uniap") or {}).get("thresholds")
+            raise ValueError(f"{path} is neither a SAM document nor a list of records")
+        uniap = doc.get("uniap")
+        thresholds = uniap.get("thresholds") if isinstance(uniap, dict) else None
         if thresholds:
+            if not isinstance(thresholds, list) or not all(
+                    isinstance(t, (int, float)) and not isinstance(t, bool) for t in thresholds):
+                raise ValueError(f"{path}: uniap.thresholds must be a list of numbers")
+            if len(thresholds) > MAX_LEVELS:
+                raise ValueError(f"{path}: {len(thresholds)} thresholds, more than the limit of {MAX_LEVELS} "
+                                 "levels (uniap.evaluation.segmenters.MAX_LEVELS)")
             return doc["annotations"], len(thresholds), [f"t={t:g}" for t in thresholds]
         return doc["annotations"], None, None
 
     def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
         t0 = time.perf_counter()
         records, num_levels, names = self.read(key)
-        check_records(records, shape, self.path(key))
+        check_records(records, shape, self.path(key), num_levels)
         levels = levels_from_records(records, shape, num_levels)
         contours = None
         if any(r.get("kind") == "contour" for r in records):

@@ -5,20 +5,29 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from .base import MissingFileError
 
-__all__ = ["load_image", "load_image_bytes"]
+__all__ = ["DEFAULT_MAX_PIXELS", "load_image", "load_image_bytes", "check_pixels", "open_image"]
 
 ImageLike = str | os.PathLike | np.ndarray
+
+# The most pixels (height x width) an image file may declare before it is decoded: Pillow's
+# decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 million: 9459 x 9459), which
+# keeps 8000 x 8000 work (64 million) possible and refuses a 12000 x 12000 PNG of zeros (a few
+# hundred KB on disk, over 9 GB of memory once decoded and segmented).  ``max_pixels`` / ``--max-pixels``
+# change it; 0 lifts it.
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+_PIL_LIMIT = threading.Lock()  # held while Pillow's own limit is lifted to read a header (open_image)
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def load_image(image: ImageLike) -> np.ndarray:
+def load_image(image: ImageLike, *, max_pixels: int | None = None) -> np.ndarray:
     """Load or validate an image as an ``(H, W, 3)`` uint8 RGB array.
 
     Parameters
@@ -29,6 +38,10 @@ def load_image(image: ImageLike) -> np.ndarray:
         first frame of a multi-frame file is used.  Or an array of shape (H, W) (gray),
         (H, W, 1), (H, W, 3) (RGB) or (H, W, 4) (RGBA, alpha dropped), of dtype uint8 (0..255),
         bool, or float with values in [0, 1] (scaled by 255 and rounded).
+    max_pixels : int, optional
+        The most pixels (height x width) an image may have, checked on the file's header before
+        anything is decoded.  None (default): :data:`DEFAULT_MAX_PIXELS` (89.5 million) for
+        files and PIL images, no limit for arrays (already in memory); 0: no limit.
 
     Returns
     -------
@@ -40,8 +53,10 @@ def load_image(image: ImageLike) -> np.ndarray:
     MissingFileError
         If the path does not exist (also a ValueError and a FileNotFoundError).
     ValueError
-        If the file cannot be read or is not an image (the message names the file), or the
-        array is empty, has the wrong shape, holds NaN/inf, or floats outside [0, 1].
+        If the file cannot be read or is not an image, has more than ``max_pixels`` pixels, or
+        is a float image holding NaN/inf (the message names the file); or the array is empty,
+        has the wrong shape, more than ``max_pixels`` pixels, holds NaN/inf, or floats
+        outside [0, 1].
     TypeError
         If ``image`` is neither a path nor an array, or the array's dtype is not uint8, bool or
         floating.
@@ -55,17 +70,47 @@ def load_image(image: ImageLike) -> np.ndarray:
     array([255, 255, 255], dtype=uint8)
     """
     if isinstance(image, (str, os.PathLike)):
-        return _read_file(Path(image))
+        return _read_file(Path(image), _file_limit(max_pixels))
     if isinstance(image, np.ndarray):
+        if max_pixels is not None:
+            check_pixels(image.shape[:2], _file_limit(max_pixels), "image array")
         return _from_array(image)
     if type(image).__module__.startswith("PIL."):
+        check_pixels(image.size[::-1], _file_limit(max_pixels), "<PIL image>")
         return _from_pil(image, "<PIL image>")
     raise TypeError(
         f"image must be a file path or a numpy array, got {type(image).__name__}"
     )
 
 
-def _read_file(path: Path) -> np.ndarray:
+def check_pixels(shape, max_pixels: int | None, where: str) -> None:
+    """ValueError naming ``where`` when an image of ``shape`` ``(height, width)`` has more than
+    ``max_pixels`` pixels (None or 0: no limit).
+
+    Examples
+    --------
+    >>> check_pixels((100, 100), 10_000, "a.png")
+    >>> check_pixels((100, 101), 10_000, "a.png")
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot read image 'a.png': 100 x 101 = 10100 pixels, more than the limit of 10000 (--max-pixels / max_pixels; 0 lifts it)
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if max_pixels and height * width > max_pixels:
+        raise ValueError(f"cannot read image {where!r}: {height} x {width} = {height * width} pixels, "
+                         f"more than the limit of {max_pixels} (--max-pixels / max_pixels; 0 lifts it)")
+
+
+def _file_limit(max_pixels: int | None) -> int:
+    """The cap for an image to decode: ``max_pixels``, the default when None, 0 for none."""
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 0:
+        raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def _read_file(path: Path, max_pixels: int) -> np.ndarray:
     try:
         path.stat()
     except FileNotFoundError:
@@ -74,10 +119,10 @@ def _read_file(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read image {str(path)!r}: {(err.strerror or str(err)).lower()}") from None
     if path.is_dir():
         raise ValueError(f"cannot read image {str(path)!r}: it is a directory")
-    return _decode(path, str(path))
+    return _decode(path, str(path), max_pixels)
 
 
-def load_image_bytes(data: bytes, where: str) -> np.ndarray:
+def load_image_bytes(data: bytes, where: str, *, max_pixels: int | None = None) -> np.ndarray:
     """Decode an encoded image (the bytes of a JPEG, PNG, ... file) as :func:`load_image` does.
 
     Parameters
@@ -86,6 +131,9 @@ def load_image_bytes(data: bytes, where: str) -> np.ndarray:
         The file's contents, e.g. a tar member's (:mod:`uniap.pipeline.sources`).
     where : str
         Where the bytes come from, named in error messages.
+    max_pixels : int, optional
+        The most pixels the image may have, read from its header before decoding
+        (default :data:`DEFAULT_MAX_PIXELS`; 0: no limit).
 
     Returns
     -------
@@ -95,7 +143,8 @@ def load_image_bytes(data: bytes, where: str) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the bytes are not a readable image (the message names ``where``).
+        If the bytes are not a readable image, or one of more than ``max_pixels`` pixels (the
+        message names ``where``).
 
     Examples
     --------
@@ -106,15 +155,14 @@ def load_image_bytes(data: bytes, where: str) -> np.ndarray:
     >>> load_image_bytes(buf.getvalue(), "tiny.png").shape
     (4, 5, 3)
     """
-    return _decode(io.BytesIO(data), where)
+    return _decode(io.BytesIO(data), where, _file_limit(max_pixels))
 
 
-def _decode(source, where: str) -> np.ndarray:
-    """Open ``source`` (a path or a binary file object) with Pillow; errors name ``where``."""
-    from PIL import Image
-
+def _decode(source, where: str, max_pixels: int) -> np.ndarray:
+    """Open ``source`` (a path or a binary file object) with Pillow, check its size on the
+    header (nothing is decoded yet), then decode it; errors name ``where``."""
     try:
-        with Image.open(source) as img:
+        with open_image(source, where, max_pixels) as img:
             return _from_pil(img, where)
     except ValueError as err:
         if where in str(err):
@@ -127,6 +175,39 @@ def _decode(source, where: str) -> np.ndarray:
         raise ValueError(f"cannot read image {where!r}: {reason}") from err
 
 
+def open_image(source, where: str, max_pixels: int | None = None):
+    """``PIL.Image.open(source)`` (the header only: nothing is decoded yet) with its size
+    checked against ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`; 0: no limit).
+
+    ``max_pixels`` takes the place of Pillow's own decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``), which would warn above 89.5 million pixels and refuse
+    twice that whatever ``max_pixels`` says: Pillow's limit is lifted while the header is read,
+    under a lock so that concurrent loads restore it in turn.  Use it as a context manager.
+
+    Raises
+    ------
+    ValueError
+        The image has more than ``max_pixels`` pixels (the message names ``where``).
+    OSError, PIL.UnidentifiedImageError
+        Pillow cannot open ``source``.
+    """
+    from PIL import Image
+
+    max_pixels = _file_limit(max_pixels)
+    with _PIL_LIMIT:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    try:
+        check_pixels(img.size[::-1], max_pixels, where)
+    except ValueError:
+        img.close()
+        raise
+    return img
+
+
 def _from_pil(img, where: str) -> np.ndarray:
     from PIL import ImageOps
 
@@ -135,6 +216,8 @@ def _from_pil(img, where: str) -> np.ndarray:
     mode = img.mode
     if mode in _SIXTEEN_BIT or mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if mode == "F" and not np.isfinite(arr).all():
+            raise ValueError(f"cannot read image {where!r}: the float image holds NaN or inf values")
         if mode in _SIXTEEN_BIT:
             arr = arr / 257.0
         elif arr.size and (arr.min() < 0 or arr.max() > 255):

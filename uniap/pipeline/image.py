@@ -69,6 +69,7 @@ def segment_image(
     contours: bool | None = None,
     upsampling: str = "nearest",
     unique: bool = True,
+    max_pixels: int | None = None,
     **options: Any,
 ) -> ImageSegmentation:
     """Masks of one image: extract features, run UniAP, map to pixels.
@@ -102,6 +103,9 @@ def segment_image(
     unique : bool
         True (default): one record per distinct mask, with the ``levels`` it spans; False:
         one record per cluster and level (:func:`uniap.records.hierarchy_records`).
+    max_pixels : int, optional
+        The most pixels ``image`` may have, checked before it is decoded
+        (:func:`uniap.features.load_image`: 89.5 million for a file by default; 0: no limit).
     **options
         Passed to :func:`uniap.segment` / :func:`uniap.segment_graph` (levels, min_size,
         preset, semantic, backend, ...).  The default levels are
@@ -129,7 +133,7 @@ def segment_image(
         raise ValueError("upsampling applies to refine='none' only: superpixel levels are pixel-accurate")
     extractor = refined(get_extractor("default") if extractor is None else extractor, refine, **sp_options)
     options.setdefault("levels", default_levels(refine))
-    pixels = load_image(image)
+    pixels = load_image(image, max_pixels=max_pixels)
     t0 = time.perf_counter()
     grid = extractor(pixels)
     t1 = time.perf_counter()

@@ -99,12 +99,12 @@ def _load(blob: Any) -> Any:
 # -- the stages as Ray Data functions and classes ------------------------------------------
 
 
-def _decode_states(states: list[_State]) -> None:
+def _decode_states(states: list[_State], max_pixels: int | None = None) -> None:
     """The jobs' images decoded (or their reports failed)."""
     for state in states:
         start = time.perf_counter()
         try:
-            state.image = decode(state.job.item)  # what Stages.decode does, without an extractor
+            state.image = decode(state.job.item, max_pixels)  # what Stages.decode does, without an extractor
             timed(state.report.timings, "decode", start)
         except Exception as err:  # an unreadable file fails alone
             _fail(state.report, err)
@@ -139,10 +139,10 @@ def _write_states(stages: Stages, states: list[_State], collect: bool) -> list[R
     return [state.report for state in states]
 
 
-def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _decode_batch(batch: dict[str, np.ndarray], max_pixels: int | None = None) -> dict[str, np.ndarray]:
     """CPU task: decoding."""
     states = [_load(blob) for blob in batch["state"]]
-    _decode_states(states)
+    _decode_states(states, max_pixels)
     return _states_batch(batch, states)
 
 
@@ -205,7 +205,7 @@ def _process_batch(batch: dict[str, np.ndarray], settings: bytes, collect: bool)
     """CPU task: every stage of a batch (``compute="tasks"``), the images never leaving the task."""
     states = [_load(blob) for blob in batch["state"]]
     stages = _cached_stages(settings, extractor=True)
-    _decode_states(states)
+    _decode_states(states, stages.settings.max_pixels)
     _segment_states(stages, states)
     return _reports_batch(batch, _write_states(stages, states, collect))
 
@@ -397,7 +397,8 @@ class RayEngine:
             if compute == "tasks":
                 return dataset.map_batches(_process_batch, fn_kwargs=written, num_cpus=task_cpus, num_gpus=gpus,
                                            **batches, **_if_taken(dataset.map_batches, retries))
-            dataset = dataset.map_batches(_decode_batch, num_cpus=task_cpus, **batches,
+            dataset = dataset.map_batches(_decode_batch, fn_kwargs={"max_pixels": settings.max_pixels},
+                                          num_cpus=task_cpus, **batches,
                                           **_if_taken(dataset.map_batches, retries))
             dataset = dataset.map_batches(_Segment, fn_constructor_args=(settings,), num_cpus=actor_cpus,
                                           num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors),

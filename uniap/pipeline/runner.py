@@ -101,6 +101,7 @@ def run(
     all_levels: bool = False,
     progress: bool = True,
     extractor: Any | None = None,
+    max_pixels: int | None = None,
 ) -> RunSummary:
     """Masks for many images, written as files; a failing image is reported, not fatal.
 
@@ -156,6 +157,10 @@ def run(
     extractor : FeatureExtractor, optional
         An extractor built already (used by this process, wrapped for ``refine``; workers
         build their own from ``features`` and ``extractor_options``).
+    max_pixels : int, optional
+        The most pixels (height x width) an image may have, read from its header before it is
+        decoded; a larger image fails alone, named (default
+        :data:`uniap.features.image.DEFAULT_MAX_PIXELS`, 89.5 million; 0: no limit).
 
     Returns
     -------
@@ -186,10 +191,13 @@ def run(
         raise TypeError(f"engine must be a name ({', '.join(ENGINES)}) or an engine with a run method, "
                         f"got {type(engine).__name__}")
     check_refine(refine, refine_options, upsampling, segment_options)
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
+        raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
     items = expand_inputs(inputs, file_lists)
     settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
-                        unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}))
+                        unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}),
+                        max_pixels=max_pixels)
     digest = signature(settings.signature_fields())
     if format in COLLECTORS and not overwrite and (existing := COLLECTORS[format].existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")

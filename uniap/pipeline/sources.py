@@ -156,29 +156,31 @@ def output_stem(key: str) -> str:
     return key[:dot] if key[dot:].lower() in IMAGE_SUFFIXES else key
 
 
-def decode(item: Item) -> np.ndarray:
+def decode(item: Item, max_pixels: int | None = None) -> np.ndarray:
     """Read ``item`` as an ``(H, W, 3)`` uint8 RGB array, as :func:`uniap.features.load_image`.
 
     The EXIF orientation is applied; grey, palette, CMYK and 16-bit images become RGB and an
-    alpha channel is dropped.
+    alpha channel is dropped.  An image of more than ``max_pixels`` pixels (default
+    :data:`uniap.features.image.DEFAULT_MAX_PIXELS`; 0: no limit) is refused on its header,
+    before it is decoded.
 
     Raises
     ------
     ValueError
-        If the item cannot be read or is not an image; the message names
+        If the item cannot be read, is not an image or has too many pixels; the message names
         :meth:`Item.describe`.
     """
     from ..features.image import load_image, load_image_bytes
 
     if item.member is None:
-        return load_image(item.path)  # its messages name the path, which is describe()
+        return load_image(item.path, max_pixels=max_pixels)  # its messages name the path, which is describe()
     try:
         data = item.read_bytes()
     except OSError as err:
         raise ValueError(
             f"cannot read image {item.describe()!r}: {err.strerror or err}"
         ) from err
-    return load_image_bytes(data, item.describe())
+    return load_image_bytes(data, item.describe(), max_pixels=max_pixels)
 
 
 def expand_inputs(inputs: Sequence[str], file_lists: Sequence[str] = ()) -> list[Item]:

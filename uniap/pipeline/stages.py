@@ -52,6 +52,10 @@ class Settings:
         ``compactness``, ``contours``).
     threads : int, optional
         BLAS, OpenMP and torch threads of a worker (several workers share the cores).
+    max_pixels : int, optional
+        The most pixels an image may have, checked on its header before decoding (default
+        :data:`uniap.features.image.DEFAULT_MAX_PIXELS`; 0: no limit).  It refuses images and
+        changes no output, so it is not part of the signature.
     """
 
     features: str = "default"
@@ -63,6 +67,7 @@ class Settings:
     refine: str = "superpixels"
     refine_options: dict = field(default_factory=dict)
     threads: int | None = None
+    max_pixels: int | None = None
 
     def build_extractor(self) -> Any:
         from ..features import get_extractor, refined
@@ -256,7 +261,7 @@ class Stages:
         self.pool = Pool(settings.pool_options(), settings.host_backend)
 
     def decode(self, item: Item) -> np.ndarray:
-        return decode(item)
+        return decode(item, self.settings.max_pixels)
 
     def encode(self, grid: Any, hierarchy: Hierarchy) -> Encoded:
         return encode(grid, hierarchy, upsampling=self.settings.upsampling, unique=self.settings.unique)
