@@ -16,7 +16,7 @@ here is array-API code that runs unchanged on NumPy, torch and CuPy arrays.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +38,15 @@ HUGE_NORM = 2.0**300
 # Elements in one temporary block of a chunked product: bounds memory at 16 MiB (float64)
 # whatever the graph size, so nothing of size N x N is ever materialised.
 CHUNK_ELEMENTS = 1 << 21
+# The paper's rule keeps every node's affinity profile (sum of its members' rows of F F^T, one
+# row of N_p numbers per node of an image of N_p cells) when they fit in this many bytes: the
+# profiles then cost one F F^T per image, and every later vote, merge and attention logit is a
+# row operation.  Larger graphs fall back to the chunked products (mu F^T per edge, per merged
+# node): O(E * N) work per pass, nothing of size N x N held.
+PROFILE_BYTES = 1 << 32
+# Bounds of the semantic complete graph's votes (mean |P_a - P_b| from the Gram of the profile
+# rows) are widened by this much, far above their float64 rounding, before they decide a pair.
+BOUND_SLACK = 1e-9
 
 
 @dataclass
@@ -99,6 +108,10 @@ class _State:
     pos: Any  # (R,) index of each active root in roots
     row_offsets: np.ndarray  # (P + 1,): rows of part p are row_offsets[p]:row_offsets[p + 1]
     cell_offsets: np.ndarray  # (P + 1,): cells of part p, for the profiles mu_k F^T
+    # Per part p, (rows of p, cells of p): row r - row_offsets[p] holds the profile sum
+    # S_k = sum_{i in k} F_i F_p^T of the node in row r, so that P_k = S_k / n_k.  None when
+    # the profiles are computed on demand (options need none, or PROFILE_BYTES is exceeded).
+    profiles: list | None = None
 
 
 @dataclass
@@ -107,6 +120,7 @@ class _Context:
     xp: Any
     options: Options
     unit: Any | None  # (N, C) L2-normalised input features F, when profiles are needed
+    feature_grams: dict = field(default_factory=dict)  # part -> F_p^T F_p, made on demand
 
 
 def row_norms(xp: Any, v: Any) -> Any:
@@ -159,23 +173,59 @@ def _attention_pool(ctx: _Context, mu: Any, unit_part: Any) -> Any:
     out = xp.empty((m, unit_part.shape[1]), dtype=mu.dtype, device=_device(mu))
     step = max(1, CHUNK_ELEMENTS // max(1, n_cells))
     for s in range(0, m, step):
-        logits = (mu[s : s + step] @ unit_part.T) / ctx.options.temperature
-        logits = logits - xp.max(logits, axis=1, keepdims=True)
-        weights = xp.exp(logits)
-        weights = weights / xp.sum(weights, axis=1, keepdims=True)
-        pooled = weights @ unit_part
-        out[s : s + step] = pooled / row_norms(xp, pooled)[:, None]
+        out[s : s + step] = _softmax_pool(ctx, (mu[s : s + step] @ unit_part.T) / ctx.options.temperature, unit_part)
     return out
 
 
 def _by_part(ctx: _Context, st: _State, rows: Any):
-    """Yield (lo, hi, part cells) for the runs of ``rows`` (increasing) in each part."""
+    """Yield (p, lo, hi, part cells) for the runs of ``rows`` (increasing) in each part p."""
     rows_np = ctx.be.to_numpy(rows)
     bounds = np.searchsorted(rows_np, st.row_offsets)
     for p in range(len(st.row_offsets) - 1):
         lo, hi = int(bounds[p]), int(bounds[p + 1])
         if hi > lo:
-            yield lo, hi, ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+            yield p, lo, hi, ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+
+
+def _local(ctx: _Context, st: _State, p: int, rows: Any) -> Any:
+    """Rows of part p as row indices of its profile matrix."""
+    return rows - int(st.row_offsets[p])
+
+
+def _profile_votes(ctx: _Context, st: _State, p: int, a: Any, b: Any) -> Any:
+    """vote_ab = 1 - mean_c |S_a[c] / n_a - S_b[c] / n_b| from the profile rows of part p."""
+    xp = ctx.xp
+    prof = st.profiles[p]
+    dt = prof.dtype
+    wa = 1.0 / xp.astype(xp.take(st.sizes, a), dt)
+    wb = 1.0 / xp.astype(xp.take(st.sizes, b), dt)
+    l1 = ctx.be.profile_l1(prof, _local(ctx, st, p, a), _local(ctx, st, p, b), wa, wb)
+    return 1.0 - l1 / prof.shape[1]
+
+
+def _softmax_pool(ctx: _Context, logits: Any, unit_part: Any) -> Any:
+    """L2N(softmax_c(logits) F) for a block of logit rows (already divided by sigma)."""
+    xp = ctx.xp
+    logits = logits - xp.max(logits, axis=1, keepdims=True)
+    weights = xp.exp(logits)
+    weights = weights / xp.sum(weights, axis=1, keepdims=True)
+    pooled = weights @ unit_part
+    return pooled / row_norms(xp, pooled)[:, None]
+
+
+def _profile_attention_pool(ctx: _Context, st: _State, p: int, rows: Any, unit_part: Any) -> Any:
+    """Attention pooling of the nodes in ``rows`` (part p), logits read from their profiles."""
+    xp = ctx.xp
+    prof = st.profiles[p]
+    local = _local(ctx, st, p, rows)
+    scale = 1.0 / (xp.astype(xp.take(st.sizes, rows), prof.dtype) * ctx.options.temperature)
+    m, n_cells = rows.shape[0], prof.shape[1]
+    out = xp.empty((m, unit_part.shape[1]), dtype=prof.dtype, device=_device(prof))
+    step = max(1, CHUNK_ELEMENTS // max(1, n_cells))
+    for s in range(0, m, step):
+        logits = xp.take(prof, local[s : s + step], axis=0) * scale[s : s + step, None]
+        out[s : s + step] = _softmax_pool(ctx, logits, unit_part)
+    return out
 
 
 def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
@@ -186,21 +236,25 @@ def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
         return cos
     vote = xp.empty_like(cos)
     # Edges never cross parts; each part's votes use that part's own cells only.
-    for lo, hi, unit_part in _by_part(ctx, st, a):
-        vote[lo:hi] = _vote(
-            ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part
-        )
+    for p, lo, hi, unit_part in _by_part(ctx, st, a):
+        if st.profiles is not None:
+            vote[lo:hi] = _profile_votes(ctx, st, p, a[lo:hi], b[lo:hi])
+        else:
+            vote[lo:hi] = _vote(
+                ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part
+            )
     return opt.feature_weight * cos + opt.vote_weight * vote
 
 
 # -- contraction --------------------------------------------------------------------------
 
 
-def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any) -> tuple[Any, Any]:
+def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = True) -> tuple[Any, Any]:
     """Contract the components of the selected edges (row ids of roots), in place.
 
     Returns ``rootmap`` (R,), the new root of every old root's row, and the rows of the
-    nodes this pass formed (increasing).
+    nodes this pass formed (increasing).  ``repool=False`` only relabels: the formed nodes'
+    sums, profiles and features are left stale (for a last pass whose state nobody reads).
     """
     be, xp, opt = ctx.be, ctx.xp, ctx.options
     roots = st.roots
@@ -209,30 +263,58 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any) -> tuple[Any, A
     counts = be.segment_sum(xp.ones((k,), dtype=xp.int64, device=_device(comp)), comp, k_new)
     new_roots = xp.take(roots, be.first_occurrences(comp, k_new))
     merged = xp.nonzero(counts > 1)[0]
-    members = xp.nonzero(xp.take(counts > 1, comp))[0]  # increasing: the summation order
-    group = xp.zeros((k_new,), dtype=xp.int64, device=_device(comp))
-    group[merged] = xp.arange(merged.shape[0], dtype=xp.int64, device=_device(comp))
-    group_of_member = xp.take(group, xp.take(comp, members))
-    src = xp.take(roots, members)
     dst = xp.take(new_roots, merged)
-    m = int(merged.shape[0])
-    st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
-    st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
-    if st.unit_sums is not None:
-        st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
-    if opt.pooling == "attention":
-        mu = _profile_means(xp, st, dst)
-        pooled = xp.empty_like(mu)
-        for lo, hi, unit_part in _by_part(ctx, st, dst):
-            pooled[lo:hi] = _attention_pool(ctx, mu[lo:hi], unit_part)
-        st.feats[dst] = pooled
-    st.norms[dst] = row_norms(xp, xp.take(st.feats, dst, axis=0))
+    if repool:
+        members = xp.nonzero(xp.take(counts > 1, comp))[0]  # increasing: the summation order
+        group = xp.zeros((k_new,), dtype=xp.int64, device=_device(comp))
+        group[merged] = xp.arange(merged.shape[0], dtype=xp.int64, device=_device(comp))
+        group_of_member = xp.take(group, xp.take(comp, members))
+        src = xp.take(roots, members)
+        m = int(merged.shape[0])
+        st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
+        st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
+        if st.unit_sums is not None:
+            st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
+        if st.profiles is not None:
+            # A merged node's profile sum is the sum of its members' (a segment sum of rows, no
+            # product); members of one node lie in one part, and parts are runs of rows.
+            src_bounds = np.searchsorted(be.to_numpy(src), st.row_offsets)
+            for p, lo, hi, _ in _by_part(ctx, st, dst):
+                s_lo, s_hi = int(src_bounds[p]), int(src_bounds[p + 1])
+                prof = st.profiles[p]
+                prof[_local(ctx, st, p, dst[lo:hi])] = be.segment_sum(
+                    prof, group_of_member[s_lo:s_hi] - lo, hi - lo, rows=_local(ctx, st, p, src[s_lo:s_hi])
+                )
+        if opt.pooling == "attention":
+            pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
+            if st.profiles is not None:
+                for p, lo, hi, unit_part in _by_part(ctx, st, dst):
+                    pooled[lo:hi] = _profile_attention_pool(ctx, st, p, dst[lo:hi], unit_part)
+            else:
+                mu = _profile_means(xp, st, dst)
+                for _, lo, hi, unit_part in _by_part(ctx, st, dst):
+                    pooled[lo:hi] = _attention_pool(ctx, mu[lo:hi], unit_part)
+            st.feats[dst] = pooled
+        st.norms[dst] = row_norms(xp, xp.take(st.feats, dst, axis=0))
 
     rootmap = xp.empty_like(st.pos)
     rootmap[roots] = xp.take(new_roots, comp)
     st.roots = new_roots
     st.pos[new_roots] = xp.arange(k_new, dtype=xp.int64, device=_device(comp))
     return rootmap, dst
+
+
+def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
+    """Per part, F_p F_p^T (every cell's profile), or None when they would exceed PROFILE_BYTES."""
+    if not ctx.options.needs_profiles:
+        return None
+    sizes = np.diff(cell_offsets)
+    if float(np.sum(sizes.astype(np.float64) ** 2)) * ctx.unit.dtype.itemsize > PROFILE_BYTES:
+        return None
+    parts = []
+    for p in range(len(cell_offsets) - 1):
+        parts.append(ctx.be.gram(ctx.unit[int(cell_offsets[p]) : int(cell_offsets[p + 1])]))
+    return parts
 
 
 def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any) -> _State:
@@ -252,6 +334,7 @@ def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any
         pos=xp.arange(n, dtype=xp.int64, device=dev),
         row_offsets=cell_offsets,
         cell_offsets=cell_offsets,
+        profiles=_initial_profiles(ctx, cell_offsets),
     )
 
 
@@ -344,6 +427,13 @@ def _compact(ctx: _Context, st: _State) -> _State:
     dev = _device(st.roots)
     take = lambda arr: None if arr is None else xp.take(arr, st.roots, axis=0)  # noqa: E731
     sums = take(st.sums)
+    bounds = np.searchsorted(ctx.be.to_numpy(st.roots), st.row_offsets)
+    profiles = None
+    if st.profiles is not None:
+        profiles = [
+            xp.take(prof, _local(ctx, st, p, st.roots[int(bounds[p]) : int(bounds[p + 1])]), axis=0)
+            for p, prof in enumerate(st.profiles)
+        ]
     return _State(
         sums=sums,
         sizes=take(st.sizes),
@@ -352,8 +442,9 @@ def _compact(ctx: _Context, st: _State) -> _State:
         norms=take(st.norms),
         roots=xp.arange(k, dtype=xp.int64, device=dev),
         pos=xp.arange(k, dtype=xp.int64, device=dev),
-        row_offsets=np.searchsorted(ctx.be.to_numpy(st.roots), st.cell_offsets),
+        row_offsets=bounds,
         cell_offsets=st.cell_offsets,
+        profiles=profiles,
     )
 
 
@@ -394,9 +485,11 @@ def _semantic_passes(ctx: _Context, st: _State, t: float, track_margin: bool) ->
         margin = min(margin, pass_margin)
         if a.shape[0] == 0:
             break
-        rootmap, _ = _contract(ctx, st, a, b)
+        single = ctx.options.passes == "single"
+        # The state of a last pass is never read: relabel only.
+        rootmap, _ = _contract(ctx, st, a, b, repool=not single)
         group_root = xp.take(rootmap, group_root)
-        if ctx.options.passes == "single":
+        if single:
             break
     return xp.take(st.pos, group_root), margin
 
@@ -408,6 +501,8 @@ def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin:
     ``CHUNK_ELEMENTS`` numbers (times the part's cell count when votes need profiles).
     """
     xp, opt, be = ctx.xp, ctx.options, ctx.be
+    if opt.vote_weight and st.profiles is not None:
+        return _complete_graph_selection_bounded(ctx, st, t, track_margin)
     dev = _device(st.feats)
     bounds = np.searchsorted(be.to_numpy(st.roots), st.row_offsets)
     sel_a, sel_b = [], []
@@ -450,3 +545,93 @@ def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin:
         empty = xp.zeros((0,), dtype=xp.int64, device=dev)
         return empty, empty, margin
     return xp.concat(sel_a), xp.concat(sel_b), margin
+
+
+def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, Any, Any]:
+    """For the nodes in ``rows`` (part p): the Gram matrix Q = P P^T of their profile means,
+    its diagonal, and each profile's mean over the part's cells.
+
+    Q is mu (F^T F) mu^T when that is cheaper than P P^T (many nodes): F^T F is C x C and is
+    computed once per part and run.
+    """
+    xp = ctx.xp
+    unit_part = ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+    n, c = unit_part.shape
+    k = rows.shape[0]
+    mu = _profile_means(xp, st, rows)
+    col_mean = xp.sum(unit_part, axis=0) / n
+    means = mu @ col_mean
+    if p not in ctx.feature_grams and k * k * n > n * c * c + 2 * k * c * c:
+        ctx.feature_grams[p] = unit_part.T @ unit_part
+    if p in ctx.feature_grams:
+        mg = mu @ ctx.feature_grams[p]
+        return mg @ mu.T, xp.vecdot(mg, mu, axis=1), means
+    prof = xp.take(st.profiles[p], _local(ctx, st, p, rows), axis=0)
+    prof = prof / xp.astype(xp.take(st.sizes, rows), prof.dtype)[:, None]
+    return prof @ prof.T, xp.vecdot(prof, prof, axis=1), means
+
+
+def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track_margin: bool):
+    """:func:`_complete_graph_selection` with votes from the profile rows, most pairs decided
+    by bounds.
+
+    With d = P_a - P_b over the part's n cells, |d_c| <= 2 and Cauchy-Schwarz give
+    max(mean(d^2) / 2, |mean d|) <= mean |d| <= sqrt(mean(d^2)), and mean(d^2) comes from the
+    Gram matrix of the profiles (a product): a pair whose score interval lies on one side of
+    t is decided by it; only the others need their exact L1 distance (a row operation).
+    ``track_margin`` computes every pair exactly, for the exact smallest |s - t|.
+    """
+    xp, opt, be = ctx.xp, ctx.options, ctx.be
+    dev = _device(st.feats)
+    wf, ws = opt.feature_weight, opt.vote_weight
+    bounds = np.searchsorted(be.to_numpy(st.roots), st.row_offsets)
+    sel_a, sel_b = [], []
+    margin = math.inf
+    for p in range(len(st.row_offsets) - 1):
+        lo, hi = int(bounds[p]), int(bounds[p + 1])
+        kp = hi - lo
+        if kp < 2:
+            continue
+        rows = st.roots[lo:hi]
+        n_cells = int(st.cell_offsets[p + 1] - st.cell_offsets[p])
+        unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
+        gram, sq, means = _profile_gram(ctx, st, p, rows)
+        tile = max(1, math.isqrt(CHUNK_ELEMENTS))
+        for r0 in range(0, kp, tile):
+            r1 = min(kp, r0 + tile)
+            for c0 in range(r0, kp, tile):
+                c1 = min(kp, c0 + tile)
+                cos = unit_feats[r0:r1] @ unit_feats[c0:c1].T
+                i = xp.arange(r0, r1, dtype=xp.int64, device=dev)[:, None]
+                j = xp.arange(c0, c1, dtype=xp.int64, device=dev)[None, :]
+                upper = j > i  # each pair once, no self-pairs
+                if track_margin:
+                    sure = xp.zeros_like(upper)
+                    unsure = upper
+                else:
+                    m2 = (sq[r0:r1, None] + sq[None, c0:c1] - 2.0 * gram[r0:r1, c0:c1]) / n_cells
+                    m2 = xp.clip(m2, min=0.0)
+                    low = xp.maximum(m2 / 2.0, xp.abs(means[r0:r1, None] - means[None, c0:c1]))
+                    s_hi = wf * cos + ws * (1.0 - (low - BOUND_SLACK))
+                    s_lo = wf * cos + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
+                    sure = (s_lo > t) & upper
+                    unsure = (s_hi > t) & ~sure & upper
+                ii, jj = xp.nonzero(sure)
+                sel_a.append(xp.take(rows, ii + r0))
+                sel_b.append(xp.take(rows, jj + c0))
+                ii, jj = xp.nonzero(unsure)
+                if ii.shape[0] == 0:
+                    continue
+                a, b = xp.take(rows, ii + r0), xp.take(rows, jj + c0)
+                vote = _profile_votes(ctx, st, p, a, b)
+                s = wf * xp.take(xp.reshape(cos, (-1,)), ii * (c1 - c0) + jj) + ws * vote
+                if track_margin:
+                    margin = min(margin, float(xp.min(xp.abs(s - t))))
+                keep = xp.nonzero(s > t)[0]
+                sel_a.append(xp.take(a, keep))
+                sel_b.append(xp.take(b, keep))
+    if not sel_a:
+        empty = xp.zeros((0,), dtype=xp.int64, device=dev)
+        return empty, empty, margin
+    a, b = xp.concat(sel_a), xp.concat(sel_b)
+    return a, b, margin

@@ -324,3 +324,19 @@ def cluster_sums(x, labels, num):
         for j in range(x.shape[1]):
             out[k, j] += x[i, j]
     return out
+
+
+@njit(cache=True, fastmath=SCORE_MATH)
+def profile_l1(prof, a, b, wa, wb, out):
+    """out[i] = sum_c |wa[i] prof[a[i], c] - wb[i] prof[b[i], c]| (the paper's votes).
+
+    Scores decide "s > t" only, so the sum may be re-associated (vectorised).
+    """
+    n = prof.shape[1]
+    for i in range(a.shape[0]):
+        ra, rb, fa, fb = a[i], b[i], wa[i], wb[i]
+        s = 0.0
+        for c in range(n):
+            s += abs(fa * prof[ra, c] - fb * prof[rb, c])
+        out[i] = s
+    return out

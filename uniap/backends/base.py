@@ -109,6 +109,27 @@ class Backend:
         """Edges (a[i], b[i]) as ``a < b``, without self-loops or duplicates, sorted by (a, b)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement unique_edges()")
 
+    # -- the paper's profiles (uniap.engine, PROFILE_BYTES) --------------------------
+    def gram(self, unit: Any) -> Any:
+        """``unit @ unit.T``: every cell's affinity profile, (n, n) for (n, C) features."""
+        return unit @ unit.T
+
+    def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
+        """sum_c |wa[i] prof[a[i], c] - wb[i] prof[b[i], c]| for every i: shape (m,).
+
+        The default gathers blocks of rows with the array namespace; a CPU backend may fuse
+        it into one pass over the two rows.
+        """
+        xp = self.xp
+        m, n = a.shape[0], prof.shape[1]
+        out = xp.empty((m,), dtype=prof.dtype, device=array_device(prof))
+        step = max(1, (1 << 20) // max(1, n))
+        for s in range(0, m, step):
+            ra = xp.take(prof, a[s : s + step], axis=0) * wa[s : s + step, None]
+            rb = xp.take(prof, b[s : s + step], axis=0) * wb[s : s + step, None]
+            out[s : s + step] = xp.sum(xp.abs(ra - rb), axis=1)
+        return out
+
     # -- fixed-shape primitives (the device loop of uniap.backends._device) ----------
     def score_dtype(self, x: Any) -> Any:
         """The dtype edge scores are computed in for features ``x`` (float64 unless fast

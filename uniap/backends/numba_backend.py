@@ -48,6 +48,15 @@ class NumbaBackend(NumpyBackend):
             return k.cluster_sums(x, np.ascontiguousarray(labels, dtype=np.int64), num)
         return super().cluster_sums(x, labels, num)
 
+    def profile_l1(self, prof, a, b, wa, wb):
+        if prof.dtype != np.float64 or not prof.flags.c_contiguous:
+            return super().profile_l1(prof, a, b, wa, wb)
+        from . import _numba_kernels as k
+
+        out = np.empty(a.shape[0], np.float64)
+        return k.profile_l1(prof, np.ascontiguousarray(a, np.int64), np.ascontiguousarray(b, np.int64),
+                            np.ascontiguousarray(wa, np.float64), np.ascontiguousarray(wb, np.float64), out)
+
     def all_finite(self, x) -> bool:
         # init_scores checks finiteness while it computes the norms it needs anyway.
         return True
