@@ -182,6 +182,15 @@ class TorchBackend(Backend):
 
     def segment_sum(self, values: Any, labels: Any, num: int, rows: Any | None = None) -> Any:
         torch = _torch()
+        if (values.device.type == "cpu" and values.ndim == 2 and not values.requires_grad
+                and values.dtype == torch.float64 and values.is_contiguous()):
+            # SciPy's CSR product reads only the listed rows, in the given order (the NumPy
+            # backend's sum): no gathered copy of the rows (the paper's profile rows are long).
+            from .numpy_backend import NumpyBackend
+
+            out = NumpyBackend.segment_sum(self, values.numpy(), labels.numpy(), num,
+                                           rows=None if rows is None else rows.numpy())
+            return torch.from_numpy(np.ascontiguousarray(out))
         src = values if rows is None else values.index_select(0, rows)
         out = torch.zeros((num, *values.shape[1:]), dtype=values.dtype, device=values.device)
         # Out of place, so that the result carries autograd history (cluster means).
