@@ -25,6 +25,10 @@ from uniap.synthetic import piecewise_features
 from test_backends_agree import MARGIN, grids, levels_strategy
 
 BACKENDS = [name for name in ("numpy", "numba", "torch") if uniap.backends.available().get(name) is None]
+if "torch" in BACKENDS:
+    # CPU tensors run the engine on NumPy views (Numba's primitives); "torch-engine" runs it
+    # on the tensors themselves, the code path of CUDA.
+    BACKENDS.append("torch-engine")
 
 
 @contextlib.contextmanager
@@ -39,11 +43,27 @@ def chunked_products():
 
 
 def _convert(backend):
-    if backend == "torch":
+    if backend.startswith("torch"):
         import torch
 
         return torch.from_numpy
     return lambda a: a
+
+
+@contextlib.contextmanager
+def _running(backend):
+    """The backend name to pass, with the torch engine on CPU tensors for "torch-engine"."""
+    if backend != "torch-engine":
+        yield backend
+        return
+    from uniap.backends.torch_backend import TorchBackend
+
+    saved = TorchBackend.numba_on_cpu
+    TorchBackend.numba_on_cpu = False
+    try:
+        yield "torch"
+    finally:
+        TorchBackend.numba_on_cpu = saved
 
 
 def compare(x, backend, reject=assume, **options):
@@ -53,7 +73,8 @@ def compare(x, backend, reject=assume, **options):
     reject(all(r.min_margin > MARGIN for r in refs))
     convert = _convert(backend)
     inputs = [convert(g) for g in x] if isinstance(x, list) else convert(x)
-    fast = uniap.segment(inputs, backend=backend, **options)
+    with _running(backend) as name:
+        fast = uniap.segment(inputs, backend=name, **options)
     fasts = fast if isinstance(fast, list) else [fast]
     for r, f in zip(refs, fasts):
         uniap.testing.assert_same_partitions(r, f, features_rtol=1e-9)

@@ -547,28 +547,29 @@ def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin:
     return xp.concat(sel_a), xp.concat(sel_b), margin
 
 
-def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, Any, Any]:
-    """For the nodes in ``rows`` (part p): the Gram matrix Q = P P^T of their profile means,
-    its diagonal, and each profile's mean over the part's cells.
+def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, Any, Any, Any]:
+    """Factors of the Gram matrix Q = P P^T of the profile means of ``rows`` (part p):
+    ``(left, right, sq, means)`` with Q[i, j] = left[i] . right[j], sq = diag(Q), and each
+    profile's mean over the part's cells.
 
-    Q is mu (F^T F) mu^T when that is cheaper than P P^T (many nodes): F^T F is C x C and is
-    computed once per part and run.
+    The factors are (mu F^T F, mu) when that is cheaper than (P, P) (many nodes): F^T F is
+    C x C and is computed once per part and run.
     """
     xp = ctx.xp
     unit_part = ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
     n, c = unit_part.shape
     k = rows.shape[0]
     mu = _profile_means(xp, st, rows)
-    col_mean = xp.sum(unit_part, axis=0) / n
-    means = mu @ col_mean
-    if p not in ctx.feature_grams and k * k * n > n * c * c + 2 * k * c * c:
+    means = mu @ (xp.sum(unit_part, axis=0) / n)
+    if p not in ctx.feature_grams and k * k * n > n * c * c + 2 * k * c * c + k * k * c:  # multiplications
         ctx.feature_grams[p] = unit_part.T @ unit_part
     if p in ctx.feature_grams:
-        mg = mu @ ctx.feature_grams[p]
-        return mg @ mu.T, xp.vecdot(mg, mu, axis=1), means
-    prof = xp.take(st.profiles[p], _local(ctx, st, p, rows), axis=0)
-    prof = prof / xp.astype(xp.take(st.sizes, rows), prof.dtype)[:, None]
-    return prof @ prof.T, xp.vecdot(prof, prof, axis=1), means
+        left, right = mu @ ctx.feature_grams[p], mu
+    else:
+        left = xp.take(st.profiles[p], _local(ctx, st, p, rows), axis=0)
+        left = left / xp.astype(xp.take(st.sizes, rows), left.dtype)[:, None]
+        right = left
+    return left, right, xp.vecdot(left, right, axis=1), means
 
 
 def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track_margin: bool):
@@ -595,7 +596,7 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
         rows = st.roots[lo:hi]
         n_cells = int(st.cell_offsets[p + 1] - st.cell_offsets[p])
         unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
-        gram, sq, means = _profile_gram(ctx, st, p, rows)
+        left, right, sq, means = _profile_gram(ctx, st, p, rows)
         tile = max(1, math.isqrt(CHUNK_ELEMENTS))
         for r0 in range(0, kp, tile):
             r1 = min(kp, r0 + tile)
@@ -609,7 +610,8 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
                     sure = xp.zeros_like(upper)
                     unsure = upper
                 else:
-                    m2 = (sq[r0:r1, None] + sq[None, c0:c1] - 2.0 * gram[r0:r1, c0:c1]) / n_cells
+                    gram = left[r0:r1] @ right[c0:c1].T
+                    m2 = (sq[r0:r1, None] + sq[None, c0:c1] - 2.0 * gram) / n_cells
                     m2 = xp.clip(m2, min=0.0)
                     low = xp.maximum(m2 / 2.0, xp.abs(means[r0:r1, None] - means[None, c0:c1]))
                     s_hi = wf * cos + ws * (1.0 - (low - BOUND_SLACK))
