@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .backends.base import Backend
     from .graph import Graph
 
+# Cosine's eps, relative to the largest input row norm of the run (``run_eps``): scaling all
+# features by any positive factor gives the same partitions (#23), and a zero row has cosine 0
+# with everything.  Features already L2-normalised (attention pooling) use it as it is.
 EPS = 1e-10
 # Cosine scores do not depend on the features' scale, but float64 squared norms overflow
 # above about 1e154 per value.  A run whose largest row norm exceeds this (or overflows)
@@ -35,6 +38,9 @@ EPS = 1e-10
 # |value| lies in [0.5, 1); below it, even the sum of 2**40 such rows keeps its squared norm
 # far inside float64's range.
 HUGE_NORM = 2.0**300
+# Likewise, a run whose largest row norm is below this (squares of such values underflow,
+# norms of 1e-200 would read 0) first scales the features up by a power of two (#23).
+TINY_NORM = 2.0**-200
 # Elements in one temporary block of a chunked product: bounds memory at 16 MiB (float64)
 # whatever the graph size, so nothing of size N x N is ever materialised.
 CHUNK_ELEMENTS = 1 << 21
@@ -83,14 +89,14 @@ def overflow_scale(max_abs: float) -> float:
     return math.ldexp(1.0, -math.frexp(max_abs)[1])
 
 
-def scale_if_huge(be: "Backend", xp: Any, x: Any, norms: Any, limit: float = HUGE_NORM) -> float:
-    """The scale for features ``x`` whose row norms are ``norms``: 1.0 unless some norm
-    exceeds ``limit`` (or overflowed to inf), else :func:`overflow_scale` of max |x|.
+def run_scale(be: "Backend", xp: Any, x: Any, largest: float) -> float:
+    """The scale for features ``x`` whose largest row norm is ``largest``: 1.0 unless it
+    exceeds HUGE_NORM (or overflowed) or lies below TINY_NORM (or underflowed), else
+    :func:`overflow_scale` of max |x|.
 
-    ``x`` must be finite (checked before); one count of N norms is all the usual case costs.
+    ``x`` must be finite (checked before); the usual case costs nothing more.
     """
-    (huge,) = be.fetch(xp.count_nonzero(~(norms < limit)))
-    if not huge:
+    if TINY_NORM <= largest < HUGE_NORM:
         return 1.0
     return overflow_scale(float(be.to_numpy(xp.max(xp.abs(x)))))
 
@@ -121,12 +127,23 @@ class _Context:
     options: Options
     unit: Any | None  # (N, C) L2-normalised input features F, when profiles are needed
     feature_grams: dict = field(default_factory=dict)  # part -> F_p^T F_p, made on demand
+    eps: float = EPS  # cosine's eps for the pooled features v_k (run_eps under sum pooling)
 
 
-def row_norms(xp: Any, v: Any) -> Any:
+def row_norms(xp: Any, v: Any, eps: float = EPS) -> Any:
     """max(|v_k|, eps) for each row."""
     n = xp.sqrt(xp.vecdot(v, v, axis=1))
-    return xp.clip(n, min=EPS)
+    return xp.clip(n, min=eps)
+
+
+def run_eps(largest_norm: float) -> float:
+    """Cosine's eps for a run whose largest input row norm is ``largest_norm``: EPS times it
+    (EPS itself when every row is zero).
+
+    >>> run_eps(2.0) == 2e-10 and run_eps(0.0) == 1e-10
+    True
+    """
+    return EPS * largest_norm if largest_norm > 0 and math.isfinite(largest_norm) else EPS
 
 
 def cosine_of_rows(xp: Any, feats: Any, norms: Any, a: Any, b: Any, block: int = 1 << 16) -> Any:
@@ -295,7 +312,7 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
                 for _, lo, hi, unit_part in _by_part(ctx, st, dst):
                     pooled[lo:hi] = _attention_pool(ctx, mu[lo:hi], unit_part)
             st.feats[dst] = pooled
-        st.norms[dst] = row_norms(xp, xp.take(st.feats, dst, axis=0))
+        st.norms[dst] = row_norms(xp, xp.take(st.feats, dst, axis=0), ctx.eps)
 
     rootmap = xp.empty_like(st.pos)
     rootmap[roots] = xp.take(new_roots, comp)
@@ -356,14 +373,18 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
     x = graph.x
     n = x.shape[0]
     dev = _device(x)
-    with np.errstate(over="ignore"):  # huge rows overflow here, and are scaled below
-        x_norms = row_norms(xp, x)
-    scale = scale_if_huge(be, xp, x, x_norms)
+    with np.errstate(over="ignore", under="ignore"):  # huge or tiny rows: scaled below
+        x_norms = row_norms(xp, x, 0.0)
+    largest = float(be.to_numpy(xp.max(x_norms))) if n else 1.0
+    scale = run_scale(be, xp, x, largest)
     if scale != 1.0:
         x = x * scale  # a new array: exact, and no score changes
-        x_norms = row_norms(xp, x)
+        x_norms = row_norms(xp, x, 0.0)
+        largest = float(be.to_numpy(xp.max(x_norms)))
+    eps = run_eps(largest)
+    x_norms = xp.clip(x_norms, min=eps)
     unit = x / x_norms[:, None] if options.needs_profiles else None
-    ctx = _Context(be=be, xp=xp, options=options, unit=unit)
+    ctx = _Context(be=be, xp=xp, options=options, unit=unit, eps=eps if options.pooling == "sum" else EPS)
     st = _initial_state(ctx, x, graph.offsets, x_norms)
     edges_np = np.asarray(graph.edges, dtype=np.int64)
     if options.vote_weight != 0.0 and len(edges_np):
@@ -448,18 +469,20 @@ def _compact(ctx: _Context, st: _State) -> _State:
     )
 
 
-def add_semantic(be: "Backend", graph: "Graph", options: Options, level: LevelResult, sums: Any) -> None:
+def add_semantic(be: "Backend", graph: "Graph", options: Options, level: LevelResult, sums: Any,
+                 eps: float = EPS) -> None:
     """Fill ``level.semantic`` for a level computed elsewhere (sum pooling, cosine scores).
 
-    ``sums`` (K, C) are the clusters' feature sums in canonical order.
+    ``sums`` (K, C) are the clusters' feature sums in canonical order; ``eps`` the run's
+    (:func:`run_eps`).
     """
     xp = be.xp
-    ctx = _Context(be=be, xp=xp, options=options, unit=None)
+    ctx = _Context(be=be, xp=xp, options=options, unit=None, eps=eps)
     k = sums.shape[0]
     first_cells = xp.take(level.cell_labels, be.asarray_index(graph.offsets[:-1], like=level.cell_labels))
     row_offsets = np.append(be.to_numpy(first_cells), k)
     st = _State(
-        sums=sums, sizes=xp.asarray(level.sizes, copy=True), unit_sums=None, feats=sums, norms=row_norms(xp, sums),
+        sums=sums, sizes=xp.asarray(level.sizes, copy=True), unit_sums=None, feats=sums, norms=row_norms(xp, sums, eps),
         roots=xp.arange(k, dtype=xp.int64, device=_device(sums)),
         pos=xp.arange(k, dtype=xp.int64, device=_device(sums)),
         row_offsets=row_offsets, cell_offsets=graph.offsets,

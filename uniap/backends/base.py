@@ -147,15 +147,15 @@ class Backend:
         back to the host waits for all queued work (the device loop then fetches rarely)."""
         return False
 
-    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any) -> Any:
+    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any, eps: float = 1e-10) -> Any:
         """cos(v_a, v_b) = <v_a, v_b> / (norms[a] norms[b]) for the row pairs (a[i], b[i]).
 
         ``norms`` (rows of max(|v_k|, eps)) may be None: the norms of the gathered rows are
-        computed then (for the few float64 re-decisions of ``exact=True``).
+        computed then, clipped at ``eps`` (for the few float64 re-decisions of ``exact=True``).
         """
         from ._device import cosine
 
-        return cosine(self, self.xp, feats, norms, a, b, self.block_elements(feats))
+        return cosine(self, self.xp, feats, norms, a, b, self.block_elements(feats), eps)
 
     def take(self, x: Any, index: Any, axis: int = 0) -> Any:
         """``xp.take``; a backend may skip the namespace's handling of negative indices."""

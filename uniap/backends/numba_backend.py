@@ -93,12 +93,12 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
             options.semantic,
         )
 
-    status, labels, counts, roots, sizes, sums = contract(graph.x)
+    status, labels, counts, roots, sizes, sums, eps = contract(graph.x)
     scale = 1.0
     if status == k.HUGE:
-        # Finite but huge features: scaled by a power of two (exact, no score changes).
+        # Finite but huge (or tiny) features: scaled by a power of two (exact, no score changes).
         scale = overflow_scale(float(np.max(np.abs(graph.x))))
-        status, labels, counts, roots, sizes, sums = contract(np.asarray(graph.x, np.float64) * scale)
+        status, labels, counts, roots, sizes, sums, eps = contract(np.asarray(graph.x, np.float64) * scale)
     if status >= 0:
         where = "" if graph.name == "x" else f" (row {status} of the flattened (N, C) grid)"
         raise ValueError(
@@ -113,6 +113,6 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
             threshold=t, cell_labels=labels[i], roots=roots[span], sizes=sizes[span], features=None
         )
         if options.semantic:
-            add_semantic(be, graph, options, level, sums[span])
+            add_semantic(be, graph, options, level, sums[span], eps=eps)
         levels.append(level)
     return RunResult(levels=levels, min_margin=None, scale=scale)

@@ -119,10 +119,10 @@ class TorchBackend(Backend):
         values = [s if s.dtype == torch.int64 else s.to(torch.int64) for s in scalars]
         return torch.stack(values).tolist()  # one transfer
 
-    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any) -> Any:
+    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any, eps: float = 1e-10) -> Any:
         m, c = int(a.shape[0]), int(feats.shape[1])
         if feats.device.type != "cpu" or norms is None or m * c <= 1 << 14:
-            return super().edge_cosines(feats, norms, a, b)
+            return super().edge_cosines(feats, norms, a, b, eps)
         # On a CPU, gather into two reused blocks and reduce in place: fresh block-sized
         # temporaries would be page-faulted in on every block.
         torch = _torch()
