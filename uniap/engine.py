@@ -477,6 +477,7 @@ def add_semantic(be: "Backend", graph: "Graph", options: Options, level: LevelRe
     (:func:`run_eps`).
     """
     xp = be.xp
+    eps = float(be.to_numpy(eps)) if not isinstance(eps, float) else eps  # a device scalar
     ctx = _Context(be=be, xp=xp, options=options, unit=None, eps=eps)
     k = sums.shape[0]
     first_cells = xp.take(level.cell_labels, be.asarray_index(graph.offsets[:-1], like=level.cell_labels))

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from array_api_compat import device as _device
 
-from ..engine import EPS, HUGE_NORM, TINY_NORM, LevelResult, RunResult, add_semantic, overflow_scale, run_eps
+from ..engine import EPS, HUGE_NORM, TINY_NORM, LevelResult, RunResult, add_semantic, overflow_scale
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -93,16 +93,15 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
     # float32 scores overflow far sooner than float64 ones: squares of norms above 2**64
     limit = HUGE_NORM if sdt == sums.dtype else FLOAT32_HUGE_NORM
     scale = 1.0
-    huge = check_finite(be, xp, sums, norms, graph.name, limit=limit)
-    largest = float(be.to_numpy(xp.max(norms))) if n else 1.0
-    if huge or largest < TINY_NORM:
+    if check_finite(be, xp, sums, norms, graph.name, limit=limit, tiny=TINY_NORM):
         scale = overflow_scale(float(be.to_numpy(xp.max(xp.abs(sums)))))
         sums = sums * scale  # exact (a power of two): no score changes
         feats = sums if sdt == sums.dtype else xp.astype(sums, sdt)
         norms = row_norms(xp, feats, 0.0)
-        largest = float(be.to_numpy(xp.max(norms)))
     # Cosine's eps relative to the largest row norm (engine.run_eps): no scale changes a score.
-    eps = run_eps(largest)
+    # A 0-d array on the device: reading it back would wait for the device.
+    largest = xp.max(norms) if n else xp.asarray(0.0, dtype=norms.dtype, device=dev)
+    eps = xp.where(largest > 0, largest * EPS, xp.asarray(EPS, dtype=norms.dtype, device=dev))
     norms = xp.where(norms < eps, eps, norms)
     sizes = xp.ones((n,), dtype=xp.int64, device=dev)
     rows = xp.arange(n, dtype=xp.int64, device=dev)
@@ -202,17 +201,21 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
 
 
 def check_finite(be: "Backend", xp: Any, sums: Any, norms: Any | None = None, name: str = "features",
-                 limit: float = math.inf) -> bool:
+                 limit: float = math.inf, tiny: float = 0.0) -> bool:
     """Raise ``ValueError`` naming the first NaN or inf of ``sums`` (the features, float64).
 
     A non-finite value makes its row's norm non-finite, so the norms the run computes anyway
     answer with N values instead of N x C; only when some norm is not finite or reaches
     ``limit`` are the values themselves examined.  Returns whether a finite row's norm
-    exceeds ``limit`` or overflowed: the features then need scaling (``HUGE_NORM``).
+    exceeds ``limit`` or overflowed, or every norm lies below ``tiny`` (underflowed): the
+    features then need scaling (``HUGE_NORM``, ``TINY_NORM``).  One fetch either way.
     """
     if norms is None:
         norms = row_norms(xp, sums)
-    (rows_bad,) = be.fetch(xp.count_nonzero(~(norms < limit)))
+    flag = xp.count_nonzero(~(norms < limit))
+    if tiny > 0 and norms.shape[0]:
+        flag = flag + xp.astype(xp.all(norms < tiny), flag.dtype)
+    (rows_bad,) = be.fetch(flag)
     if not rows_bad:
         return False
     bad = ~xp.isfinite(sums)
