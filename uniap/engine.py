@@ -50,6 +50,9 @@ CHUNK_ELEMENTS = 1 << 21
 # row operation.  Larger graphs fall back to the chunked products (mu F^T per edge, per merged
 # node): O(E * N) work per pass, nothing of size N x N held.
 PROFILE_BYTES = 1 << 32
+# Keep the profiles in float32 (F F^T at float32 speed; scores near a threshold re-scored
+# exactly, so partitions do not change) unless track_margin asks for exact margins.
+FLOAT32_PROFILES = True
 # Bounds of the semantic complete graph's votes (mean |P_a - P_b| from the Gram of the profile
 # rows) are widened by this much, far above their float64 rounding, before they decide a pair.
 BOUND_SLACK = 1e-9
@@ -128,6 +131,11 @@ class _Context:
     unit: Any | None  # (N, C) L2-normalised input features F, when profiles are needed
     feature_grams: dict = field(default_factory=dict)  # part -> F_p^T F_p, made on demand
     eps: float = EPS  # cosine's eps for the pooled features v_k (run_eps under sum pooling)
+    # 0.0: profiles hold float64 sums S_k (merged by segment sums).  > 0: they hold float32
+    # means P_k (F F^T in float32, merged rows from the float64 product mu_k F^T), and a vote
+    # from them is within this much (in score units) of the exact one: scores that close to
+    # a threshold are re-scored exactly (``_near_thresholds``).
+    profile_tol: float = 0.0
 
 
 def row_norms(xp: Any, v: Any, eps: float = EPS) -> Any:
@@ -213,11 +221,32 @@ def _profile_votes(ctx: _Context, st: _State, p: int, a: Any, b: Any) -> Any:
     """vote_ab = 1 - mean_c |S_a[c] / n_a - S_b[c] / n_b| from the profile rows of part p."""
     xp = ctx.xp
     prof = st.profiles[p]
-    dt = prof.dtype
-    wa = 1.0 / xp.astype(xp.take(st.sizes, a), dt)
-    wb = 1.0 / xp.astype(xp.take(st.sizes, b), dt)
+    dt = ctx.unit.dtype
+    if ctx.profile_tol:  # rows hold means already
+        wa = wb = xp.ones((a.shape[0],), dtype=dt, device=_device(a))
+    else:
+        wa = 1.0 / xp.astype(xp.take(st.sizes, a), dt)
+        wb = 1.0 / xp.astype(xp.take(st.sizes, b), dt)
     l1 = ctx.be.profile_l1(prof, _local(ctx, st, p, a), _local(ctx, st, p, b), wa, wb)
     return 1.0 - l1 / prof.shape[1]
+
+
+def _exact_votes(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
+    """The votes of edges (a[i], b[i]) (``a`` increasing) from the float64 products."""
+    xp = ctx.xp
+    vote = xp.empty((a.shape[0],), dtype=ctx.unit.dtype, device=_device(a))
+    for _, lo, hi, unit_part in _by_part(ctx, st, a):
+        vote[lo:hi] = _vote(ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part)
+    return vote
+
+
+def _near_thresholds(ctx: _Context, scores: Any, thresholds) -> Any:
+    """Indices of the scores within ``profile_tol`` of any of ``thresholds`` (increasing)."""
+    xp = ctx.xp
+    near = xp.zeros(scores.shape, dtype=xp.bool, device=_device(scores))
+    for t in thresholds:
+        near = near | (xp.abs(scores - t) <= ctx.profile_tol)
+    return xp.nonzero(near)[0]
 
 
 def _softmax_pool(ctx: _Context, logits: Any, unit_part: Any) -> Any:
@@ -260,7 +289,15 @@ def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
             vote[lo:hi] = _vote(
                 ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part
             )
-    return opt.feature_weight * cos + opt.vote_weight * vote
+    scores = opt.feature_weight * cos + opt.vote_weight * vote
+    if st.profiles is not None and ctx.profile_tol:
+        # An edge keeps its score through later levels: re-score exactly every score close
+        # to any threshold.
+        near = _near_thresholds(ctx, scores, opt.levels)
+        if near.shape[0]:
+            exact = _exact_votes(ctx, st, xp.take(a, near), xp.take(b, near))
+            scores[near] = opt.feature_weight * xp.take(cos, near) + opt.vote_weight * exact
+    return scores
 
 
 # -- contraction --------------------------------------------------------------------------
@@ -292,7 +329,24 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
         st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
         if st.unit_sums is not None:
             st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
-        if st.profiles is not None:
+        if st.profiles is not None and ctx.profile_tol:
+            # float32 means: a merged node's row is its exact float64 profile mu_k F^T (the
+            # attention logits need that product anyway), rounded.
+            pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
+            mu = _profile_means(xp, st, dst)
+            for p, lo, hi, unit_part in _by_part(ctx, st, dst):
+                prof = st.profiles[p]
+                local = _local(ctx, st, p, dst[lo:hi])
+                step = max(1, CHUNK_ELEMENTS // max(1, unit_part.shape[0]))
+                for s0 in range(lo, hi, step):
+                    s1 = min(hi, s0 + step)
+                    exact = mu[s0:s1] @ unit_part.T
+                    prof[local[s0 - lo : s1 - lo]] = xp.astype(exact, prof.dtype)
+                    if opt.pooling == "attention":
+                        pooled[s0:s1] = _softmax_pool(ctx, exact / opt.temperature, unit_part)
+            if opt.pooling == "attention":
+                st.feats[dst] = pooled
+        elif st.profiles is not None:
             # A merged node's profile sum is the sum of its members' (a segment sum of rows, no
             # product); members of one node lie in one part, and parts are runs of rows.
             src_bounds = np.searchsorted(be.to_numpy(src), st.row_offsets)
@@ -302,7 +356,7 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
                 prof[_local(ctx, st, p, dst[lo:hi])] = be.segment_sum(
                     prof, group_of_member[s_lo:s_hi] - lo, hi - lo, rows=_local(ctx, st, p, src[s_lo:s_hi])
                 )
-        if opt.pooling == "attention":
+        if opt.pooling == "attention" and not (st.profiles is not None and ctx.profile_tol):
             pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
             if st.profiles is not None:
                 for p, lo, hi, unit_part in _by_part(ctx, st, dst):
@@ -322,16 +376,34 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
 
 
 def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
-    """Per part, F_p F_p^T (every cell's profile), or None when they would exceed PROFILE_BYTES."""
+    """Per part, F_p F_p^T (every cell's profile), or None when they would exceed PROFILE_BYTES.
+
+    In float32 when ``ctx.profile_tol`` is set (half the memory, and BLAS's fastest product).
+    """
     if not ctx.options.needs_profiles:
         return None
+    xp = ctx.xp
     sizes = np.diff(cell_offsets)
-    if float(np.sum(sizes.astype(np.float64) ** 2)) * ctx.unit.dtype.itemsize > PROFILE_BYTES:
+    itemsize = 4 if ctx.profile_tol else 8
+    if float(np.sum(sizes.astype(np.float64) ** 2)) * itemsize > PROFILE_BYTES:
         return None
+    unit = xp.astype(ctx.unit, xp.float32) if ctx.profile_tol else ctx.unit
     parts = []
     for p in range(len(cell_offsets) - 1):
-        parts.append(ctx.be.gram(ctx.unit[int(cell_offsets[p]) : int(cell_offsets[p + 1])]))
+        parts.append(ctx.be.gram(unit[int(cell_offsets[p]) : int(cell_offsets[p + 1])]))
     return parts
+
+
+def float32_profile_tolerance(options: Options, channels: int) -> float:
+    """How far a score from float32 profiles can lie from the exact one (0.0: not used).
+
+    A float32 product of unit vectors errs by at most (C + 2) 2^-24 (rounding of the
+    inputs, then C multiply-adds in any order); a vote by twice that; the score by w_s times
+    it.  Doubled for safety, plus 1e-9 for the float64 sums.
+    """
+    if options.vote_weight == 0.0:
+        return 0.0
+    return 2.0 * options.vote_weight * 2.0 * (channels + 2) * 2.0**-24 * 1.01 + 1e-9
 
 
 def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any) -> _State:
@@ -385,6 +457,9 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
     x_norms = xp.clip(x_norms, min=eps)
     unit = x / x_norms[:, None] if options.needs_profiles else None
     ctx = _Context(be=be, xp=xp, options=options, unit=unit, eps=eps if options.pooling == "sum" else EPS)
+    if FLOAT32_PROFILES and not track_margin:
+        # track_margin reports exact margins: it keeps float64 profiles.
+        ctx.profile_tol = float32_profile_tolerance(options, int(x.shape[1]))
     st = _initial_state(ctx, x, graph.offsets, x_norms)
     edges_np = np.asarray(graph.edges, dtype=np.int64)
     if options.vote_weight != 0.0 and len(edges_np):
@@ -585,7 +660,8 @@ def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, An
     k = rows.shape[0]
     mu = _profile_means(xp, st, rows)
     means = mu @ (xp.sum(unit_part, axis=0) / n)
-    if p not in ctx.feature_grams and k * k * n > n * c * c + 2 * k * c * c + k * k * c:  # multiplications
+    # float32 profiles would loosen the bounds: their Gram comes from F^T F (float64) always.
+    if p not in ctx.feature_grams and (ctx.profile_tol or k * k * n > n * c * c + 2 * k * c * c + k * k * c):
         ctx.feature_grams[p] = unit_part.T @ unit_part
     if p in ctx.feature_grams:
         left, right = mu @ ctx.feature_grams[p], mu
@@ -650,7 +726,15 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
                     continue
                 a, b = xp.take(rows, ii + r0), xp.take(rows, jj + c0)
                 vote = _profile_votes(ctx, st, p, a, b)
-                s = wf * xp.take(xp.reshape(cos, (-1,)), ii * (c1 - c0) + jj) + ws * vote
+                cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * (c1 - c0) + jj)
+                s = wf * cos_ab + ws * vote
+                if ctx.profile_tol:
+                    near = _near_thresholds(ctx, s, (t,))
+                    if near.shape[0]:
+                        na, nb = xp.take(a, near), xp.take(b, near)
+                        order = xp.argsort(na, stable=True)  # _exact_votes goes by part
+                        na, nb, near = xp.take(na, order), xp.take(nb, order), xp.take(near, order)
+                        s[near] = wf * xp.take(cos_ab, near) + ws * _exact_votes(ctx, st, na, nb)
                 if track_margin:
                     margin = min(margin, float(xp.min(xp.abs(s - t))))
                 keep = xp.nonzero(s > t)[0]

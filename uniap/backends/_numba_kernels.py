@@ -358,6 +358,6 @@ def profile_l1(prof, a, b, wa, wb, out):
         ra, rb, fa, fb = a[i], b[i], wa[i], wb[i]
         s = 0.0
         for c in range(n):
-            s += abs(fa * prof[ra, c] - fb * prof[rb, c])
+            s += abs(fa * np.float64(prof[ra, c]) - fb * np.float64(prof[rb, c]))
         out[i] = s
     return out

@@ -49,7 +49,7 @@ class NumbaBackend(NumpyBackend):
         return super().cluster_sums(x, labels, num)
 
     def profile_l1(self, prof, a, b, wa, wb):
-        if prof.dtype != np.float64 or not prof.flags.c_contiguous:
+        if prof.dtype not in (np.float32, np.float64) or not prof.flags.c_contiguous:
             return super().profile_l1(prof, a, b, wa, wb)
         from . import _numba_kernels as k
 

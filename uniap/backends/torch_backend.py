@@ -164,7 +164,8 @@ class TorchBackend(Backend):
     def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
         numba = _numba_backend()
         torch = _torch()
-        if numba is None or prof.device.type != "cpu" or prof.dtype != torch.float64 or not prof.is_contiguous():
+        if (numba is None or prof.device.type != "cpu" or prof.dtype not in (torch.float32, torch.float64)
+                or not prof.is_contiguous()):
             return super().profile_l1(prof, a, b, wa, wb)
         # One fused pass over the two rows (the Numba kernel, on NumPy views of the tensors).
         return torch.from_numpy(numba.profile_l1(prof.numpy(), a.numpy(), b.numpy(), wa.numpy(), wb.numpy()))
