@@ -198,3 +198,15 @@ def test_profiles_are_kept_within_the_budget(monkeypatch, rng):
     assert _initial_profiles(ctx, offsets) is None
     ctx = _Context(be=be, xp=np, options=resolve_options(), unit=unit)
     assert _initial_profiles(ctx, offsets) is None  # the released rule needs none
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_many_unlike_clusters(backend, seed):
+    # Noisy features: nearly every cell stays a cluster at the first levels, so the semantic
+    # complete graph has ~N nodes and most pairs are ruled out by their cosine alone.
+    rng = np.random.default_rng(2300 + seed)
+    x = piecewise_features((int(rng.integers(20, 33)), int(rng.integers(20, 33))), channels=int(rng.choice([16, 64])),
+                           noise=float(rng.uniform(1.8, 2.5)), seed=rng)
+    levels = tuple(sorted(rng.uniform(-0.2, 0.9, size=4), reverse=True))
+    compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True, levels=levels)

@@ -703,30 +703,41 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
             for c0 in range(r0, kp, tile):
                 c1 = min(kp, c0 + tile)
                 cos = unit_feats[r0:r1] @ unit_feats[c0:c1].T
+                width = c1 - c0
                 i = xp.arange(r0, r1, dtype=xp.int64, device=dev)[:, None]
                 j = xp.arange(c0, c1, dtype=xp.int64, device=dev)[None, :]
                 upper = j > i  # each pair once, no self-pairs
                 if track_margin:
-                    sure = xp.zeros_like(upper)
-                    unsure = upper
+                    ii, jj = xp.nonzero(upper)
+                    cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
+                    unsure = xp.arange(ii.shape[0], dtype=xp.int64, device=dev)
                 else:
-                    gram = left[r0:r1] @ right[c0:c1].T
-                    m2 = (sq[r0:r1, None] + sq[None, c0:c1] - 2.0 * gram) / n_cells
-                    m2 = xp.clip(m2, min=0.0)
-                    low = xp.maximum(m2 / 2.0, xp.abs(means[r0:r1, None] - means[None, c0:c1]))
-                    s_hi = wf * cos + ws * (1.0 - (low - BOUND_SLACK))
-                    s_lo = wf * cos + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
-                    sure = (s_lo > t) & upper
-                    unsure = (s_hi > t) & ~sure & upper
-                ii, jj = xp.nonzero(sure)
-                sel_a.append(xp.take(rows, ii + r0))
-                sel_b.append(xp.take(rows, jj + c0))
-                ii, jj = xp.nonzero(unsure)
-                if ii.shape[0] == 0:
+                    # A vote is at most 1: pairs whose cosine alone keeps them at or below t
+                    # need nothing more (most pairs, when clusters are many and unlike).
+                    ii, jj = xp.nonzero((wf * cos + ws > t - BOUND_SLACK) & upper)
+                    cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
+                    gi, gj = ii + r0, jj + c0
+                    if 4 * ii.shape[0] < (r1 - r0) * width:  # few candidates: their own dots
+                        gram = xp.empty(ii.shape, dtype=left.dtype, device=dev)
+                        step = max(1, (1 << 20) // max(1, left.shape[1]))
+                        for s0 in range(0, ii.shape[0], step):
+                            gram[s0 : s0 + step] = xp.vecdot(xp.take(left, gi[s0 : s0 + step], axis=0),
+                                                             xp.take(right, gj[s0 : s0 + step], axis=0), axis=1)
+                    else:
+                        gram = xp.take(xp.reshape(left[r0:r1] @ right[c0:c1].T, (-1,)), ii * width + jj)
+                    m2 = xp.clip((xp.take(sq, gi) + xp.take(sq, gj) - 2.0 * gram) / n_cells, min=0.0)
+                    low = xp.maximum(m2 / 2.0, xp.abs(xp.take(means, gi) - xp.take(means, gj)))
+                    s_hi = wf * cos_ab + ws * (1.0 - (low - BOUND_SLACK))
+                    s_lo = wf * cos_ab + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
+                    sure = xp.nonzero(s_lo > t)[0]
+                    sel_a.append(xp.take(rows, xp.take(gi, sure)))
+                    sel_b.append(xp.take(rows, xp.take(gj, sure)))
+                    unsure = xp.nonzero((s_hi > t) & ~(s_lo > t))[0]
+                if unsure.shape[0] == 0:
                     continue
+                ii, jj, cos_ab = xp.take(ii, unsure), xp.take(jj, unsure), xp.take(cos_ab, unsure)
                 a, b = xp.take(rows, ii + r0), xp.take(rows, jj + c0)
                 vote = _profile_votes(ctx, st, p, a, b)
-                cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * (c1 - c0) + jj)
                 s = wf * cos_ab + ws * vote
                 if ctx.profile_tol:
                     near = _near_thresholds(ctx, s, (t,))
