@@ -42,13 +42,13 @@ HUGE_NORM = 2.0**300
 # norms of 1e-200 would read 0) first scales the features up by a power of two (#23).
 TINY_NORM = 2.0**-200
 # Elements in one temporary block of a chunked product: bounds memory at 16 MiB (float64)
-# whatever the graph size, so nothing of size N x N is ever materialised.
+# whatever the graph size (the profiles below are the one N x N exception).
 CHUNK_ELEMENTS = 1 << 21
-# The paper's rule keeps every node's affinity profile (sum of its members' rows of F F^T, one
-# row of N_p numbers per node of an image of N_p cells) when they fit in this many bytes: the
-# profiles then cost one F F^T per image, and every later vote, merge and attention logit is a
-# row operation.  Larger graphs fall back to the chunked products (mu F^T per edge, per merged
-# node): O(E * N) work per pass, nothing of size N x N held.
+# The paper's rule keeps every node's affinity profile (its row of mean F F^T: float32 means
+# P_k, or float64 sums S_k under track_margin; N_p numbers per node of an image of N_p cells)
+# when they fit in this many bytes: the profiles then cost one F F^T per image, and every
+# later vote is a row operation.  Larger graphs fall back to the chunked products (mu F^T per
+# edge, per merged node): O(E * N) work per pass, nothing of size N x N held.
 PROFILE_BYTES = 1 << 32
 # Keep the profiles in float32 (F F^T at float32 speed; scores near a threshold re-scored
 # exactly, so partitions do not change) unless track_margin asks for exact margins.
@@ -117,9 +117,10 @@ class _State:
     pos: Any  # (R,) index of each active root in roots
     row_offsets: np.ndarray  # (P + 1,): rows of part p are row_offsets[p]:row_offsets[p + 1]
     cell_offsets: np.ndarray  # (P + 1,): cells of part p, for the profiles mu_k F^T
-    # Per part p, (rows of p, cells of p): row r - row_offsets[p] holds the profile sum
-    # S_k = sum_{i in k} F_i F_p^T of the node in row r, so that P_k = S_k / n_k.  None when
-    # the profiles are computed on demand (options need none, or PROFILE_BYTES is exceeded).
+    # Per part p, (rows of p, cells of p): row r - row_offsets[p] holds the profile of the
+    # node in row r: its mean P_k = mu_k F_p^T in float32 (``_Context.profile_tol`` > 0), or
+    # its sum S_k = sum_{i in k} F_i F_p^T in float64.  None when the profiles are computed on
+    # demand (options need none, or PROFILE_BYTES is exceeded).
     profiles: list | None = None
 
 
