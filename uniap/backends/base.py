@@ -123,7 +123,7 @@ class Backend:
         xp = self.xp
         m, n = a.shape[0], prof.shape[1]
         out = xp.empty((m,), dtype=prof.dtype, device=array_device(prof))
-        step = max(1, (1 << 20) // max(1, n))
+        step = max(1, self.block_elements(prof) // max(1, n))
         for s in range(0, m, step):
             ra = xp.take(prof, a[s : s + step], axis=0) * wa[s : s + step, None]
             rb = xp.take(prof, b[s : s + step], axis=0) * wb[s : s + step, None]
