@@ -154,12 +154,21 @@ class TorchBackend(Backend):
 
     # -- the paper's profiles ---------------------------------------------------------
     def gram(self, unit: Any) -> Any:
+        torch = _torch()
+        if unit.device.type == "cuda":
+            # The float32 profiles' error bound assumes float32 products: never TF32.
+            saved = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                return unit @ unit.T
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = saved
         if unit.device.type != "cpu" or not unit.is_contiguous():
             return unit @ unit.T
         # NumPy sees a product with its own transpose and calls BLAS syrk: half the
         # multiplications of torch's gemm.
         u = unit.numpy()
-        return _torch().from_numpy(u @ u.T)
+        return torch.from_numpy(u @ u.T)
 
     def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
         numba = _numba_backend()
