@@ -16,7 +16,7 @@ here is array-API code that runs unchanged on NumPy, torch and CuPy arrays.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .backends.base import Backend
     from .graph import Graph
 
+# Cosine's eps, relative to the largest input row norm of the run (``run_eps``): scaling all
+# features by any positive factor gives the same partitions (#23), and a zero row has cosine 0
+# with everything.  Features already L2-normalised (attention pooling) use it as it is.
 EPS = 1e-10
 # Cosine scores do not depend on the features' scale, but float64 squared norms overflow
 # above about 1e154 per value.  A run whose largest row norm exceeds this (or overflows)
@@ -35,9 +38,24 @@ EPS = 1e-10
 # |value| lies in [0.5, 1); below it, even the sum of 2**40 such rows keeps its squared norm
 # far inside float64's range.
 HUGE_NORM = 2.0**300
+# Likewise, a run whose largest row norm is below this (squares of such values underflow,
+# norms of 1e-200 would read 0) first scales the features up by a power of two (#23).
+TINY_NORM = 2.0**-200
 # Elements in one temporary block of a chunked product: bounds memory at 16 MiB (float64)
-# whatever the graph size, so nothing of size N x N is ever materialised.
+# whatever the graph size (the profiles below are the one N x N exception).
 CHUNK_ELEMENTS = 1 << 21
+# The paper's rule keeps every node's affinity profile (its row of mean F F^T: float32 means
+# P_k, or float64 sums S_k under track_margin; N_p numbers per node of an image of N_p cells)
+# when they fit in this many bytes: the profiles then cost one F F^T per image, and every
+# later vote is a row operation.  Larger graphs fall back to the chunked products (mu F^T per
+# edge, per merged node): O(E * N) work per pass, nothing of size N x N held.
+PROFILE_BYTES = 1 << 32
+# Keep the profiles in float32 (F F^T at float32 speed; scores near a threshold re-scored
+# exactly, so partitions do not change) unless track_margin asks for exact margins.
+FLOAT32_PROFILES = True
+# Bounds of the semantic complete graph's votes (mean |P_a - P_b| from the Gram of the profile
+# rows) are widened by this much, far above their float64 rounding, before they decide a pair.
+BOUND_SLACK = 1e-9
 
 
 @dataclass
@@ -74,14 +92,14 @@ def overflow_scale(max_abs: float) -> float:
     return math.ldexp(1.0, -math.frexp(max_abs)[1])
 
 
-def scale_if_huge(be: "Backend", xp: Any, x: Any, norms: Any, limit: float = HUGE_NORM) -> float:
-    """The scale for features ``x`` whose row norms are ``norms``: 1.0 unless some norm
-    exceeds ``limit`` (or overflowed to inf), else :func:`overflow_scale` of max |x|.
+def run_scale(be: "Backend", xp: Any, x: Any, largest: float) -> float:
+    """The scale for features ``x`` whose largest row norm is ``largest``: 1.0 unless it
+    exceeds HUGE_NORM (or overflowed) or lies below TINY_NORM (or underflowed), else
+    :func:`overflow_scale` of max |x|.
 
-    ``x`` must be finite (checked before); one count of N norms is all the usual case costs.
+    ``x`` must be finite (checked before); the usual case costs nothing more.
     """
-    (huge,) = be.fetch(xp.count_nonzero(~(norms < limit)))
-    if not huge:
+    if TINY_NORM <= largest < HUGE_NORM:
         return 1.0
     return overflow_scale(float(be.to_numpy(xp.max(xp.abs(x)))))
 
@@ -99,6 +117,11 @@ class _State:
     pos: Any  # (R,) index of each active root in roots
     row_offsets: np.ndarray  # (P + 1,): rows of part p are row_offsets[p]:row_offsets[p + 1]
     cell_offsets: np.ndarray  # (P + 1,): cells of part p, for the profiles mu_k F^T
+    # Per part p, (rows of p, cells of p): row r - row_offsets[p] holds the profile of the
+    # node in row r: its mean P_k = mu_k F_p^T in float32 (``_Context.profile_tol`` > 0), or
+    # its sum S_k = sum_{i in k} F_i F_p^T in float64.  None when the profiles are computed on
+    # demand (options need none, or PROFILE_BYTES is exceeded).
+    profiles: list | None = None
 
 
 @dataclass
@@ -107,12 +130,29 @@ class _Context:
     xp: Any
     options: Options
     unit: Any | None  # (N, C) L2-normalised input features F, when profiles are needed
+    feature_grams: dict = field(default_factory=dict)  # part -> F_p^T F_p, made on demand
+    eps: float = EPS  # cosine's eps for the pooled features v_k (run_eps under sum pooling)
+    # 0.0: profiles hold float64 sums S_k (merged by segment sums).  > 0: they hold float32
+    # means P_k (F F^T in float32, merged rows from the float64 product mu_k F^T), and a vote
+    # from them is within this much (in score units) of the exact one: scores that close to
+    # a threshold are re-scored exactly (``_near_thresholds``).
+    profile_tol: float = 0.0
 
 
-def row_norms(xp: Any, v: Any) -> Any:
+def row_norms(xp: Any, v: Any, eps: float = EPS) -> Any:
     """max(|v_k|, eps) for each row."""
     n = xp.sqrt(xp.vecdot(v, v, axis=1))
-    return xp.clip(n, min=EPS)
+    return xp.clip(n, min=eps)
+
+
+def run_eps(largest_norm: float) -> float:
+    """Cosine's eps for a run whose largest input row norm is ``largest_norm``: EPS times it
+    (EPS itself when every row is zero).
+
+    >>> run_eps(2.0) == 2e-10 and run_eps(0.0) == 1e-10
+    True
+    """
+    return EPS * largest_norm if largest_norm > 0 and math.isfinite(largest_norm) else EPS
 
 
 def cosine_of_rows(xp: Any, feats: Any, norms: Any, a: Any, b: Any, block: int = 1 << 16) -> Any:
@@ -159,23 +199,80 @@ def _attention_pool(ctx: _Context, mu: Any, unit_part: Any) -> Any:
     out = xp.empty((m, unit_part.shape[1]), dtype=mu.dtype, device=_device(mu))
     step = max(1, CHUNK_ELEMENTS // max(1, n_cells))
     for s in range(0, m, step):
-        logits = (mu[s : s + step] @ unit_part.T) / ctx.options.temperature
-        logits = logits - xp.max(logits, axis=1, keepdims=True)
-        weights = xp.exp(logits)
-        weights = weights / xp.sum(weights, axis=1, keepdims=True)
-        pooled = weights @ unit_part
-        out[s : s + step] = pooled / row_norms(xp, pooled)[:, None]
+        out[s : s + step] = _softmax_pool(ctx, (mu[s : s + step] @ unit_part.T) / ctx.options.temperature, unit_part)
     return out
 
 
 def _by_part(ctx: _Context, st: _State, rows: Any):
-    """Yield (lo, hi, part cells) for the runs of ``rows`` (increasing) in each part."""
+    """Yield (p, lo, hi, part cells) for the runs of ``rows`` (increasing) in each part p."""
     rows_np = ctx.be.to_numpy(rows)
     bounds = np.searchsorted(rows_np, st.row_offsets)
     for p in range(len(st.row_offsets) - 1):
         lo, hi = int(bounds[p]), int(bounds[p + 1])
         if hi > lo:
-            yield lo, hi, ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+            yield p, lo, hi, ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+
+
+def _local(ctx: _Context, st: _State, p: int, rows: Any) -> Any:
+    """Rows of part p as row indices of its profile matrix."""
+    return rows - int(st.row_offsets[p])
+
+
+def _profile_votes(ctx: _Context, st: _State, p: int, a: Any, b: Any) -> Any:
+    """vote_ab = 1 - mean_c |S_a[c] / n_a - S_b[c] / n_b| from the profile rows of part p."""
+    xp = ctx.xp
+    prof = st.profiles[p]
+    dt = ctx.unit.dtype
+    if ctx.profile_tol:  # rows hold means already
+        wa = wb = xp.ones((a.shape[0],), dtype=dt, device=_device(a))
+    else:
+        wa = 1.0 / xp.astype(xp.take(st.sizes, a), dt)
+        wb = 1.0 / xp.astype(xp.take(st.sizes, b), dt)
+    l1 = ctx.be.profile_l1(prof, _local(ctx, st, p, a), _local(ctx, st, p, b), wa, wb)
+    return 1.0 - l1 / prof.shape[1]
+
+
+def _exact_votes(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
+    """The votes of edges (a[i], b[i]) (``a`` increasing) from the float64 products."""
+    xp = ctx.xp
+    vote = xp.empty((a.shape[0],), dtype=ctx.unit.dtype, device=_device(a))
+    for _, lo, hi, unit_part in _by_part(ctx, st, a):
+        vote[lo:hi] = _vote(ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part)
+    return vote
+
+
+def _near_thresholds(ctx: _Context, scores: Any, thresholds) -> Any:
+    """Indices of the scores within ``profile_tol`` of any of ``thresholds`` (increasing)."""
+    xp = ctx.xp
+    near = xp.zeros(scores.shape, dtype=xp.bool, device=_device(scores))
+    for t in thresholds:
+        near = near | (xp.abs(scores - t) <= ctx.profile_tol)
+    return xp.nonzero(near)[0]
+
+
+def _softmax_pool(ctx: _Context, logits: Any, unit_part: Any) -> Any:
+    """L2N(softmax_c(logits) F) for a block of logit rows (already divided by sigma)."""
+    xp = ctx.xp
+    logits = logits - xp.max(logits, axis=1, keepdims=True)
+    weights = xp.exp(logits)
+    weights = weights / xp.sum(weights, axis=1, keepdims=True)
+    pooled = weights @ unit_part
+    return pooled / row_norms(xp, pooled)[:, None]
+
+
+def _profile_attention_pool(ctx: _Context, st: _State, p: int, rows: Any, unit_part: Any) -> Any:
+    """Attention pooling of the nodes in ``rows`` (part p), logits read from their profiles."""
+    xp = ctx.xp
+    prof = st.profiles[p]
+    local = _local(ctx, st, p, rows)
+    scale = 1.0 / (xp.astype(xp.take(st.sizes, rows), prof.dtype) * ctx.options.temperature)
+    m, n_cells = rows.shape[0], prof.shape[1]
+    out = xp.empty((m, unit_part.shape[1]), dtype=prof.dtype, device=_device(prof))
+    step = max(1, CHUNK_ELEMENTS // max(1, n_cells))
+    for s in range(0, m, step):
+        logits = xp.take(prof, local[s : s + step], axis=0) * scale[s : s + step, None]
+        out[s : s + step] = _softmax_pool(ctx, logits, unit_part)
+    return out
 
 
 def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
@@ -186,21 +283,33 @@ def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
         return cos
     vote = xp.empty_like(cos)
     # Edges never cross parts; each part's votes use that part's own cells only.
-    for lo, hi, unit_part in _by_part(ctx, st, a):
-        vote[lo:hi] = _vote(
-            ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part
-        )
-    return opt.feature_weight * cos + opt.vote_weight * vote
+    for p, lo, hi, unit_part in _by_part(ctx, st, a):
+        if st.profiles is not None:
+            vote[lo:hi] = _profile_votes(ctx, st, p, a[lo:hi], b[lo:hi])
+        else:
+            vote[lo:hi] = _vote(
+                ctx, _profile_means(xp, st, a[lo:hi]), _profile_means(xp, st, b[lo:hi]), unit_part
+            )
+    scores = opt.feature_weight * cos + opt.vote_weight * vote
+    if st.profiles is not None and ctx.profile_tol:
+        # An edge keeps its score through later levels: re-score exactly every score close
+        # to any threshold.
+        near = _near_thresholds(ctx, scores, opt.levels)
+        if near.shape[0]:
+            exact = _exact_votes(ctx, st, xp.take(a, near), xp.take(b, near))
+            scores[near] = opt.feature_weight * xp.take(cos, near) + opt.vote_weight * exact
+    return scores
 
 
 # -- contraction --------------------------------------------------------------------------
 
 
-def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any) -> tuple[Any, Any]:
+def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = True) -> tuple[Any, Any]:
     """Contract the components of the selected edges (row ids of roots), in place.
 
     Returns ``rootmap`` (R,), the new root of every old root's row, and the rows of the
-    nodes this pass formed (increasing).
+    nodes this pass formed (increasing).  ``repool=False`` only relabels: the formed nodes'
+    sums, profiles and features are left stale (for a last pass whose state nobody reads).
     """
     be, xp, opt = ctx.be, ctx.xp, ctx.options
     roots = st.roots
@@ -209,30 +318,93 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any) -> tuple[Any, A
     counts = be.segment_sum(xp.ones((k,), dtype=xp.int64, device=_device(comp)), comp, k_new)
     new_roots = xp.take(roots, be.first_occurrences(comp, k_new))
     merged = xp.nonzero(counts > 1)[0]
-    members = xp.nonzero(xp.take(counts > 1, comp))[0]  # increasing: the summation order
-    group = xp.zeros((k_new,), dtype=xp.int64, device=_device(comp))
-    group[merged] = xp.arange(merged.shape[0], dtype=xp.int64, device=_device(comp))
-    group_of_member = xp.take(group, xp.take(comp, members))
-    src = xp.take(roots, members)
     dst = xp.take(new_roots, merged)
-    m = int(merged.shape[0])
-    st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
-    st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
-    if st.unit_sums is not None:
-        st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
-    if opt.pooling == "attention":
-        mu = _profile_means(xp, st, dst)
-        pooled = xp.empty_like(mu)
-        for lo, hi, unit_part in _by_part(ctx, st, dst):
-            pooled[lo:hi] = _attention_pool(ctx, mu[lo:hi], unit_part)
-        st.feats[dst] = pooled
-    st.norms[dst] = row_norms(xp, xp.take(st.feats, dst, axis=0))
+    if repool:
+        members = xp.nonzero(xp.take(counts > 1, comp))[0]  # increasing: the summation order
+        group = xp.zeros((k_new,), dtype=xp.int64, device=_device(comp))
+        group[merged] = xp.arange(merged.shape[0], dtype=xp.int64, device=_device(comp))
+        group_of_member = xp.take(group, xp.take(comp, members))
+        src = xp.take(roots, members)
+        m = int(merged.shape[0])
+        st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
+        st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
+        if st.unit_sums is not None:
+            st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
+        if st.profiles is not None and ctx.profile_tol:
+            # float32 means: a merged node's row is its exact float64 profile mu_k F^T (the
+            # attention logits need that product anyway), rounded.
+            pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
+            mu = _profile_means(xp, st, dst)
+            for p, lo, hi, unit_part in _by_part(ctx, st, dst):
+                prof = st.profiles[p]
+                local = _local(ctx, st, p, dst[lo:hi])
+                step = max(1, CHUNK_ELEMENTS // max(1, unit_part.shape[0]))
+                for s0 in range(lo, hi, step):
+                    s1 = min(hi, s0 + step)
+                    exact = mu[s0:s1] @ unit_part.T
+                    prof[local[s0 - lo : s1 - lo]] = xp.astype(exact, prof.dtype)
+                    if opt.pooling == "attention":
+                        pooled[s0:s1] = _softmax_pool(ctx, exact / opt.temperature, unit_part)
+            if opt.pooling == "attention":
+                st.feats[dst] = pooled
+        elif st.profiles is not None:
+            # A merged node's profile sum is the sum of its members' (a segment sum of rows, no
+            # product); members of one node lie in one part, and parts are runs of rows.
+            src_bounds = np.searchsorted(be.to_numpy(src), st.row_offsets)
+            for p, lo, hi, _ in _by_part(ctx, st, dst):
+                s_lo, s_hi = int(src_bounds[p]), int(src_bounds[p + 1])
+                prof = st.profiles[p]
+                prof[_local(ctx, st, p, dst[lo:hi])] = be.segment_sum(
+                    prof, group_of_member[s_lo:s_hi] - lo, hi - lo, rows=_local(ctx, st, p, src[s_lo:s_hi])
+                )
+        if opt.pooling == "attention" and not (st.profiles is not None and ctx.profile_tol):
+            pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
+            if st.profiles is not None:
+                for p, lo, hi, unit_part in _by_part(ctx, st, dst):
+                    pooled[lo:hi] = _profile_attention_pool(ctx, st, p, dst[lo:hi], unit_part)
+            else:
+                mu = _profile_means(xp, st, dst)
+                for _, lo, hi, unit_part in _by_part(ctx, st, dst):
+                    pooled[lo:hi] = _attention_pool(ctx, mu[lo:hi], unit_part)
+            st.feats[dst] = pooled
+        st.norms[dst] = row_norms(xp, xp.take(st.feats, dst, axis=0), ctx.eps)
 
     rootmap = xp.empty_like(st.pos)
     rootmap[roots] = xp.take(new_roots, comp)
     st.roots = new_roots
     st.pos[new_roots] = xp.arange(k_new, dtype=xp.int64, device=_device(comp))
     return rootmap, dst
+
+
+def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
+    """Per part, F_p F_p^T (every cell's profile), or None when they would exceed PROFILE_BYTES.
+
+    In float32 when ``ctx.profile_tol`` is set (half the memory, and BLAS's fastest product).
+    """
+    if not ctx.options.needs_profiles:
+        return None
+    xp = ctx.xp
+    sizes = np.diff(cell_offsets)
+    itemsize = 4 if ctx.profile_tol else 8
+    if float(np.sum(sizes.astype(np.float64) ** 2)) * itemsize > PROFILE_BYTES:
+        return None
+    unit = xp.astype(ctx.unit, xp.float32) if ctx.profile_tol else ctx.unit
+    parts = []
+    for p in range(len(cell_offsets) - 1):
+        parts.append(ctx.be.gram(unit[int(cell_offsets[p]) : int(cell_offsets[p + 1])]))
+    return parts
+
+
+def float32_profile_tolerance(options: Options, channels: int) -> float:
+    """How far a score from float32 profiles can lie from the exact one (0.0: not used).
+
+    A float32 product of unit vectors errs by at most (C + 2) 2^-24 (rounding of the
+    inputs, then C multiply-adds in any order); a vote by twice that; the score by w_s times
+    it.  Doubled for safety, plus 1e-9 for the float64 sums.
+    """
+    if options.vote_weight == 0.0:
+        return 0.0
+    return 2.0 * options.vote_weight * 2.0 * (channels + 2) * 2.0**-24 * 1.01 + 1e-9
 
 
 def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any) -> _State:
@@ -252,6 +424,7 @@ def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any
         pos=xp.arange(n, dtype=xp.int64, device=dev),
         row_offsets=cell_offsets,
         cell_offsets=cell_offsets,
+        profiles=_initial_profiles(ctx, cell_offsets),
     )
 
 
@@ -273,14 +446,21 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
     x = graph.x
     n = x.shape[0]
     dev = _device(x)
-    with np.errstate(over="ignore"):  # huge rows overflow here, and are scaled below
-        x_norms = row_norms(xp, x)
-    scale = scale_if_huge(be, xp, x, x_norms)
+    with np.errstate(over="ignore", under="ignore"):  # huge or tiny rows: scaled below
+        x_norms = row_norms(xp, x, 0.0)
+    largest = float(be.to_numpy(xp.max(x_norms))) if n else 1.0
+    scale = run_scale(be, xp, x, largest)
     if scale != 1.0:
         x = x * scale  # a new array: exact, and no score changes
-        x_norms = row_norms(xp, x)
+        x_norms = row_norms(xp, x, 0.0)
+        largest = float(be.to_numpy(xp.max(x_norms)))
+    eps = run_eps(largest)
+    x_norms = xp.clip(x_norms, min=eps)
     unit = x / x_norms[:, None] if options.needs_profiles else None
-    ctx = _Context(be=be, xp=xp, options=options, unit=unit)
+    ctx = _Context(be=be, xp=xp, options=options, unit=unit, eps=eps if options.pooling == "sum" else EPS)
+    if FLOAT32_PROFILES and not track_margin:
+        # track_margin reports exact margins: it keeps float64 profiles.
+        ctx.profile_tol = float32_profile_tolerance(options, int(x.shape[1]))
     st = _initial_state(ctx, x, graph.offsets, x_norms)
     edges_np = np.asarray(graph.edges, dtype=np.int64)
     if options.vote_weight != 0.0 and len(edges_np):
@@ -344,6 +524,13 @@ def _compact(ctx: _Context, st: _State) -> _State:
     dev = _device(st.roots)
     take = lambda arr: None if arr is None else xp.take(arr, st.roots, axis=0)  # noqa: E731
     sums = take(st.sums)
+    bounds = np.searchsorted(ctx.be.to_numpy(st.roots), st.row_offsets)
+    profiles = None
+    if st.profiles is not None:
+        profiles = [
+            xp.take(prof, _local(ctx, st, p, st.roots[int(bounds[p]) : int(bounds[p + 1])]), axis=0)
+            for p, prof in enumerate(st.profiles)
+        ]
     return _State(
         sums=sums,
         sizes=take(st.sizes),
@@ -352,23 +539,27 @@ def _compact(ctx: _Context, st: _State) -> _State:
         norms=take(st.norms),
         roots=xp.arange(k, dtype=xp.int64, device=dev),
         pos=xp.arange(k, dtype=xp.int64, device=dev),
-        row_offsets=np.searchsorted(ctx.be.to_numpy(st.roots), st.cell_offsets),
+        row_offsets=bounds,
         cell_offsets=st.cell_offsets,
+        profiles=profiles,
     )
 
 
-def add_semantic(be: "Backend", graph: "Graph", options: Options, level: LevelResult, sums: Any) -> None:
+def add_semantic(be: "Backend", graph: "Graph", options: Options, level: LevelResult, sums: Any,
+                 eps: float = EPS) -> None:
     """Fill ``level.semantic`` for a level computed elsewhere (sum pooling, cosine scores).
 
-    ``sums`` (K, C) are the clusters' feature sums in canonical order.
+    ``sums`` (K, C) are the clusters' feature sums in canonical order; ``eps`` the run's
+    (:func:`run_eps`).
     """
     xp = be.xp
-    ctx = _Context(be=be, xp=xp, options=options, unit=None)
+    eps = float(be.to_numpy(eps)) if not isinstance(eps, float) else eps  # a device scalar
+    ctx = _Context(be=be, xp=xp, options=options, unit=None, eps=eps)
     k = sums.shape[0]
     first_cells = xp.take(level.cell_labels, be.asarray_index(graph.offsets[:-1], like=level.cell_labels))
     row_offsets = np.append(be.to_numpy(first_cells), k)
     st = _State(
-        sums=sums, sizes=xp.asarray(level.sizes, copy=True), unit_sums=None, feats=sums, norms=row_norms(xp, sums),
+        sums=sums, sizes=xp.asarray(level.sizes, copy=True), unit_sums=None, feats=sums, norms=row_norms(xp, sums, eps),
         roots=xp.arange(k, dtype=xp.int64, device=_device(sums)),
         pos=xp.arange(k, dtype=xp.int64, device=_device(sums)),
         row_offsets=row_offsets, cell_offsets=graph.offsets,
@@ -394,9 +585,11 @@ def _semantic_passes(ctx: _Context, st: _State, t: float, track_margin: bool) ->
         margin = min(margin, pass_margin)
         if a.shape[0] == 0:
             break
-        rootmap, _ = _contract(ctx, st, a, b)
+        single = ctx.options.passes == "single"
+        # The state of a last pass is never read: relabel only.
+        rootmap, _ = _contract(ctx, st, a, b, repool=not single)
         group_root = xp.take(rootmap, group_root)
-        if ctx.options.passes == "single":
+        if single:
             break
     return xp.take(st.pos, group_root), margin
 
@@ -408,6 +601,8 @@ def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin:
     ``CHUNK_ELEMENTS`` numbers (times the part's cell count when votes need profiles).
     """
     xp, opt, be = ctx.xp, ctx.options, ctx.be
+    if opt.vote_weight and st.profiles is not None:
+        return _complete_graph_selection_bounded(ctx, st, t, track_margin)
     dev = _device(st.feats)
     bounds = np.searchsorted(be.to_numpy(st.roots), st.row_offsets)
     sel_a, sel_b = [], []
@@ -450,3 +645,115 @@ def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin:
         empty = xp.zeros((0,), dtype=xp.int64, device=dev)
         return empty, empty, margin
     return xp.concat(sel_a), xp.concat(sel_b), margin
+
+
+def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, Any, Any, Any]:
+    """Factors of the Gram matrix Q = P P^T of the profile means of ``rows`` (part p):
+    ``(left, right, sq, means)`` with Q[i, j] = left[i] . right[j], sq = diag(Q), and each
+    profile's mean over the part's cells.
+
+    The factors are (mu F^T F, mu) when that is cheaper than (P, P) (many nodes): F^T F is
+    C x C and is computed once per part and run.
+    """
+    xp = ctx.xp
+    unit_part = ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
+    n, c = unit_part.shape
+    k = rows.shape[0]
+    mu = _profile_means(xp, st, rows)
+    means = mu @ (xp.sum(unit_part, axis=0) / n)
+    # float32 profiles would loosen the bounds: their Gram comes from F^T F (float64) always.
+    if p not in ctx.feature_grams and (ctx.profile_tol or k * k * n > n * c * c + 2 * k * c * c + k * k * c):
+        ctx.feature_grams[p] = unit_part.T @ unit_part
+    if p in ctx.feature_grams:
+        left, right = mu @ ctx.feature_grams[p], mu
+    else:
+        left = xp.take(st.profiles[p], _local(ctx, st, p, rows), axis=0)
+        left = left / xp.astype(xp.take(st.sizes, rows), left.dtype)[:, None]
+        right = left
+    return left, right, xp.vecdot(left, right, axis=1), means
+
+
+def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track_margin: bool):
+    """:func:`_complete_graph_selection` with votes from the profile rows, most pairs decided
+    by bounds.
+
+    With d = P_a - P_b over the part's n cells, |d_c| <= 2 and Cauchy-Schwarz give
+    max(mean(d^2) / 2, |mean d|) <= mean |d| <= sqrt(mean(d^2)), and mean(d^2) comes from the
+    Gram matrix of the profiles (a product): a pair whose score interval lies on one side of
+    t is decided by it; only the others need their exact L1 distance (a row operation).
+    ``track_margin`` computes every pair exactly, for the exact smallest |s - t|.
+    """
+    xp, opt, be = ctx.xp, ctx.options, ctx.be
+    dev = _device(st.feats)
+    wf, ws = opt.feature_weight, opt.vote_weight
+    bounds = np.searchsorted(be.to_numpy(st.roots), st.row_offsets)
+    sel_a, sel_b = [], []
+    margin = math.inf
+    for p in range(len(st.row_offsets) - 1):
+        lo, hi = int(bounds[p]), int(bounds[p + 1])
+        kp = hi - lo
+        if kp < 2:
+            continue
+        rows = st.roots[lo:hi]
+        n_cells = int(st.cell_offsets[p + 1] - st.cell_offsets[p])
+        unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
+        left, right, sq, means = _profile_gram(ctx, st, p, rows)
+        tile = max(1, math.isqrt(CHUNK_ELEMENTS))
+        for r0 in range(0, kp, tile):
+            r1 = min(kp, r0 + tile)
+            for c0 in range(r0, kp, tile):
+                c1 = min(kp, c0 + tile)
+                cos = unit_feats[r0:r1] @ unit_feats[c0:c1].T
+                width = c1 - c0
+                i = xp.arange(r0, r1, dtype=xp.int64, device=dev)[:, None]
+                j = xp.arange(c0, c1, dtype=xp.int64, device=dev)[None, :]
+                upper = j > i  # each pair once, no self-pairs
+                if track_margin:
+                    ii, jj = xp.nonzero(upper)
+                    cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
+                    unsure = xp.arange(ii.shape[0], dtype=xp.int64, device=dev)
+                else:
+                    # A vote is at most 1: pairs whose cosine alone keeps them at or below t
+                    # need nothing more (most pairs, when clusters are many and unlike).
+                    ii, jj = xp.nonzero((wf * cos + ws > t - BOUND_SLACK) & upper)
+                    cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
+                    gi, gj = ii + r0, jj + c0
+                    if 4 * ii.shape[0] < (r1 - r0) * width:  # few candidates: their own dots
+                        gram = xp.empty(ii.shape, dtype=left.dtype, device=dev)
+                        step = max(1, (1 << 20) // max(1, left.shape[1]))
+                        for s0 in range(0, ii.shape[0], step):
+                            gram[s0 : s0 + step] = xp.vecdot(xp.take(left, gi[s0 : s0 + step], axis=0),
+                                                             xp.take(right, gj[s0 : s0 + step], axis=0), axis=1)
+                    else:
+                        gram = xp.take(xp.reshape(left[r0:r1] @ right[c0:c1].T, (-1,)), ii * width + jj)
+                    m2 = xp.clip((xp.take(sq, gi) + xp.take(sq, gj) - 2.0 * gram) / n_cells, min=0.0)
+                    low = xp.maximum(m2 / 2.0, xp.abs(xp.take(means, gi) - xp.take(means, gj)))
+                    s_hi = wf * cos_ab + ws * (1.0 - (low - BOUND_SLACK))
+                    s_lo = wf * cos_ab + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
+                    sure = xp.nonzero(s_lo > t)[0]
+                    sel_a.append(xp.take(rows, xp.take(gi, sure)))
+                    sel_b.append(xp.take(rows, xp.take(gj, sure)))
+                    unsure = xp.nonzero((s_hi > t) & ~(s_lo > t))[0]
+                if unsure.shape[0] == 0:
+                    continue
+                ii, jj, cos_ab = xp.take(ii, unsure), xp.take(jj, unsure), xp.take(cos_ab, unsure)
+                a, b = xp.take(rows, ii + r0), xp.take(rows, jj + c0)
+                vote = _profile_votes(ctx, st, p, a, b)
+                s = wf * cos_ab + ws * vote
+                if ctx.profile_tol:
+                    near = _near_thresholds(ctx, s, (t,))
+                    if near.shape[0]:
+                        na, nb = xp.take(a, near), xp.take(b, near)
+                        order = xp.argsort(na, stable=True)  # _exact_votes goes by part
+                        na, nb, near = xp.take(na, order), xp.take(nb, order), xp.take(near, order)
+                        s[near] = wf * xp.take(cos_ab, near) + ws * _exact_votes(ctx, st, na, nb)
+                if track_margin:
+                    margin = min(margin, float(xp.min(xp.abs(s - t))))
+                keep = xp.nonzero(s > t)[0]
+                sel_a.append(xp.take(a, keep))
+                sel_b.append(xp.take(b, keep))
+    if not sel_a:
+        empty = xp.zeros((0,), dtype=xp.int64, device=dev)
+        return empty, empty, margin
+    a, b = xp.concat(sel_a), xp.concat(sel_b)
+    return a, b, margin

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from array_api_compat import device as _device
 
-from ..engine import EPS, HUGE_NORM, LevelResult, RunResult, add_semantic, overflow_scale
+from ..engine import EPS, HUGE_NORM, TINY_NORM, LevelResult, RunResult, add_semantic, overflow_scale
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -88,16 +88,21 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
     is_async = be.is_async(sums)
     rounds = CC_ROUNDS if is_async else CPU_CC_ROUNDS
     feats = sums if sdt == sums.dtype else xp.astype(sums, sdt)
-    with np.errstate(over="ignore"):  # huge rows overflow here (NumPy warns), and are scaled below
-        norms = row_norms(xp, feats)
+    with np.errstate(over="ignore", under="ignore"):  # huge or tiny rows: scaled below
+        norms = row_norms(xp, feats, 0.0)
     # float32 scores overflow far sooner than float64 ones: squares of norms above 2**64
     limit = HUGE_NORM if sdt == sums.dtype else FLOAT32_HUGE_NORM
     scale = 1.0
-    if check_finite(be, xp, sums, norms, graph.name, limit=limit):
+    if check_finite(be, xp, sums, norms, graph.name, limit=limit, tiny=TINY_NORM):
         scale = overflow_scale(float(be.to_numpy(xp.max(xp.abs(sums)))))
         sums = sums * scale  # exact (a power of two): no score changes
         feats = sums if sdt == sums.dtype else xp.astype(sums, sdt)
-        norms = row_norms(xp, feats)
+        norms = row_norms(xp, feats, 0.0)
+    # Cosine's eps relative to the largest row norm (engine.run_eps): no scale changes a score.
+    # A 0-d array on the device: reading it back would wait for the device.
+    largest = xp.max(norms) if n else xp.asarray(0.0, dtype=norms.dtype, device=dev)
+    eps = xp.where(largest > 0, largest * EPS, xp.asarray(EPS, dtype=norms.dtype, device=dev))
+    norms = xp.where(norms < eps, eps, norms)
     sizes = xp.ones((n,), dtype=xp.int64, device=dev)
     rows = xp.arange(n, dtype=xp.int64, device=dev)
     cell_root = rows
@@ -113,7 +118,7 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
         while True:
             selected = scores > t
             if precise:
-                selected = _redecide(be, xp, sums, a, b, scores, selected, t)
+                selected = _redecide(be, xp, sums, a, b, scores, selected, t, eps)
             if not is_async and not be.fetch(xp.any(selected))[0]:
                 break
             # Unselected edges become self-loops (a, a), which change nothing.
@@ -151,7 +156,7 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
                 rows_s = new[s : s + step]
                 if feats is not sums:
                     feats[rows_s] = xp.astype(take(sums, rows_s), sdt)
-                norms[rows_s] = row_norms(xp, take(feats, rows_s))
+                norms[rows_s] = row_norms(xp, take(feats, rows_s), eps)
             cell_root = take(parent, cell_root)
             # Edges: those inside a node die; those touching a formed node are re-scored (many
             # of them once per node pair: later copies become self-loops); the others keep
@@ -185,7 +190,7 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
             # Semantic groups start from this level's sums, before the next level adds to them.
             (k,) = be.fetch(xp.count_nonzero(cell_root == rows))
             level = _finish(be, xp, rows, *snapshot[1:], k)
-            add_semantic(be, graph, options, level, take(sums, level.roots))
+            add_semantic(be, graph, options, level, take(sums, level.roots), eps=eps)
             levels[-1] = level
         else:
             pending.append(snapshot)
@@ -196,17 +201,21 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
 
 
 def check_finite(be: "Backend", xp: Any, sums: Any, norms: Any | None = None, name: str = "features",
-                 limit: float = math.inf) -> bool:
+                 limit: float = math.inf, tiny: float = 0.0) -> bool:
     """Raise ``ValueError`` naming the first NaN or inf of ``sums`` (the features, float64).
 
     A non-finite value makes its row's norm non-finite, so the norms the run computes anyway
     answer with N values instead of N x C; only when some norm is not finite or reaches
     ``limit`` are the values themselves examined.  Returns whether a finite row's norm
-    exceeds ``limit`` or overflowed: the features then need scaling (``HUGE_NORM``).
+    exceeds ``limit`` or overflowed, or every norm lies below ``tiny`` (underflowed): the
+    features then need scaling (``HUGE_NORM``, ``TINY_NORM``).  One fetch either way.
     """
     if norms is None:
         norms = row_norms(xp, sums)
-    (rows_bad,) = be.fetch(xp.count_nonzero(~(norms < limit)))
+    flag = xp.count_nonzero(~(norms < limit))
+    if tiny > 0 and norms.shape[0]:
+        flag = flag + xp.astype(xp.all(norms < tiny), flag.dtype)
+    (rows_bad,) = be.fetch(flag)
     if not rows_bad:
         return False
     bad = ~xp.isfinite(sums)
@@ -220,14 +229,14 @@ def check_finite(be: "Backend", xp: Any, sums: Any, norms: Any | None = None, na
     return True
 
 
-def row_norms(xp: Any, v: Any) -> Any:
+def row_norms(xp: Any, v: Any, eps: float = EPS) -> Any:
     """max(|v_k|, eps) for each row (one reduction kernel, no temporaries)."""
     norms = xp.linalg.vector_norm(v, axis=1)
     # Not xp.clip: array-api-compat's clip for CuPy assigns through boolean masks, and a
     # boolean-mask gather waits for the device (it sizes its result from the data); this is
     # called in every pass.  A Python scalar keeps the dtype (and torch needs no copy of it
     # to the device); a NaN norm stays NaN, as check_finite expects.
-    return xp.where(norms < EPS, EPS, norms)
+    return xp.where(norms < eps, eps, norms)
 
 
 def _propagate(be: "Backend", xp: Any, parent: Any, a: Any, b: Any, rounds: int) -> Any:
@@ -256,14 +265,14 @@ def label_components(be: "Backend", xp: Any, num_nodes: int, a: Any, b: Any) -> 
             return parent
 
 
-def _redecide(be, xp, sums, a, b, scores, selected, t):
+def _redecide(be, xp, sums, a, b, scores, selected, t, eps=EPS):
     """Re-decide in float64 every edge whose score lies within EXACT_TOLERANCE of t."""
     near = xp.abs(scores - t) <= EXACT_TOLERANCE
     (count,) = be.fetch(xp.count_nonzero(near))
     if count == 0:
         return selected
     idx = be.compact(near, count)
-    exact = be.edge_cosines(sums, None, be.take(a, idx), be.take(b, idx))
+    exact = be.edge_cosines(sums, None, be.take(a, idx), be.take(b, idx), eps=eps)
     selected[idx] = exact > t
     return selected
 
@@ -309,7 +318,8 @@ def shifted_dots(be: "Backend", xp: Any, feats: Any, lo: int, hi: int, d: int) -
     return parts[0] if len(parts) == 1 else xp.concat(parts)
 
 
-def cosine(be: "Backend", xp: Any, feats: Any, norms: Any | None, a: Any, b: Any, block: int) -> Any:
+def cosine(be: "Backend", xp: Any, feats: Any, norms: Any | None, a: Any, b: Any, block: int,
+           eps: float = EPS) -> Any:
     """cos(v_a, v_b) for the row pairs (a[i], b[i]) of ``feats``, ``block`` elements at a time.
 
     ``norms`` holds max(|v_k|, eps) of every row, or is None to compute the norms of the
@@ -323,7 +333,7 @@ def cosine(be: "Backend", xp: Any, feats: Any, norms: Any | None, a: Any, b: Any
         ia, ib = a[s : s + step], b[s : s + step]
         fa, fb = be.take(feats, ia), be.take(feats, ib)
         if norms is None:
-            scale = row_norms(xp, fa) * row_norms(xp, fb)
+            scale = row_norms(xp, fa, eps) * row_norms(xp, fb, eps)
         else:
             scale = be.take(norms, ia) * be.take(norms, ib)
         dots = xp.sum(fa * fb, axis=1) / scale

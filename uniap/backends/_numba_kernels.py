@@ -18,10 +18,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# Cosine's eps, relative to the largest row norm (uniap.engine.run_eps): init_scores clips
+# at EPS times it, so that no scaling of the features changes a score (#23).
 EPS = 1e-10
 # A row whose squared norm exceeds this (engine.HUGE_NORM squared) makes init_scores return
 # HUGE: the caller scales the features by a power of two and runs again (no score changes).
 HUGE_SQUARED_NORM = 2.0**600
+# Likewise when the largest squared norm is below this (engine.TINY_NORM squared) while some
+# value is not zero: squares underflow, and the caller scales the features up.
+TINY_SQUARED_NORM = 2.0**-400
 HUGE = -2
 
 
@@ -62,10 +67,10 @@ def _score(x, sums, has_sum, norms, a, b):
 
 
 @njit(cache=True, fastmath=SCORE_MATH)
-def init_scores(x, ea, eb, norms, scores):
+def init_scores(x, ea, eb, norms, scores, eps_out):
     """Norms of every cell and the score of every edge; returns the first non-finite row, or
     HUGE when some finite row's squared norm exceeds HUGE_SQUARED_NORM (scores are unusable
-    then), or -1.
+    then), or -1.  ``eps_out[0]`` receives the run's eps (EPS times the largest norm).
 
     Edges come sorted by their first end, so one sweep over the rows computes each row's norm
     and its dot products with its (nearby, still cached) later neighbours.  Rows with two or
@@ -113,10 +118,24 @@ def init_scores(x, ea, eb, norms, scores):
                 if not np.isfinite(x[k, j]):
                     return k
             huge = True
-        s = np.sqrt(s)
-        norms[k] = s if s > EPS else EPS
+        norms[k] = np.sqrt(s)
     if huge:
         return HUGE
+    eps = EPS
+    largest = 0.0
+    for k in range(n):
+        largest = max(largest, norms[k])
+    if largest * largest < TINY_SQUARED_NORM:
+        for k in range(n):
+            for j in range(c):
+                if x[k, j] != 0:
+                    return HUGE  # tiny: to be scaled up
+    if largest > 0.0:
+        eps = EPS * largest
+    eps_out[0] = eps
+    for k in range(n):
+        if not norms[k] > eps:
+            norms[k] = eps
     for e in range(m):
         scores[e] = scores[e] / (norms[ea[e]] * norms[eb[e]])
     return -1
@@ -126,7 +145,7 @@ def init_scores(x, ea, eb, norms, scores):
 def contract_level(
     x, sums, has_sum, norms, sizes, parent, nodes, num_nodes,
     ea, eb, scores, num_edges, threshold, until_stable,
-    dirty, dirty_list, buckets, head, link, pending_b, stamp, token, labels_out, new_id,
+    dirty, dirty_list, buckets, head, link, pending_b, stamp, token, labels_out, new_id, eps,
 ):
     """Contract at one threshold; returns (num_nodes, num_edges) after the level.
 
@@ -182,7 +201,7 @@ def contract_level(
         for i in range(num_dirty):
             r = dirty_list[i]
             s = np.sqrt(_dot(sums, r, sums, r))
-            norms[r] = s if s > EPS else EPS
+            norms[r] = s if s > eps else eps
 
         # Edges between unchanged nodes stay as they are, score included; the others are
         # bucketed by their smaller end and de-duplicated with a stamp per bucket.
@@ -243,11 +262,11 @@ def contract_level(
 def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
     """Every level of the released rule in one call.
 
-    Returns ``(status, labels, counts, roots, sizes, sums)``: status is -1, or the first row
+    Returns ``(status, labels, counts, roots, sizes, sums, eps)``: status is -1, or the first row
     holding NaN or inf, or HUGE (nothing else is computed then; see init_scores); labels (L, N) int32 canonical per
     level; counts (L,) clusters per level; then per cluster, level after level: roots
     (smallest cell) and sizes (sum of counts,), and sums (sum of counts, C) float64 feature
-    sums when ``want_sums``, else (0, C).
+    sums when ``want_sums``, else (0, C); eps the run's cosine eps (for semantic groups).
     """
     n, c = x.shape
     m = ea.shape[0]
@@ -256,10 +275,12 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
     counts = np.zeros(num_levels, np.int64)
     norms = np.empty(n, np.float64)
     scores = np.empty(m, np.float64)
-    status = init_scores(x, ea, eb, norms, scores)
+    eps_out = np.full(1, EPS)
+    status = init_scores(x, ea, eb, norms, scores, eps_out)
+    eps = eps_out[0]
     if status != -1:
         empty = np.empty(0, np.int64)
-        return status, labels, counts, empty, empty, np.empty((0, c), np.float64)
+        return status, labels, counts, empty, empty, np.empty((0, c), np.float64), eps
     ea = ea.copy()
     eb = eb.copy()
     # Rows of sums are written only for nodes formed by a contraction.
@@ -288,7 +309,7 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
         num_nodes, num_edges = contract_level(
             x, sums, has_sum, norms, sizes, parent, nodes, num_nodes,
             ea, eb, scores, num_edges, thresholds[level], until_stable,
-            dirty, dirty_list, buckets, head, link, pending_b, stamp, token, level_labels, new_id,
+            dirty, dirty_list, buckets, head, link, pending_b, stamp, token, level_labels, new_id, eps,
         )
         for i in range(n):
             labels[level, i] = level_labels[i]
@@ -312,7 +333,7 @@ def contract_all(x, ea, eb, thresholds, until_stable, want_sums):
                 for j in range(c):
                     out_sums[used + i, j] = sums[r, j] if has_sum[r] else x[r, j]
         used += num_nodes
-    return status, labels, counts, out_roots[:used], out_sizes[:used], out_sums[:used]
+    return status, labels, counts, out_roots[:used], out_sizes[:used], out_sums[:used], eps
 
 
 @njit(cache=True)
@@ -323,4 +344,20 @@ def cluster_sums(x, labels, num):
         k = labels[i]
         for j in range(x.shape[1]):
             out[k, j] += x[i, j]
+    return out
+
+
+@njit(cache=True, fastmath=SCORE_MATH)
+def profile_l1(prof, a, b, wa, wb, out):
+    """out[i] = sum_c |wa[i] prof[a[i], c] - wb[i] prof[b[i], c]| (the paper's votes).
+
+    Scores decide "s > t" only, so the sum may be re-associated (vectorised).
+    """
+    n = prof.shape[1]
+    for i in range(a.shape[0]):
+        ra, rb, fa, fb = a[i], b[i], wa[i], wb[i]
+        s = 0.0
+        for c in range(n):
+            s += abs(fa * np.float64(prof[ra, c]) - fb * np.float64(prof[rb, c]))
+        out[i] = s
     return out

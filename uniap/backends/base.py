@@ -109,6 +109,27 @@ class Backend:
         """Edges (a[i], b[i]) as ``a < b``, without self-loops or duplicates, sorted by (a, b)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement unique_edges()")
 
+    # -- the paper's profiles (uniap.engine, PROFILE_BYTES) --------------------------
+    def gram(self, unit: Any) -> Any:
+        """``unit @ unit.T``: every cell's affinity profile, (n, n) for (n, C) features."""
+        return unit @ unit.T
+
+    def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
+        """sum_c |wa[i] prof[a[i], c] - wb[i] prof[b[i], c]| for every i: shape (m,).
+
+        The default gathers blocks of rows with the array namespace; a CPU backend may fuse
+        it into one pass over the two rows.
+        """
+        xp = self.xp
+        m, n = a.shape[0], prof.shape[1]
+        out = xp.empty((m,), dtype=prof.dtype, device=array_device(prof))
+        step = max(1, self.block_elements(prof) // max(1, n))
+        for s in range(0, m, step):
+            ra = xp.take(prof, a[s : s + step], axis=0) * wa[s : s + step, None]
+            rb = xp.take(prof, b[s : s + step], axis=0) * wb[s : s + step, None]
+            out[s : s + step] = xp.sum(xp.abs(ra - rb), axis=1)
+        return out
+
     # -- fixed-shape primitives (the device loop of uniap.backends._device) ----------
     def score_dtype(self, x: Any) -> Any:
         """The dtype edge scores are computed in for features ``x`` (float64 unless fast
@@ -126,15 +147,15 @@ class Backend:
         back to the host waits for all queued work (the device loop then fetches rarely)."""
         return False
 
-    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any) -> Any:
+    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any, eps: float = 1e-10) -> Any:
         """cos(v_a, v_b) = <v_a, v_b> / (norms[a] norms[b]) for the row pairs (a[i], b[i]).
 
         ``norms`` (rows of max(|v_k|, eps)) may be None: the norms of the gathered rows are
-        computed then (for the few float64 re-decisions of ``exact=True``).
+        computed then, clipped at ``eps`` (for the few float64 re-decisions of ``exact=True``).
         """
         from ._device import cosine
 
-        return cosine(self, self.xp, feats, norms, a, b, self.block_elements(feats))
+        return cosine(self, self.xp, feats, norms, a, b, self.block_elements(feats), eps)
 
     def take(self, x: Any, index: Any, axis: int = 0) -> Any:
         """``xp.take``; a backend may skip the namespace's handling of negative indices."""

@@ -48,6 +48,15 @@ class NumbaBackend(NumpyBackend):
             return k.cluster_sums(x, np.ascontiguousarray(labels, dtype=np.int64), num)
         return super().cluster_sums(x, labels, num)
 
+    def profile_l1(self, prof, a, b, wa, wb):
+        if prof.dtype not in (np.float32, np.float64) or not prof.flags.c_contiguous:
+            return super().profile_l1(prof, a, b, wa, wb)
+        from . import _numba_kernels as k
+
+        out = np.empty(a.shape[0], np.float64)
+        return k.profile_l1(prof, np.ascontiguousarray(a, np.int64), np.ascontiguousarray(b, np.int64),
+                            np.ascontiguousarray(wa, np.float64), np.ascontiguousarray(wb, np.float64), out)
+
     def all_finite(self, x) -> bool:
         # init_scores checks finiteness while it computes the norms it needs anyway.
         return True
@@ -84,12 +93,12 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
             options.semantic,
         )
 
-    status, labels, counts, roots, sizes, sums = contract(graph.x)
+    status, labels, counts, roots, sizes, sums, eps = contract(graph.x)
     scale = 1.0
     if status == k.HUGE:
-        # Finite but huge features: scaled by a power of two (exact, no score changes).
+        # Finite but huge (or tiny) features: scaled by a power of two (exact, no score changes).
         scale = overflow_scale(float(np.max(np.abs(graph.x))))
-        status, labels, counts, roots, sizes, sums = contract(np.asarray(graph.x, np.float64) * scale)
+        status, labels, counts, roots, sizes, sums, eps = contract(np.asarray(graph.x, np.float64) * scale)
     if status >= 0:
         where = "" if graph.name == "x" else f" (row {status} of the flattened (N, C) grid)"
         raise ValueError(
@@ -104,6 +113,6 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
             threshold=t, cell_labels=labels[i], roots=roots[span], sizes=sizes[span], features=None
         )
         if options.semantic:
-            add_semantic(be, graph, options, level, sums[span])
+            add_semantic(be, graph, options, level, sums[span], eps=eps)
         levels.append(level)
     return RunResult(levels=levels, min_margin=None, scale=scale)

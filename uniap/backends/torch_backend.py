@@ -119,10 +119,10 @@ class TorchBackend(Backend):
         values = [s if s.dtype == torch.int64 else s.to(torch.int64) for s in scalars]
         return torch.stack(values).tolist()  # one transfer
 
-    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any) -> Any:
+    def edge_cosines(self, feats: Any, norms: Any | None, a: Any, b: Any, eps: float = 1e-10) -> Any:
         m, c = int(a.shape[0]), int(feats.shape[1])
         if feats.device.type != "cpu" or norms is None or m * c <= 1 << 14:
-            return super().edge_cosines(feats, norms, a, b)
+            return super().edge_cosines(feats, norms, a, b, eps)
         # On a CPU, gather into two reused blocks and reduce in place: fresh block-sized
         # temporaries would be page-faulted in on every block.
         torch = _torch()
@@ -152,6 +152,33 @@ class TorchBackend(Backend):
             torch.sum(prod, dim=1, out=out[s - lo : e - lo])
         return out
 
+    # -- the paper's profiles ---------------------------------------------------------
+    def gram(self, unit: Any) -> Any:
+        torch = _torch()
+        if unit.device.type == "cuda":
+            # The float32 profiles' error bound assumes float32 products: never TF32.
+            saved = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                return unit @ unit.T
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = saved
+        if unit.device.type != "cpu" or not unit.is_contiguous():
+            return unit @ unit.T
+        # NumPy sees a product with its own transpose and calls BLAS syrk: half the
+        # multiplications of torch's gemm.
+        u = unit.numpy()
+        return torch.from_numpy(u @ u.T)
+
+    def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
+        numba = _numba_backend()
+        torch = _torch()
+        if (numba is None or prof.device.type != "cpu" or prof.dtype not in (torch.float32, torch.float64)
+                or not prof.is_contiguous()):
+            return super().profile_l1(prof, a, b, wa, wb)
+        # One fused pass over the two rows (the Numba kernel, on NumPy views of the tensors).
+        return torch.from_numpy(numba.profile_l1(prof.numpy(), a.numpy(), b.numpy(), wa.numpy(), wb.numpy()))
+
     # -- graph primitives ------------------------------------------------------------
     def components(self, num_nodes: int, a: Any, b: Any) -> tuple[Any, int]:
         from ._device import label_components
@@ -165,6 +192,15 @@ class TorchBackend(Backend):
 
     def segment_sum(self, values: Any, labels: Any, num: int, rows: Any | None = None) -> Any:
         torch = _torch()
+        if (values.device.type == "cpu" and values.ndim == 2 and not values.requires_grad
+                and values.dtype == torch.float64 and values.is_contiguous()):
+            # SciPy's CSR product reads only the listed rows, in the given order (the NumPy
+            # backend's sum): no gathered copy of the rows (the paper's profile rows are long).
+            from .numpy_backend import NumpyBackend
+
+            out = NumpyBackend.segment_sum(self, values.numpy(), labels.numpy(), num,
+                                           rows=None if rows is None else rows.numpy())
+            return torch.from_numpy(np.ascontiguousarray(out))
         src = values if rows is None else values.index_select(0, rows)
         out = torch.zeros((num, *values.shape[1:]), dtype=values.dtype, device=values.device)
         # Out of place, so that the result carries autograd history (cluster means).
@@ -210,8 +246,10 @@ class TorchBackend(Backend):
     ) -> "RunResult":
         from ._device import check_finite, run_released, wants_device_loop
 
-        if wants_device_loop(options, track_margin) and self._numba_reads(graph.x):
-            return _run_on_numba(graph, options)
+        if self._numba_reads(graph.x) and (wants_device_loop(options, track_margin) or options.needs_profiles):
+            # The paper's profiles too: per-operation overhead (and thread-pool hand-offs) make
+            # torch's CPU ops several times slower than the same engine on NumPy views.
+            return _run_on_numba(graph, options, track_margin)
         if self._numba_reads(graph.x):
             # prepare_features left the caller's memory as it is for the kernels: the engines
             # below overwrite rows, so they get their own float64 copy.
@@ -240,15 +278,16 @@ def _numba_backend() -> Any:
     return be if be is not None and be.unavailable_reason() is None else None
 
 
-def _run_on_numba(graph: "Graph", options: "Options") -> "RunResult":
-    """The released rule on CPU tensors: Numba's kernels on a NumPy view, tensors back.
+def _run_on_numba(graph: "Graph", options: "Options", track_margin: bool = False) -> "RunResult":
+    """CPU tensors through the Numba backend on a NumPy view, tensors back.
 
     Profiling put the fixed-shape device loop at about 11x the Numba kernels on a CPU, where
     it pays per-operation overhead for every pass; the kernels read the tensor's memory
-    without a copy and give the same partitions.
+    without a copy and give the same partitions.  The paper's rule (profiles) takes the same
+    way: the generic engine on NumPy arrays, about 3-5x faster than on CPU tensors.
     """
     torch = _torch()
-    result = _numba_backend().run(replace(graph, x=graph.x.numpy()), options)
+    result = _numba_backend().run(replace(graph, x=graph.x.numpy()), options, track_margin=track_margin)
     as_tensor = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     for level in result.levels:
         level.cell_labels = as_tensor(level.cell_labels)

@@ -1,0 +1,212 @@
+"""The paper's rule at matrix-product speed (#22): the profile fast path gives the partitions
+of the chunked products it replaced, on every CPU backend, with and without semantic groups.
+
+Both profile modes are checked: float32 profiles (the default: scores within their error
+bound of a threshold are re-scored exactly) and float64 profile sums (what ``track_margin``
+uses).  The oracle is the engine with ``PROFILE_BYTES = 0``: no profile is kept, every vote is
+``(mu_a - mu_b) F^T`` and every attention logit ``mu F^T`` (the implementation before #22,
+still the fallback for graphs whose profiles would not fit), on the NumPy reference with
+``track_margin``.  Draws whose smallest |s - t| is within 1e-9 of a threshold are rejected:
+two float64 summation orders may decide those differently (DESIGN.md 1.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import uniap
+import uniap.engine
+import uniap.testing
+from uniap.synthetic import piecewise_features
+
+from test_backends_agree import MARGIN, grids, levels_strategy
+
+BACKENDS = [name for name in ("numpy", "numba", "torch") if uniap.backends.available().get(name) is None]
+if "torch" in BACKENDS:
+    # CPU tensors run the engine on NumPy views (Numba's primitives); "torch-engine" runs it
+    # on the tensors themselves, the code path of CUDA.
+    BACKENDS.append("torch-engine")
+
+
+@contextlib.contextmanager
+def profiles_in(mode):
+    """Run the fast path with "float32" (the default) or "float64" profiles."""
+    saved = uniap.engine.FLOAT32_PROFILES
+    uniap.engine.FLOAT32_PROFILES = mode == "float32"
+    try:
+        yield
+    finally:
+        uniap.engine.FLOAT32_PROFILES = saved
+
+
+@contextlib.contextmanager
+def chunked_products():
+    """Run the engine without profiles (the previous implementation)."""
+    saved = uniap.engine.PROFILE_BYTES
+    uniap.engine.PROFILE_BYTES = 0
+    try:
+        yield
+    finally:
+        uniap.engine.PROFILE_BYTES = saved
+
+
+def _convert(backend):
+    if backend.startswith("torch"):
+        import torch
+
+        return torch.from_numpy
+    return lambda a: a
+
+
+@contextlib.contextmanager
+def _running(backend):
+    """The backend name to pass, with the torch engine on CPU tensors for "torch-engine"."""
+    if backend != "torch-engine":
+        yield backend
+        return
+    from uniap.backends.torch_backend import TorchBackend
+
+    saved = TorchBackend.numba_on_cpu
+    TorchBackend.numba_on_cpu = False
+    try:
+        yield "torch"
+    finally:
+        TorchBackend.numba_on_cpu = saved
+
+
+def compare(x, backend, reject=assume, mode="float32", **options):
+    with chunked_products():
+        ref = uniap.segment(x, backend="numpy", track_margin=True, **options)
+    refs = ref if isinstance(ref, list) else [ref]
+    reject(all(r.min_margin > MARGIN for r in refs))
+    convert = _convert(backend)
+    inputs = [convert(g) for g in x] if isinstance(x, list) else convert(x)
+    with _running(backend) as name, profiles_in(mode):
+        fast = uniap.segment(inputs, backend=name, **options)
+    fasts = fast if isinstance(fast, list) else [fast]
+    for r, f in zip(refs, fasts):
+        uniap.testing.assert_same_partitions(r, f, features_rtol=1e-9)
+    return refs
+
+
+def _skip_close_call(far_enough: bool) -> None:
+    if not far_enough:
+        pytest.skip("a score within 1e-9 of a threshold: summation orders may decide differently")
+
+
+@pytest.mark.parametrize("mode", ["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=60)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy, semantic=st.booleans())
+def test_paper_preset_agrees(backend, mode, x, levels, semantic):
+    compare(x, backend, mode=mode, levels=levels, preset="paper", semantic=semantic)
+
+
+@pytest.mark.parametrize("mode", ["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=40)
+@given(x=grids(max_side=20, max_channels=48), levels=levels_strategy,
+       pooling=st.sampled_from(["sum", "attention"]), vote_weight=st.sampled_from([0.0, 0.4, 0.7, 1.0]),
+       temperature=st.sampled_from([0.07, 0.5]), semantic=st.booleans(),
+       passes=st.sampled_from(["until_stable", "single"]))
+def test_every_profile_option_agrees(backend, mode, x, levels, pooling, vote_weight, temperature, semantic, passes):
+    compare(x, backend, mode=mode, levels=levels, pooling=pooling, vote_weight=vote_weight,
+            temperature=temperature, semantic=semantic, passes=passes)
+
+
+@settings(max_examples=30)
+@given(x=grids(max_side=16, max_channels=32), levels=levels_strategy, semantic=st.booleans())
+def test_scores_near_a_threshold_are_rescored_exactly(x, levels, semantic):
+    # A wide tolerance sends most scores through the exact re-scoring (edges and pairs).
+    saved = uniap.engine.float32_profile_tolerance
+    uniap.engine.float32_profile_tolerance = lambda options, channels: 0.5
+    try:
+        compare(x, "numba" if "numba" in BACKENDS else "numpy", levels=levels, preset="paper", semantic=semantic)
+    finally:
+        uniap.engine.float32_profile_tolerance = saved
+
+
+def test_float32_tolerance_bounds_the_profile_error(rng):
+    # The bound of float32_profile_tolerance against the actual error of float32 F F^T.
+    from uniap.engine import float32_profile_tolerance
+    from uniap.options import resolve_options
+
+    for c in (3, 64, 384):
+        f = rng.normal(size=(300, c)) + rng.normal(size=c) * 3
+        f /= np.linalg.norm(f, axis=1, keepdims=True)
+        f32 = f.astype(np.float32)
+        err = np.abs((f32 @ f32.T).astype(np.float64) - f @ f.T).max()
+        tol = float32_profile_tolerance(resolve_options(preset="paper"), c)
+        assert 0.4 * 2 * err < tol / 2  # a vote errs by at most twice an entry's error
+    assert float32_profile_tolerance(resolve_options(), 384) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25)
+@given(data=st.data())
+def test_batches_agree(backend, data):
+    # Each image keeps its own profile matrix; parts of very different sizes share one run.
+    n = data.draw(st.integers(1, 5))
+    c = data.draw(st.integers(1, 48))
+    shapes = [(data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))) for _ in range(n)]
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    batch = [piecewise_features(s, channels=c, noise=float(rng.uniform(0, 1.5)), seed=rng) for s in shapes]
+    compare(batch, backend, preset="paper", semantic=data.draw(st.booleans()),
+            passes=data.draw(st.sampled_from(["until_stable", "single"])))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(6))
+def test_seeded_vit_sized_grids(backend, seed):
+    # Hundreds of clusters at the first level: the semantic complete graph's bounds decide
+    # most pairs, and the exact L1 distances the rest.
+    rng = np.random.default_rng(2200 + seed)
+    x = piecewise_features((int(rng.integers(24, 41)), int(rng.integers(24, 41))), channels=384,
+                           regions=[int(rng.integers(20, 120))], noise=float(rng.uniform(0.6, 1.6)), seed=rng)
+    compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True)
+
+
+def test_margins_match_the_chunked_products(rng):
+    # track_margin scores every decision exactly on the fast path too (no bounds).
+    x = piecewise_features((18, 15), channels=32, noise=1.2, seed=rng)
+    fast = uniap.segment(x, backend="numpy", track_margin=True, preset="paper", semantic=True)
+    with chunked_products():
+        ref = uniap.segment(x, backend="numpy", track_margin=True, preset="paper", semantic=True)
+    assert fast.min_margin == pytest.approx(ref.min_margin, rel=1e-6, abs=1e-12)
+
+
+def test_profiles_are_kept_within_the_budget(monkeypatch, rng):
+    from uniap.engine import _Context, _initial_profiles
+    from uniap.options import resolve_options
+
+    be = uniap.backends.get("numpy")
+    unit = rng.normal(size=(30, 4))
+    ctx = _Context(be=be, xp=np, options=resolve_options(preset="paper"), unit=unit)
+    offsets = np.array([0, 10, 30])
+    profiles = _initial_profiles(ctx, offsets)
+    assert [p.shape for p in profiles] == [(10, 10), (20, 20)]
+    np.testing.assert_allclose(profiles[1], unit[10:] @ unit[10:].T)
+    ctx.profile_tol = 1e-4
+    assert [p.dtype for p in _initial_profiles(ctx, offsets)] == [np.float32, np.float32]
+    ctx.profile_tol = 0.0
+    monkeypatch.setattr(uniap.engine, "PROFILE_BYTES", (10 * 10 + 20 * 20) * 8 - 1)
+    assert _initial_profiles(ctx, offsets) is None
+    ctx = _Context(be=be, xp=np, options=resolve_options(), unit=unit)
+    assert _initial_profiles(ctx, offsets) is None  # the released rule needs none
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_many_unlike_clusters(backend, seed):
+    # Noisy features: nearly every cell stays a cluster at the first levels, so the semantic
+    # complete graph has ~N nodes and most pairs are ruled out by their cosine alone.
+    rng = np.random.default_rng(2300 + seed)
+    x = piecewise_features((int(rng.integers(20, 33)), int(rng.integers(20, 33))), channels=int(rng.choice([16, 64])),
+                           noise=float(rng.uniform(1.8, 2.5)), seed=rng)
+    levels = tuple(sorted(rng.uniform(-0.2, 0.9, size=4), reverse=True))
+    compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True, levels=levels)
