@@ -159,25 +159,19 @@ def superpixel_hierarchy(
             raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
     small = _downscaled(image, max_pixels)
     count = max(1, round(image.shape[0] * image.shape[1] / size))
-    explorer = _watershed_explorer(small)
-    if explorer is None:
-        leaves = np.zeros(small.shape[:2], np.int64)
-        return _consecutive(_upscaled(leaves, image.shape[:2])), np.zeros((0, 1), np.int32), np.zeros(0)
-    tree, explore = explorer
-    leaves = np.asarray(explore.horizontal_cut_from_num_regions(count).labelisation_leaves(tree), np.int64)
-    regions = _consecutive(leaves)  # on the (maybe downscaled) copy: every superpixel is there
+    tree = _WatershedTree(small)
+    altitude = tree.altitude(count)
+    regions = tree.labels(altitude)  # on the (maybe downscaled) copy: every superpixel is there
     n = int(regions.max()) + 1
+    a, b, persist = tree.region_tree(regions, altitude)  # the hierarchy above the superpixels
     cuts, thresholds = [], []
     target = n / first
     while target >= 2:
-        cut = explore.horizontal_cut_from_num_regions(int(round(target)))
-        labels = np.asarray(cut.labelisation_leaves(tree), np.int64)
-        of_node = np.empty(n, np.int64)
-        of_node[regions.ravel()] = labels.ravel()  # nested: one cut region per superpixel
-        of_node = np.unique(of_node, return_inverse=True)[1]
+        level = _cut_altitude(persist, int(round(target)))
+        of_node = _tree_cut(n, a, b, persist, level)
         if of_node.max() < (cuts[-1].max() if cuts else n - 1):  # coarser than the last, not it again
-            cuts.append(of_node.astype(np.int32))
-            thresholds.append(float(cut.altitude()))
+            cuts.append(of_node)
+            thresholds.append(level / _quantum())
         target /= factor
     cuts_array = np.stack(cuts) if cuts else np.zeros((0, n), np.int32)
     return _upscaled(regions, image.shape[:2]), cuts_array, np.asarray(thresholds, np.float64)
@@ -200,31 +194,79 @@ def _slic(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
                 enforce_connectivity=True, channel_axis=-1)
 
 
-def _watershed_explorer(image: np.ndarray):
-    """``(tree, HorizontalCutExplorer)`` of the watershed hierarchy by volume of the image's
-    4-adjacency graph, edge weights the L2 distance of CIELab colours smoothed at sigma 1;
-    None for an image of one pixel (no edge: higra cannot build a hierarchy on it)."""
-    import higra as hg
-    from skimage.color import rgb2lab
-    from skimage.filters import gaussian
+class _WatershedTree:
+    """The hierarchical watershed by volume of an image's 4-adjacency graph
+    (:mod:`uniap._watershed_kernels`): edge weights the L2 distance of CIELab colours smoothed
+    at sigma 1, the minimum spanning tree and each of its edges' persistence."""
 
-    shape = image.shape[:2]
-    if shape[0] * shape[1] < 2:
-        return None
-    lab = gaussian(rgb2lab(image), sigma=_WATERSHED_SIGMA, channel_axis=-1)
-    graph = hg.get_4_adjacency_graph(shape)
-    weights = hg.weight_graph(graph, lab, hg.WeightFunction.L2)
-    tree, altitudes = hg.watershed_hierarchy_by_volume(graph, weights)
-    return tree, hg.HorizontalCutExplorer(tree, altitudes)
+    def __init__(self, image: np.ndarray) -> None:
+        from . import _watershed_kernels as kernels
+
+        self.shape = image.shape[:2]
+        keys = kernels.edge_keys(_smoothed_lab(image))
+        self.u, self.v, self.persist = kernels.persistence(keys, *self.shape)
+
+    def altitude(self, count: int) -> float:
+        """The altitude of the cut with the fewest regions >= ``count`` (or the finest cut)."""
+        return _cut_altitude(self.persist, count)
+
+    def labels(self, altitude: float) -> np.ndarray:
+        """The regions of the cut at ``altitude``: (H, W) int32, 0 .. R-1 in raster order."""
+        n = self.shape[0] * self.shape[1]
+        return _tree_cut(n, self.u, self.v, self.persist, altitude).reshape(self.shape)
+
+    def region_tree(self, regions: np.ndarray, altitude: float):
+        """The MST edges between the regions of the cut at ``altitude``, as region pairs
+        ``(a, b)`` with their persistence: a spanning tree of the regions."""
+        above = self.persist > altitude
+        flat = regions.ravel()
+        return (flat[self.u[above]].astype(np.int64), flat[self.v[above]].astype(np.int64),
+                np.ascontiguousarray(self.persist[above]))
+
+
+def _smoothed_lab(image: np.ndarray) -> np.ndarray:
+    """CIELab of ``image`` smoothed by a Gaussian of sigma 1 pixel: (3, H, W) float32."""
+    from scipy.ndimage import gaussian_filter
+
+    from .features.default import _rgb2lab
+
+    lab = _rgb2lab(np.ascontiguousarray(image))
+    for channel in lab:
+        gaussian_filter(channel, _WATERSHED_SIGMA, mode="nearest", output=channel)
+    return lab
+
+
+def _cut_altitude(persist: np.ndarray, count: int) -> float:
+    """The largest altitude whose cut has at least ``count`` regions (``1 + #{persist > it}``,
+    higra's ``horizontal_cut_from_num_regions``), or 0 (the finest cut) when none has."""
+    k = count - 1
+    nonzero = np.sort(persist[persist > 0])[::-1]  # descending
+    if k >= nonzero.size:
+        return 0.0
+    if k <= 0:
+        return float(nonzero[0])
+    if nonzero[k - 1] > nonzero[k]:
+        return float(nonzero[k])
+    below = nonzero[nonzero < nonzero[k - 1]]  # a tie: the next altitude down
+    return float(below[0]) if below.size else 0.0
+
+
+def _tree_cut(n: int, a: np.ndarray, b: np.ndarray, persist: np.ndarray, altitude: float) -> np.ndarray:
+    from ._watershed_kernels import tree_cut
+
+    return tree_cut(n, a, b, persist, float(altitude))
+
+
+def _quantum() -> float:
+    from ._watershed_kernels import QUANTUM
+
+    return QUANTUM
 
 
 def _watershed(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
-    """The ``count``-region cut of the watershed hierarchy (:func:`_watershed_explorer`)."""
-    explorer = _watershed_explorer(image)
-    if explorer is None:
-        return np.zeros(image.shape[:2], np.int64)
-    tree, explore = explorer
-    return np.asarray(explore.horizontal_cut_from_num_regions(count).labelisation_leaves(tree), np.int64)
+    """The ``count``-region cut of the watershed hierarchy (:class:`_WatershedTree`)."""
+    tree = _WatershedTree(image)
+    return tree.labels(tree.altitude(count))
 
 
 METHODS = {"watershed": _watershed, "slic": _slic}  # superpixel methods by name
