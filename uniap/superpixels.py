@@ -37,7 +37,6 @@ DEFAULT_COMPACTNESS = 20.0  # SLIC's colour / space balance (tuned on BSDS500 va
 CONTOUR_FIRST = 9  # contour regions: the finest cut has N / 9 regions for N superpixels ...
 CONTOUR_FACTOR = 3  # ... and each next one 3x fewer (COCO dev, docs/quality.md)
 MAX_PIXELS = 1 << 22  # larger images get their superpixels on a downscaled copy (memory)
-_BAND_ROWS = 1 << 20  # adjacency: pixels compared at a time
 
 
 def superpixels(
@@ -164,10 +163,11 @@ def superpixel_hierarchy(
     regions = tree.labels(altitude)  # on the (maybe downscaled) copy: every superpixel is there
     n = int(regions.max()) + 1
     a, b, persist = tree.region_tree(regions, altitude)  # the hierarchy above the superpixels
+    descending = _descending(persist)
     cuts, thresholds = [], []
     target = n / first
     while target >= 2:
-        level = _cut_altitude(persist, int(round(target)))
+        level = _cut_altitude(descending, int(round(target)))
         of_node = _tree_cut(n, a, b, persist, level)
         if of_node.max() < (cuts[-1].max() if cuts else n - 1):  # coarser than the last, not it again
             cuts.append(of_node)
@@ -196,19 +196,22 @@ def _slic(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
 
 class _WatershedTree:
     """The hierarchical watershed by volume of an image's 4-adjacency graph
-    (:mod:`uniap._watershed_kernels`): edge weights the L2 distance of CIELab colours smoothed
+    (:mod:`uniap._superpixel_kernels`): edge weights the L2 distance of CIELab colours smoothed
     at sigma 1, the minimum spanning tree and each of its edges' persistence."""
 
     def __init__(self, image: np.ndarray) -> None:
-        from . import _watershed_kernels as kernels
+        from . import _superpixel_kernels as kernels
 
         self.shape = image.shape[:2]
         keys = kernels.edge_keys(_smoothed_lab(image))
-        self.u, self.v, self.persist = kernels.persistence(keys, *self.shape)
+        mst, self.persist = kernels.persistence(keys, *self.shape)
+        del keys
+        self.u, self.v = mst[:, 0], mst[:, 1]
+        self.descending = _descending(self.persist)
 
     def altitude(self, count: int) -> float:
         """The altitude of the cut with the fewest regions >= ``count`` (or the finest cut)."""
-        return _cut_altitude(self.persist, count)
+        return _cut_altitude(self.descending, count)
 
     def labels(self, altitude: float) -> np.ndarray:
         """The regions of the cut at ``altitude``: (H, W) int32, 0 .. R-1 in raster order."""
@@ -220,8 +223,7 @@ class _WatershedTree:
         ``(a, b)`` with their persistence: a spanning tree of the regions."""
         above = self.persist > altitude
         flat = regions.ravel()
-        return (flat[self.u[above]].astype(np.int64), flat[self.v[above]].astype(np.int64),
-                np.ascontiguousarray(self.persist[above]))
+        return flat[self.u[above]], flat[self.v[above]], np.ascontiguousarray(self.persist[above])
 
 
 def _smoothed_lab(image: np.ndarray) -> np.ndarray:
@@ -236,11 +238,16 @@ def _smoothed_lab(image: np.ndarray) -> np.ndarray:
     return lab
 
 
-def _cut_altitude(persist: np.ndarray, count: int) -> float:
+def _descending(persist: np.ndarray) -> np.ndarray:
+    """The positive persistences, largest first."""
+    return np.sort(persist[persist > 0])[::-1]
+
+
+def _cut_altitude(nonzero: np.ndarray, count: int) -> float:
     """The largest altitude whose cut has at least ``count`` regions (``1 + #{persist > it}``,
-    higra's ``horizontal_cut_from_num_regions``), or 0 (the finest cut) when none has."""
+    higra's ``horizontal_cut_from_num_regions``), or 0 (the finest cut) when none has;
+    ``nonzero``: :func:`_descending` of the persistences."""
     k = count - 1
-    nonzero = np.sort(persist[persist > 0])[::-1]  # descending
     if k >= nonzero.size:
         return 0.0
     if k <= 0:
@@ -252,13 +259,13 @@ def _cut_altitude(persist: np.ndarray, count: int) -> float:
 
 
 def _tree_cut(n: int, a: np.ndarray, b: np.ndarray, persist: np.ndarray, altitude: float) -> np.ndarray:
-    from ._watershed_kernels import tree_cut
+    from ._superpixel_kernels import tree_cut
 
     return tree_cut(n, a, b, persist, float(altitude))
 
 
 def _quantum() -> float:
-    from ._watershed_kernels import QUANTUM
+    from ._superpixel_kernels import QUANTUM
 
     return QUANTUM
 
@@ -288,18 +295,12 @@ def adjacency(regions: np.ndarray) -> np.ndarray:
     if regions.ndim != 2:
         raise ValueError(f"regions must be an (H, W) label map, got shape {regions.shape}")
     n = int(regions.max()) + 1 if regions.size else 0
-    codes = []
-    band = max(2, _BAND_ROWS // max(regions.shape[1], 1))
-    for r0 in range(0, regions.shape[0], band - 1):  # bands overlap by one row (vertical pairs)
-        block = regions[r0:r0 + band].astype(np.int64)
-        for a, b in ((block[:, :-1], block[:, 1:]), (block[:-1], block[1:])):
-            differ = a != b
-            lo, hi = np.minimum(a[differ], b[differ]), np.maximum(a[differ], b[differ])
-            codes.append(np.unique(lo * n + hi))
-        if r0 + band >= regions.shape[0]:
-            break
-    code = np.unique(np.concatenate(codes)) if codes else np.empty(0, np.int64)
-    return np.stack([code // max(n, 1), code % max(n, 1)], axis=1)
+    if n == 0:
+        return np.zeros((0, 2), np.int64)
+    from ._superpixel_kernels import adjacent_pairs
+
+    code = adjacent_pairs(np.ascontiguousarray(regions, dtype=np.int32 if n < 2**31 else np.int64), n)
+    return np.stack([code // n, code % n], axis=1)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
