@@ -184,9 +184,10 @@ def run(
     plan = plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
                      settings_signature=digest, single=single, shard=shard, image_ids=image_ids)
     summary = RunSummary(skipped=plan.done)
-    if "backend" not in settings.segment_options and len(plan.jobs) < NUMBA_PAYS_OFF:
+    if "backend" not in settings.segment_options and len(plan.jobs) < NUMBA_PAYS_OFF and refine == "none":
         # Loading Numba and its compiled kernels costs about 0.5 s per process, more than the
-        # NumPy reference spends on a few dozen images; both give the same partitions.
+        # NumPy reference spends on a few dozen images; both give the same partitions.  The
+        # superpixels (the default) load Numba anyway, and the graph's UniAP is faster there.
         from dataclasses import replace
 
         settings = replace(settings, host_backend="numpy")
