@@ -171,7 +171,7 @@ def superpixel_hierarchy(
         of_node = _tree_cut(n, a, b, persist, level)
         if of_node.max() < (cuts[-1].max() if cuts else n - 1):  # coarser than the last, not it again
             cuts.append(of_node)
-            thresholds.append(level / _quantum())
+            thresholds.append(level)
         target /= factor
     cuts_array = np.stack(cuts) if cuts else np.zeros((0, n), np.int32)
     return _upscaled(regions, image.shape[:2]), cuts_array, np.asarray(thresholds, np.float64)
@@ -203,9 +203,9 @@ class _WatershedTree:
         from . import _superpixel_kernels as kernels
 
         self.shape = image.shape[:2]
-        keys = kernels.edge_keys(_smoothed_lab(image))
-        mst, self.persist = kernels.persistence(keys, *self.shape)
-        del keys
+        weights = kernels.edge_weights(_smoothed_lab(image))
+        mst, self.persist = kernels.persistence(weights, *self.shape)
+        del weights
         self.u, self.v = mst[:, 0], mst[:, 1]
         self.descending = _descending(self.persist)
 
@@ -262,12 +262,6 @@ def _tree_cut(n: int, a: np.ndarray, b: np.ndarray, persist: np.ndarray, altitud
     from ._superpixel_kernels import tree_cut
 
     return tree_cut(n, a, b, persist, float(altitude))
-
-
-def _quantum() -> float:
-    from ._superpixel_kernels import QUANTUM
-
-    return QUANTUM
 
 
 def _watershed(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
