@@ -232,25 +232,40 @@ def pool_cells(regions, rows, cols, feats, width, n):
 @njit(cache=True)
 def adjacent_pairs(regions, n):
     """Pairs ``a < b`` of 4-adjacent labels of ``regions`` (H, W): int64 codes ``a * n + b``,
-    sorted and unique."""
+    sorted and unique.
+
+    A pair met again along the same boundary (the next pixel of a row for vertical pairs, the
+    next row of a column for horizontal ones) is not stored again, so the buffer holds about
+    one code per boundary corner, not per boundary pixel.
+    """
     height, width = regions.shape
-    codes = np.empty(2 * height * width, np.int64)
+    codes = np.empty(max(1024, (height * width) // 16), np.int64)
+    above = np.full(width, -1, np.int64)  # the horizontal pair stored at this column, last row
     k = 0
-    last = -1
     for y in range(height):
+        last = -1  # the vertical pair stored at the previous column of this row
         for x in range(width):
             a = regions[y, x]
+            code = -1
             if x + 1 < width:
                 b = regions[y, x + 1]
                 if a != b:
                     code = min(a, b) * n + max(a, b)
-                    if code != last:  # runs along a boundary repeat the same pair
+                    if code != above[x]:
+                        if k == codes.size:
+                            codes = np.concatenate((codes, np.empty(codes.size, np.int64)))
                         codes[k] = code
                         k += 1
-                        last = code
+                above[x] = code
             if y + 1 < height:
                 b = regions[y + 1, x]
+                code = -1
                 if a != b:
-                    codes[k] = min(a, b) * n + max(a, b)
-                    k += 1
+                    code = min(a, b) * n + max(a, b)
+                    if code != last:
+                        if k == codes.size:
+                            codes = np.concatenate((codes, np.empty(codes.size, np.int64)))
+                        codes[k] = code
+                        k += 1
+                last = code
     return np.unique(codes[:k])

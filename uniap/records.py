@@ -553,10 +553,15 @@ def semantic_of_clusters(level) -> np.ndarray:
 
 
 def _level_maps(
-    h: "Hierarchy", shape, pixel_labels, stride: int
+    h: "Hierarchy", shape, pixel_labels, stride: int, regions=None
 ) -> tuple[Iterator[np.ndarray], list[np.ndarray]]:
-    """Each level's (H, W) pixel label map in turn (upsampled one level at a time), and every
-    level's point samples ``map[::stride, ::stride]`` at once."""
+    """Each level's (H, W) pixel label map in turn (upsampled, or taken from the superpixels
+    ``regions``, one level at a time), and every level's point samples
+    ``map[::stride, ::stride]`` at once."""
+    if regions is not None:
+        nodes = [np.asarray(lv.labels) for lv in h.levels]
+        sub = regions[::stride, ::stride]
+        return (np.take(g, regions) for g in nodes), [np.ascontiguousarray(g[sub]) for g in nodes]
     if pixel_labels is not None:
         samples = [np.ascontiguousarray(pixel_labels[i, ::stride, ::stride]) for i in range(len(h))]
         return (pixel_labels[i] for i in range(len(h))), samples
@@ -609,6 +614,7 @@ def hierarchy_records(
     image_shape: Sequence[int] | None = None,
     pixel_labels: np.ndarray | None = None,
     *,
+    regions: np.ndarray | None = None,
     unique: bool = True,
 ) -> list[dict]:
     """Records of the masks of a (NumPy) hierarchy, finest level first; see module docs.
@@ -623,6 +629,10 @@ def hierarchy_records(
     pixel_labels : ndarray of shape (L, H, W), optional
         Instance label maps already at pixel resolution and nested like the hierarchy (e.g.
         from :func:`uniap.pixels.pixel_labels`); they override ``image_shape``.
+    regions : ndarray of shape (H, W), integer, optional
+        For a hierarchy of a region graph (nodes 0 .. N-1, :class:`uniap.features.RegionGraph`):
+        the node of every pixel.  Each level's pixel map is then made from it in turn, so
+        memory holds one (H, W) map, not L of them; instead of ``pixel_labels``.
     unique : bool
         True (default): one record per distinct mask, at its finest level, with the levels
         it spans; False: one record per cluster and level.
@@ -639,10 +649,19 @@ def hierarchy_records(
         the wrong shape.
     """
     grid = h.shape
-    if len(grid) != 2 and pixel_labels is None:
-        raise ValueError(f"records need a 2-D grid hierarchy or pixel_labels, this one has shape {grid}")
+    if len(grid) != 2 and pixel_labels is None and regions is None:
+        raise ValueError(f"records need a 2-D grid hierarchy, pixel_labels or regions, this one has shape {grid}")
     num_levels = len(h)
-    if pixel_labels is not None:
+    if regions is not None:
+        regions = np.asarray(regions)
+        if pixel_labels is not None:
+            raise ValueError("give pixel_labels or regions, not both")
+        if regions.ndim != 2 or 0 in regions.shape or len(grid) != 1 or regions.min() < 0 \
+                or regions.max() >= grid[0]:
+            raise ValueError(f"regions must be an (H, W) map of the hierarchy's {grid} nodes, "
+                             f"got shape {regions.shape}")
+        shape = tuple(int(s) for s in regions.shape)
+    elif pixel_labels is not None:
         pixel_labels = np.asarray(pixel_labels)
         if pixel_labels.ndim != 3 or pixel_labels.shape[0] != num_levels or 0 in pixel_labels.shape:
             raise ValueError(f"pixel_labels must be ({num_levels}, H, W), got shape {pixel_labels.shape}")
@@ -661,7 +680,7 @@ def hierarchy_records(
     # Point samples of every map first (one distance transform for all), then one pass per
     # level: encode the instance map and, with semantic groups, the semantic map.
     stride = _point_stride(*shape)
-    maps, subs = _level_maps(h, shape, pixel_labels, stride)
+    maps, subs = _level_maps(h, shape, pixel_labels, stride, regions)
     groups = [None if lv.semantic_labels is None else semantic_of_clusters(lv).astype(subs[i].dtype)
               for i, lv in enumerate(levels)]
     subs += [g[sub] for g, sub in zip(groups, subs) if g is not None]
