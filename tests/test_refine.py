@@ -316,6 +316,28 @@ def test_refined_levels_nest_and_records_match_the_label_maps(seed, size):
             assert np.array_equal(labels[lv] == labels[lv][mask][0], mask)
 
 
+@settings(max_examples=10)
+@given(st.integers(0, 10_000), st.sampled_from([1, 3]), st.booleans())
+def test_records_from_the_superpixels_equal_records_from_the_label_maps(seed, min_size, semantic):
+    """Records encoded from the superpixel map's runs (no pixel map made) are those of the
+    pixel label maps, byte for byte, for the levels and for the contour regions."""
+    from uniap.records import contour_records, hierarchy_records
+
+    image = _image(seed, (56, 80))
+    result = uniap.segment_image(image, superpixel_size=40, min_size=min_size, semantic=semantic)
+    h, graph = result.hierarchy, result.grid
+    stack = graph.to_image(np.asarray(h.labels))
+    assert hierarchy_records(h, regions=graph.regions) == hierarchy_records(h, pixel_labels=stack)
+    from uniap.records import encode_label_map
+
+    cuts = graph.contours
+    ours = contour_records(cuts, graph.regions, graph.contour_thresholds, unique=False)
+    for i, cut in enumerate(cuts):  # each cut's pixel map, encoded as a plain label map
+        m = encode_label_map(cut[graph.regions])
+        assert [r["segmentation"]["counts"] for r in ours if r["level"] == i] == m.counts
+        assert [r["point_coords"][0] for r in ours if r["level"] == i] == m.points.tolist()
+
+
 @pytest.mark.parametrize("column", [33, 35, 37, 39])
 def test_refined_levels_follow_edges_off_the_patch_grid(column):
     """Two flat halves split off the 8-pixel grid: SLIC nodes put the level's edge where the

@@ -305,18 +305,51 @@ def _encode_label_map(labels, ids=None, samples=None) -> LabelMapMasks:
         raise ValueError(f"labels must be a non-empty (H, W) label map, got shape {labels.shape}")
     if labels.dtype == bool:
         labels = labels.view(np.uint8)
-    height, width = (int(s) for s in labels.shape)
-    n = height * width
+    if samples is None:
+        stride = _point_stride(*labels.shape)
+        sub = np.ascontiguousarray(labels[::stride, ::stride])
+        samples = (stride, sub, _sample_distances([sub])[0])
+    starts, run_labels = _map_runs(labels)
+    return _encode_runs(starts, run_labels, labels.shape, ids, samples)
 
-    # Runs in column-major order: starts, and the label of each run.
+
+def _map_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of equal labels of a map in column-major (COCO) order: each run's first flat
+    index (int64) and its label."""
     flat = labels.T.ravel()
     change = np.flatnonzero(flat[1:] != flat[:-1])
     starts = np.empty(change.size + 1, np.int64)
     starts[0] = 0
     starts[1:] = change + 1
     del change
-    run_labels = flat[starts]
-    del flat
+    return starts, flat[starts]
+
+
+class _RegionMaps:
+    """The label maps of one superpixel map ``regions`` (H, W) relabelled per superpixel.
+
+    The superpixel map's column-major runs are found once; a map ``node_labels[regions]`` is
+    then encoded from them (:meth:`encode`), O(runs) instead of O(pixels) and without making
+    the (H, W) map: runs of superpixels with the same label are joined.
+    """
+
+    def __init__(self, regions: np.ndarray) -> None:
+        self.shape = regions.shape
+        self.starts, self.nodes = _map_runs(regions)
+
+    def encode(self, node_labels: np.ndarray, ids, samples) -> LabelMapMasks:
+        """:func:`encode_label_map` of ``node_labels[regions]``, given its point samples."""
+        labels = np.asarray(node_labels)[self.nodes]
+        keep = np.empty(labels.size, bool)
+        keep[0] = True
+        np.not_equal(labels[1:], labels[:-1], out=keep[1:])
+        return _encode_runs(self.starts[keep], labels[keep], self.shape, ids, samples)
+
+
+def _encode_runs(starts, run_labels, shape, ids, samples) -> LabelMapMasks:
+    """:func:`encode_label_map` from the map's column-major runs (:func:`_map_runs`)."""
+    height, width = (int(s) for s in shape)
+    n = height * width
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:]
     ends[-1] = n
@@ -347,10 +380,6 @@ def _encode_label_map(labels, ids=None, samples=None) -> LabelMapMasks:
     counts = _label_counts(starts, ends, group, first, last, n)
     areas = np.add.reduceat(lengths, first)
     boxes = _label_boxes(starts, ends, first, last, height)
-    if samples is None:
-        stride = _point_stride(height, width)
-        sub = np.ascontiguousarray(labels[::stride, ::stride])
-        samples = (stride, sub, _sample_distances([sub])[0])
     points = _label_points(uniq, starts, lengths, group, first, height, samples)
     return LabelMapMasks((height, width), uniq, counts, areas, boxes, points)
 
@@ -556,12 +585,12 @@ def _level_maps(
     h: "Hierarchy", shape, pixel_labels, stride: int, regions=None
 ) -> tuple[Iterator[np.ndarray], list[np.ndarray]]:
     """Each level's (H, W) pixel label map in turn (upsampled, or taken from the superpixels
-    ``regions``, one level at a time), and every level's point samples
+    ``regions``: then each level's node labels), and every level's point samples
     ``map[::stride, ::stride]`` at once."""
-    if regions is not None:
+    if regions is not None:  # the maps are encoded from the superpixels' runs (_RegionMaps)
         nodes = [np.asarray(lv.labels) for lv in h.levels]
         sub = regions[::stride, ::stride]
-        return (np.take(g, regions) for g in nodes), [np.ascontiguousarray(g[sub]) for g in nodes]
+        return iter(nodes), [np.ascontiguousarray(g[sub]) for g in nodes]
     if pixel_labels is not None:
         samples = [np.ascontiguousarray(pixel_labels[i, ::stride, ::stride]) for i in range(len(h))]
         return (pixel_labels[i] for i in range(len(h))), samples
@@ -689,13 +718,15 @@ def hierarchy_records(
     sem_samples = iter(samples[len(levels):])
     inst: list[LabelMapMasks] = []
     sem: list[LabelMapMasks | None] = []
-    for i, (lv, pix) in enumerate(zip(levels, maps)):
-        inst.append(_encode_label_map(pix, np.flatnonzero(lv.sizes >= h.min_size), samples[i]))
+    region_maps = _RegionMaps(regions) if regions is not None else None
+    encode = region_maps.encode if region_maps is not None else _encode_label_map
+    for i, (lv, pix) in enumerate(zip(levels, maps)):  # pix: a pixel map, or a region graph's node labels
+        inst.append(encode(pix, np.flatnonzero(lv.sizes >= h.min_size), samples[i]))
         if groups[i] is None:
             sem.append(None)
             continue
         sizes = np.bincount(np.asarray(lv.semantic_labels).ravel())
-        sem.append(_encode_label_map(groups[i][pix], np.flatnonzero(sizes >= h.min_size), next(sem_samples)))
+        sem.append(encode(groups[i][pix], np.flatnonzero(sizes >= h.min_size), next(sem_samples)))
 
     records = _instance_records(h, inst, scores, crop, unique)
     records += _semantic_records(h, sem, crop, unique, start=len(records))
@@ -807,8 +838,8 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
                     unique: bool = True) -> list[dict]:
     """Records (``kind: "contour"``) of a region graph's contour regions, finest cut first.
 
-    Each cut's pixel map is made, encoded and dropped in turn, so memory stays that of one
-    (H, W) map whatever the number of cuts.
+    No cut's pixel map is made: each is encoded from the superpixel map's runs, relabelled
+    (O(runs) per cut), so memory stays that of the superpixel map whatever the number of cuts.
 
     Parameters
     ----------
@@ -861,12 +892,13 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
         scores = _cohesions(x, list(zip(cuts, sums)))
     records: list[dict] = []
     seen: dict[str, dict] = {}
+    region_maps = _RegionMaps(regions) if len(cuts) else None
+    region_sub = regions[::stride, ::stride]
+    subs = [np.ascontiguousarray(cut[region_sub]) for cut in cuts]
+    dists = _sample_distances(subs) if subs else []
     for i, cut in enumerate(cuts):
-        pix = np.take(cut, regions)
-        sub = np.ascontiguousarray(pix[::stride, ::stride])
         big = np.flatnonzero(sizes[i] >= min_size) if min_size > 1 else None
-        m = _encode_label_map(pix, big, (stride, sub, _sample_distances([sub])[0]))
-        del pix
+        m = region_maps.encode(cut, big, (stride, subs[i], dists[i]))
         fresh = _fresh_rows(m, seen, i, unique)
         labels = m.labels[fresh]
         score = np.round(scores[i][labels], 6).tolist() if scores is not None else [1.0] * len(fresh)
