@@ -241,23 +241,25 @@ def _smoothed_lab(image: np.ndarray) -> np.ndarray:
 
 
 def _descending(persist: np.ndarray) -> np.ndarray:
-    """The positive persistences, largest first."""
-    return np.sort(persist[persist > 0])[::-1]
+    """The positive persistences, negated (in no particular order): :func:`_cut_altitude`'s input."""
+    return -persist[persist > 0]
 
 
-def _cut_altitude(nonzero: np.ndarray, count: int) -> float:
+def _cut_altitude(negated: np.ndarray, count: int) -> float:
     """The largest altitude whose cut has at least ``count`` regions (``1 + #{persist > it}``,
     higra's ``horizontal_cut_from_num_regions``), or 0 (the finest cut) when none has;
-    ``nonzero``: :func:`_descending` of the persistences."""
+    ``negated``: :func:`_descending` of the persistences.  O(N): a partition, not a sort."""
     k = count - 1
-    if k >= nonzero.size:
+    if k >= negated.size:
         return 0.0
     if k <= 0:
-        return float(nonzero[0])
-    if nonzero[k - 1] > nonzero[k]:
-        return float(nonzero[k])
-    below = nonzero[nonzero < nonzero[k - 1]]  # a tie: the next altitude down
-    return float(below[0]) if below.size else 0.0
+        return float(-negated.min())
+    part = np.partition(negated, (k - 1, k))  # -part[k - 1], -part[k]: the k-th and (k+1)-th largest
+    tie, value = -part[k - 1], -part[k]
+    if tie > value:
+        return float(value)
+    below = negated[negated > -tie]  # a tie: the next altitude down
+    return float(-below.min()) if below.size else 0.0
 
 
 def _tree_cut(n: int, a: np.ndarray, b: np.ndarray, persist: np.ndarray, altitude: float) -> np.ndarray:
