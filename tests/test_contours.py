@@ -66,6 +66,33 @@ def test_cuts_are_nested_coarser_unions_of_the_superpixels(seed, size, first, fa
             assert ndimage.label(pixels == r)[1] == 1
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct-weights", "ties"])
+def test_the_kernel_is_higras_watershed_hierarchy_by_volume(ties):
+    """Same edge weights: the same cuts and altitudes as higra's
+    ``watershed_hierarchy_by_volume`` (ties broken in higra's edge order)."""
+    hg = pytest.importorskip("higra")
+    from uniap import _superpixel_kernels as kernels
+
+    rng = np.random.default_rng(1 if ties else 0)
+    for _ in range(6):
+        height, width = (int(v) for v in rng.integers(2, 30, size=2))
+        graph = hg.get_4_adjacency_graph((height, width))
+        sources, targets = graph.edge_list()
+        slots = np.where(targets - sources == 1, 2 * sources, 2 * sources + 1)
+        weights = np.zeros(2 * height * width, np.float32)
+        weights[slots] = rng.integers(0, 10, len(slots)) if ties else rng.permutation(60000)[:len(slots)] / 7
+        tree, altitudes = hg.watershed_hierarchy_by_volume(graph, weights[slots].astype(np.float64))
+        explorer = hg.HorizontalCutExplorer(tree, altitudes)
+        mst, persist = kernels.persistence(weights, height, width)
+        for count in (1, 2, 5, 20):
+            cut = explorer.horizontal_cut_from_num_regions(count)
+            altitude = sp_module._cut_altitude(sp_module._descending(persist), count)
+            ours = kernels.tree_cut(height * width, mst[:, 0], mst[:, 1], persist, altitude)
+            theirs = cut.labelisation_leaves(tree).ravel()
+            assert altitude == pytest.approx(cut.altitude(), rel=1e-9)
+            assert _nested(ours, theirs) and _nested(theirs, ours)
+
+
 def test_cuts_follow_the_strongest_edge():
     image = np.full((40, 80, 3), 30, np.uint8)
     image[:, 40:] = 220  # one strong edge

@@ -139,11 +139,13 @@ def test_adjacency_matches_a_brute_force_count(h, w, n, seed):
     assert np.all(edges[:, 0] < edges[:, 1]) and len(np.unique(edges, axis=0)) == len(edges)
 
 
-def test_adjacency_in_bands_equals_one_pass(monkeypatch):
+def test_adjacency_equals_every_pair_of_touching_pixels():
     regions = superpixels(_image(3, (80, 60)), size=40)
-    whole = adjacency(regions)
-    monkeypatch.setattr(sp_module, "_BAND_ROWS", 3 * 60)  # bands of 3 rows, overlapping by one
-    assert np.array_equal(adjacency(regions), whole)
+    pairs = set()
+    for a, b in ((regions[:, :-1], regions[:, 1:]), (regions[:-1], regions[1:])):
+        differ = a != b
+        pairs |= set(zip(np.minimum(a, b)[differ].tolist(), np.maximum(a, b)[differ].tolist()))
+    assert adjacency(regions).tolist() == sorted(map(list, pairs))
 
 
 # -- region features -----------------------------------------------------------------------------
@@ -312,6 +314,28 @@ def test_refined_levels_nest_and_records_match_the_label_maps(seed, size):
         assert rec["area"] == int(mask.sum())
         for lv in rec["levels"]:
             assert np.array_equal(labels[lv] == labels[lv][mask][0], mask)
+
+
+@settings(max_examples=10)
+@given(st.integers(0, 10_000), st.sampled_from([1, 3]), st.booleans())
+def test_records_from_the_superpixels_equal_records_from_the_label_maps(seed, min_size, semantic):
+    """Records encoded from the superpixel map's runs (no pixel map made) are those of the
+    pixel label maps, byte for byte, for the levels and for the contour regions."""
+    from uniap.records import contour_records, hierarchy_records
+
+    image = _image(seed, (56, 80))
+    result = uniap.segment_image(image, superpixel_size=40, min_size=min_size, semantic=semantic)
+    h, graph = result.hierarchy, result.grid
+    stack = graph.to_image(np.asarray(h.labels))
+    assert hierarchy_records(h, regions=graph.regions) == hierarchy_records(h, pixel_labels=stack)
+    from uniap.records import encode_label_map
+
+    cuts = graph.contours
+    ours = contour_records(cuts, graph.regions, graph.contour_thresholds, unique=False)
+    for i, cut in enumerate(cuts):  # each cut's pixel map, encoded as a plain label map
+        m = encode_label_map(cut[graph.regions])
+        assert [r["segmentation"]["counts"] for r in ours if r["level"] == i] == m.counts
+        assert [r["point_coords"][0] for r in ours if r["level"] == i] == m.points.tolist()
 
 
 @pytest.mark.parametrize("column", [33, 35, 37, 39])

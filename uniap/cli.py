@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     algo.add_argument("--semantic", action="store_true", default=None,
                       help="also output semantic groups (alike regions anywhere in the image)")
     algo.add_argument("--backend", choices=("auto", "numpy", "numba", "torch", "cupy"),
-                      help=f"pooling backend (default: numpy below {NUMBA_PAYS_OFF} images, "
-                      "where loading Numba would cost more than it saves; numba above; torch "
+                      help=f"pooling backend (default: numba; numpy with --refine none below {NUMBA_PAYS_OFF} "
+                      "images, where loading Numba would cost more than it saves; torch "
                       "for ViT features on a GPU)")
     algo.add_argument("--upsampling", choices=("nearest", "bilinear"), default="nearest",
                       help="--refine none: patch labels to pixels, nearest (default) or a bilinear "

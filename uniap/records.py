@@ -305,18 +305,51 @@ def _encode_label_map(labels, ids=None, samples=None) -> LabelMapMasks:
         raise ValueError(f"labels must be a non-empty (H, W) label map, got shape {labels.shape}")
     if labels.dtype == bool:
         labels = labels.view(np.uint8)
-    height, width = (int(s) for s in labels.shape)
-    n = height * width
+    if samples is None:
+        stride = _point_stride(*labels.shape)
+        sub = np.ascontiguousarray(labels[::stride, ::stride])
+        samples = (stride, sub, _sample_distances([sub])[0])
+    starts, run_labels = _map_runs(labels)
+    return _encode_runs(starts, run_labels, labels.shape, ids, samples)
 
-    # Runs in column-major order: starts, and the label of each run.
+
+def _map_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of equal labels of a map in column-major (COCO) order: each run's first flat
+    index (int64) and its label."""
     flat = labels.T.ravel()
     change = np.flatnonzero(flat[1:] != flat[:-1])
     starts = np.empty(change.size + 1, np.int64)
     starts[0] = 0
     starts[1:] = change + 1
     del change
-    run_labels = flat[starts]
-    del flat
+    return starts, flat[starts]
+
+
+class _RegionMaps:
+    """The label maps of one superpixel map ``regions`` (H, W) relabelled per superpixel.
+
+    The superpixel map's column-major runs are found once; a map ``node_labels[regions]`` is
+    then encoded from them (:meth:`encode`), O(runs) instead of O(pixels) and without making
+    the (H, W) map: runs of superpixels with the same label are joined.
+    """
+
+    def __init__(self, regions: np.ndarray) -> None:
+        self.shape = regions.shape
+        self.starts, self.nodes = _map_runs(regions)
+
+    def encode(self, node_labels: np.ndarray, ids, samples) -> LabelMapMasks:
+        """:func:`encode_label_map` of ``node_labels[regions]``, given its point samples."""
+        labels = np.asarray(node_labels)[self.nodes]
+        keep = np.empty(labels.size, bool)
+        keep[0] = True
+        np.not_equal(labels[1:], labels[:-1], out=keep[1:])
+        return _encode_runs(self.starts[keep], labels[keep], self.shape, ids, samples)
+
+
+def _encode_runs(starts, run_labels, shape, ids, samples) -> LabelMapMasks:
+    """:func:`encode_label_map` from the map's column-major runs (:func:`_map_runs`)."""
+    height, width = (int(s) for s in shape)
+    n = height * width
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:]
     ends[-1] = n
@@ -347,10 +380,6 @@ def _encode_label_map(labels, ids=None, samples=None) -> LabelMapMasks:
     counts = _label_counts(starts, ends, group, first, last, n)
     areas = np.add.reduceat(lengths, first)
     boxes = _label_boxes(starts, ends, first, last, height)
-    if samples is None:
-        stride = _point_stride(height, width)
-        sub = np.ascontiguousarray(labels[::stride, ::stride])
-        samples = (stride, sub, _sample_distances([sub])[0])
     points = _label_points(uniq, starts, lengths, group, first, height, samples)
     return LabelMapMasks((height, width), uniq, counts, areas, boxes, points)
 
@@ -553,10 +582,15 @@ def semantic_of_clusters(level) -> np.ndarray:
 
 
 def _level_maps(
-    h: "Hierarchy", shape, pixel_labels, stride: int
+    h: "Hierarchy", shape, pixel_labels, stride: int, regions=None
 ) -> tuple[Iterator[np.ndarray], list[np.ndarray]]:
-    """Each level's (H, W) pixel label map in turn (upsampled one level at a time), and every
-    level's point samples ``map[::stride, ::stride]`` at once."""
+    """Each level's (H, W) pixel label map in turn (upsampled, or taken from the superpixels
+    ``regions``: then each level's node labels), and every level's point samples
+    ``map[::stride, ::stride]`` at once."""
+    if regions is not None:  # the maps are encoded from the superpixels' runs (_RegionMaps)
+        nodes = [np.asarray(lv.labels) for lv in h.levels]
+        sub = regions[::stride, ::stride]
+        return iter(nodes), [np.ascontiguousarray(g[sub]) for g in nodes]
     if pixel_labels is not None:
         samples = [np.ascontiguousarray(pixel_labels[i, ::stride, ::stride]) for i in range(len(h))]
         return (pixel_labels[i] for i in range(len(h))), samples
@@ -609,6 +643,7 @@ def hierarchy_records(
     image_shape: Sequence[int] | None = None,
     pixel_labels: np.ndarray | None = None,
     *,
+    regions: np.ndarray | None = None,
     unique: bool = True,
 ) -> list[dict]:
     """Records of the masks of a (NumPy) hierarchy, finest level first; see module docs.
@@ -623,6 +658,10 @@ def hierarchy_records(
     pixel_labels : ndarray of shape (L, H, W), optional
         Instance label maps already at pixel resolution and nested like the hierarchy (e.g.
         from :func:`uniap.pixels.pixel_labels`); they override ``image_shape``.
+    regions : ndarray of shape (H, W), integer, optional
+        For a hierarchy of a region graph (nodes 0 .. N-1, :class:`uniap.features.RegionGraph`):
+        the node of every pixel.  Each level's pixel map is then made from it in turn, so
+        memory holds one (H, W) map, not L of them; instead of ``pixel_labels``.
     unique : bool
         True (default): one record per distinct mask, at its finest level, with the levels
         it spans; False: one record per cluster and level.
@@ -639,10 +678,19 @@ def hierarchy_records(
         the wrong shape.
     """
     grid = h.shape
-    if len(grid) != 2 and pixel_labels is None:
-        raise ValueError(f"records need a 2-D grid hierarchy or pixel_labels, this one has shape {grid}")
+    if len(grid) != 2 and pixel_labels is None and regions is None:
+        raise ValueError(f"records need a 2-D grid hierarchy, pixel_labels or regions, this one has shape {grid}")
     num_levels = len(h)
-    if pixel_labels is not None:
+    if regions is not None:
+        regions = np.asarray(regions)
+        if pixel_labels is not None:
+            raise ValueError("give pixel_labels or regions, not both")
+        if regions.ndim != 2 or 0 in regions.shape or len(grid) != 1 or regions.min() < 0 \
+                or regions.max() >= grid[0]:
+            raise ValueError(f"regions must be an (H, W) map of the hierarchy's {grid} nodes, "
+                             f"got shape {regions.shape}")
+        shape = tuple(int(s) for s in regions.shape)
+    elif pixel_labels is not None:
         pixel_labels = np.asarray(pixel_labels)
         if pixel_labels.ndim != 3 or pixel_labels.shape[0] != num_levels or 0 in pixel_labels.shape:
             raise ValueError(f"pixel_labels must be ({num_levels}, H, W), got shape {pixel_labels.shape}")
@@ -661,7 +709,7 @@ def hierarchy_records(
     # Point samples of every map first (one distance transform for all), then one pass per
     # level: encode the instance map and, with semantic groups, the semantic map.
     stride = _point_stride(*shape)
-    maps, subs = _level_maps(h, shape, pixel_labels, stride)
+    maps, subs = _level_maps(h, shape, pixel_labels, stride, regions)
     groups = [None if lv.semantic_labels is None else semantic_of_clusters(lv).astype(subs[i].dtype)
               for i, lv in enumerate(levels)]
     subs += [g[sub] for g, sub in zip(groups, subs) if g is not None]
@@ -670,13 +718,15 @@ def hierarchy_records(
     sem_samples = iter(samples[len(levels):])
     inst: list[LabelMapMasks] = []
     sem: list[LabelMapMasks | None] = []
-    for i, (lv, pix) in enumerate(zip(levels, maps)):
-        inst.append(_encode_label_map(pix, np.flatnonzero(lv.sizes >= h.min_size), samples[i]))
+    region_maps = _RegionMaps(regions) if regions is not None else None
+    encode = region_maps.encode if region_maps is not None else _encode_label_map
+    for i, (lv, pix) in enumerate(zip(levels, maps)):  # pix: a pixel map, or a region graph's node labels
+        inst.append(encode(pix, np.flatnonzero(lv.sizes >= h.min_size), samples[i]))
         if groups[i] is None:
             sem.append(None)
             continue
         sizes = np.bincount(np.asarray(lv.semantic_labels).ravel())
-        sem.append(_encode_label_map(groups[i][pix], np.flatnonzero(sizes >= h.min_size), next(sem_samples)))
+        sem.append(encode(groups[i][pix], np.flatnonzero(sizes >= h.min_size), next(sem_samples)))
 
     records = _instance_records(h, inst, scores, crop, unique)
     records += _semantic_records(h, sem, crop, unique, start=len(records))
@@ -788,8 +838,8 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
                     unique: bool = True) -> list[dict]:
     """Records (``kind: "contour"``) of a region graph's contour regions, finest cut first.
 
-    Each cut's pixel map is made, encoded and dropped in turn, so memory stays that of one
-    (H, W) map whatever the number of cuts.
+    No cut's pixel map is made: each is encoded from the superpixel map's runs, relabelled
+    (O(runs) per cut), so memory stays that of the superpixel map whatever the number of cuts.
 
     Parameters
     ----------
@@ -842,12 +892,13 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
         scores = _cohesions(x, list(zip(cuts, sums)))
     records: list[dict] = []
     seen: dict[str, dict] = {}
+    region_maps = _RegionMaps(regions) if len(cuts) else None
+    region_sub = regions[::stride, ::stride]
+    subs = [np.ascontiguousarray(cut[region_sub]) for cut in cuts]
+    dists = _sample_distances(subs) if subs else []
     for i, cut in enumerate(cuts):
-        pix = np.take(cut, regions)
-        sub = np.ascontiguousarray(pix[::stride, ::stride])
         big = np.flatnonzero(sizes[i] >= min_size) if min_size > 1 else None
-        m = _encode_label_map(pix, big, (stride, sub, _sample_distances([sub])[0]))
-        del pix
+        m = region_maps.encode(cut, big, (stride, subs[i], dists[i]))
         fresh = _fresh_rows(m, seen, i, unique)
         labels = m.labels[fresh]
         score = np.round(scores[i][labels], 6).tolist() if scores is not None else [1.0] * len(fresh)

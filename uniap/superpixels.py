@@ -37,7 +37,6 @@ DEFAULT_COMPACTNESS = 20.0  # SLIC's colour / space balance (tuned on BSDS500 va
 CONTOUR_FIRST = 9  # contour regions: the finest cut has N / 9 regions for N superpixels ...
 CONTOUR_FACTOR = 3  # ... and each next one 3x fewer (COCO dev, docs/quality.md)
 MAX_PIXELS = 1 << 22  # larger images get their superpixels on a downscaled copy (memory)
-_BAND_ROWS = 1 << 20  # adjacency: pixels compared at a time
 
 
 def superpixels(
@@ -57,10 +56,12 @@ def superpixels(
     size : int, default 150
         Mean superpixel area in pixels: the image gets ``round(H * W / size)`` of them.
     method : {"watershed", "slic"}, default "watershed"
-        ``"watershed"``: the regions of a hierarchical watershed by volume [1]_ (higra) of the
+        ``"watershed"``: the regions of a hierarchical watershed by volume [1]_ of the
         smoothed CIELab image, cut where it has that many regions: they follow the image's
         edges wherever they are, and their size adapts (small where the image is busy, large
-        where it is flat).  ``"slic"``: SLIC [2]_, compact superpixels of nearly equal size
+        where it is flat).  Computed by compiled kernels (:mod:`uniap._superpixel_kernels`:
+        one radix sort and a few passes over the pixels, about 20 ms at 481 x 321), the
+        hierarchy higra's ``watershed_hierarchy_by_volume`` gives, tie for tie.  ``"slic"``: SLIC [2]_, compact superpixels of nearly equal size
         (the default before; ``docs/quality.md`` compares them).
     compactness : float, default 20
         SLIC's balance of colour (CIELab) against distance: larger makes squarer superpixels
@@ -68,7 +69,7 @@ def superpixels(
     max_pixels : int, default 2**22
         An image with more pixels is segmented at a downscaled copy of at most this many
         pixels, and the labels are mapped back by nearest neighbour (SLIC holds about 100
-        bytes a pixel, the watershed's graph and tree about 300 more).
+        bytes a pixel, the watershed's edge weights, order and tree about 120).
 
     Returns
     -------
@@ -159,25 +160,20 @@ def superpixel_hierarchy(
             raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
     small = _downscaled(image, max_pixels)
     count = max(1, round(image.shape[0] * image.shape[1] / size))
-    explorer = _watershed_explorer(small)
-    if explorer is None:
-        leaves = np.zeros(small.shape[:2], np.int64)
-        return _consecutive(_upscaled(leaves, image.shape[:2])), np.zeros((0, 1), np.int32), np.zeros(0)
-    tree, explore = explorer
-    leaves = np.asarray(explore.horizontal_cut_from_num_regions(count).labelisation_leaves(tree), np.int64)
-    regions = _consecutive(leaves)  # on the (maybe downscaled) copy: every superpixel is there
+    tree = _WatershedTree(small)
+    altitude = tree.altitude(count)
+    regions = tree.labels(altitude)  # on the (maybe downscaled) copy: every superpixel is there
     n = int(regions.max()) + 1
+    a, b, persist = tree.region_tree(regions, altitude)  # the hierarchy above the superpixels
+    descending = _descending(persist)
     cuts, thresholds = [], []
     target = n / first
     while target >= 2:
-        cut = explore.horizontal_cut_from_num_regions(int(round(target)))
-        labels = np.asarray(cut.labelisation_leaves(tree), np.int64)
-        of_node = np.empty(n, np.int64)
-        of_node[regions.ravel()] = labels.ravel()  # nested: one cut region per superpixel
-        of_node = np.unique(of_node, return_inverse=True)[1]
+        level = _cut_altitude(descending, int(round(target)))
+        of_node = _tree_cut(n, a, b, persist, level)
         if of_node.max() < (cuts[-1].max() if cuts else n - 1):  # coarser than the last, not it again
-            cuts.append(of_node.astype(np.int32))
-            thresholds.append(float(cut.altitude()))
+            cuts.append(of_node)
+            thresholds.append(level)
         target /= factor
     cuts_array = np.stack(cuts) if cuts else np.zeros((0, n), np.int32)
     return _upscaled(regions, image.shape[:2]), cuts_array, np.asarray(thresholds, np.float64)
@@ -200,31 +196,82 @@ def _slic(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
                 enforce_connectivity=True, channel_axis=-1)
 
 
-def _watershed_explorer(image: np.ndarray):
-    """``(tree, HorizontalCutExplorer)`` of the watershed hierarchy by volume of the image's
-    4-adjacency graph, edge weights the L2 distance of CIELab colours smoothed at sigma 1;
-    None for an image of one pixel (no edge: higra cannot build a hierarchy on it)."""
-    import higra as hg
-    from skimage.color import rgb2lab
-    from skimage.filters import gaussian
+class _WatershedTree:
+    """The hierarchical watershed by volume of an image's 4-adjacency graph
+    (:mod:`uniap._superpixel_kernels`): edge weights the L2 distance of CIELab colours smoothed
+    at sigma 1, the minimum spanning tree and each of its edges' persistence."""
 
-    shape = image.shape[:2]
-    if shape[0] * shape[1] < 2:
-        return None
-    lab = gaussian(rgb2lab(image), sigma=_WATERSHED_SIGMA, channel_axis=-1)
-    graph = hg.get_4_adjacency_graph(shape)
-    weights = hg.weight_graph(graph, lab, hg.WeightFunction.L2)
-    tree, altitudes = hg.watershed_hierarchy_by_volume(graph, weights)
-    return tree, hg.HorizontalCutExplorer(tree, altitudes)
+    def __init__(self, image: np.ndarray) -> None:
+        from . import _superpixel_kernels as kernels
+
+        self.shape = image.shape[:2]
+        weights = kernels.edge_weights(_smoothed_lab(image))
+        mst, self.persist = kernels.persistence(weights, *self.shape)
+        del weights
+        self.u, self.v = mst[:, 0], mst[:, 1]
+        self.descending = _descending(self.persist)
+
+    def altitude(self, count: int) -> float:
+        """The altitude of the cut with the fewest regions >= ``count`` (or the finest cut)."""
+        return _cut_altitude(self.descending, count)
+
+    def labels(self, altitude: float) -> np.ndarray:
+        """The regions of the cut at ``altitude``: (H, W) int32, 0 .. R-1 in raster order."""
+        n = self.shape[0] * self.shape[1]
+        return _tree_cut(n, self.u, self.v, self.persist, altitude).reshape(self.shape)
+
+    def region_tree(self, regions: np.ndarray, altitude: float):
+        """The MST edges between the regions of the cut at ``altitude``, as region pairs
+        ``(a, b)`` with their persistence: a spanning tree of the regions."""
+        above = self.persist > altitude
+        flat = regions.ravel()
+        return flat[self.u[above]], flat[self.v[above]], np.ascontiguousarray(self.persist[above])
+
+
+def _smoothed_lab(image: np.ndarray) -> np.ndarray:
+    """CIELab of ``image`` smoothed by a Gaussian of sigma 1 pixel: (3, H, W) float32."""
+    from scipy.ndimage import gaussian_filter
+
+    from .features.default import _rgb2lab
+
+    lab = _rgb2lab(np.ascontiguousarray(image))
+    for channel in lab:
+        gaussian_filter(channel, _WATERSHED_SIGMA, mode="nearest", output=channel)
+    return lab
+
+
+def _descending(persist: np.ndarray) -> np.ndarray:
+    """The positive persistences, negated (in no particular order): :func:`_cut_altitude`'s input."""
+    return -persist[persist > 0]
+
+
+def _cut_altitude(negated: np.ndarray, count: int) -> float:
+    """The largest altitude whose cut has at least ``count`` regions (``1 + #{persist > it}``,
+    higra's ``horizontal_cut_from_num_regions``), or 0 (the finest cut) when none has;
+    ``negated``: :func:`_descending` of the persistences.  O(N): a partition, not a sort."""
+    k = count - 1
+    if k >= negated.size:
+        return 0.0
+    if k <= 0:
+        return float(-negated.min())
+    part = np.partition(negated, (k - 1, k))  # -part[k - 1], -part[k]: the k-th and (k+1)-th largest
+    tie, value = -part[k - 1], -part[k]
+    if tie > value:
+        return float(value)
+    below = negated[negated > -tie]  # a tie: the next altitude down
+    return float(-below.min()) if below.size else 0.0
+
+
+def _tree_cut(n: int, a: np.ndarray, b: np.ndarray, persist: np.ndarray, altitude: float) -> np.ndarray:
+    from ._superpixel_kernels import tree_cut
+
+    return tree_cut(n, a, b, persist, float(altitude))
 
 
 def _watershed(image: np.ndarray, count: int, compactness: float) -> np.ndarray:
-    """The ``count``-region cut of the watershed hierarchy (:func:`_watershed_explorer`)."""
-    explorer = _watershed_explorer(image)
-    if explorer is None:
-        return np.zeros(image.shape[:2], np.int64)
-    tree, explore = explorer
-    return np.asarray(explore.horizontal_cut_from_num_regions(count).labelisation_leaves(tree), np.int64)
+    """The ``count``-region cut of the watershed hierarchy (:class:`_WatershedTree`)."""
+    tree = _WatershedTree(image)
+    return tree.labels(tree.altitude(count))
 
 
 METHODS = {"watershed": _watershed, "slic": _slic}  # superpixel methods by name
@@ -246,18 +293,12 @@ def adjacency(regions: np.ndarray) -> np.ndarray:
     if regions.ndim != 2:
         raise ValueError(f"regions must be an (H, W) label map, got shape {regions.shape}")
     n = int(regions.max()) + 1 if regions.size else 0
-    codes = []
-    band = max(2, _BAND_ROWS // max(regions.shape[1], 1))
-    for r0 in range(0, regions.shape[0], band - 1):  # bands overlap by one row (vertical pairs)
-        block = regions[r0:r0 + band].astype(np.int64)
-        for a, b in ((block[:, :-1], block[:, 1:]), (block[:-1], block[1:])):
-            differ = a != b
-            lo, hi = np.minimum(a[differ], b[differ]), np.maximum(a[differ], b[differ])
-            codes.append(np.unique(lo * n + hi))
-        if r0 + band >= regions.shape[0]:
-            break
-    code = np.unique(np.concatenate(codes)) if codes else np.empty(0, np.int64)
-    return np.stack([code // max(n, 1), code % max(n, 1)], axis=1)
+    if n == 0:
+        return np.zeros((0, 2), np.int64)
+    from ._superpixel_kernels import adjacent_pairs
+
+    code = adjacent_pairs(np.ascontiguousarray(regions, dtype=np.int32 if n < 2**31 else np.int64), n)
+    return np.stack([code // n, code % n], axis=1)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -158,7 +158,7 @@ def pool_grid(grid: FeatureGrid, regions: np.ndarray) -> np.ndarray:
         ``sum over the region's pixels of feature(cell of pixel) / pixels per cell``: a region
         inside one patch gets that patch's feature times its share of the patch.
     """
-    from scipy.sparse import csr_matrix
+    from .._superpixel_kernels import pool_cells
 
     regions = np.asarray(regions)
     if regions.shape != tuple(grid.original_shape):
@@ -166,14 +166,9 @@ def pool_grid(grid: FeatureGrid, regions: np.ndarray) -> np.ndarray:
     rows, cols = grid.cell_index()
     h, w = grid.grid_shape
     n = int(regions.max()) + 1
-    out = np.zeros((n, grid.dim))
     feats = np.asarray(grid.features, np.float64).reshape(h * w, -1)
-    band = max(1, (1 << 20) // max(regions.shape[1], 1))
-    for r0 in range(0, regions.shape[0], band):  # bounded temporaries on large images
-        cell = (rows[r0:r0 + band, None] * w + cols[None, :]).ravel()
-        region = regions[r0:r0 + band].ravel()
-        counts = csr_matrix((np.ones(cell.size), (region, cell)), shape=(n, h * w))
-        out += counts @ feats
+    out = pool_cells(np.ascontiguousarray(regions, dtype=np.int32), rows.astype(np.int64),
+                     cols.astype(np.int64), feats, w, n)  # one pass, no temporaries
     (height, width), (hr, wr) = grid.original_shape, grid.resized_shape
     out /= grid.patch_size ** 2 * (height / hr) * (width / wr)
     return out.astype(np.float32)

@@ -218,9 +218,10 @@ def run(
     try:
         the_plan = plan()
         summary = RunSummary(skipped=the_plan.done)
-        if "backend" not in settings.segment_options and len(the_plan.jobs) < NUMBA_PAYS_OFF:
+        if "backend" not in settings.segment_options and len(the_plan.jobs) < NUMBA_PAYS_OFF and refine == "none":
             # Loading Numba and its compiled kernels costs about 0.5 s per process, more than the
-            # NumPy reference spends on a few dozen images; both give the same partitions.
+            # NumPy reference spends on a few dozen images; both give the same partitions.  The
+            # superpixels (the default) load Numba anyway, and the graph's UniAP is faster there.
             from dataclasses import replace
 
             settings = replace(settings, host_backend="numpy")

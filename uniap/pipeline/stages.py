@@ -199,10 +199,17 @@ class Encoded:
     """Stage 4's result for one image: pixel label maps and records."""
 
     records: list[dict]
-    pixel_labels: np.ndarray
+    stack: np.ndarray | None  # (L, H, W) pixel label maps, or None: made from node_labels when asked
     semantic_labels: np.ndarray | None
     contour_cuts: np.ndarray | None = None  # (K, N): a region graph's contour regions per superpixel
-    regions: np.ndarray | None = None  # (H, W): the superpixel of every pixel, with contour_cuts
+    regions: np.ndarray | None = None  # (H, W): a region graph's superpixel of every pixel
+    node_labels: np.ndarray | None = None  # (L, N): a region graph's level labels per superpixel
+
+    @property
+    def pixel_labels(self) -> np.ndarray:
+        """Instance label maps at the pixels, (L, H, W) int32 (of a region graph: made when
+        asked, L full maps that the records never need at once)."""
+        return self.stack if self.stack is not None else np.take(self.node_labels, self.regions, axis=-1)
 
     @property
     def contour_labels(self) -> np.ndarray | None:
@@ -211,21 +218,34 @@ class Encoded:
 
 
 def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", unique: bool = True) -> Encoded:
-    """Stage 4: grid labels -> pixel label maps (L, H, W) and SAM-style records: the
-    hierarchy's, then the contour regions' of a region graph that has them."""
-    labels = to_pixel_labels(hierarchy, grid, upsampling)
+    """Stage 4: SAM-style records, the hierarchy's, then the contour regions' of a region graph
+    that has them, and pixel label maps (L, H, W).
+
+    A region graph's maps are made one level at a time from its superpixels while records are
+    encoded, and as a stack only when asked (:attr:`Encoded.pixel_labels`): at 8000 x 8000
+    pixels the 8 levels' stack alone would take 2 GB.
+    """
+    regions = getattr(grid, "regions", None)
     semantic = None
-    if hierarchy.level(0).semantic_labels is not None:
-        semantic = np.empty_like(labels)
-        for i, lv in enumerate(hierarchy.levels):
-            semantic[i] = semantic_of_clusters(lv)[labels[i]]
-    records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique)
-    cuts = getattr(grid, "contours", None)
-    if cuts is None or not len(cuts):
+    if regions is not None and hierarchy.level(0).semantic_labels is None:
+        labels = None
+        records = hierarchy_records(hierarchy, regions=regions, unique=unique)
+    else:
+        labels = to_pixel_labels(hierarchy, grid, upsampling)
+        if hierarchy.level(0).semantic_labels is not None:
+            semantic = np.empty_like(labels)
+            for i, lv in enumerate(hierarchy.levels):
+                semantic[i] = semantic_of_clusters(lv)[labels[i]]
+        records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique)
+    if regions is None:
         return Encoded(records, labels, semantic)
-    records += contour_records(cuts, grid.regions, grid.contour_thresholds, node_features=grid.features,
+    node_labels = np.asarray(hierarchy.labels)
+    cuts = grid.contours
+    if cuts is None or not len(cuts):
+        return Encoded(records, labels, semantic, None, regions, node_labels)
+    records += contour_records(cuts, regions, grid.contour_thresholds, node_features=grid.features,
                                min_size=hierarchy.min_size, start=len(records), unique=unique)
-    return Encoded(records, labels, semantic, cuts, grid.regions)
+    return Encoded(records, labels, semantic, cuts, regions, node_labels)
 
 
 def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) -> dict:

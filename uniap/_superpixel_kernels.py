@@ -1,0 +1,271 @@
+"""Numba kernels of the superpixels: the hierarchical watershed by volume of an image's
+4-adjacency graph, and the pooling and adjacency of a label map.
+
+The same hierarchy as higra's ``watershed_hierarchy_by_volume`` (Cousty & Najman 2011; the
+algorithm of Najman, Cousty & Perret, "Playing with Kruskal", ISMM 2013): a binary partition
+tree (BPT) of the minimum spanning tree by Kruskal's algorithm, the volume of every BPT node,
+and the *persistence* of every MST edge (the smaller of the two volumes that meet there, 0
+inside a basin); a horizontal cut of the hierarchy keeps the MST edges whose persistence is at
+most its altitude.  Here the edges are sorted by a two-pass radix sort of their float32
+weights, the tree is built with union-find over the implicit pixel graph (no edge list is
+stored), and everything is a few linear passes over the pixels: about 15 ms at 481 x 321,
+where higra's call takes 170 ms and its edge weighting 35 ms more.
+
+Ties are broken in higra's edge order (pixels in raster order, each one's right edge before
+its lower one), so with the same weights the hierarchy is higra's exactly
+(``tests/test_contours.py``).  Kept in their own file because Numba's cache is invalidated per
+source file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_KEYS = 1 << 16
+
+
+@njit(cache=True)
+def edge_weights(lab):
+    """L2 colour distance of every 4-adjacent pixel pair of ``lab`` (C, H, W).
+
+    Returns float32 (2 * H * W,): slot ``2 * i`` holds the edge from pixel ``i`` to its right
+    neighbour, ``2 * i + 1`` to the one below (higra's edge order); slots of missing
+    neighbours are never read.
+    """
+    c_count, height, width = lab.shape
+    weights = np.zeros(2 * height * width, np.float32)
+    for y in range(height):
+        for x in range(width):
+            i = y * width + x
+            if x + 1 < width:
+                s = 0.0
+                for c in range(c_count):
+                    d = np.float64(lab[c, y, x + 1]) - np.float64(lab[c, y, x])
+                    s += d * d
+                weights[2 * i] = np.sqrt(s)
+            if y + 1 < height:
+                s = 0.0
+                for c in range(c_count):
+                    d = np.float64(lab[c, y + 1, x]) - np.float64(lab[c, y, x])
+                    s += d * d
+                weights[2 * i + 1] = np.sqrt(s)
+    return weights
+
+
+@njit(cache=True)
+def _sorted_edges(weights, height, width):
+    """The edges (slots) by increasing weight, ties in slot order: a two-pass LSD radix sort
+    of the weights' float32 bits (monotone for weights >= 0)."""
+    bits = weights.view(np.uint32)
+    count = 0
+    for y in range(height):
+        for x in range(width):
+            count += (x + 1 < width) + (y + 1 < height)
+    first = np.empty(count, np.int32)
+    k = 0
+    for y in range(height):
+        for x in range(width):
+            slot = 2 * (y * width + x)
+            if x + 1 < width:
+                first[k] = slot
+                k += 1
+            if y + 1 < height:
+                first[k] = slot + 1
+                k += 1
+    second = np.empty(count, np.int32)
+    for shift, src, dst in ((0, first, second), (16, second, first)):
+        counts = np.zeros(_KEYS + 1, np.int64)
+        for j in range(count):
+            counts[((bits[src[j]] >> shift) & 0xFFFF) + 1] += 1
+        for b in range(_KEYS):
+            counts[b + 1] += counts[b]
+        for j in range(count):
+            b = (bits[src[j]] >> shift) & 0xFFFF
+            dst[counts[b]] = src[j]
+            counts[b] += 1
+    return first
+
+
+@njit(cache=True)
+def _find(uf, a):
+    while uf[a] != a:
+        uf[a] = uf[uf[a]]  # path halving
+        a = uf[a]
+    return a
+
+
+@njit(cache=True)
+def persistence(weights, height, width):
+    """Kruskal's BPT of the pixel graph with edge ``weights`` and each MST edge's persistence by volume.
+
+    Parameters
+    ----------
+    weights : float32 (2 * H * W,)
+        :func:`edge_weights`.
+    height, width : int
+
+    Returns
+    -------
+    mst : int32 (N - 1, 2)
+        The pixels each MST edge joins, in Kruskal's order (increasing key).
+    persist : float64 (N - 1,)
+        Each MST edge's persistence: the volume (CIELab depth summed over the pixels) of the smaller of the two regions that meet there, corrected on plateaus as
+        higra does; 0 where one side holds no minimum.
+    """
+    n = height * width
+    order = _sorted_edges(weights, height, width)
+    # Kruskal: union-find over pixels (by size), one BPT node per MST edge; nodes are made
+    # in increasing order, so the loops below run leaves to root
+    m = max(n - 1, 0)
+    uf = np.arange(n).astype(np.int32)
+    node_of = uf.copy()  # the BPT node of each union-find root
+    child = np.empty((m, 2), np.int32)
+    alt = np.zeros(n + m, np.float32)  # leaves at 0
+    area = np.ones(n + m)
+    mst = np.empty((m, 2), np.int32)
+    made = 0
+    for i in range(order.size):
+        if made == m:
+            break
+        e = order[i]
+        u = e >> 1
+        v = u + (width if e & 1 else 1)
+        ru = _find(uf, u)
+        rv = _find(uf, v)
+        if ru == rv:
+            continue
+        a = node_of[ru]
+        b = node_of[rv]
+        child[made, 0] = a
+        child[made, 1] = b
+        node = n + made
+        alt[node] = weights[e]
+        area[node] = area[a] + area[b]
+        mst[made, 0] = u
+        mst[made, 1] = v
+        if area[a] < area[b]:
+            uf[ru] = rv
+            node_of[rv] = node
+        else:
+            uf[rv] = ru
+            node_of[ru] = node
+        made += 1
+    total = n + made
+    parent_alt = np.empty(total, np.float32)
+    for j in range(made):
+        parent_alt[child[j, 0]] = alt[n + j]
+        parent_alt[child[j, 1]] = alt[n + j]
+    if made > 0:
+        parent_alt[total - 1] = alt[total - 1]  # the root is its own parent
+    # volume (higra's attribute_volume: leaves 0, a node its area times the height up to its
+    # parent plus its children's volumes), the volume corrected inside plateaus (a node with
+    # its parent's altitude takes its children's largest) and the persistence, bottom up
+    volume = np.zeros(total)
+    corrected = np.zeros(total)
+    persist = np.empty(made)
+    for j in range(made):
+        i = n + j
+        a = child[j, 0]
+        b = child[j, 1]
+        volume[i] = area[i] * (np.float64(parent_alt[i]) - np.float64(alt[i])) + volume[a] + volume[b]
+        if i == total - 1 or alt[i] != parent_alt[i]:
+            corrected[i] = volume[i]
+        else:
+            corrected[i] = max(corrected[a], corrected[b])
+        persist[j] = min(corrected[a], corrected[b])
+    return mst[:made], persist
+
+
+@njit(cache=True)
+def tree_cut(n, a, b, persist, altitude):
+    """Regions of the cut of a forest on ``n`` nodes (edges ``a[j] - b[j]``) that keeps the
+    edges with persistence <= ``altitude``: int32 (n,), numbered 0 .. R-1 in the order of each
+    region's smallest node (raster order for pixels)."""
+    uf = np.arange(n)
+    for j in range(a.size):
+        if persist[j] <= altitude:
+            x = _find(uf, a[j])
+            y = _find(uf, b[j])
+            if x != y:
+                if x < y:
+                    uf[y] = x
+                else:
+                    uf[x] = y
+    labels = np.empty(n, np.int32)
+    count = 0
+    for i in range(n):
+        r = _find(uf, i)
+        if r == i:
+            labels[i] = count
+            count += 1
+        else:
+            labels[i] = labels[r]
+    return labels
+
+
+@njit(cache=True)
+def pool_cells(regions, rows, cols, feats, width, n):
+    """``out[r] = sum over the pixels of region r of feats[cell of the pixel]``: (n, C) float64.
+
+    ``regions`` (H, W) labels 0 .. n-1; ``rows`` (H,) and ``cols`` (W,) the grid row and
+    column of each pixel row and column; ``feats`` (h * w, C) float64, ``width`` = w.  Runs of
+    pixels with the same region and cell along a row are added once, times their length.
+    """
+    out = np.zeros((n, feats.shape[1]))
+    height, w_px = regions.shape
+    for y in range(height):
+        base = rows[y] * width
+        x = 0
+        while x < w_px:
+            r = regions[y, x]
+            cell = base + cols[x]
+            run = 1
+            while x + run < w_px and regions[y, x + run] == r and cols[x + run] == cols[x]:
+                run += 1
+            for c in range(feats.shape[1]):
+                out[r, c] += run * feats[cell, c]
+            x += run
+    return out
+
+
+@njit(cache=True)
+def adjacent_pairs(regions, n):
+    """Pairs ``a < b`` of 4-adjacent labels of ``regions`` (H, W): int64 codes ``a * n + b``,
+    sorted and unique.
+
+    A pair met again along the same boundary (the next pixel of a row for vertical pairs, the
+    next row of a column for horizontal ones) is not stored again, so the buffer holds about
+    one code per boundary corner, not per boundary pixel.
+    """
+    height, width = regions.shape
+    codes = np.empty(max(1024, (height * width) // 16), np.int64)
+    above = np.full(width, -1, np.int64)  # the horizontal pair stored at this column, last row
+    k = 0
+    for y in range(height):
+        last = -1  # the vertical pair stored at the previous column of this row
+        for x in range(width):
+            a = regions[y, x]
+            code = -1
+            if x + 1 < width:
+                b = regions[y, x + 1]
+                if a != b:
+                    code = min(a, b) * n + max(a, b)
+                    if code != above[x]:
+                        if k == codes.size:
+                            codes = np.concatenate((codes, np.empty(codes.size, np.int64)))
+                        codes[k] = code
+                        k += 1
+                above[x] = code
+            if y + 1 < height:
+                b = regions[y + 1, x]
+                code = -1
+                if a != b:
+                    code = min(a, b) * n + max(a, b)
+                    if code != last:
+                        if k == codes.size:
+                            codes = np.concatenate((codes, np.empty(codes.size, np.int64)))
+                        codes[k] = code
+                        k += 1
+                last = code
+    return np.unique(codes[:k])
