@@ -210,3 +210,25 @@ def test_many_unlike_clusters(backend, seed):
                            noise=float(rng.uniform(1.8, 2.5)), seed=rng)
     levels = tuple(sorted(rng.uniform(-0.2, 0.9, size=4), reverse=True))
     compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True, levels=levels)
+
+
+@pytest.mark.parametrize("semantic", [False, True])
+def test_a_batch_too_large_for_its_profiles_runs_group_by_group(monkeypatch, semantic):
+    """A batch whose profiles would not fit together is run in groups that fit, each on the
+    profile path (not the whole batch on the chunked products), with each image's partitions."""
+    rng = np.random.default_rng(7)
+    grids_ = [piecewise_features((h, w), 16, (3, 9), noise=0.4, seed=int(rng.integers(1 << 30)))
+              for h, w in ((12, 10), (9, 14), (11, 11))]
+    alone = [uniap.segment(g, preset="paper", semantic=semantic, backend="numpy") for g in grids_]
+    largest = max(g.shape[0] * g.shape[1] for g in grids_)
+    monkeypatch.setattr(uniap.engine, "PROFILE_BYTES", 4 * (largest**2 + 50))  # one image's, not two
+    kept = []
+    real = uniap.engine._initial_profiles
+    monkeypatch.setattr(uniap.engine, "_initial_profiles",
+                        lambda ctx, offsets: kept.append(real(ctx, offsets)) or kept[-1])
+    batch = uniap.segment(grids_, preset="paper", semantic=semantic, backend="numpy")
+    assert len(kept) == 3 and all(p is not None for p in kept)  # three runs, each with profiles
+    for h, ref in zip(batch, alone):
+        uniap.testing.assert_same_partitions(ref, h)
+    assert uniap.engine.profile_groups([120, 126, 121], uniap.options.resolve_options(preset="released")) \
+        == [range(3)]  # no profiles needed: one run

@@ -10,7 +10,7 @@ from array_api_compat import array_namespace
 
 from . import backends
 from .backends.base import Backend
-from .engine import RunResult
+from .engine import RunResult, profile_groups
 from .graph import Graph, batch_edges
 from .hierarchy import Hierarchy, Level
 from .options import DEFAULT_LEVELS, Options, resolve_options
@@ -199,19 +199,32 @@ def segment(
     be = _choose_backend(backend, grids[0])
     grids = [_to_backend(be, g) for g in grids]
     shapes = [tuple(int(s) for s in g.shape[:-1]) for g in grids]
+    groups = profile_groups([int(np.prod(s)) for s in shapes], options, track_margin)
+    if len(groups) > 1:  # the batch's affinity profiles would not fit together: group by group
+        return [h for group in groups for h in _segment_batch(
+            be, [grids[i] for i in group], None, connectivity, options, track_margin, exact)]
+    hierarchies = _segment_batch(be, grids, None if isinstance(features, (list, tuple)) else features,
+                                 connectivity, options, track_margin, exact)
+    return hierarchies if is_batch else hierarchies[0]
+
+
+def _segment_batch(be: Backend, grids: list, stacked: Any, connectivity: int, options: Options,
+                   track_margin: bool, exact: bool) -> list[Hierarchy]:
+    """One engine run over ``grids`` (channels last, on ``be``); ``stacked``: the same grids as
+    one (B, ..., C) array when the caller has it (reshaped without a copy)."""
+    shapes = [tuple(int(s) for s in g.shape[:-1]) for g in grids]
     edges, offsets = batch_edges(shapes, connectivity)
     flat = [be.xp.reshape(g, (-1, g.shape[-1])) for g in grids]
     if len(flat) == 1:
         x = flat[0]
-    elif not isinstance(features, (list, tuple)) and be.accepts(features):
-        x = be.xp.reshape(features, (-1, features.shape[-1]))  # a stacked batch: no copy
+    elif stacked is not None and be.accepts(stacked):
+        x = be.xp.reshape(stacked, (-1, stacked.shape[-1]))  # a stacked batch: no copy
     else:
         x = be.xp.concat(flat, axis=0)
     _check_finite(be, x, "features")
     graph = Graph(x=be.prepare_features(x), edges=edges, offsets=offsets, shapes=shapes, name="features")
     result = be.run(graph, options, track_margin=track_margin, exact=bool(exact))
-    hierarchies = build_hierarchies(be, result, graph, options, flat)
-    return hierarchies if is_batch else hierarchies[0]
+    return build_hierarchies(be, result, graph, options, flat)
 
 
 def _channels_last(x: Any, channel_axis: int, name: str) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from array_api_compat import device as _device
@@ -393,6 +393,29 @@ def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
     for p in range(len(cell_offsets) - 1):
         parts.append(ctx.be.gram(unit[int(cell_offsets[p]) : int(cell_offsets[p + 1])]))
     return parts
+
+
+def profile_groups(sizes: Sequence[int], options: Options, track_margin: bool = False) -> list[range]:
+    """Consecutive runs of a batch's parts whose profiles fit in ``PROFILE_BYTES`` together.
+
+    One run, every part, when the options need no profiles or the whole batch fits.  A batch
+    whose profiles would not fit as a whole is run group by group (:func:`uniap.segment`), so
+    each group keeps the profile path instead of the whole batch falling back to the chunked
+    products; a part too large on its own is a group of its own (and falls back alone).
+    """
+    n = len(sizes)
+    if not options.needs_profiles:
+        return [range(n)]
+    itemsize = 4 if FLOAT32_PROFILES and not track_margin and options.vote_weight != 0.0 else 8
+    groups, start, used = [], 0, 0.0
+    for i, size in enumerate(sizes):
+        cost = float(size) ** 2 * itemsize
+        if i > start and used + cost > PROFILE_BYTES:
+            groups.append(range(start, i))
+            start, used = i, 0.0
+        used += cost
+    groups.append(range(start, n))
+    return groups
 
 
 def float32_profile_tolerance(options: Options, channels: int) -> float:
