@@ -617,25 +617,37 @@ def _semantic_passes(ctx: _Context, st: _State, t: float, track_margin: bool) ->
     return xp.take(st.pos, group_root), margin
 
 
+def _parts_to_pair(ctx: _Context, st: _State):
+    """Yield ``(p, rows)``: each part with at least two active nodes and their rows."""
+    bounds = np.searchsorted(ctx.be.to_numpy(st.roots), st.row_offsets)
+    for p in range(len(st.row_offsets) - 1):
+        lo, hi = int(bounds[p]), int(bounds[p + 1])
+        if hi - lo >= 2:
+            yield p, st.roots[lo:hi]
+
+
+def _selected(xp: Any, sel_a: list, sel_b: list, dev: Any) -> tuple[Any, Any]:
+    """The selected pairs' two ends, concatenated (empty index arrays when none)."""
+    if not sel_a:
+        empty = xp.zeros((0,), dtype=xp.int64, device=dev)
+        return empty, empty
+    return xp.concat(sel_a), xp.concat(sel_b)
+
+
 def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin: bool):
     """All pairs a < b of active nodes inside one part whose score exceeds t.
 
     Pairs are scored in (row block x column block) tiles whose temporaries hold at most
     ``CHUNK_ELEMENTS`` numbers (times the part's cell count when votes need profiles).
     """
-    xp, opt, be = ctx.xp, ctx.options, ctx.be
+    xp, opt = ctx.xp, ctx.options
     if opt.vote_weight and st.profiles is not None:
         return _complete_graph_selection_bounded(ctx, st, t, track_margin)
     dev = _device(st.feats)
-    bounds = np.searchsorted(be.to_numpy(st.roots), st.row_offsets)
     sel_a, sel_b = [], []
     margin = math.inf
-    for p in range(len(st.row_offsets) - 1):
-        lo, hi = int(bounds[p]), int(bounds[p + 1])
-        kp = hi - lo
-        if kp < 2:
-            continue
-        rows = st.roots[lo:hi]
+    for p, rows in _parts_to_pair(ctx, st):
+        kp = rows.shape[0]
         unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
         per_pair = 1
         if opt.vote_weight:
@@ -664,10 +676,7 @@ def _complete_graph_selection(ctx: _Context, st: _State, t: float, track_margin:
                 ii, jj = xp.nonzero((s > t) & upper)
                 sel_a.append(xp.take(rows, ii + r0))
                 sel_b.append(xp.take(rows, jj + c0))
-    if not sel_a:
-        empty = xp.zeros((0,), dtype=xp.int64, device=dev)
-        return empty, empty, margin
-    return xp.concat(sel_a), xp.concat(sel_b), margin
+    return _selected(xp, sel_a, sel_b, dev) + (margin,)
 
 
 def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, Any, Any, Any]:
@@ -706,18 +715,13 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
     t is decided by it; only the others need their exact L1 distance (a row operation).
     ``track_margin`` computes every pair exactly, for the exact smallest |s - t|.
     """
-    xp, opt, be = ctx.xp, ctx.options, ctx.be
+    xp, opt = ctx.xp, ctx.options
     dev = _device(st.feats)
     wf, ws = opt.feature_weight, opt.vote_weight
-    bounds = np.searchsorted(be.to_numpy(st.roots), st.row_offsets)
     sel_a, sel_b = [], []
     margin = math.inf
-    for p in range(len(st.row_offsets) - 1):
-        lo, hi = int(bounds[p]), int(bounds[p + 1])
-        kp = hi - lo
-        if kp < 2:
-            continue
-        rows = st.roots[lo:hi]
+    for p, rows in _parts_to_pair(ctx, st):
+        kp = rows.shape[0]
         n_cells = int(st.cell_offsets[p + 1] - st.cell_offsets[p])
         unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
         left, right, sq, means = _profile_gram(ctx, st, p, rows)
@@ -775,8 +779,4 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
                 keep = xp.nonzero(s > t)[0]
                 sel_a.append(xp.take(a, keep))
                 sel_b.append(xp.take(b, keep))
-    if not sel_a:
-        empty = xp.zeros((0,), dtype=xp.int64, device=dev)
-        return empty, empty, margin
-    a, b = xp.concat(sel_a), xp.concat(sel_b)
-    return a, b, margin
+    return _selected(xp, sel_a, sel_b, dev) + (margin,)
