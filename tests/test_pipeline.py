@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -374,3 +375,25 @@ def test_a_worker_stopped_inside_a_c_callback_still_exits_quietly():
     assert done.stdout.split() == ["carried", "on"]  # ended by the deadline, not after 30 s
     assert time.monotonic() - start < 20
     assert "SystemExit" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform.startswith("win"), reason="POSIX signals")
+def test_sigterm_in_the_main_process_waits_for_its_chunk_then_raises():
+    """While the main process works on a chunk of its own (Numba compiling on a cold cache,
+    C code calling back into Python), SIGTERM is held; it is raised once the chunk is done."""
+    from uniap.cli import _on_sigterm, _Terminated
+    from uniap.pipeline.engine import _signals_deferred
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    steps = []
+    try:
+        with pytest.raises(_Terminated):
+            with _signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # bytecodes run: a raising handler would have raised here
+                    steps.append(1)
+                steps.append("chunk done")
+            steps.append("after")  # never: raised on leaving the block
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert steps[-1] == "chunk done" and len(steps) == 1001

@@ -360,6 +360,9 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    engine = sys.modules.get("uniap.pipeline.engine")
+    if engine is not None and engine.deferred_signal(signum):
+        return  # this process is on a chunk of its own: sent again, and raised, once it is done
     raise _Terminated()
 
 

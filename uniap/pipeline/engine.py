@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -185,6 +186,40 @@ def _submit(pool: ThreadPoolExecutor | None, fn: Callable, *args: Any) -> Future
 _WORKER: dict[str, Any] = {}
 
 
+_DEFERRED: dict[str, Any] = {"depth": 0, "signals": set()}
+
+
+def deferred_signal(signum: int) -> bool:
+    """For the main process's signal handler: True, and the signal kept for later, while this
+    process works on a chunk of its own (:func:`_signals_deferred`).
+
+    A handler that raises there may raise inside C code calling back into Python (llvmlite
+    compiling Numba's kernels on a cold cache, a garbage-collection callback), where Python
+    reports the exception as "ignored" and carries on, or leaves the compiler's state broken
+    (a segmentation fault on the way out).  Deferred, the signal is sent again once the chunk
+    is done, and the handler raises between chunks.
+    """
+    if _DEFERRED["depth"]:
+        _DEFERRED["signals"].add(signum)
+        return True
+    return False
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold the main process's deferrable signals (:func:`deferred_signal`) for the block."""
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+        if not _DEFERRED["depth"] and _DEFERRED["signals"]:
+            held = sorted(_DEFERRED["signals"])
+            _DEFERRED["signals"].clear()
+            for signum in held:
+                os.kill(os.getpid(), signum)  # its handler now raises, here, between chunks
+
+
 EXIT_GRACE_S = 3.0  # a worker told to stop exits at the latest this long after SIGTERM
 
 
@@ -290,7 +325,8 @@ class LocalEngine:
                 ThreadPoolExecutor(1, thread_name_prefix="uniap-write") as writer:
             previous: list[Report] = []
             while chunks:
-                reports = process_chunk(stages, chunks.popleft(), collect, decoder, writer if overlap else None)
+                with _signals_deferred():
+                    reports = process_chunk(stages, chunks.popleft(), collect, decoder, writer if overlap else None)
                 yield from finished(previous)
                 previous = reports
             yield from finished(previous)
@@ -369,7 +405,9 @@ class LocalEngine:
                         pool = new_pool(helpers)
                         continue
                     if chunks and not suspects:
-                        yield from process_chunk(stages, chunks.popleft(), collect, decoder)
+                        with _signals_deferred():
+                            reports = process_chunk(stages, chunks.popleft(), collect, decoder)
+                        yield from reports
         except BaseException:
             workers = list((getattr(pool, "_processes", None) or {}).values())
             for process in workers:
