@@ -377,23 +377,27 @@ def test_a_worker_stopped_inside_a_c_callback_still_exits_quietly():
     assert "SystemExit" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform.startswith("win"), reason="POSIX signals")
-def test_sigterm_in_the_main_process_waits_for_its_chunk_then_raises():
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_signals_in_the_main_process_wait_for_its_chunk_then_raise(name):
     """While the main process works on a chunk of its own (Numba compiling on a cold cache,
-    C code calling back into Python), SIGTERM is held; it is raised once the chunk is done."""
-    from uniap.cli import _on_sigterm, _Terminated
+    a kernel's C code calling back into Python), SIGTERM and SIGINT are held; they are raised
+    once the chunk is done (raised inside a kernel, Ctrl-C became one image's failure)."""
+    from uniap.cli import _on_sigint, _on_sigterm, _Terminated
     from uniap.pipeline.engine import _signals_deferred
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    signum = getattr(signal, name)
+    handler, raised = (_on_sigterm, _Terminated) if name == "SIGTERM" else (_on_sigint, KeyboardInterrupt)
+    previous = signal.signal(signum, handler)
     steps = []
     try:
-        with pytest.raises(_Terminated):
+        with pytest.raises(raised):
             with _signals_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signum)
                 for _ in range(1000):  # bytecodes run: a raising handler would have raised here
                     steps.append(1)
                 steps.append("chunk done")
             steps.append("after")  # never: raised on leaving the block
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
     assert steps[-1] == "chunk done" and len(steps) == 1001

@@ -333,8 +333,9 @@ def run_command(parser: argparse.ArgumentParser, run: Any, args: argparse.Namesp
     """
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous_int = signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread: leave signals alone
-        previous = None
+        previous = previous_int = None
     try:
         return run(args)
     except UsageError as err:
@@ -353,17 +354,28 @@ def run_command(parser: argparse.ArgumentParser, run: Any, args: argparse.Namesp
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so that temporaries are removed on the way out."""
 
 
-def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _deferred(signum: int) -> bool:
+    """Whether the signal waits: this process is on a chunk of its own (sent again, and
+    raised, once it is done: :func:`uniap.pipeline.engine.deferred_signal`)."""
     engine = sys.modules.get("uniap.pipeline.engine")
-    if engine is not None and engine.deferred_signal(signum):
-        return  # this process is on a chunk of its own: sent again, and raised, once it is done
-    raise _Terminated()
+    return engine is not None and engine.deferred_signal(signum)
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    if not _deferred(signum):
+        raise _Terminated()
+
+
+def _on_sigint(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    if not _deferred(signum):  # raised inside a Numba kernel it became that image's failure
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
