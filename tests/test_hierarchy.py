@@ -97,12 +97,16 @@ def test_records_load_in_pycocotools(hierarchy, tmp_path):
         assert coco.annToMask(ann).sum() == ann["area"]
 
 
-def test_cohesion_score_is_one_for_identical_members():
+def test_score_of_a_lasting_mask_is_its_area_share_without_the_image():
+    # two halves, unchanged over both levels: persistence 1 (stability_score 1), contrast 1
+    # without the image, so score = sqrt(area / image area) = sqrt(1/2); the whole image
+    # appears at no level, so nothing else is recorded
     f = np.zeros((4, 4, 2))
     f[:, :2, 0] = 1.0
     f[:, 2:, 1] = 2.0
-    records = uniap.segment(f, levels=(0.5,), min_size=1).to_records()
-    assert [r["score"] for r in records] == [1.0, 1.0]
+    records = uniap.segment(f, levels=(0.5, 0.4), min_size=1).to_records()
+    assert [r["stability_score"] for r in records] == [1.0, 1.0]
+    assert [r["score"] for r in records] == pytest.approx([np.sqrt(0.5)] * 2, rel=1e-12)
 
 
 def test_queries_stack_mask_features(hierarchy):

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 import uniap
 from uniap.features.base import FeatureGrid
 from uniap.pixels import pixel_labels
+from uniap.evaluation.proposals import best_ious
 from uniap.records import cohesion, decode_rle, encode_label_map, hierarchy_records
+from uniap.scores import predicted_iou
 from uniap.synthetic import piecewise_features
 
 INSTANCE_KEYS = ["id", "segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords",
@@ -191,7 +193,10 @@ def check_distinct_records(h, maps) -> None:
     assert [r["id"] for r in records] == list(range(len(records)))
     by_id = {r["id"]: r for r in records}
     masks = {r["id"]: decode_rle(r["segmentation"]) for r in records}
-    cohesions = [reference_cohesion(h.input_features, lv.labels, lv.features) for lv in h.levels]
+    # the score's persistence, from the pixel maps by an independent route (every pair of
+    # pixel maps, uniap.evaluation.proposals.best_ious), and its sqrt(area) factor
+    compact, ious = best_ious(np.asarray(maps))
+    image_area = maps.shape[1] * maps.shape[2]
     for kind in ("instance", "semantic"):
         mine = [r for r in records if r["kind"] == kind]
         strings = [r["segmentation"]["counts"] for r in mine]
@@ -213,7 +218,10 @@ def check_distinct_records(h, maps) -> None:
         lv = h.level(r["level"])
         cluster = int(maps[r["level"]][int(py), int(px)])
         assert r["num_patches"] == lv.sizes[cluster]
-        assert r["score"] == float(np.round(cohesions[r["level"]][cluster], 6))
+        persistence = ious[r["level"]][int(compact[r["level"]][int(py), int(px)])].mean()
+        assert r["stability_score"] == float(np.round(persistence, 6))
+        assert r["score"] == pytest.approx(persistence * np.sqrt(r["area"] / image_area), rel=1e-12)
+        assert r["predicted_iou"] == float(np.round(predicted_iou(r["score"]), 6))
         for lv in r["levels"]:  # the same cluster's mask at every level it spans
             cluster = maps[lv][int(py), int(px)]
             np.testing.assert_array_equal(maps[lv] == cluster, masks[r["id"]])

@@ -105,6 +105,17 @@ def _int_at_least(text: str, least: int, expected: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    """A number in [0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
 def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a positive integer")
 
@@ -203,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                       f"{','.join(f'{t:g}' for t in DEFAULT_LEVELS)} with --refine none)")
     algo.add_argument("--min-size", type=positive_int, metavar="NODES",
                       help="smallest cluster reported as a mask, in superpixels or patches (default 4)")
+    algo.add_argument("--pred-iou-thresh", type=_fraction, default=0.0, metavar="T",
+                      help="write only masks whose predicted_iou >= T, as amg.py (default 0: all)")
+    algo.add_argument("--stability-score-thresh", type=_fraction, default=0.0, metavar="T",
+                      help="write only masks whose stability_score >= T, as amg.py (default 0: all)")
     algo.add_argument("--preset", choices=("released", "paper"),
                       help="released: the authors' code (default); paper: the paper's wording")
     algo.add_argument("--passes", choices=("until_stable", "single"))
@@ -295,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
             segment_options=segment_options(args), upsampling=args.upsampling, refine=args.refine,
             refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
+            pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

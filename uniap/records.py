@@ -12,7 +12,10 @@ Record keys follow ``SamAutomaticMaskGenerator.generate``:
 ``bbox`` (list of 4 float)
     Box ``[x, y, w, h]`` (XYWH) in pixels.
 ``predicted_iou``, ``stability_score`` (float)
-    SAM's quality estimates; UniAP has none, so both carry the neutral value 1.0.
+    SAM's quality estimates, in [0, 1] (:mod:`uniap.scores`): ``stability_score`` is how
+    long the mask survives across the levels (its mean best IoU with a region of each level
+    of its stack); ``predicted_iou`` an estimate of its IoU with the region a person would
+    draw, increasing in ``score``.
 ``point_coords`` (list of one [x, y])
     An interior point: a pixel of the mask far from its boundary (the maximum of a distance
     transform of the label map's boundaries, on a subsample of the pixels for large images).
@@ -37,8 +40,10 @@ plus UniAP's own keys:
     containing it at the level after the last of ``levels``); -1 when there is none and for
     semantic and contour records.
 ``score`` (float)
-    Cohesion at ``level``: the mean cosine between the members' features and the cluster's
-    feature, in [-1, 1]; 1 for a cluster of identical directions.
+    The rank of the mask (larger first): ``stability_score * sqrt(area / image area) *
+    contrast``, the boundary contrast taken from the image when the records are made with it
+    (1 otherwise). The rule ``uniap-eval`` ranks masks by (:mod:`uniap.scores`), so COCOeval
+    on a written file ranks them as ``uniap-eval`` does.  Not a probability.
 
 Records are distinct masks: a region that survives several levels unchanged is one record
 (instance records span consecutive levels; a semantic group may recur at non-consecutive
@@ -56,6 +61,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
+
+from .scores import BoundaryStrength, mask_scores, persistence, predicted_iou
 
 if TYPE_CHECKING:
     from .hierarchy import Hierarchy
@@ -604,7 +611,8 @@ def _level_maps(
 
 def _make_records(
     m: LabelMapMasks, rows: list[int], ids: list[int], levels: list[list[int]], threshold: float,
-    kind: str, num_patches: list[int], parents: list[int], scores: list[float], crop: tuple,
+    kind: str, num_patches: list[int], parents: list[int], scores: np.ndarray, stabilities: np.ndarray,
+    crop: tuple,
 ) -> list[dict]:
     """Record dicts of rows ``rows`` of ``m`` (columns as lists), keys in the documented order."""
     size = [int(m.size[0]), int(m.size[1])]
@@ -612,14 +620,18 @@ def _make_records(
     boxes, points = m.boxes.tolist(), m.points.tolist()
     out = []
     semantic = kind == "semantic"
-    for j, rid, lvls, n, parent, score in zip(rows, ids, levels, num_patches, parents, scores):
+    ious = np.round(predicted_iou(scores), 6).tolist()
+    stabilities = np.round(stabilities, 6).tolist()
+    scores = np.asarray(scores, np.float64).tolist()  # unrounded: the exact rank uniap-eval uses
+    for j, rid, lvls, n, parent, score, iou, stability in zip(rows, ids, levels, num_patches, parents, scores,
+                                                              ious, stabilities):
         rec = {
             "id": rid,
             "segmentation": {"size": list(size), "counts": counts[j]},
             "area": areas[j],
             "bbox": boxes[j],
-            "predicted_iou": 1.0,
-            "stability_score": 1.0,
+            "predicted_iou": iou,
+            "stability_score": stability,
             "point_coords": [points[j]],
             "crop_box": list(crop),
             "level": lvls[0],
@@ -645,6 +657,8 @@ def hierarchy_records(
     *,
     regions: np.ndarray | None = None,
     unique: bool = True,
+    image: np.ndarray | None = None,
+    boundary: "BoundaryStrength | None" = None,
 ) -> list[dict]:
     """Records of the masks of a (NumPy) hierarchy, finest level first; see module docs.
 
@@ -665,6 +679,12 @@ def hierarchy_records(
     unique : bool
         True (default): one record per distinct mask, at its finest level, with the levels
         it spans; False: one record per cluster and level.
+    image : ndarray of shape (H, W, 3), optional
+        The image: the ``score`` then weighs each mask's boundary contrast
+        (:mod:`uniap.scores`; without it the contrast is taken as 1).
+    boundary : uniap.scores.BoundaryStrength, optional
+        The image's edge strength already gathered on the nodes' boundaries (instead of
+        ``image``, when the caller needs it for other records too).
 
     Returns
     -------
@@ -702,9 +722,12 @@ def hierarchy_records(
         shape = image_shape[:2]
     crop = (0, 0, shape[1], shape[0])
     levels = h.levels
-    scores = None
-    if h.input_features is not None:
-        scores = _cohesions(h.input_features, [(np.asarray(lv.labels), lv.features) for lv in levels])
+    nodes = _Nodes.of(h, shape, pixel_labels, regions)
+    if boundary is None and image is not None:
+        boundary = BoundaryStrength(nodes.regions(), image)
+    node_maps = nodes.maps
+    del nodes.maps  # the nodes' maps of the levels: not held while the pixel maps are encoded
+    quality = nodes.quality(node_maps, boundary)
 
     # Point samples of every map first (one distance transform for all), then one pass per
     # level: encode the instance map and, with semantic groups, the semantic map.
@@ -728,12 +751,85 @@ def hierarchy_records(
         sizes = np.bincount(np.asarray(lv.semantic_labels).ravel())
         sem.append(encode(groups[i][pix], np.flatnonzero(sizes >= h.min_size), next(sem_samples)))
 
-    records = _instance_records(h, inst, scores, crop, unique)
-    records += _semantic_records(h, sem, crop, unique, start=len(records))
+    records = _instance_records(h, inst, quality, crop, unique)
+    if any(g is not None for g in groups):
+        sem_quality = nodes.quality([None if g is None else g[m] for g, m in zip(groups, node_maps)], boundary)
+        records += _semantic_records(h, sem, sem_quality, crop, unique, start=len(records))
     return records
 
 
-def _instance_records(h, inst: list[LabelMapMasks], scores, crop, unique: bool) -> list[dict]:
+class _Nodes:
+    """The cells the label maps are made of (superpixels, patches, or the common refinement of
+    pixel maps): ``area`` (N,) the pixels of each, ``maps`` each level's label of every node,
+    and :meth:`regions`, the (H, W) node of every pixel (made when asked: only the boundary
+    strength needs it).  Every mask is a union of nodes, so areas, intersections and boundary
+    strength are sums over nodes (:mod:`uniap.scores`)."""
+
+    def __init__(self, area: np.ndarray, maps: list[np.ndarray], image_area: int, regions=None) -> None:
+        self.area = area
+        self.maps = maps
+        self.image_area = int(image_area)
+        self._regions = regions
+
+    def regions(self) -> np.ndarray:
+        return self._regions() if callable(self._regions) else self._regions
+
+    @classmethod
+    def of_regions(cls, regions: np.ndarray, maps: list[np.ndarray]) -> "_Nodes":
+        return cls(np.bincount(regions.ravel(), minlength=maps[0].size if maps else 0), maps, regions.size, regions)
+
+    @classmethod
+    def of(cls, h: "Hierarchy", shape, pixel_labels, regions) -> "_Nodes":
+        maps = [np.asarray(lv.labels).ravel() for lv in h.levels]
+        if regions is not None:
+            return cls.of_regions(regions, maps)
+        if pixel_labels is None:  # the grid's patches, upsampled to ``shape`` (nearest)
+            from .hierarchy import nearest_index
+
+            rows, cols = (nearest_index(n_out, n_in) for n_out, n_in in zip(shape, h.shape))
+            area = np.outer(np.bincount(rows, minlength=h.shape[0]), np.bincount(cols, minlength=h.shape[1]))
+            dtype = np.int32 if maps[0].size < 2**31 else np.int64
+
+            def patch_of_pixel() -> np.ndarray:
+                return rows.astype(dtype)[:, None] * dtype(h.shape[1]) + cols.astype(dtype)[None, :]
+
+            return cls(area.ravel(), maps, shape[0] * shape[1], patch_of_pixel)
+        nodes, maps = _common_refinement(pixel_labels)
+        return cls.of_regions(nodes, maps)
+
+    def quality(self, maps: Sequence[np.ndarray | None], boundary) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per map: (``score``, ``stability_score``) of each of its labels (None for a map of None)."""
+        present = [m for m in maps if m is not None]
+        stability = iter(persistence(present, self.area)) if present else iter(())
+        out = []
+        for m in maps:
+            if m is None:
+                out.append(None)
+                continue
+            stab = next(stability)
+            area = np.bincount(m, self.area, minlength=stab.size)
+            contrast = boundary.contrast(m)[:stab.size] if boundary is not None else np.ones(stab.size)
+            out.append((mask_scores(stab, area, contrast, self.image_area), stab))
+        return out
+
+
+def _common_refinement(pixel_labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Nodes of pixel label maps (L, H, W): the regions of the finest map, split further
+    where a coarser map is not nested in it; and each map's label of every node."""
+    nodes = np.unique(pixel_labels[0].ravel(), return_inverse=True)[1].reshape(pixel_labels.shape[1:])
+    while True:
+        first = np.unique(nodes.ravel(), return_index=True)[1]
+        maps = [np.asarray(lab).ravel()[first] for lab in pixel_labels]
+        split = next((i for i, (m, lab) in enumerate(zip(maps, pixel_labels)) if not np.array_equal(m[nodes], lab)),
+                     None)
+        if split is None:
+            return nodes, maps
+        _, coarse = np.unique(pixel_labels[split].ravel(), return_inverse=True)
+        code = nodes.ravel().astype(np.int64) * (int(coarse.max()) + 1) + coarse.ravel()
+        nodes = np.unique(code, return_inverse=True)[1].reshape(nodes.shape)
+
+
+def _instance_records(h, inst: list[LabelMapMasks], quality, crop, unique: bool) -> list[dict]:
     levels = h.levels
     num_levels = len(levels)
     # Pixel area of every cluster (0: not recorded, or no pixel left) and row in inst[i].
@@ -790,19 +886,16 @@ def _instance_records(h, inst: list[LabelMapMasks], scores, crop, unique: bool) 
             if t + 1 < num_levels:
                 sel = last == t
                 parent[sel] = rid[t + 1][parents[t][cluster[sel]]]
-        if scores is not None:
-            score = np.round(scores[i][begin], 6)
-        else:
-            score = np.ones(begin.size)
+        score, stability = (q[begin] for q in quality[i])
         records += _make_records(
             m, row[i][begin].tolist(), rid[i][begin].tolist(),
             [list(range(i, t + 1)) for t in last.tolist()], float(lv.threshold), "instance",
-            np.asarray(lv.sizes)[begin].tolist(), parent.tolist(), score.tolist(), crop,
+            np.asarray(lv.sizes)[begin].tolist(), parent.tolist(), score, stability, crop,
         )
     return records
 
 
-def _semantic_records(h, sem: list[LabelMapMasks | None], crop, unique: bool, start: int) -> list[dict]:
+def _semantic_records(h, sem: list[LabelMapMasks | None], quality, crop, unique: bool, start: int) -> list[dict]:
     records: list[dict] = []
     seen: dict[str, dict] = {}
     for i, (lv, m) in enumerate(zip(h.levels, sem)):
@@ -810,10 +903,11 @@ def _semantic_records(h, sem: list[LabelMapMasks | None], crop, unique: bool, st
             continue
         sizes = np.bincount(np.asarray(lv.semantic_labels).ravel())
         fresh = _fresh_rows(m, seen, i, unique)
+        labels = m.labels[fresh]
         new = _make_records(
             m, fresh, list(range(start + len(records), start + len(records) + len(fresh))),
-            [[i] for _ in fresh], float(lv.threshold), "semantic", sizes[m.labels[fresh]].tolist(),
-            [-1] * len(fresh), [1.0] * len(fresh), crop,
+            [[i] for _ in fresh], float(lv.threshold), "semantic", sizes[labels].tolist(),
+            [-1] * len(fresh), quality[i][0][labels], quality[i][1][labels], crop,
         )
         seen.update((rec["segmentation"]["counts"], rec) for rec in new)
         records += new
@@ -835,7 +929,8 @@ def _fresh_rows(m: LabelMapMasks, seen: dict[str, dict], level: int, unique: boo
 
 def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[float], *,
                     node_features: np.ndarray | None = None, min_size: int = 1, start: int = 0,
-                    unique: bool = True) -> list[dict]:
+                    unique: bool = True, image: np.ndarray | None = None,
+                    boundary: BoundaryStrength | None = None, exclude: Sequence[dict] = ()) -> list[dict]:
     """Records (``kind: "contour"``) of a region graph's contour regions, finest cut first.
 
     No cut's pixel map is made: each is encoded from the superpixel map's runs, relabelled
@@ -851,8 +946,7 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
     thresholds : sequence of K float
         Each cut's altitude (the records' ``threshold``).
     node_features : ndarray of shape (N, C), optional
-        The superpixels' features: the ``score`` is then each region's cohesion, as for
-        instance records (else 1).
+        Unused (the ``score`` was once each region's cohesion); kept for callers.
     min_size : int
         Smallest region recorded, in superpixels (as the hierarchy's ``min_size``).
     start : int
@@ -860,6 +954,12 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
     unique : bool
         One record per distinct mask, with the cuts it spans (default), or one per region
         and cut.
+    image, boundary
+        As for :func:`hierarchy_records`: the ``score`` weighs the boundary contrast.  The
+        ``stability_score`` is taken over the K cuts.
+    exclude : sequence of dict
+        Records already made (the hierarchy's): with ``unique``, a region whose mask one of
+        them has is not recorded again.
 
     Returns
     -------
@@ -884,14 +984,15 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
     crop = (0, 0, regions.shape[1], regions.shape[0])
     stride = _point_stride(*regions.shape)
     sizes = [np.bincount(cut) for cut in cuts]
-    scores = None
-    if node_features is not None and len(cuts):
-        x = np.asarray(node_features, np.float64)
-        sums = [np.stack([np.bincount(cut, x[:, c], minlength=len(n)) for c in range(x.shape[1])], axis=1)
-                for cut, n in zip(cuts, sizes)]
-        scores = _cohesions(x, list(zip(cuts, sums)))
+    if len(cuts):
+        if boundary is None and image is not None:
+            boundary = BoundaryStrength(regions, image)
+        quality = _Nodes.of_regions(regions, list(cuts)).quality(list(cuts), boundary)
     records: list[dict] = []
     seen: dict[str, dict] = {}
+    # a mask the hierarchy's records have already is not a new record (counts are unique per
+    # mask; a dict of them, as records in ``seen`` are)
+    taken = {rec["segmentation"]["counts"] for rec in exclude if rec.get("kind") != "semantic"} if unique else set()
     region_maps = _RegionMaps(regions) if len(cuts) else None
     region_sub = regions[::stride, ::stride]
     subs = [np.ascontiguousarray(cut[region_sub]) for cut in cuts]
@@ -899,14 +1000,70 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
     for i, cut in enumerate(cuts):
         big = np.flatnonzero(sizes[i] >= min_size) if min_size > 1 else None
         m = region_maps.encode(cut, big, (stride, subs[i], dists[i]))
-        fresh = _fresh_rows(m, seen, i, unique)
+        fresh = [j for j in _fresh_rows(m, seen, i, unique) if m.counts[j] not in taken]
         labels = m.labels[fresh]
-        score = np.round(scores[i][labels], 6).tolist() if scores is not None else [1.0] * len(fresh)
         new = _make_records(
             m, fresh, list(range(start + len(records), start + len(records) + len(fresh))),
             [[i] for _ in fresh], float(thresholds[i]), "contour", sizes[i][labels].tolist(),
-            [-1] * len(fresh), score, crop,
+            [-1] * len(fresh), quality[i][0][labels], quality[i][1][labels], crop,
         )
         seen.update((rec["segmentation"]["counts"], rec) for rec in new)
         records += new
     return records
+
+
+def filter_records(records: Sequence[dict], *, pred_iou_thresh: float = 0.0,
+                   stability_score_thresh: float = 0.0) -> list[dict]:
+    """The records whose ``predicted_iou`` and ``stability_score`` reach the thresholds, as
+    ``amg.py``'s ``--pred-iou-thresh`` / ``--stability-score-thresh`` filter SAM's masks.
+
+    Kept records are renumbered ``0 .. K-1`` in their order; a ``parent`` that was dropped
+    becomes the nearest kept ancestor (-1 if none), so the links still form a tree.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        One image's records (:func:`hierarchy_records`).
+    pred_iou_thresh, stability_score_thresh : float
+        Keep records with ``predicted_iou >= pred_iou_thresh`` and ``stability_score >=
+        stability_score_thresh`` (0: keep all).
+
+    Returns
+    -------
+    list of dict
+        New dicts; ``records`` is left as it was.
+
+    Examples
+    --------
+    >>> recs = [{"id": 0, "parent": 1, "predicted_iou": 0.9, "stability_score": 1.0},
+    ...         {"id": 1, "parent": 2, "predicted_iou": 0.2, "stability_score": 1.0},
+    ...         {"id": 2, "parent": -1, "predicted_iou": 0.8, "stability_score": 1.0}]
+    >>> [(r["id"], r["parent"]) for r in filter_records(recs, pred_iou_thresh=0.5)]
+    [(0, 1), (1, -1)]
+    """
+    for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
+        if not (0.0 <= float(value) <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if not pred_iou_thresh and not stability_score_thresh:
+        return [dict(r) for r in records]
+    keep = {r["id"] for r in records
+            if r.get("predicted_iou", 1.0) >= pred_iou_thresh and r.get("stability_score", 1.0) >= stability_score_thresh}
+    parent_of = {r["id"]: r.get("parent", -1) for r in records}
+    new_id = {}
+    for r in records:
+        if r["id"] in keep:
+            new_id[r["id"]] = len(new_id)
+    out = []
+    for r in records:
+        if r["id"] not in keep:
+            continue
+        parent = r.get("parent", -1)
+        seen = 0
+        while parent != -1 and parent not in keep and seen < len(records):  # a broken chain ends
+            parent = parent_of.get(parent, -1)
+            seen += 1
+        rec = dict(r, id=new_id[r["id"]])
+        if "parent" in r:
+            rec["parent"] = new_id.get(parent, -1)
+        out.append(rec)
+    return out

@@ -795,7 +795,7 @@ class PredictStages:
     def decode(self, item: Any) -> np.ndarray:
         return self._decode(item)
 
-    def encode(self, grid: _Grid, hierarchy: Any) -> Any:
+    def encode(self, grid: _Grid, hierarchy: Any, image: Any = None) -> Any:  # noqa: ARG002 - the model scored its masks
         from uniap.pipeline.stages import Encoded
 
         p = grid.prediction

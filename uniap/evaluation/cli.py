@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--predictions", metavar="DIR",
                       help="evaluate saved masks instead: DIR/<image stem>.json from uniap-cli --format sam")
     what.add_argument("--score", choices=("contrast", "stability", "persistence", "area", "level", "random", "record"),
-                      help="coco: how each image's masks are ranked (default contrast; record: the "
-                      "masks' own score, for uniap and --predictions)")
+                      help="coco: how each image's masks are ranked (default contrast; for uniap "
+                      "contrast is the written records' own score, as is record, so the numbers are "
+                      "those of COCOeval on uniap-cli's file; record with --predictions: the saved score)")
     what.add_argument("--min-area", type=positive_int, metavar="PIXELS",
                       help="coco: smallest mask proposed (default 1)")
 

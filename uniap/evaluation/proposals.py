@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..scores import edge_strength  # one definition for the records' score and these rules
+
 __all__ = ["SCORES", "best_ious", "boundary_contrast", "edge_strength", "proposals_from_levels", "rank_value"]
 
 SCORES = ("contrast", "stability", "persistence", "area", "level", "random")
@@ -105,25 +107,6 @@ def best_ious(levels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     shapes = [np.asarray(lab).shape for lab in levels]
     return [c.reshape(s) for c, s in zip(compact, shapes)], ious
 
-
-def edge_strength(image: np.ndarray) -> np.ndarray:
-    """Gradient magnitude of the CIELab image (sigma 1 pixel, summed over channels) over its mean.
-
-    Parameters
-    ----------
-    image : ndarray of shape (H, W, 3), uint8
-
-    Returns
-    -------
-    ndarray of shape (H, W), float64, mean 1 (all ones for a flat image)
-    """
-    from scipy.ndimage import gaussian_gradient_magnitude
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(np.asarray(image)[..., :3])
-    grad = sum(gaussian_gradient_magnitude(lab[..., c], 1.0) for c in range(3))
-    mean = float(grad.mean())
-    return grad / mean if mean > 1e-9 else np.ones(grad.shape)
 
 
 def boundary_contrast(labels: np.ndarray, strength: np.ndarray) -> np.ndarray:

@@ -136,9 +136,11 @@ class Uniap(Segmenter):
         them; :func:`uniap.superpixels.superpixel_hierarchy`); the levels are unchanged
     upsampling : ``"nearest"`` or ``"bilinear"`` (:func:`uniap.pixels.pixel_labels`;
         ``refine="none"`` only)
-    score : a rule of :mod:`uniap.evaluation.proposals`, or ``"record"``: the masks are the SAM
-        records (clusters of at least ``min_size`` patches) ranked by their ``score``
-        (cohesion, the mean cosine of members to their cluster's feature)
+    score : ``"contrast"`` (default) or its synonym ``"record"``: the masks are the records
+        ``uniap-cli`` writes (clusters of at least ``min_size`` nodes, contour regions not
+        already a cluster's mask) ranked by their ``score``, which is the contrast rule of
+        :mod:`uniap.evaluation.proposals` (:mod:`uniap.scores`); another rule of that module
+        ranks every region of the label maps instead
     **options : passed to :func:`uniap.segment` (``min_size``, ``preset``, ``connectivity``, ...)
     """
 
@@ -218,19 +220,23 @@ class Uniap(Segmenter):
         if not proposals:  # the level benchmarks (BSDS500, label maps) read the levels only
             return out
         t = time.perf_counter()
-        if self.score != "record":
+        if self.score not in RECORD_RULES:  # the other rules rank every region of the label maps
             out.contours = grid.contour_maps() if hasattr(grid, "contour_maps") else None
             out.proposals = proposals_from_levels(labels, self.score, self.min_area, image=image,
                                                   contours=out.contours)
-        else:
+        else:  # the records uniap-cli writes, in the order of their score (the contrast rule)
             from ..pipeline.stages import encode
 
-            out.proposals = records_to_proposals(encode(grid, h, upsampling=self.upsampling).records, self.min_area)
+            records = encode(grid, h, upsampling=self.upsampling, image=image).records
+            out.proposals = records_to_proposals(records, self.min_area)
         timings["proposals"] = time.perf_counter() - t
         return out
 
 
 PROPOSED_KINDS = ("instance", "contour")  # records that are masks of objects (not semantic groups)
+# uniap's rules that rank its records, the masks uniap-cli writes: "contrast" is the records'
+# ``score`` (uniap.scores), so COCOeval on a written file gives uniap-eval's numbers
+RECORD_RULES = ("contrast", "record")
 
 
 def records_to_proposals(records: Sequence[dict], min_area: int = 1) -> list[dict]:

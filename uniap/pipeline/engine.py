@@ -149,7 +149,7 @@ def _pool(stages: Stages, extracted: list) -> list:
 def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, collect: bool) -> None:
     start = time.perf_counter()
     try:
-        encoded = stages.encode(grid, h)
+        encoded = stages.encode(grid, h, image)
         start = timed(report.timings, "records", start)
         height, width = image.shape[:2]
         info = {"image_id": job.image_id, "file_name": job.item.key, "height": int(height),

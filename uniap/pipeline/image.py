@@ -139,7 +139,7 @@ def segment_image(
     t1 = time.perf_counter()
     h = segment_nodes(grid, **options)
     t2 = time.perf_counter()
-    encoded = encode(grid, h, upsampling=upsampling, unique=unique)
+    encoded = encode(grid, h, upsampling=upsampling, unique=unique, image=pixels)
     t3 = time.perf_counter()
     return ImageSegmentation(
         hierarchy=h, records=encoded.records, pixel_labels=encoded.pixel_labels,

@@ -102,6 +102,8 @@ def run(
     progress: bool = True,
     extractor: Any | None = None,
     max_pixels: int | None = None,
+    pred_iou_thresh: float = 0.0,
+    stability_score_thresh: float = 0.0,
 ) -> RunSummary:
     """Masks for many images, written as files; a failing image is reported, not fatal.
 
@@ -161,6 +163,9 @@ def run(
         The most pixels (height x width) an image may have, read from its header before it is
         decoded; a larger image fails alone, named (default
         :data:`uniap.features.image.DEFAULT_MAX_PIXELS`, 89.5 million; 0: no limit).
+    pred_iou_thresh, stability_score_thresh : float
+        Write only the records whose ``predicted_iou`` / ``stability_score`` reach these
+        values (``amg.py``'s filters; :func:`uniap.records.filter_records`; 0: all).
 
     Returns
     -------
@@ -194,10 +199,14 @@ def run(
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
         raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
     items = expand_inputs(inputs, file_lists)
+    for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
                         unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}),
-                        max_pixels=max_pixels)
+                        max_pixels=max_pixels, pred_iou_thresh=float(pred_iou_thresh),
+                        stability_score_thresh=float(stability_score_thresh))
     digest = signature(settings.signature_fields())
     if format in COLLECTORS and not overwrite and (existing := COLLECTORS[format].existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")

@@ -18,7 +18,7 @@ import numpy as np
 from ..api import segment, segment_graph
 from ..hierarchy import Hierarchy
 from ..pixels import pixel_labels as to_pixel_labels
-from ..records import contour_records, hierarchy_records, semantic_of_clusters
+from ..records import contour_records, filter_records, hierarchy_records, semantic_of_clusters
 from .sources import Item, decode
 
 __all__ = ["Settings", "Extracted", "Encoded", "decode", "ExtractFeatures", "Pool", "encode"]
@@ -56,6 +56,8 @@ class Settings:
         The most pixels an image may have, checked on its header before decoding (default
         :data:`uniap.features.image.DEFAULT_MAX_PIXELS`; 0: no limit).  It refuses images and
         changes no output, so it is not part of the signature.
+    pred_iou_thresh, stability_score_thresh : float
+        Records below either are not written (:func:`uniap.records.filter_records`; 0: all).
     """
 
     features: str = "default"
@@ -68,6 +70,8 @@ class Settings:
     refine_options: dict = field(default_factory=dict)
     threads: int | None = None
     max_pixels: int | None = None
+    pred_iou_thresh: float = 0.0
+    stability_score_thresh: float = 0.0
 
     def build_extractor(self) -> Any:
         from ..features import get_extractor, refined
@@ -96,7 +100,12 @@ class Settings:
         return {"features": self.features, "extractor": extractor,
                 "options": {**resolved.as_dict(), **{k: v for k, v in options.items() if k not in _RESOLVED}},
                 "upsampling": self.upsampling, "unique": self.unique,
-                "refine": self.refine_fields()}
+                "refine": self.refine_fields(), **self.filter_fields()}
+
+    def filter_fields(self) -> dict[str, float]:
+        """The record filters that are set (none by default: the signatures of earlier runs hold)."""
+        return {name: value for name, value in (("pred_iou_thresh", self.pred_iou_thresh),
+                                                ("stability_score_thresh", self.stability_score_thresh)) if value}
 
     def refine_fields(self) -> dict[str, Any]:
         """The refinement with its defaults filled in, so that naming a default changes nothing
@@ -217,9 +226,13 @@ class Encoded:
         return None if self.contour_cuts is None else np.take(self.contour_cuts, self.regions, axis=-1)
 
 
-def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", unique: bool = True) -> Encoded:
+def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", unique: bool = True,
+           image: np.ndarray | None = None) -> Encoded:
     """Stage 4: SAM-style records, the hierarchy's, then the contour regions' of a region graph
     that has them, and pixel label maps (L, H, W).
+
+    With the ``image``, the records' ``score`` weighs each mask's boundary contrast
+    (:mod:`uniap.scores`; its edge strength is gathered once for both kinds of records).
 
     A region graph's maps are made one level at a time from its superpixels while records are
     encoded, and as a stack only when asked (:attr:`Encoded.pixel_labels`): at 8000 x 8000
@@ -227,24 +240,31 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     """
     regions = getattr(grid, "regions", None)
     semantic = None
+    boundary = None
+    if regions is not None and image is not None:
+        from ..scores import BoundaryStrength
+
+        boundary = BoundaryStrength(regions, image)
     if regions is not None and hierarchy.level(0).semantic_labels is None:
         labels = None
-        records = hierarchy_records(hierarchy, regions=regions, unique=unique)
+        records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary)
     else:
         labels = to_pixel_labels(hierarchy, grid, upsampling)
         if hierarchy.level(0).semantic_labels is not None:
             semantic = np.empty_like(labels)
             for i, lv in enumerate(hierarchy.levels):
                 semantic[i] = semantic_of_clusters(lv)[labels[i]]
-        records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique)
+        # the nodes are then the pixel maps' own (their common refinement): the image, not
+        # the superpixels' boundary strength
+        records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique, image=image)
     if regions is None:
         return Encoded(records, labels, semantic)
     node_labels = np.asarray(hierarchy.labels)
     cuts = grid.contours
     if cuts is None or not len(cuts):
         return Encoded(records, labels, semantic, None, regions, node_labels)
-    records += contour_records(cuts, regions, grid.contour_thresholds, node_features=grid.features,
-                               min_size=hierarchy.min_size, start=len(records), unique=unique)
+    records += contour_records(cuts, regions, grid.contour_thresholds, min_size=hierarchy.min_size,
+                               start=len(records), unique=unique, boundary=boundary, exclude=records)
     return Encoded(records, labels, semantic, cuts, regions, node_labels)
 
 
@@ -283,8 +303,12 @@ class Stages:
     def decode(self, item: Item) -> np.ndarray:
         return decode(item, self.settings.max_pixels)
 
-    def encode(self, grid: Any, hierarchy: Hierarchy) -> Encoded:
-        return encode(grid, hierarchy, upsampling=self.settings.upsampling, unique=self.settings.unique)
+    def encode(self, grid: Any, hierarchy: Hierarchy, image: np.ndarray | None = None) -> Encoded:
+        encoded = encode(grid, hierarchy, upsampling=self.settings.upsampling, unique=self.settings.unique,
+                         image=image)
+        if self.settings.filter_fields():
+            encoded.records = filter_records(encoded.records, **self.settings.filter_fields())
+        return encoded
 
 
 def timed(timings: dict[str, float], name: str, start: float) -> float:

@@ -1,0 +1,296 @@
+"""Scores of masks that rank: the ``score``, ``predicted_iou`` and ``stability_score`` of records.
+
+UniAP gives a nested stack of label maps (its levels, and the contour regions of watershed
+superpixels); each distinct mask of the stack gets three numbers:
+
+``stability_score``
+    The mask's *persistence*: the mean, over the maps of its stack, of its best IoU with a
+    region of that map.  1 for a mask present unchanged at every level; a mask that exists at
+    one level only and is split or swallowed everywhere else scores low.  It is how long the
+    mask survives as the threshold moves (the lifetime of a region in an ultrametric contour
+    map, or MSER's stability), and plays the part of SAM's ``stability_score`` (the IoU of a
+    mask with itself under a shifted threshold).
+``score``
+    ``stability_score * sqrt(area / image area) * contrast``, where ``contrast`` is the mean
+    edge strength on the mask's boundary pixels relative to the image's mean
+    (:func:`edge_strength`; 1 without the image).  An object is usually set off by an edge all
+    round; a fragment of a uniform or textured area is not.  This is exactly the ``contrast``
+    rule ``uniap-eval`` ranks proposals by (:mod:`uniap.evaluation.proposals`), so COCOeval on
+    a written file ranks the masks as ``uniap-eval`` does.  It is a rank, not a probability.
+``predicted_iou``
+    An estimate, in (0, 1), of the mask's IoU with the object or region a person would draw
+    there: ``1 / (1 + exp(-(a + b * log(score))))``, increasing in ``score`` (so it ranks as
+    ``score`` does), with ``a, b`` (:data:`PREDICTED_IOU_FIT`) fitted once by least squares
+    to the best IoU of each mask with a human segment of BSDS500's *train* images
+    (``bench/fit_predicted_iou.py``); never fitted to the images it is evaluated on.
+
+All three are computed on the nodes the maps are made of (superpixels or patches), not on the
+pixels: a map's regions are unions of nodes, so areas and intersections are sums of node areas,
+and the boundary strength is gathered once per pair of adjacent nodes (:class:`BoundaryStrength`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["BoundaryStrength", "PREDICTED_IOU_FIT", "edge_strength", "mask_scores", "persistence",
+           "predicted_iou"]
+
+EDGE_SIGMA = 1.0  # pixels: the derivative-of-Gaussian filters of the edge strength
+_HALO = 4  # rows each side a band needs: the filters' radius at sigma 1 (scipy's truncate 4)
+BAND_PIXELS = 1 << 21  # pixels per band of the edge strength (memory: a few bytes per pixel)
+
+#: ``(a, b)`` of ``predicted_iou = sigmoid(a + b * log(score))``, fitted on BSDS500 train
+#: (``bench/fit_predicted_iou.py``).
+PREDICTED_IOU_FIT = (0.3252, 0.9148)
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELab of an (h, W, 3) image, channels first, float32."""
+    if rgb.dtype == np.uint8:
+        from .features.default import _rgb2lab
+
+        return _rgb2lab(np.ascontiguousarray(rgb))
+    from skimage.color import rgb2lab
+
+    return np.ascontiguousarray(np.moveaxis(rgb2lab(rgb), -1, 0), np.float32)
+
+
+def _gaussian_weights(sigma: float, order: int) -> np.ndarray:
+    """Correlation weights of a Gaussian (``order`` 0) or its derivative (1), radius 4 sigma:
+    the kernels of ``scipy.ndimage.gaussian_filter1d``."""
+    x = np.arange(-_HALO, _HALO + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    phi /= phi.sum()
+    weights = phi if order == 0 else (-x / (sigma * sigma)) * phi
+    return np.ascontiguousarray(weights[::-1])
+
+
+_WEIGHTS = (_gaussian_weights(EDGE_SIGMA, 0), _gaussian_weights(EDGE_SIGMA, 1))
+
+
+def _strength_rows(image: np.ndarray, y0: int, y1: int) -> np.ndarray:
+    """Unnormalised edge strength of rows ``[y0, y1)``: equal to the whole image's there.
+
+    ``scipy.ndimage.gaussian_gradient_magnitude`` of each Lab channel, summed (the same
+    values, from one compiled pass, :func:`uniap._score_kernels.gradient_magnitude`).  The
+    filters read ``_HALO`` rows each side; the image's own top and bottom are mirrored just as
+    for the whole image, so a band's values equal the whole image's exactly.
+    """
+    from ._score_kernels import gradient_magnitude
+
+    a, b = max(0, y0 - _HALO), min(image.shape[0], y1 + _HALO)
+    lab = _lab(image[a:b, :, :3])
+    out = np.zeros((y1 - y0, image.shape[1]), np.float32)
+    gradient_magnitude(lab, a, y0, y1, image.shape[0], *_WEIGHTS, out)
+    return out
+
+
+def _bands(height: int, width: int) -> list[tuple[int, int]]:
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    return [(y, min(height, y + rows)) for y in range(0, height, rows)]
+
+
+def edge_strength(image: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of the CIELab image (sigma 1 pixel, summed over channels) over its mean.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3)
+        RGB, uint8 (or float in [0, 1]).
+
+    Returns
+    -------
+    ndarray of shape (H, W), float64, mean 1 (all ones for a flat image)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.zeros((8, 8, 3), np.uint8); image[:, 4:] = 255
+    >>> s = edge_strength(image)
+    >>> bool(s[0, 3] > 1 > s[0, 0]), round(float(s.mean()), 6)
+    (True, 1.0)
+    """
+    image = _check_image(image)
+    grad = np.concatenate([_strength_rows(image, a, b) for a, b in _bands(*image.shape[:2])])
+    mean = float(grad.mean(dtype=np.float64))
+    return grad / np.float64(mean) if mean > 1e-9 else np.ones(grad.shape)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] < 3 or 0 in image.shape[:2]:
+        raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
+    return image
+
+
+class BoundaryStrength:
+    """The edge strength on the boundaries between the regions of a label map.
+
+    Gathered in one pass over the pixels: the strength of each boundary pixel goes to the pair
+    (its region, the other region it touches), or, at junctions of three or more regions, is
+    kept with the regions it touches.  Any map whose regions are unions of these regions then
+    gets its regions' boundary contrast from the pairs (:meth:`contrast`), in time linear in
+    the pairs, whatever the image size.
+
+    Parameters
+    ----------
+    regions : ndarray of shape (H, W), integer
+        The node (superpixel, patch) of every pixel, 0 .. N-1.
+    image : ndarray of shape (H, W, 3), optional
+        The image whose :func:`edge_strength` is gathered; without it every boundary pixel has
+        strength 1 (and every contrast is 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> regions = np.array([[0, 0, 1, 1]] * 3)
+    >>> image = np.zeros((3, 4, 3), np.uint8); image[:, 2:] = 200
+    >>> b = BoundaryStrength(regions, image)
+    >>> c = b.contrast(np.array([0, 1]))
+    >>> bool(np.allclose(c[0], c[1]) and c[0] > 1), b.contrast(np.array([0, 0])).tolist()
+    (True, [1.0])
+    """
+
+    def __init__(self, regions: np.ndarray, image: np.ndarray | None = None) -> None:
+        from . import _score_kernels as kernels
+        from .superpixels import adjacency
+
+        regions = np.asarray(regions)
+        if regions.ndim != 2 or 0 in regions.shape:
+            raise ValueError(f"regions must be an (H, W) map, got shape {regions.shape}")
+        if image is not None:
+            image = _check_image(image)
+            if image.shape[:2] != regions.shape:
+                raise ValueError(f"image is {image.shape[:2]}, the regions {regions.shape}")
+        n = int(regions.max()) + 1
+        pairs = adjacency(regions)
+        keys = np.sort(np.concatenate([pairs[:, 0] * n + pairs[:, 1], pairs[:, 1] * n + pairs[:, 0]]))
+        self.num_nodes = n
+        self.pair_node, self.pair_other = keys // n, keys % n
+        self.pair_sum = np.zeros(keys.size)
+        self.pair_count = np.zeros(keys.size, np.int64)
+        size = max(16, keys.size)
+        buffers = (np.empty(size, np.int64), np.empty((size, 4), np.int64), np.empty(size), 0)
+        work = np.ascontiguousarray(regions, dtype=np.int64)
+        total = 0.0
+        for a, b in _bands(*regions.shape):
+            rows = _strength_rows(image, a, b) if image is not None else np.ones((b - a, regions.shape[1]), np.float32)
+            total += float(rows.sum(dtype=np.float64))
+            buffers = kernels.boundary_sums(work, rows, a, n, keys, self.pair_sum, self.pair_count, *buffers)
+        count = buffers[3]
+        self.junction_node = buffers[0][:count]
+        self.junction_others = buffers[1][:count]
+        self.junction_sum = buffers[2][:count]
+        mean = total / regions.size
+        # relative to the image's mean, as edge_strength's map (a flat image: all ones)
+        self.scale = 1.0 / mean if mean > 1e-9 else 0.0
+        self.flat = image is not None and mean <= 1e-9
+
+    def contrast(self, node_labels: np.ndarray) -> np.ndarray:
+        """Mean edge strength (over the image's mean) on each region's boundary pixels; 1 for
+        a region without any.
+
+        Parameters
+        ----------
+        node_labels : ndarray of shape (N,), integer >= 0
+            The region of every node.
+
+        Returns
+        -------
+        ndarray of shape (node_labels.max() + 1,), float64
+        """
+        labels = np.asarray(node_labels)
+        k = int(labels.max()) + 1
+        own = labels[self.pair_node]
+        cut = own != labels[self.pair_other]
+        total = np.bincount(own[cut], self.pair_sum[cut], minlength=k)
+        count = np.bincount(own[cut], self.pair_count[cut], minlength=k)
+        if self.junction_node.size:
+            j_own = labels[self.junction_node]
+            others = self.junction_others
+            j_cut = ((others >= 0) & (labels[np.maximum(others, 0)] != j_own[:, None])).any(axis=1)
+            total += np.bincount(j_own[j_cut], self.junction_sum[j_cut], minlength=k)
+            count += np.bincount(j_own[j_cut], minlength=k)
+        if self.flat:
+            return np.ones(k)
+        return np.where(count > 0, total * self.scale / np.maximum(count, 1), 1.0)
+
+
+def persistence(stack: Sequence[np.ndarray], node_area: np.ndarray | None = None) -> list[np.ndarray]:
+    """Each region's mean, over the maps of ``stack``, of its best IoU with a region of that map.
+
+    Parameters
+    ----------
+    stack : sequence of M ndarrays of shape (N,), integer >= 0
+        The region of every node in each map (nested or not).
+    node_area : ndarray of shape (N,), optional
+        Each node's area in pixels (1 each by default).
+
+    Returns
+    -------
+    list of M ndarrays
+        ``out[m][r]``: the persistence of region ``r`` of map ``m`` (indexed by label; labels
+        that no node has get NaN).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fine, coarse = np.array([0, 1]), np.array([0, 0])
+    >>> [p.round(3).tolist() for p in persistence([fine, fine, coarse], np.array([2, 2]))]
+    [[0.833, 0.833], [0.833, 0.833], [0.667]]
+    """
+    maps = [np.asarray(m) for m in stack]
+    n = maps[0].size if maps else 0
+    area = np.ones(n, np.int64) if node_area is None else np.asarray(node_area, np.int64)
+    compact, uniq = [], []
+    for m in maps:
+        values, inverse = np.unique(m, return_inverse=True)
+        uniq.append(values)
+        compact.append(inverse.ravel())
+    sizes = [len(v) for v in uniq]
+    areas = [np.bincount(c, area, minlength=k) for c, k in zip(compact, sizes)]
+    count = len(maps)
+    ious = [np.ones((k, count)) for k in sizes]
+    for a in range(count):
+        for b in range(a + 1, count):
+            ka, kb = sizes[a], sizes[b]
+            codes, inverse = np.unique(compact[a] * kb + compact[b], return_inverse=True)
+            inter = np.bincount(inverse.ravel(), area, minlength=codes.size)
+            ra, rb = codes // kb, codes % kb
+            iou = inter / (areas[a][ra] + areas[b][rb] - inter)
+            best_a = np.zeros(ka)
+            np.maximum.at(best_a, ra, iou)
+            best_b = np.zeros(kb)
+            np.maximum.at(best_b, rb, iou)
+            ious[a][:, b] = best_a
+            ious[b][:, a] = best_b
+    out = []
+    for values, iou in zip(uniq, ious):
+        full = np.full(int(values.max()) + 1 if values.size else 0, np.nan)
+        full[values] = iou.mean(axis=1)
+        out.append(full)
+    return out
+
+
+def mask_scores(stability: np.ndarray, area: np.ndarray, contrast: np.ndarray, image_area: int) -> np.ndarray:
+    """``score`` of masks: ``stability * sqrt(area / image_area) * contrast`` (the module's docs)."""
+    return np.asarray(stability) * np.sqrt(np.asarray(area) / float(image_area)) * np.asarray(contrast)
+
+
+def predicted_iou(score: np.ndarray, fit: tuple[float, float] = PREDICTED_IOU_FIT) -> np.ndarray:
+    """``sigmoid(a + b * log(score))``: the IoU a mask of this ``score`` has on average with the
+    best-matching human region (:data:`PREDICTED_IOU_FIT`); 0 for a score of 0.
+
+    Examples
+    --------
+    >>> predicted_iou(np.array([0.0, 1.0]), (0.0, 1.0)).tolist()
+    [0.0, 0.5]
+    """
+    score = np.asarray(score, np.float64)
+    a, b = fit
+    with np.errstate(divide="ignore"):
+        z = a + b * np.log(np.maximum(score, 0.0))
+    return 1.0 / (1.0 + np.exp(-z))
