@@ -300,3 +300,32 @@ def test_cli_filters_as_amg(tmp_path):
     for bad in ("1.5", "-0.1", "nan", "x"):
         assert exit_status(cli, [str(image), "--out", str(tmp_path / "bad.json"), "--pred-iou-thresh", bad]) == 2
         assert not (tmp_path / "bad.json").exists()
+
+
+def test_the_watersheds_cielab_gives_the_records_edge_strength_once():
+    """The default region graph carries the edge strength from the CIELab image the watershed
+    converts anyway (not converted twice); it equals the strength computed from the image, and
+    an image the superpixels downscale gets none (the records compute it from the image)."""
+    from uniap.features import get_extractor, refined
+
+    image = real_image()
+    graph = refined(get_extractor("default"), "superpixels")(image)
+    assert graph.edge_strength is not None and graph.edge_strength.dtype == np.float32
+    np.testing.assert_array_equal(graph.edge_strength, scores._strength_rows(image, 0, image.shape[0]))
+    np.testing.assert_array_equal(graph.edge_strength, scores.raw_edge_strength(_rgb2lab(image)))
+    shared = scores.BoundaryStrength(graph.regions, image, strength=graph.edge_strength)
+    direct = scores.BoundaryStrength(graph.regions, image)
+    labels = graph.contours[0]
+    np.testing.assert_array_equal(shared.contrast(labels), direct.contrast(labels))
+    with pytest.raises(ValueError, match="strength"):
+        scores.BoundaryStrength(graph.regions, strength=graph.edge_strength[1:])
+
+
+def test_a_downscaled_watershed_leaves_the_strength_to_the_records(monkeypatch):
+    import uniap.features.regions as regions_module
+    from uniap.features import get_extractor, refined
+
+    monkeypatch.setattr(regions_module, "SUPERPIXEL_MAX_PIXELS", 1000)
+    image = real_image()
+    graph = refined(get_extractor("default"), "superpixels")(image)
+    assert graph.edge_strength is None

@@ -161,3 +161,39 @@ def gradient_magnitude(lab, a, y0, y1, height, smooth, derive, out):
                 gx = np.float32(acc_s[x])
                 gy = np.float32(acc_d[x])
                 out[r, x] += np.sqrt(gy * gy + gx * gx)
+
+
+@njit(cache=True)
+def map_contrasts(maps, pair_node, pair_other, pair_sum, pair_count,
+                  junction_node, junction_others, junction_sum, sizes):
+    """Boundary strength sums and pixel counts of every region of every map at once.
+
+    ``maps`` (M, N): each map's region of every node; ``sizes[m]`` its number of labels.
+    Returns ``(total, count)``, both (M, max(sizes)): a pair of adjacent nodes in different
+    regions adds its pixels to the region of its first node; a junction pixel counts for its
+    node's region when any of the nodes it touches is in another region.
+    """
+    m_count = maps.shape[0]
+    width = 0
+    for m in range(m_count):
+        width = max(width, sizes[m])
+    total = np.zeros((m_count, width))
+    count = np.zeros((m_count, width), np.int64)
+    for m in range(m_count):
+        labels = maps[m]
+        for p in range(pair_node.size):
+            own = labels[pair_node[p]]
+            if own != labels[pair_other[p]]:
+                total[m, own] += pair_sum[p]
+                count[m, own] += pair_count[p]
+        for j in range(junction_node.size):
+            own = labels[junction_node[j]]
+            for i in range(junction_others.shape[1]):
+                t = junction_others[j, i]
+                if t < 0:
+                    break
+                if labels[t] != own:
+                    total[m, own] += junction_sum[j]
+                    count[m, own] += 1
+                    break
+    return total, count

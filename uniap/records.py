@@ -801,6 +801,7 @@ class _Nodes:
         """Per map: (``score``, ``stability_score``) of each of its labels (None for a map of None)."""
         present = [m for m in maps if m is not None]
         stability = iter(persistence(present, self.area)) if present else iter(())
+        contrasts = iter(boundary.contrasts(present)) if boundary is not None and present else None
         out = []
         for m in maps:
             if m is None:
@@ -808,7 +809,7 @@ class _Nodes:
                 continue
             stab = next(stability)
             area = np.bincount(m, self.area, minlength=stab.size)
-            contrast = boundary.contrast(m)[:stab.size] if boundary is not None else np.ones(stab.size)
+            contrast = next(contrasts)[:stab.size] if contrasts is not None else np.ones(stab.size)
             out.append((mask_scores(stab, area, contrast, self.image_area), stab))
         return out
 

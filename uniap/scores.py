@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["BoundaryStrength", "PREDICTED_IOU_FIT", "edge_strength", "mask_scores", "persistence",
-           "predicted_iou"]
+           "predicted_iou", "raw_edge_strength"]
 
 EDGE_SIGMA = 1.0  # pixels: the derivative-of-Gaussian filters of the edge strength
 _HALO = 4  # rows each side a band needs: the filters' radius at sigma 1 (scipy's truncate 4)
@@ -85,6 +85,26 @@ def _strength_rows(image: np.ndarray, y0: int, y1: int) -> np.ndarray:
     lab = _lab(image[a:b, :, :3])
     out = np.zeros((y1 - y0, image.shape[1]), np.float32)
     gradient_magnitude(lab, a, y0, y1, image.shape[0], *_WEIGHTS, out)
+    return out
+
+
+def raw_edge_strength(lab: np.ndarray) -> np.ndarray:
+    """:func:`edge_strength` before its division by the mean, from the image's CIELab.
+
+    Parameters
+    ----------
+    lab : ndarray of shape (3, H, W), float32
+        ``uniap.features.default._rgb2lab`` of the image (for a caller that converted it).
+
+    Returns
+    -------
+    ndarray of shape (H, W), float32
+    """
+    from ._score_kernels import gradient_magnitude
+
+    lab = np.ascontiguousarray(lab, np.float32)
+    out = np.zeros(lab.shape[1:], np.float32)
+    gradient_magnitude(lab, 0, 0, lab.shape[1], lab.shape[1], *_WEIGHTS, out)
     return out
 
 
@@ -142,6 +162,12 @@ class BoundaryStrength:
     image : ndarray of shape (H, W, 3), optional
         The image whose :func:`edge_strength` is gathered; without it every boundary pixel has
         strength 1 (and every contrast is 1).
+    pairs : ndarray of shape (E, 2), optional
+        ``uniap.superpixels.adjacency(regions)`` when the caller has it already (a region
+        graph's ``edges``).
+    strength : ndarray of shape (H, W), optional
+        The image's :func:`raw_edge_strength` when the caller has it (a region graph's
+        ``edge_strength``): used instead of ``image``.
 
     Examples
     --------
@@ -154,19 +180,24 @@ class BoundaryStrength:
     (True, [1.0])
     """
 
-    def __init__(self, regions: np.ndarray, image: np.ndarray | None = None) -> None:
+    def __init__(self, regions: np.ndarray, image: np.ndarray | None = None, *,
+                 pairs: np.ndarray | None = None, strength: np.ndarray | None = None) -> None:
         from . import _score_kernels as kernels
         from .superpixels import adjacency
 
         regions = np.asarray(regions)
         if regions.ndim != 2 or 0 in regions.shape:
             raise ValueError(f"regions must be an (H, W) map, got shape {regions.shape}")
-        if image is not None:
+        if strength is not None:
+            strength = np.asarray(strength, np.float32)
+            if strength.shape != regions.shape:
+                raise ValueError(f"strength is {strength.shape}, the regions {regions.shape}")
+        elif image is not None:
             image = _check_image(image)
             if image.shape[:2] != regions.shape:
                 raise ValueError(f"image is {image.shape[:2]}, the regions {regions.shape}")
         n = int(regions.max()) + 1
-        pairs = adjacency(regions)
+        pairs = adjacency(regions) if pairs is None else np.asarray(pairs, np.int64)
         keys = np.sort(np.concatenate([pairs[:, 0] * n + pairs[:, 1], pairs[:, 1] * n + pairs[:, 0]]))
         self.num_nodes = n
         self.pair_node, self.pair_other = keys // n, keys % n
@@ -177,7 +208,12 @@ class BoundaryStrength:
         work = np.ascontiguousarray(regions, dtype=np.int64)
         total = 0.0
         for a, b in _bands(*regions.shape):
-            rows = _strength_rows(image, a, b) if image is not None else np.ones((b - a, regions.shape[1]), np.float32)
+            if strength is not None:
+                rows = strength[a:b]
+            elif image is not None:
+                rows = _strength_rows(image, a, b)
+            else:
+                rows = np.ones((b - a, regions.shape[1]), np.float32)
             total += float(rows.sum(dtype=np.float64))
             buffers = kernels.boundary_sums(work, rows, a, n, keys, self.pair_sum, self.pair_count, *buffers)
         count = buffers[3]
@@ -187,7 +223,7 @@ class BoundaryStrength:
         mean = total / regions.size
         # relative to the image's mean, as edge_strength's map (a flat image: all ones)
         self.scale = 1.0 / mean if mean > 1e-9 else 0.0
-        self.flat = image is not None and mean <= 1e-9
+        self.flat = (image is not None or strength is not None) and mean <= 1e-9
 
     def contrast(self, node_labels: np.ndarray) -> np.ndarray:
         """Mean edge strength (over the image's mean) on each region's boundary pixels; 1 for
@@ -202,21 +238,27 @@ class BoundaryStrength:
         -------
         ndarray of shape (node_labels.max() + 1,), float64
         """
-        labels = np.asarray(node_labels)
-        k = int(labels.max()) + 1
-        own = labels[self.pair_node]
-        cut = own != labels[self.pair_other]
-        total = np.bincount(own[cut], self.pair_sum[cut], minlength=k)
-        count = np.bincount(own[cut], self.pair_count[cut], minlength=k)
-        if self.junction_node.size:
-            j_own = labels[self.junction_node]
-            others = self.junction_others
-            j_cut = ((others >= 0) & (labels[np.maximum(others, 0)] != j_own[:, None])).any(axis=1)
-            total += np.bincount(j_own[j_cut], self.junction_sum[j_cut], minlength=k)
-            count += np.bincount(j_own[j_cut], minlength=k)
-        if self.flat:
-            return np.ones(k)
-        return np.where(count > 0, total * self.scale / np.maximum(count, 1), 1.0)
+        return self.contrasts([node_labels])[0]
+
+    def contrasts(self, maps: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`contrast` of several maps (one compiled pass over the pairs for all)."""
+        from ._score_kernels import map_contrasts
+
+        maps = [np.asarray(m) for m in maps]
+        if not maps:
+            return []
+        sizes = np.array([int(m.max()) + 1 for m in maps], np.int64)
+        total, count = map_contrasts(np.stack(maps).astype(np.int64, copy=False), self.pair_node, self.pair_other,
+                                     self.pair_sum, self.pair_count, self.junction_node, self.junction_others,
+                                     self.junction_sum, sizes)
+        out = []
+        for m, k in enumerate(sizes):
+            if self.flat:
+                out.append(np.ones(k))
+            else:
+                c = count[m, :k]
+                out.append(np.where(c > 0, total[m, :k] * self.scale / np.maximum(c, 1), 1.0))
+        return out
 
 
 def persistence(stack: Sequence[np.ndarray], node_area: np.ndarray | None = None) -> list[np.ndarray]:

@@ -106,6 +106,7 @@ def superpixel_hierarchy(
     first: int = CONTOUR_FIRST,
     factor: int = CONTOUR_FACTOR,
     max_pixels: int = MAX_PIXELS,
+    lab: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Watershed superpixels and the coarser cuts of the hierarchy they are cut from.
 
@@ -129,6 +130,10 @@ def superpixel_hierarchy(
         Each next cut has about ``factor`` times fewer regions; the last has at least 2.
     max_pixels : int, default 2**22
         As for :func:`superpixels`.
+    lab : ndarray of shape (3, H, W), float32, optional
+        The image's CIELab when the caller has converted it already
+        (``uniap.features.default._rgb2lab``), so that it is not converted twice; it is
+        smoothed in place.  Unused when the image is downscaled.
 
     Returns
     -------
@@ -160,7 +165,7 @@ def superpixel_hierarchy(
             raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
     small = _downscaled(image, max_pixels)
     count = max(1, round(image.shape[0] * image.shape[1] / size))
-    tree = _WatershedTree(small)
+    tree = _WatershedTree(small, lab if small is image else None)
     altitude = tree.altitude(count)
     regions = tree.labels(altitude)  # on the (maybe downscaled) copy: every superpixel is there
     n = int(regions.max()) + 1
@@ -201,11 +206,11 @@ class _WatershedTree:
     (:mod:`uniap._superpixel_kernels`): edge weights the L2 distance of CIELab colours smoothed
     at sigma 1, the minimum spanning tree and each of its edges' persistence."""
 
-    def __init__(self, image: np.ndarray) -> None:
+    def __init__(self, image: np.ndarray, lab: np.ndarray | None = None) -> None:
         from . import _superpixel_kernels as kernels
 
         self.shape = image.shape[:2]
-        weights = kernels.edge_weights(_smoothed_lab(image))
+        weights = kernels.edge_weights(_smoothed_lab(image, lab))
         mst, self.persist = kernels.persistence(weights, *self.shape)
         del weights
         self.u, self.v = mst[:, 0], mst[:, 1]
@@ -228,13 +233,15 @@ class _WatershedTree:
         return flat[self.u[above]], flat[self.v[above]], np.ascontiguousarray(self.persist[above])
 
 
-def _smoothed_lab(image: np.ndarray) -> np.ndarray:
-    """CIELab of ``image`` smoothed by a Gaussian of sigma 1 pixel: (3, H, W) float32."""
+def _smoothed_lab(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndarray:
+    """CIELab of ``image`` smoothed by a Gaussian of sigma 1 pixel: (3, H, W) float32 (``lab``,
+    the image's CIELab already converted, smoothed in place)."""
     from scipy.ndimage import gaussian_filter
 
     from .features.default import _rgb2lab
 
-    lab = _rgb2lab(np.ascontiguousarray(image))
+    if lab is None or lab.shape != (3, *image.shape[:2]) or lab.dtype != np.float32:
+        lab = _rgb2lab(np.ascontiguousarray(image))
     for channel in lab:
         gaussian_filter(channel, _WATERSHED_SIGMA, mode="nearest", output=channel)
     return lab

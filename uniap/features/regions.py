@@ -31,6 +31,7 @@ import numpy as np
 
 from ..superpixels import (DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, adjacency, check_options,
                            superpixel_hierarchy, superpixels)
+from ..superpixels import MAX_PIXELS as SUPERPIXEL_MAX_PIXELS
 from .base import FeatureGrid
 from .image import load_image
 
@@ -89,6 +90,10 @@ class RegionGraph:
         None without them (SLIC superpixels, or ``contours=False``).
     contour_thresholds : ndarray of shape (K,), float64, or None
         Each cut's altitude in the hierarchy.
+    edge_strength : ndarray of shape (H, W), float32, or None
+        The image's edge strength, unnormalised (:func:`uniap.scores.raw_edge_strength`), when
+        it was computed from the CIELab image the watershed converts anyway; the records'
+        scores read it instead of converting the image again.
     """
 
     features: np.ndarray
@@ -101,6 +106,7 @@ class RegionGraph:
     method: str = DEFAULT_METHOD
     contours: np.ndarray | None = None
     contour_thresholds: np.ndarray | None = None
+    edge_strength: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -236,9 +242,17 @@ class RegionFeatures:
 
     def graph(self, image: np.ndarray, grid: FeatureGrid) -> RegionGraph:
         """The region graph of ``image`` from its patch features ``grid``."""
-        contours = thresholds = None
+        contours = thresholds = strength = None
         if self.contours:
-            regions, contours, thresholds = superpixel_hierarchy(image, size=self.size)
+            lab = None
+            if image.dtype == np.uint8 and image.shape[0] * image.shape[1] <= SUPERPIXEL_MAX_PIXELS:
+                # one CIELab conversion for the watershed and the records' edge strength
+                from ..scores import raw_edge_strength
+                from .default import _rgb2lab
+
+                lab = _rgb2lab(np.ascontiguousarray(image))
+                strength = raw_edge_strength(lab)
+            regions, contours, thresholds = superpixel_hierarchy(image, size=self.size, lab=lab)
         else:
             regions = superpixels(image, size=self.size, method=self.method, compactness=self.compactness)
         if self.pixel_features and hasattr(self.extractor, "region_features"):
@@ -249,7 +263,7 @@ class RegionFeatures:
         else:
             x = pool_grid(grid, regions)
         return RegionGraph(x, adjacency(regions), regions, grid, self.size, self.compactness,
-                           self.pixel_features, self.method, contours, thresholds)
+                           self.pixel_features, self.method, contours, thresholds, strength)
 
     def _batch_grids(self, images: Iterable[np.ndarray]) -> Iterator[tuple[RegionGraph, np.ndarray]]:
         images = list(images)

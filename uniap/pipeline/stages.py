@@ -244,7 +244,8 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     if regions is not None and image is not None:
         from ..scores import BoundaryStrength
 
-        boundary = BoundaryStrength(regions, image)
+        boundary = BoundaryStrength(regions, image, pairs=getattr(grid, "edges", None),
+                                    strength=getattr(grid, "edge_strength", None))
     if regions is not None and hierarchy.level(0).semantic_labels is None:
         labels = None
         records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary)
