@@ -329,3 +329,19 @@ def test_a_downscaled_watershed_leaves_the_strength_to_the_records(monkeypatch):
     image = real_image()
     graph = refined(get_extractor("default"), "superpixels")(image)
     assert graph.edge_strength is None
+
+
+@given(st.integers(1, 40), st.integers(1, 4), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_persistence_of_stacks_that_do_not_nest(n, count, seed):
+    """Any stack (nested or not; the nested ones take a shortcut) equals best_ious' means."""
+    rng = np.random.default_rng(seed)
+    stack = [rng.integers(0, rng.integers(1, 6), n) for _ in range(count)]
+    area = rng.integers(1, 9, n)
+    got = scores.persistence(stack, area)
+    # pixels: node i repeated area[i] times
+    pixel_maps = np.stack([np.repeat(m, area) for m in stack])[:, None, :]
+    compact, ious = best_ious(pixel_maps)
+    for m, c, iou, p in zip(stack, compact, ious, got):
+        first = np.unique(c.ravel(), return_index=True)[1]
+        np.testing.assert_array_equal(p[np.repeat(m, area)[first]], iou.mean(axis=1))

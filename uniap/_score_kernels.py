@@ -39,6 +39,7 @@ def boundary_sums(regions, strength, y0, n, pair_keys, pair_sum, pair_count,
     height, width = regions.shape
     rows = strength.shape[0]
     others = np.empty(4, np.int64)
+    last_key, last_pair = np.int64(-1), 0  # boundary pixels come in runs of one pair
     for dy in range(rows):
         y = y0 + dy
         for x in range(width):
@@ -74,7 +75,10 @@ def boundary_sums(regions, strength, y0, n, pair_keys, pair_sum, pair_count,
                 continue
             value = np.float64(strength[dy, x])
             if k == 1:
-                p = _find(pair_keys, np.int64(s) * n + others[0])
+                key = np.int64(s) * n + others[0]
+                if key != last_key:
+                    last_key, last_pair = key, _find(pair_keys, key)
+                p = last_pair
                 pair_sum[p] += value
                 pair_count[p] += 1
                 continue

@@ -659,6 +659,7 @@ def hierarchy_records(
     unique: bool = True,
     image: np.ndarray | None = None,
     boundary: "BoundaryStrength | None" = None,
+    cells: np.ndarray | None = None,
 ) -> list[dict]:
     """Records of the masks of a (NumPy) hierarchy, finest level first; see module docs.
 
@@ -685,6 +686,10 @@ def hierarchy_records(
     boundary : uniap.scores.BoundaryStrength, optional
         The image's edge strength already gathered on the nodes' boundaries (instead of
         ``image``, when the caller needs it for other records too).
+    cells : ndarray of shape (H, W), integer, optional
+        With ``pixel_labels`` of a grid hierarchy upsampled by nearest neighbour: the (flat)
+        cell of every pixel (``grid.to_image(np.arange(cells).reshape(grid))``), so that the
+        scores are summed over the cells, not over the pixels (checked against the maps).
 
     Returns
     -------
@@ -722,7 +727,7 @@ def hierarchy_records(
         shape = image_shape[:2]
     crop = (0, 0, shape[1], shape[0])
     levels = h.levels
-    nodes = _Nodes.of(h, shape, pixel_labels, regions)
+    nodes = _Nodes.of(h, shape, pixel_labels, regions, cells)
     if boundary is None and image is not None:
         boundary = BoundaryStrength(nodes.regions(), image)
     node_maps = nodes.maps
@@ -779,7 +784,7 @@ class _Nodes:
         return cls(np.bincount(regions.ravel(), minlength=maps[0].size if maps else 0), maps, regions.size, regions)
 
     @classmethod
-    def of(cls, h: "Hierarchy", shape, pixel_labels, regions) -> "_Nodes":
+    def of(cls, h: "Hierarchy", shape, pixel_labels, regions, cells=None) -> "_Nodes":
         maps = [np.asarray(lv.labels).ravel() for lv in h.levels]
         if regions is not None:
             return cls.of_regions(regions, maps)
@@ -794,6 +799,12 @@ class _Nodes:
                 return rows.astype(dtype)[:, None] * dtype(h.shape[1]) + cols.astype(dtype)[None, :]
 
             return cls(area.ravel(), maps, shape[0] * shape[1], patch_of_pixel)
+        # pixel maps that are the cells' labels upsampled (nearest, the pipeline's default):
+        # the cells are the nodes (checked; other maps, bilinear upsampling's, fall through to
+        # their common refinement)
+        if cells is not None and cells.shape == pixel_labels.shape[1:] and \
+                all(np.array_equal(m[cells], lab) for m, lab in zip(maps, pixel_labels)):
+            return cls.of_regions(cells, maps)
         nodes, maps = _common_refinement(pixel_labels)
         return cls.of_regions(nodes, maps)
 

@@ -257,7 +257,10 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
                 semantic[i] = semantic_of_clusters(lv)[labels[i]]
         # the nodes are then the pixel maps' own (their common refinement): the image, not
         # the superpixels' boundary strength
-        records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique, image=image)
+        cells = None
+        if regions is None and upsampling == "nearest" and image is not None:  # scores on the patches
+            cells = grid.to_image(np.arange(int(np.prod(grid.grid_shape)), dtype=np.int32).reshape(grid.grid_shape))
+        records = hierarchy_records(hierarchy, pixel_labels=labels, unique=unique, image=image, cells=cells)
     if regions is None:
         return Encoded(records, labels, semantic)
     node_labels = np.asarray(hierarchy.labels)
