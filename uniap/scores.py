@@ -295,15 +295,46 @@ def persistence(stack: Sequence[np.ndarray], node_area: np.ndarray | None = None
         values, inverse = np.unique(m, return_inverse=True)
         uniq.append(values)
         compact.append(inverse.ravel())
-    sizes = [len(v) for v in uniq]
-    areas = [np.bincount(c, area, minlength=k) for c, k in zip(compact, sizes)]
-    count = len(maps)
+    ious = best_region_ious(compact, [len(v) for v in uniq], area)
+    out = []
+    for values, iou in zip(uniq, ious):
+        full = np.full(int(values.max()) + 1 if values.size else 0, np.nan)
+        full[values] = iou.mean(axis=1)
+        out.append(full)
+    return out
+
+
+def best_region_ious(compact: Sequence[np.ndarray], sizes: Sequence[int],
+                     weight: np.ndarray | None = None) -> list[np.ndarray]:
+    """For every region of every map, its best IoU with a region of each map.
+
+    Parameters
+    ----------
+    compact : sequence of M ndarrays of shape (N,), integer
+        Each map's region of every element (pixel or node), numbered ``0 .. sizes[m] - 1``.
+    sizes : sequence of M int
+    weight : ndarray of shape (N,), optional
+        Each element's area (1 each: pixels).
+
+    Returns
+    -------
+    list of M ndarrays (sizes[m], M)
+        ``out[a][r, b]``: the best IoU of region r of map a with a region of map b (1 at b = a).
+    """
+    areas = [np.bincount(c, weight, minlength=k) for c, k in zip(compact, sizes)]
+    count = len(compact)
     ious = [np.ones((k, count)) for k in sizes]
     for a in range(count):
         for b in range(a + 1, count):
             ka, kb = sizes[a], sizes[b]
-            codes, inverse = np.unique(compact[a] * kb + compact[b], return_inverse=True)
-            inter = np.bincount(inverse.ravel(), area, minlength=codes.size)
+            pair = compact[a] * kb + compact[b]
+            if weight is None and ka * kb <= 1 << 22:  # a count per pair of labels fits in memory
+                inter = np.bincount(pair, minlength=ka * kb)
+                codes = np.flatnonzero(inter)
+                inter = inter[codes]
+            else:
+                codes, inverse = np.unique(pair, return_inverse=True)
+                inter = np.bincount(inverse.ravel(), weight, minlength=codes.size)
             ra, rb = codes // kb, codes % kb
             with np.errstate(invalid="ignore"):  # regions of no pixel (a map of a shrunk image): NaN
                 iou = inter / (areas[a][ra] + areas[b][rb] - inter)
@@ -313,12 +344,7 @@ def persistence(stack: Sequence[np.ndarray], node_area: np.ndarray | None = None
             np.maximum.at(best_b, rb, iou)
             ious[a][:, b] = best_a
             ious[b][:, a] = best_b
-    out = []
-    for values, iou in zip(uniq, ious):
-        full = np.full(int(values.max()) + 1 if values.size else 0, np.nan)
-        full[values] = iou.mean(axis=1)
-        out.append(full)
-    return out
+    return ious
 
 
 def _nested_persistence(maps: list[np.ndarray], area: np.ndarray) -> list[np.ndarray] | None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..scores import edge_strength  # one definition for the records' score and these rules
+from ..scores import best_region_ious, edge_strength  # one definition for the records' score and these rules
 
 __all__ = ["SCORES", "best_ious", "boundary_contrast", "edge_strength", "proposals_from_levels", "rank_value"]
 
@@ -83,27 +83,7 @@ def best_ious(levels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         c, k = _compact(np.asarray(lab))
         compact.append(c.ravel())
         sizes.append(k)
-    areas = [np.bincount(c, minlength=k).astype(np.float64) for c, k in zip(compact, sizes)]
-    n = len(compact)
-    ious = [np.ones((k, n)) for k in sizes]
-    for a in range(n):
-        for b in range(a + 1, n):
-            ka, kb = sizes[a], sizes[b]
-            pair = compact[a] * kb + compact[b]
-            if ka * kb <= 1 << 22:
-                inter = np.bincount(pair, minlength=ka * kb)
-                codes = np.flatnonzero(inter)
-                inter = inter[codes]
-            else:
-                codes, inter = np.unique(pair, return_counts=True)
-            ra, rb = codes // kb, codes % kb
-            iou = inter / (areas[a][ra] + areas[b][rb] - inter)
-            best_a = np.zeros(ka)
-            np.maximum.at(best_a, ra, iou)
-            best_b = np.zeros(kb)
-            np.maximum.at(best_b, rb, iou)
-            ious[a][:, b] = best_a
-            ious[b][:, a] = best_b
+    ious = best_region_ious(compact, sizes)
     shapes = [np.asarray(lab).shape for lab in levels]
     return [c.reshape(s) for c, s in zip(compact, shapes)], ious
 
