@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from .features.regions import REFINES, REGION_LEVELS, superpixel_options
-from .options import DEFAULT_LEVELS
+from .core.options import DEFAULT_LEVELS
 from .superpixels import DEFAULT_METHOD, DEFAULT_SIZE, METHODS
 from .pipeline.runner import NUMBA_PAYS_OFF
 
@@ -27,7 +27,7 @@ class UsageError(Exception):
 
 def _levels(text: str) -> tuple[float, ...]:
     """``0.8,0.6,0.4`` (commas, spaces or both between numbers) as checked thresholds."""
-    from .options import check_levels
+    from .core.options import check_levels
 
     try:
         values = [float(v) for v in text.replace(",", " ").split()]
@@ -76,7 +76,7 @@ def resolve_shard(shard: tuple[int, int] | str | None, device: str | None) -> tu
 
 def add_version(parser: argparse.ArgumentParser) -> None:
     """``--version``: the program's name and uniap's version, then exit 0."""
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -130,6 +131,24 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         raise
 
 
+def stable_image_ids(keys: Sequence[str]) -> list[int]:
+    """Image ids from the keys alone: 52 bits of their SHA-1, unique among ``keys``.
+
+    The same key gets the same id in every shard and every run over the same inputs (a clash,
+    about one in a million pairs of 10M images, moves the later key in sorted order to the
+    next free id).  Ids stay below 2**52, exact in JSON readers that use doubles.
+    """
+    taken: set[int] = set()
+    ids = []
+    for key in keys:
+        image_id = int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:7], "big") >> 4
+        while image_id in taken or image_id == 0:
+            image_id = (image_id + 1) % (1 << 52)
+        taken.add(image_id)
+        ids.append(image_id)
+    return ids
+
+
 def json_text(document: Any) -> str:
     """``document`` as compact JSON (the text every writer of uniap produces)."""
     return json.dumps(document, separators=(",", ":"))
@@ -150,7 +169,7 @@ def sam_document(image_info: dict, uniap_info: dict, records: list[dict]) -> dic
     image_info : dict
         ``file_name``, ``height``, ``width`` and optionally ``image_id`` (and anything else,
         kept).  Without an ``image_id``, the image gets the stable id of its ``file_name``
-        (:func:`uniap.pipeline.plan.stable_image_ids`), the id ``uniap-cli`` gives it.
+        (:func:`stable_image_ids`), the id ``uniap-cli`` gives it.
     uniap_info : dict
         The run's settings (``uniap`` block).
     records : list of dict
@@ -171,7 +190,6 @@ def sam_document(image_info: dict, uniap_info: dict, records: list[dict]) -> dic
     if image.get("image_id") is None:
         if "file_name" not in image:
             raise ValueError("image_info needs an image_id or a file_name to derive one from")
-        from .pipeline.plan import stable_image_ids
 
         image["image_id"] = stable_image_ids([str(image["file_name"])])[0]
     image = {"image_id": image.pop("image_id"), **image}
@@ -634,7 +652,6 @@ def read_record_sets(path: str | os.PathLike, max_records: int | None = None,
             sets.append(entry)
     missing = [entry for entry in sets if entry[0].get("image_id") is None]
     if missing:  # SAM files from before image ids: the ids uniap-cli gives their names
-        from .pipeline.plan import stable_image_ids
 
         for entry, image_id in zip(missing, stable_image_ids([e[0]["file_name"] for e in missing])):
             entry[0]["image_id"] = image_id

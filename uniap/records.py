@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from .hierarchy import Hierarchy
+    from .core.hierarchy import Hierarchy
 
 # Interior points are searched on a strided subsample of about this many pixels.
 POINT_SAMPLES = 1 << 14
@@ -594,7 +594,7 @@ def _level_maps(
     if pixel_labels is not None:
         samples = [np.ascontiguousarray(pixel_labels[i, ::stride, ::stride]) for i in range(len(h))]
         return (pixel_labels[i] for i in range(len(h))), samples
-    from .hierarchy import nearest_index
+    from .core.graph import nearest_index
 
     rows, cols = (nearest_index(n_out, n_in) for n_out, n_in in zip(shape, h.shape))
     grids = [np.asarray(lv.labels) for lv in h.levels]

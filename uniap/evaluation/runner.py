@@ -101,7 +101,7 @@ def evaluate(dataset, segmenter, benchmark, *, workers: int = 1, progress: bool 
     EvaluationError
         When no image could be scored, or images disagree on the number of levels.
     """
-    from .. import __version__
+    from .._version import __version__
 
     start = time.perf_counter()
     n = len(dataset.samples)

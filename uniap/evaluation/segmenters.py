@@ -153,7 +153,7 @@ class Uniap(Segmenter):
         super().__init__(score, min_area)
         from ..features import REFINES, get_extractor, refined
         from ..features.regions import default_levels, superpixel_options
-        from ..options import check_levels
+        from ..core.options import check_levels
         from ..pixels import UPSAMPLING
 
         if refine not in REFINES:
@@ -193,7 +193,7 @@ class Uniap(Segmenter):
         return [f"t={t:g}" for t in self.levels]
 
     def warm_up(self) -> None:
-        from ..api import segment
+        from ..core.api import segment
 
         segment(np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32), levels=self.levels,
                 **self.options)

@@ -56,7 +56,7 @@ def default_levels(refine: str = "superpixels") -> tuple[float, ...]:
     tuple of float
         :data:`REGION_LEVELS` for superpixels, :data:`uniap.DEFAULT_LEVELS` for patches.
     """
-    from ..options import DEFAULT_LEVELS
+    from ..core.options import DEFAULT_LEVELS
 
     if refine not in REFINES:
         raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")

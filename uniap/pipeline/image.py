@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..api import segment, segment_graph
-from ..hierarchy import Hierarchy
+from ..core.api import segment, segment_graph
+from ..core.hierarchy import Hierarchy
 from .stages import encode, uniap_info
 
 

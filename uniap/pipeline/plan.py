@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..io import stable_image_ids
+from .errors import PlanError
 from .sources import Item, output_stem
 
 # Output kinds: the per-image files a job can write.
@@ -36,10 +38,6 @@ SAM, PNG, VIZ = "sam", "png", "viz"
 FAILURES = "failures.jsonl"
 SIGNATURE_FILE = "uniap.json"  # inside a --format png folder
 _SIGNATURE_RE = re.compile(rb'"signature":"([0-9a-f]{8,64})"')
-
-
-class PlanError(ValueError):
-    """Outputs that cannot be written safely (a clash with an input, an existing file, ...)."""
 
 
 @dataclass(frozen=True)
@@ -82,24 +80,6 @@ class Plan:
     keys: frozenset = frozenset()  # keys of this shard's images (jobs, done and refused)
     stale: list[str] = field(default_factory=list)  # every output path of this shard's images
     lock_paths: list[str] = field(default_factory=list)
-
-
-def stable_image_ids(keys: Sequence[str]) -> list[int]:
-    """Image ids from the keys alone: 52 bits of their SHA-1, unique among ``keys``.
-
-    The same key gets the same id in every shard and every run over the same inputs (a clash,
-    about one in a million pairs of 10M images, moves the later key in sorted order to the
-    next free id).  Ids stay below 2**52, exact in JSON readers that use doubles.
-    """
-    taken: set[int] = set()
-    ids = []
-    for key in keys:
-        image_id = int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:7], "big") >> 4
-        while image_id in taken or image_id == 0:
-            image_id = (image_id + 1) % (1 << 52)
-        taken.add(image_id)
-        ids.append(image_id)
-    return ids
 
 
 def signature(settings: dict[str, Any]) -> str:
