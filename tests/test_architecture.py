@@ -186,8 +186,11 @@ def test_inner_layers_never_import_the_package_root(graph):
     assert not [m for m in graph if m.startswith("uniap.") and "uniap" in graph[m]]
 
 
-def test_io_imports_no_pipeline(graph):
-    assert not [o for o in _reaches(graph, "uniap.io") if _under(o, ("uniap.pipeline", "uniap.cli"))]
+def test_formats_and_io_import_no_pipeline_or_command(graph):
+    """Formats are below the pipeline: the pipeline, the planner and the commands read them."""
+    for top in ("uniap.io", "uniap.formats"):
+        assert not [o for o in _reaches(graph, top)
+                    if _under(o, ("uniap.pipeline", "uniap.cli", "uniap.merge", "uniap.features"))], top
 
 
 def test_import_uniap_is_cheap():

@@ -126,10 +126,10 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     help="a file for one image; a folder (existing, ending in '/', or for several "
                     "images) mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
                     "--format coco: one file; --format png: a folder with one folder per image")
-    io.add_argument("--format", choices=("sam", "coco", "png", "parquet"), default="sam",
-                    help="sam: one SA-1B-like JSON per image (default); coco: one COCO data set; "
-                    "png: 16-bit label maps per level plus metadata.csv; parquet: part files, "
-                    "one row per record")
+    from . import formats  # the registry: choices and help, one entry per format
+
+    io.add_argument("--format", choices=formats.names(), default="sam",
+                    help="; ".join(f"{fmt.name}: {fmt.help}" for fmt in formats.formats()))
     io.add_argument("--image-ids", metavar="COCO_JSON",
                     help="take image ids from this COCO file, matched by file_name (default: stable "
                     "ids from each image's relative path)")
@@ -154,7 +154,7 @@ def read_image_ids(path: str | None) -> dict[str, int] | None:
     """``--image-ids``: image id by relative path from a COCO file (None without one)."""
     if path is None:
         return None
-    from .io import coco_image_ids
+    from .formats.coco import coco_image_ids
 
     try:
         return coco_image_ids(path)

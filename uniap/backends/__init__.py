@@ -14,7 +14,7 @@ True
 from __future__ import annotations
 
 from .base import Backend
-from .registry import _AUTO_CACHE, _AUTO_ORDER, _REGISTRY, available, for_array, get, names, register
+from .registry import _AUTO_CACHE, _AUTO_ORDER, _REGISTRY, available, for_array, get, names, register  # noqa: F401
 
 from . import numpy_backend as _numpy_backend  # noqa: F401  (registers "numpy")
 from . import numba_backend as _numba_backend  # noqa: F401  (registers "numba")
