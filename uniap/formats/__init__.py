@@ -19,7 +19,7 @@ from . import coco, parquet, png, sam
 from .files import atomic_path, json_text, write_json
 from .ids import as_id, stable_image_ids
 from .reading import DEFAULT_MAX_RECORDS, read_record_sets, read_records
-from .registry import Format, PlanError, formats, get, names, register
+from .registry import Format, PlanError, formats, get, names, register, unregister
 
 # The built-in formats, in the order of --format's choices.  A new format: one line.
 register(sam.FORMAT)
@@ -41,5 +41,6 @@ __all__ = [
     "read_records",
     "register",
     "stable_image_ids",
+    "unregister",
     "write_json",
 ]

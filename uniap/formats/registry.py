@@ -100,6 +100,11 @@ def register(fmt: Format) -> Format:
     return fmt
 
 
+def unregister(name: str) -> Format:
+    """Remove the format called ``name`` and return it (a plugin's tests, the docs' examples)."""
+    return _REGISTRY.pop(get(name).name)
+
+
 def names() -> list[str]:
     """Registered format names, in the order they were registered (``--format``'s choices)."""
     return list(_REGISTRY)
