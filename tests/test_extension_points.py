@@ -210,5 +210,12 @@ def test_a_new_recipe_is_one_class_and_one_entry(monkeypatch):
 
     monkeypatch.setitem(RECIPES, "halved", Halved)
     assert get_recipe("halved") is Halved
-    for method in ("view_sizes", "build_dataset", "build_student", "build_loss", "loss", "embedder"):
+    for method in ("view_sizes", "build_dataset", "build_student", "build_loss", "loss", "embedder",
+                   "param_groups"):
         assert callable(getattr(Halved, method)), method
+    # the protocol's defaults (uniap_train/recipes/base.py): a recipe serves the predictor only
+    # when it says so, as the paper's mask decoder does
+    assert Halved.trains_backbone is False and Halved.metric_columns == ()
+    assert not Halved.serves_predictor and RECIPES["paper"].serves_predictor
+    with pytest.raises(NotImplementedError, match="gives no masks"):
+        Halved.predictor_model(8, None, None)
