@@ -64,18 +64,15 @@ class RunSummary:
 
 def check_refine(refine: str, refine_options: dict | None, upsampling: str,
                  segment_options: dict | None) -> None:
-    """Raise ValueError naming the option when ``refine`` and the other options do not fit."""
-    from ..features import REFINES
+    """Raise ValueError naming the option when ``refine`` and the other options do not fit
+    (:func:`uniap.features.regions.check_refine`, the one rule)."""
+    from ..features.regions import check_refine as check
 
-    if refine not in REFINES:
-        raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
-    if refine == "superpixels":
-        if upsampling != "nearest":
-            raise ValueError("upsampling applies to refine 'none' only: superpixel levels are pixel-accurate")
-        if "connectivity" in (segment_options or {}):
-            raise ValueError("connectivity applies to refine 'none' only: superpixels are joined where they touch")
-    elif refine_options:
-        raise ValueError(f"{', '.join(sorted(refine_options))} applies to refine 'superpixels' only")
+    connectivity = (segment_options or {}).get("connectivity")
+    if "connectivity" in (segment_options or {}) and connectivity is None:
+        connectivity = 0  # named, even as None: refused with superpixels, as before
+    check(refine, upsampling=upsampling, superpixel_options=sorted(refine_options or {}),
+          connectivity=connectivity)
 
 
 def run(
