@@ -204,17 +204,43 @@ def test_import_uniap_is_cheap():
     assert "uniap.core.api" in loaded
 
 
-def test_old_module_paths_are_the_moved_modules():
+def test_old_module_paths_read_the_moved_modules():
     import uniap.api
     import uniap.core
     import uniap.engine
+    import uniap.evaluation.runner
+    import uniap.evaluation.scoring
     import uniap.graph
     import uniap.hierarchy
     import uniap.options
 
-    assert uniap.engine is uniap.core.levels
-    assert uniap.hierarchy is uniap.core.hierarchy and uniap.api is uniap.core.api
-    assert uniap.graph is uniap.core.graph and uniap.options is uniap.core.options
+    assert uniap.engine.run_levels is uniap.core.levels.run_levels
+    assert uniap.engine.PROFILE_BYTES == uniap.core.levels.PROFILE_BYTES
+    assert uniap.hierarchy.Hierarchy is uniap.core.hierarchy.Hierarchy
+    assert uniap.hierarchy.nearest_index is uniap.core.graph.nearest_index
+    assert uniap.api.segment is uniap.core.api.segment and uniap.graph.Graph is uniap.core.graph.Graph
+    assert uniap.options.resolve_options is uniap.core.options.resolve_options
+    assert uniap.evaluation.runner.evaluate is uniap.evaluation.scoring.evaluate
+    assert "run_levels" in dir(uniap.engine)
+    from uniap.engine import _initial_profiles  # private names too (PEP 562)
+
+    assert _initial_profiles is uniap.core.levels._initial_profiles
+    with pytest.raises(AttributeError):
+        uniap.engine.nope  # noqa: B018
     assert uniap.segment_image is __import__("uniap.pipeline.image", fromlist=["x"]).segment_image
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         uniap.nope  # noqa: B018
+
+
+def test_old_uniap_train_paths_read_the_moved_modules():
+    pytest.importorskip("torch")
+    import uniap_train.decoder
+    import uniap_train.loss
+    import uniap_train.matching
+    import uniap_train.model
+    from uniap_train.recipes import paper, released
+
+    assert uniap_train.decoder.PaperModel is paper.model.PaperModel
+    assert uniap_train.matching.hungarian is paper.loss.hungarian
+    assert uniap_train.loss.QuerySDLoss is released.loss.QuerySDLoss
+    assert uniap_train.model.ema_update is released.model.ema_update

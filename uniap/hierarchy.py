@@ -1,12 +1,19 @@
 """Old path of :mod:`uniap.core.hierarchy` (the Hierarchy and Level results), kept so that old imports keep working.
 
-The module *is* ``uniap.core.hierarchy``: ``import uniap.hierarchy`` returns the same module object, so
-attributes set on one (a test's monkeypatch) are seen by the other.  New code imports
-``uniap.core.hierarchy`` (docs/architecture.md).
+Every name of ``uniap.core.hierarchy`` is read through this module (module ``__getattr__``); set
+attributes (a test's monkeypatch) on ``uniap.core.hierarchy`` itself.  New code imports it
+(docs/architecture.md).
 """
 
-import sys
+from typing import Any
 
 from .core import hierarchy as _module
 
-sys.modules[__name__] = _module
+
+def __getattr__(name: str) -> Any:
+    """Every name of the moved module, read from it (set attributes there, not here)."""
+    return getattr(_module, name)
+
+
+def __dir__() -> list[str]:
+    return dir(_module)

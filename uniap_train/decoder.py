@@ -1,11 +1,18 @@
 """Old path of :mod:`uniap_train.recipes.paper.model` (the paper recipe's mask decoder (PaperModel)), kept so that old imports keep working.
 
-The module *is* ``uniap_train.recipes.paper.model`` (the same module object): each recipe's model and loss
+Every name of ``uniap_train.recipes.paper.model`` is read through this module (module ``__getattr__``): each recipe's model and loss
 live in its own folder, ``uniap_train/recipes/<name>/`` (``docs/architecture.md``).
 """
 
-import sys
+from typing import Any
 
 from .recipes.paper import model as _module
 
-sys.modules[__name__] = _module
+
+def __getattr__(name: str) -> Any:
+    """Every name of the moved module, read from it (set attributes there, not here)."""
+    return getattr(_module, name)
+
+
+def __dir__() -> list[str]:
+    return dir(_module)
