@@ -110,9 +110,10 @@ def output_layout(count: int, *, out: str, format: str, viz: str | None, single:
     """Whether ``--out`` and ``--viz`` are folders for a run of ``count`` images (PlanError when
     an existing file stands where a folder is needed, or the reverse)."""
     single = single and count == 1
-    either = get_format(format).out == "file-or-folder"  # the format's layout rule
-    out_is_folder = get_format(format).out == "folder" or (either and (not single or folder_like(out)))
-    if get_format(format).out == "file" and folder_like(out):
+    layout = get_format(format).out  # the format's layout rule: file, folder or file-or-folder
+    either = layout == "file-or-folder"
+    out_is_folder = layout == "folder" or (either and (not single or folder_like(out)))
+    if layout == "file" and folder_like(out):
         raise PlanError(f"--format {format} writes one file, but --out {out} is a folder")
     if either and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
         raise PlanError(f"--out {out} is a file, but {count} images need a folder")
