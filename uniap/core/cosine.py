@@ -24,7 +24,10 @@ def row_norms(xp: Any, v: Any, eps: float = EPS) -> Any:
     >>> row_norms(np, np.array([[3.0, 4.0], [0.0, 0.0]]), 1e-3).tolist()
     [5.0, 0.001]
     """
-    norms = xp.linalg.vector_norm(v, axis=1)
+    if _host(xp):  # NumPy's vector_norm squares into a temporary as large as v; vecdot does not
+        norms = xp.sqrt(xp.vecdot(v, v, axis=1))
+    else:  # one reduction kernel on a device
+        norms = xp.linalg.vector_norm(v, axis=1)
     # Not xp.clip: array-api-compat's clip for CuPy assigns through boolean masks, and a
     # boolean-mask gather waits for the device (it sizes its result from the data); this is
     # called in every pass.  A Python scalar keeps the dtype (and torch needs no copy of it
@@ -48,6 +51,7 @@ def cosine(xp: Any, take: Callable[[Any, Any], Any], feats: Any, norms: Any | No
     [0.7071, 0.0]
     """
     m = int(a.shape[0])
+    host = _host(xp)
     step = max(1, block // max(1, int(feats.shape[1])))
     out = None if m <= step else xp.empty((m,), dtype=feats.dtype, device=_device(feats))
     for s in range(0, m, step):
@@ -57,8 +61,13 @@ def cosine(xp: Any, take: Callable[[Any, Any], Any], feats: Any, norms: Any | No
             scale = row_norms(xp, fa, eps) * row_norms(xp, fb, eps)
         else:
             scale = take(norms, ia) * take(norms, ib)
-        dots = xp.sum(fa * fb, axis=1) / scale
+        dots = (xp.vecdot(fa, fb, axis=1) if host else xp.sum(fa * fb, axis=1)) / scale
         if out is None:
             return dots
         out[s : s + step] = dots
     return out if out is not None else xp.empty((0,), dtype=feats.dtype, device=_device(feats))
+
+
+def _host(xp: Any) -> bool:
+    """Whether ``xp`` is NumPy's namespace (the host loops: NumPy and Numba backends)."""
+    return xp.__name__.rsplit(".", 1)[-1] == "numpy"
