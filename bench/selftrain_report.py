@@ -30,7 +30,7 @@ def heldout_rows(run: Path, data: str, limit: int | None, workers: int) -> list[
     """COCO AP50 / AR@100 of every kept checkpoint of ``run``, cached in ``run/heldout.csv``."""
     from uniap.evaluation.benchmarks import CocoBenchmark
     from uniap.evaluation.datasets import open_dataset
-    from uniap.evaluation.runner import evaluate
+    from uniap.evaluation.scoring import evaluate
     from uniap_train.segmenter import CheckpointSegmenter
 
     cache = run / "heldout.csv"

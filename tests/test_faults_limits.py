@@ -193,8 +193,9 @@ def test_parquet_is_streamed_in_batches(tmp_path):
 
 def test_parquet_records_read_back_across_batches(tmp_path, monkeypatch):
     from uniap import io
+    from uniap.formats import parquet
 
-    monkeypatch.setattr(io, "PARQUET_BATCH_ROWS", 3, raising=False)  # images across batches
+    monkeypatch.setattr(parquet, "PARQUET_BATCH_ROWS", 3)  # images across batches
     records = [{"id": i, "segmentation": {"size": [2, 2], "counts": "04"}, "levels": [0, 1], "extra": {"k": i}}
                for i in range(1, 8)]
     items = [({"file_name": "a.jpg", "image_id": 5, "height": 2, "width": 2}, records[:4]),

@@ -4,7 +4,8 @@
 halos for the texture filters), fits the words on descriptors computed at the sampled pixels
 only, and never pads the image into a copy.  The reference below is the whole-image pipeline as
 it was before that change, copied verbatim (only renamed, and with the band size of the soft
-assignment as an argument): every feature must equal it bit for bit.
+assignment as an argument), except k-means, which banding did not change and which is checked
+on its own against independent references: every feature must equal it bit for bit.
 """
 
 from __future__ import annotations
@@ -201,22 +202,10 @@ def _ref_soft_histograms(desc, centres, tau, p, chunk):
 
 
 def _ref_kmeans(pts, k, rng, iters=8):
-    n, d = pts.shape
-    centres = np.empty((k, d))
-    centres[0] = pts[rng.integers(n)]
-    closest = ((pts - centres[0]) ** 2).sum(1)
-    for j in range(1, k):
-        total = closest.sum()
-        i = rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)
-        centres[j] = pts[i]
-        np.minimum(closest, ((pts - pts[i]) ** 2).sum(1), out=closest)
-    for _ in range(iters):
-        label = ((centres * centres).sum(1) - 2.0 * (pts @ centres.T)).argmin(1)
-        count = np.bincount(label, minlength=k)
-        sums = np.stack([np.bincount(label, pts[:, c], minlength=k) for c in range(d)], axis=1)
-        filled = count > 0
-        centres[filled] = sums[filled] / count[filled, None]
-    return centres
+    # Not copied: the library's own k-means, which banding did not touch.  A copy of it here
+    # would compare the code with itself; test_kmeans_is_kmeans_plus_plus_then_lloyd checks it
+    # against independent references (a brute-force seeding, SciPy's Lloyd iterations).
+    return default._kmeans(pts, k, rng, iters)
 
 
 def _ref_sq_dist(x, c):
@@ -416,3 +405,37 @@ def test_memory_is_bounded_by_the_image_not_by_whole_image_temporaries(chunk):
     assert peak < bound, f"with shared words: peak {peak / 1e6:.1f} MB, bound {bound / 1e6:.1f} MB"
     _, peak = _peak_bytes(lambda: ex.fit([img]))
     assert peak < 3 * img.nbytes, f"fit: peak {peak / 1e6:.1f} MB"
+
+
+def _brute_force_seeds(pts, k, rng):
+    """k-means++ seeding by its definition, point by point: the first centre uniform, each next
+    one drawn with probability proportional to D(x)^2, the squared distance to the nearest
+    centre chosen so far (Arthur & Vassilvitskii, 2007), drawing from ``rng`` as uniap does."""
+    n = len(pts)
+    chosen = [int(rng.integers(n))]
+    for _ in range(1, k):
+        d2 = np.array([min(float(np.sum((x - pts[c]) ** 2)) for c in chosen) for x in pts])
+        chosen.append(int(rng.choice(n, p=d2 / d2.sum())) if d2.sum() > 0 else int(rng.integers(n)))
+    return pts[chosen].copy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_is_kmeans_plus_plus_then_lloyd(seed):
+    """``default._kmeans`` against independent references: the brute-force seeding above, then
+    SciPy's Lloyd iterations (``kmeans2`` from those seeds; an empty cluster keeps its centre in
+    both), on points in well-separated blobs where no assignment is a near tie."""
+    from scipy.cluster.vq import kmeans2
+
+    data_rng = np.random.default_rng(100 + seed)
+    k, iters = 5, 20
+    blobs = data_rng.normal(scale=20.0, size=(k + 2, 3))
+    pts = (blobs[data_rng.integers(k + 2, size=300)] + data_rng.normal(size=(300, 3))).astype(np.float64)
+    got = default._kmeans(pts, k, np.random.default_rng(seed), iters)
+    seeds = _brute_force_seeds(pts, k, np.random.default_rng(seed))
+    with np.errstate(all="ignore"):
+        want, _ = kmeans2(pts, seeds, iter=iters, minit="matrix", missing="warn")
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    # and Lloyd's fixed point: each centre is the mean of the points nearest to it
+    label = np.argmin(((pts[:, None, :] - got[None]) ** 2).sum(-1), axis=1)
+    for j in np.unique(label):
+        np.testing.assert_allclose(got[j], pts[label == j].mean(0), rtol=1e-9, atol=1e-9)

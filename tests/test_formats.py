@@ -14,6 +14,7 @@ from PIL import Image
 from uniap import io
 from uniap.cli import main as cli
 from uniap.merge import main as merge
+from uniap.formats import parquet as parquet_format
 from uniap.pipeline import sinks
 
 pytest.importorskip("pyarrow")
@@ -268,7 +269,7 @@ def test_parquet_keeps_unknown_keys_as_json(tmp_path):
 
 
 def test_parquet_shards_name_their_parts_and_add_up(tree, tmp_path, monkeypatch):
-    monkeypatch.setattr(sinks, "IMAGES_PER_PART", 1)
+    monkeypatch.setattr(parquet_format, "IMAGES_PER_PART", 1)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli([str(tree), "--out", str(whole), "--format", "parquet", "--quiet"]) == 0
     assert sorted(p.name for p in whole.iterdir()) == [f"part-0000{k}.parquet" for k in range(3)]
@@ -283,7 +284,7 @@ def test_parquet_shards_name_their_parts_and_add_up(tree, tmp_path, monkeypatch)
 
 def test_parquet_refuses_existing_parts_without_overwrite(tree, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pq"
-    monkeypatch.setattr(sinks, "IMAGES_PER_PART", 1)
+    monkeypatch.setattr(parquet_format, "IMAGES_PER_PART", 1)
     assert cli([str(tree), "--out", str(out), "--format", "parquet", "--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert run(cli, [str(tree), "--out", str(out), "--format", "parquet", "--quiet"]) == 2
@@ -292,7 +293,7 @@ def test_parquet_refuses_existing_parts_without_overwrite(tree, tmp_path, monkey
     # a shard would mix with the unsharded parts: refused too
     assert run(cli, [str(tree), "--out", str(out), "--format", "parquet", "--shard", "0/2", "--quiet"]) == 2
     # --overwrite rewrites them; a run with fewer parts removes the stale ones
-    monkeypatch.setattr(sinks, "IMAGES_PER_PART", 2)
+    monkeypatch.setattr(parquet_format, "IMAGES_PER_PART", 2)
     assert cli([str(tree), "--out", str(out), "--format", "parquet", "--overwrite", "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
     assert len(io.read_records(out)) == 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import uniap
-import uniap.engine
+import uniap.core.levels
 from uniap.synthetic import piecewise_features
 
 
@@ -34,11 +34,11 @@ def test_stride4_vit_b_grid_is_linear(backend):
 
 @pytest.mark.parametrize("options", [{"preset": "paper"}, {"preset": "paper", "semantic": True}])
 def test_paper_preset_profiles_are_chunked(monkeypatch, options):
-    # Profiles beyond uniap.engine.PROFILE_BYTES: the chunked products, linear memory.
+    # Profiles beyond uniap.core.levels.PROFILE_BYTES: the chunked products, linear memory.
     n_side = 40  # N = 1600 cells: one N x N float64 array would take 20 MB
     x = piecewise_features((n_side, n_side), channels=16, seed=3, dtype=np.float64)
-    monkeypatch.setattr(uniap.engine, "CHUNK_ELEMENTS", 1 << 14)
-    monkeypatch.setattr(uniap.engine, "PROFILE_BYTES", 0)
+    monkeypatch.setattr(uniap.core.levels, "CHUNK_ELEMENTS", 1 << 14)
+    monkeypatch.setattr(uniap.core.levels, "PROFILE_BYTES", 0)
     peak = peak_bytes(lambda: uniap.segment(x, backend="numpy", **options))
     assert peak < 4_000_000, peak
 
@@ -48,7 +48,7 @@ def test_paper_preset_profiles_take_one_float32_matrix_per_image(monkeypatch, op
     # Within the budget: one N x N float32 matrix per image (#22), and little beside it.
     n_side = 40
     x = piecewise_features((n_side, n_side), channels=16, seed=3, dtype=np.float64)
-    monkeypatch.setattr(uniap.engine, "CHUNK_ELEMENTS", 1 << 14)
+    monkeypatch.setattr(uniap.core.levels, "CHUNK_ELEMENTS", 1 << 14)
     peak = peak_bytes(lambda: uniap.segment(x, backend="numpy", **options))
     profiles = (n_side * n_side) ** 2 * 4
     assert profiles < peak < profiles + 4_000_000, (peak, profiles)

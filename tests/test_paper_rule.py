@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import uniap
-import uniap.engine
+import uniap.core.levels
 import uniap.testing
 from uniap.synthetic import piecewise_features
 
@@ -36,23 +36,23 @@ if "torch" in BACKENDS:
 @contextlib.contextmanager
 def profiles_in(mode):
     """Run the fast path with "float32" (the default) or "float64" profiles."""
-    saved = uniap.engine.FLOAT32_PROFILES
-    uniap.engine.FLOAT32_PROFILES = mode == "float32"
+    saved = uniap.core.levels.FLOAT32_PROFILES
+    uniap.core.levels.FLOAT32_PROFILES = mode == "float32"
     try:
         yield
     finally:
-        uniap.engine.FLOAT32_PROFILES = saved
+        uniap.core.levels.FLOAT32_PROFILES = saved
 
 
 @contextlib.contextmanager
 def chunked_products():
     """Run the engine without profiles (the previous implementation)."""
-    saved = uniap.engine.PROFILE_BYTES
-    uniap.engine.PROFILE_BYTES = 0
+    saved = uniap.core.levels.PROFILE_BYTES
+    uniap.core.levels.PROFILE_BYTES = 0
     try:
         yield
     finally:
-        uniap.engine.PROFILE_BYTES = saved
+        uniap.core.levels.PROFILE_BYTES = saved
 
 
 def _convert(backend):
@@ -123,17 +123,17 @@ def test_every_profile_option_agrees(backend, mode, x, levels, pooling, vote_wei
 @given(x=grids(max_side=16, max_channels=32), levels=levels_strategy, semantic=st.booleans())
 def test_scores_near_a_threshold_are_rescored_exactly(x, levels, semantic):
     # A wide tolerance sends most scores through the exact re-scoring (edges and pairs).
-    saved = uniap.engine.float32_profile_tolerance
-    uniap.engine.float32_profile_tolerance = lambda options, channels: 0.5
+    saved = uniap.core.levels.float32_profile_tolerance
+    uniap.core.levels.float32_profile_tolerance = lambda options, channels: 0.5
     try:
         compare(x, "numba" if "numba" in BACKENDS else "numpy", levels=levels, preset="paper", semantic=semantic)
     finally:
-        uniap.engine.float32_profile_tolerance = saved
+        uniap.core.levels.float32_profile_tolerance = saved
 
 
 def test_float32_tolerance_bounds_the_profile_error(rng):
     # The bound of float32_profile_tolerance against the actual error of float32 F F^T.
-    from uniap.engine import float32_profile_tolerance
+    from uniap.core.levels import float32_profile_tolerance
     from uniap.options import resolve_options
 
     for c in (3, 64, 384):
@@ -181,7 +181,7 @@ def test_margins_match_the_chunked_products(rng):
 
 
 def test_profiles_are_kept_within_the_budget(monkeypatch, rng):
-    from uniap.engine import _Context, _initial_profiles
+    from uniap.core.levels import _Context, _initial_profiles
     from uniap.options import resolve_options
 
     be = uniap.backends.get("numpy")
@@ -194,7 +194,7 @@ def test_profiles_are_kept_within_the_budget(monkeypatch, rng):
     ctx.profile_tol = 1e-4
     assert [p.dtype for p in _initial_profiles(ctx, offsets)] == [np.float32, np.float32]
     ctx.profile_tol = 0.0
-    monkeypatch.setattr(uniap.engine, "PROFILE_BYTES", (10 * 10 + 20 * 20) * 8 - 1)
+    monkeypatch.setattr(uniap.core.levels, "PROFILE_BYTES", (10 * 10 + 20 * 20) * 8 - 1)
     assert _initial_profiles(ctx, offsets) is None
     ctx = _Context(be=be, xp=np, options=resolve_options(), unit=unit)
     assert _initial_profiles(ctx, offsets) is None  # the released rule needs none
@@ -221,14 +221,14 @@ def test_a_batch_too_large_for_its_profiles_runs_group_by_group(monkeypatch, sem
               for h, w in ((12, 10), (9, 14), (11, 11))]
     alone = [uniap.segment(g, preset="paper", semantic=semantic, backend="numpy") for g in grids_]
     largest = max(g.shape[0] * g.shape[1] for g in grids_)
-    monkeypatch.setattr(uniap.engine, "PROFILE_BYTES", 4 * (largest**2 + 50))  # one image's, not two
+    monkeypatch.setattr(uniap.core.levels, "PROFILE_BYTES", 4 * (largest**2 + 50))  # one image's, not two
     kept = []
-    real = uniap.engine._initial_profiles
-    monkeypatch.setattr(uniap.engine, "_initial_profiles",
+    real = uniap.core.levels._initial_profiles
+    monkeypatch.setattr(uniap.core.levels, "_initial_profiles",
                         lambda ctx, offsets: kept.append(real(ctx, offsets)) or kept[-1])
     batch = uniap.segment(grids_, preset="paper", semantic=semantic, backend="numpy")
     assert len(kept) == 3 and all(p is not None for p in kept)  # three runs, each with profiles
     for h, ref in zip(batch, alone):
         uniap.testing.assert_same_partitions(ref, h)
-    assert uniap.engine.profile_groups([120, 126, 121], uniap.options.resolve_options(preset="released")) \
+    assert uniap.core.levels.profile_groups([120, 126, 121], uniap.options.resolve_options(preset="released")) \
         == [range(3)]  # no profiles needed: one run

@@ -5,18 +5,27 @@
 >>> len(h), h.labels.shape
 (5, (5, 16, 16))
 
-Importing uniap loads NumPy and SciPy only; Numba, torch and CuPy are imported by the
-backend that needs them, when it first runs.
+Importing uniap loads the algorithm's core (:mod:`uniap.core`) and NumPy only; the image
+layers (:func:`segment_image`: features, superpixels, the pipeline) load on first use, and
+Numba, torch and CuPy are imported by the backend that needs them, when it first runs.
+The layers and their one-way arrows: ``docs/architecture.md``.
 """
 
-from . import backends
-from .api import segment, segment_graph
-from .graph import grid_edges
-from .hierarchy import Hierarchy, Level
-from .options import DEFAULT_LEVELS, PRESETS
-from .pipeline import ImageSegmentation, segment_image
+from typing import Any
 
-__version__ = "0.1.0"
+from . import backends
+from ._version import __version__
+from .core.api import segment, segment_graph
+from .core.graph import grid_edges
+from .core.hierarchy import Hierarchy, Level
+from .core.options import DEFAULT_LEVELS, PRESETS
+
+# Public names whose modules load on first use: they pull in features, superpixels and the
+# pipeline, which ``uniap.segment`` on a feature grid never needs.
+_LAZY = {
+    "segment_image": "uniap.pipeline.image",
+    "ImageSegmentation": "uniap.pipeline.image",
+}
 
 __all__ = [
     "segment",
@@ -31,3 +40,23 @@ __all__ = [
     "PRESETS",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load :data:`_LAZY`'s names, and subpackages (``uniap.pipeline``, ...), on first use."""
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from .features.regions import REFINES, REGION_LEVELS, superpixel_options
-from .options import DEFAULT_LEVELS
+from .core.options import DEFAULT_LEVELS
 from .superpixels import DEFAULT_METHOD, DEFAULT_SIZE, METHODS
 from .pipeline.runner import NUMBA_PAYS_OFF
 
@@ -27,7 +27,7 @@ class UsageError(Exception):
 
 def _levels(text: str) -> tuple[float, ...]:
     """``0.8,0.6,0.4`` (commas, spaces or both between numbers) as checked thresholds."""
-    from .options import check_levels
+    from .core.options import check_levels
 
     try:
         values = [float(v) for v in text.replace(",", " ").split()]
@@ -76,7 +76,7 @@ def resolve_shard(shard: tuple[int, int] | str | None, device: str | None) -> tu
 
 def add_version(parser: argparse.ArgumentParser) -> None:
     """``--version``: the program's name and uniap's version, then exit 0."""
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
@@ -137,10 +137,10 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     help="a file for one image; a folder (existing, ending in '/', or for several "
                     "images) mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
                     "--format coco: one file; --format png: a folder with one folder per image")
-    io.add_argument("--format", choices=("sam", "coco", "png", "parquet"), default="sam",
-                    help="sam: one SA-1B-like JSON per image (default); coco: one COCO data set; "
-                    "png: 16-bit label maps per level plus metadata.csv; parquet: part files, "
-                    "one row per record")
+    from . import formats  # the registry: choices and help, one entry per format
+
+    io.add_argument("--format", choices=formats.names(), default="sam",
+                    help="; ".join(f"{fmt.name}: {fmt.help}" for fmt in formats.formats()))
     io.add_argument("--image-ids", metavar="COCO_JSON",
                     help="take image ids from this COCO file, matched by file_name (default: stable "
                     "ids from each image's relative path)")
@@ -165,7 +165,7 @@ def read_image_ids(path: str | None) -> dict[str, int] | None:
     """``--image-ids``: image id by relative path from a COCO file (None without one)."""
     if path is None:
         return None
-    from .io import coco_image_ids
+    from .formats.coco import coco_image_ids
 
     try:
         return coco_image_ids(path)

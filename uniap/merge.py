@@ -23,10 +23,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import formats
 from . import io
 from .cli import UsageError, nonnegative_int, positive_int, run_command
 
-FORMATS = ("coco", "parquet", "sam")
+# The formats with a merge rule (uniap.formats.registry), as registered when this module loaded.
+FORMATS = tuple(sorted(name for name in formats.names() if formats.get(name).merge is not None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the output: a COCO file (--format coco), a folder otherwise")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
                         help="COCO or SAM JSON files, Parquet parts, or folders holding them")
-    parser.add_argument("--format", choices=FORMATS, default="coco",
+    parser.add_argument("--format", choices=sorted(n for n in formats.names() if formats.get(n).merge),
+                        default="coco",
                         help="coco: one data set (default); parquet: part files of one row per "
                         "record in OUT; sam: one SAM-style JSON per image in OUT")
     parser.add_argument("--images-per-part", type=positive_int, metavar="N",
@@ -61,16 +64,16 @@ def run(args: argparse.Namespace) -> int:
     if args.images_per_part is not None and args.format != "parquet":
         raise UsageError("--images-per-part applies to --format parquet only")
     out = Path(args.out)
-    if args.format == "coco" and (out.is_dir() or args.out.endswith(("/", os.sep))):
-        raise UsageError(f"--format coco writes one file, but {args.out} is a folder "
-                         "(--format parquet or sam write folders)")
-    if args.format != "coco" and out.is_file():
+    fmt = formats.get(args.format)  # its layout and merge rules
+    if fmt.out == "file" and (out.is_dir() or args.out.endswith(("/", os.sep))):
+        folders = [n for n in sorted(formats.names()) if formats.get(n).merge and formats.get(n).out != "file"]
+        raise UsageError(f"--format {args.format} writes one file, but {args.out} is a folder "
+                         f"(--format {' or '.join(folders)} write folders)")
+    if fmt.out != "file" and out.is_file():
         raise UsageError(f"--format {args.format} writes a folder, but {args.out} is a file")
     _check_not_an_input(out, args.inputs)
     if not args.overwrite:  # before reading anything (SAM files are checked once their names are known)
-        from .pipeline.sinks import CocoWriter, ParquetWriter
-
-        existing = {"coco": CocoWriter.existing, "parquet": ParquetWriter.existing}.get(args.format)
+        existing = fmt.collector.existing if fmt.collector is not None else None
         taken = existing(args.out) if existing else None
         if taken:
             raise UsageError(f"{taken} exists; pass --overwrite to replace it")
@@ -100,13 +103,10 @@ def run(args: argparse.Namespace) -> int:
             origin[name], ids[image_id] = path, name
             sets.append(entry)
     sets.sort(key=lambda entry: entry[0]["image_id"])
+    from .pipeline.sources import output_stem
+
     try:
-        if args.format == "coco":
-            _write_coco(out, sets, args.overwrite)
-        elif args.format == "parquet":
-            _write_parquet(out, sets, args.overwrite, args.images_per_part)
-        else:
-            _write_sam(out, sets, args.overwrite)
+        fmt.merge(out, sets, overwrite=args.overwrite, images_per_part=args.images_per_part, stem=output_stem)
     except (ValueError, ImportError) as err:  # records that a format cannot hold, no pyarrow
         raise UsageError(str(err)) from None
     return 0
@@ -119,66 +119,6 @@ def _check_not_an_input(out: Path, inputs: Sequence[str]) -> None:
         source = Path(path).resolve()
         if target == source or source in target.parents or target in source.parents:
             raise UsageError(f"{out} would be written over the input {path}; choose another OUT")
-
-
-def _provenance(sets) -> dict | None:
-    return next((uniap for _, _, uniap in sets if uniap is not None), None)
-
-
-def _write_coco(out: Path, sets, overwrite: bool) -> None:
-    if not out.parent.is_dir():
-        raise UsageError(f"cannot write {out}: no folder {out.parent}")
-    io.write_json(out, io.coco_dataset([(info, records) for info, records, _ in sets], _provenance(sets)))
-
-
-def _write_parquet(out: Path, sets, overwrite: bool, per_part: int | None) -> None:
-    from .pipeline.plan import PlanError
-    from .pipeline.sinks import ParquetWriter
-
-    try:
-        writer = ParquetWriter(str(out), image_ids=[info["image_id"] for info, _, _ in sets],
-                               overwrite=overwrite, images_per_part=per_part)
-    except PlanError as err:
-        raise UsageError(str(err)) from None
-    for info, records, _ in sets:  # every value fits its column before anything is written
-        io.parquet_table([(info, records)])
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        for info, records, uniap in sets:
-            writer.add(info, records, uniap)
-        writer.close()
-    except BaseException:
-        if created:  # no folder of partial parts left behind
-            import shutil
-
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _write_sam(out: Path, sets, overwrite: bool) -> None:
-    from .pipeline.sources import output_stem
-
-    paths = []
-    for info, _, _ in sets:
-        name = info["file_name"]
-        parts = name.replace("\\", "/").split("/")
-        if os.path.isabs(name) or ".." in parts or not name:
-            raise UsageError(f"file_name {name!r} is not a relative path inside OUT")
-        paths.append(out / (output_stem(name) + ".json"))
-    if len(set(paths)) != len(paths):
-        seen: dict[Path, str] = {}
-        for (info, _, _), path in zip(sets, paths):
-            if path in seen:
-                raise UsageError(f"{seen[path]!r} and {info['file_name']!r} would both write {path}")
-            seen[path] = info["file_name"]
-    if not overwrite:
-        taken = next((p for p in paths if p.exists()), None)
-        if taken is not None:
-            raise UsageError(f"{taken} exists; pass --overwrite to replace it")
-    for (info, records, uniap), path in zip(sets, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.write_json(path, io.sam_document(info, uniap, records))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

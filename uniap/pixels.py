@@ -8,7 +8,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .features.base import FeatureGrid
-    from .hierarchy import Hierarchy
+    from .core.hierarchy import Hierarchy
 
 UPSAMPLING = ("nearest", "bilinear")
 

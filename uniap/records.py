@@ -65,7 +65,7 @@ import numpy as np
 from .scores import BoundaryStrength, mask_scores, persistence, predicted_iou
 
 if TYPE_CHECKING:
-    from .hierarchy import Hierarchy
+    from .core.hierarchy import Hierarchy
 
 # Interior points are searched on a strided subsample of about this many pixels.
 POINT_SAMPLES = 1 << 14
@@ -601,7 +601,7 @@ def _level_maps(
     if pixel_labels is not None:
         samples = [np.ascontiguousarray(pixel_labels[i, ::stride, ::stride]) for i in range(len(h))]
         return (pixel_labels[i] for i in range(len(h))), samples
-    from .hierarchy import nearest_index
+    from .core.graph import nearest_index
 
     rows, cols = (nearest_index(n_out, n_in) for n_out, n_in in zip(shape, h.shape))
     grids = [np.asarray(lv.labels) for lv in h.levels]
@@ -789,7 +789,7 @@ class _Nodes:
         if regions is not None:
             return cls.of_regions(regions, maps)
         if pixel_labels is None:  # the grid's patches, upsampled to ``shape`` (nearest)
-            from .hierarchy import nearest_index
+            from .core.graph import nearest_index
 
             rows, cols = (nearest_index(n_out, n_in) for n_out, n_in in zip(shape, h.shape))
             area = np.outer(np.bincount(rows, minlength=h.shape[0]), np.bincount(cols, minlength=h.shape[1]))

@@ -163,8 +163,8 @@ class BoundaryStrength:
         The image whose :func:`edge_strength` is gathered; without it every boundary pixel has
         strength 1 (and every contrast is 1).
     pairs : ndarray of shape (E, 2), optional
-        ``uniap.superpixels.adjacency(regions)`` when the caller has it already (a region
-        graph's ``edges``).
+        The pairs ``a < b`` of 4-adjacent regions (``uniap.superpixels.adjacency(regions)``)
+        when the caller has them already (a region graph's ``edges``).
     strength : ndarray of shape (H, W), optional
         The image's :func:`raw_edge_strength` when the caller has it (a region graph's
         ``edge_strength``): used instead of ``image``.
@@ -183,7 +183,7 @@ class BoundaryStrength:
     def __init__(self, regions: np.ndarray, image: np.ndarray | None = None, *,
                  pairs: np.ndarray | None = None, strength: np.ndarray | None = None) -> None:
         from . import _score_kernels as kernels
-        from .superpixels import adjacency
+        from ._superpixel_kernels import adjacent_pairs  # superpixels.adjacency's kernel (no import of it)
 
         regions = np.asarray(regions)
         if regions.ndim != 2 or 0 in regions.shape:
@@ -197,8 +197,12 @@ class BoundaryStrength:
             if image.shape[:2] != regions.shape:
                 raise ValueError(f"image is {image.shape[:2]}, the regions {regions.shape}")
         n = int(regions.max()) + 1
-        pairs = adjacency(regions) if pairs is None else np.asarray(pairs, np.int64)
-        keys = np.sort(np.concatenate([pairs[:, 0] * n + pairs[:, 1], pairs[:, 1] * n + pairs[:, 0]]))
+        if pairs is None:  # codes a * n + b of the pairs a < b
+            codes = adjacent_pairs(np.ascontiguousarray(regions, dtype=np.int32 if n < 2**31 else np.int64), n)
+        else:
+            pairs = np.asarray(pairs, np.int64)
+            codes = pairs[:, 0] * n + pairs[:, 1]
+        keys = np.sort(np.concatenate([codes, (codes % n) * n + codes // n]))
         self.num_nodes = n
         self.pair_node, self.pair_other = keys // n, keys % n
         self.pair_sum = np.zeros(keys.size)

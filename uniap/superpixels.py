@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .hierarchy import nearest_index
+from .core.hierarchy import nearest_index
 
 __all__ = ["CONTOUR_FACTOR", "CONTOUR_FIRST", "DEFAULT_COMPACTNESS", "DEFAULT_METHOD", "DEFAULT_SIZE",
            "MAX_PIXELS", "METHODS", "adjacency", "check_options", "superpixel_hierarchy", "superpixels"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .hierarchy import Hierarchy
+from .core.hierarchy import Hierarchy
 
 
 def assert_same_partitions(reference: Hierarchy, other: Hierarchy, features_rtol: float = 1e-5) -> None:

@@ -512,12 +512,14 @@ class Predictor:
         from .backbone import build_extractor, vocabulary_from_state
         from .checkpoint import CheckpointError, checkpoint_config, read_checkpoint
         from .config import ConfigError
-        from .decoder import PaperModel
+        from .recipes import RECIPES
 
         ckpt = read_checkpoint(path)
-        if ckpt["recipe"] != "paper":
+        recipe = RECIPES.get(ckpt["recipe"])
+        if recipe is None or not recipe.serves_predictor:  # a recipe that gives masks declares it
+            serving = " or ".join(repr(name) for name, r in RECIPES.items() if r.serves_predictor)
             raise CheckpointError(f"{path}: a checkpoint of recipe {ckpt['recipe']!r}; the predictor needs "
-                                  "recipe 'paper' (a mask decoder)")
+                                  f"recipe {serving} (a mask decoder)")
         try:
             cfg = checkpoint_config(ckpt)  # also one written with the old epoch-counted schedule keys
         except ConfigError as err:
@@ -542,7 +544,7 @@ class Predictor:
                 from dataclasses import replace
 
                 extractor = replace(extractor, vocabulary=vocabulary)
-        model = PaperModel(in_dim, cfg.model, vit)
+        model = recipe.predictor_model(in_dim, cfg, vit)
         try:
             model.load_state_dict(ckpt["teacher"])
         except RuntimeError as err:

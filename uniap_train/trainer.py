@@ -1,4 +1,4 @@
-"""The engine: a student / momentum-teacher training loop, from one CPU to many GPUs.
+"""The trainer: a student / momentum-teacher training loop, from one CPU to many GPUs.
 
 :func:`train` reads top to bottom like DINO's ``train_dino``: processes and seeds, data,
 backbone, student and teacher, loss, optimizer, schedules, resume, evaluation set, the loop,
@@ -36,7 +36,6 @@ from .utils import (
     cancel_gradients_last_layer,
     clip_gradients,
     cosine_scheduler,
-    get_params_groups,
     get_rng_state,
     git_sha,
     library_version,
@@ -462,9 +461,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         # a trainable ViT giving attention keys leaves its last block's tail without gradients
         student = nn.parallel.DistributedDataParallel(student_module, device_ids=ids,
-                                                      find_unused_parameters=getattr(recipe, "trains_backbone", False))
+                                                      find_unused_parameters=recipe.trains_backbone)
     n_params = sum(q.numel() for q in student_module.parameters() if q.requires_grad)
-    trained = "trainable" if getattr(recipe, "trains_backbone", False) else "frozen"
+    trained = "trainable" if recipe.trains_backbone else "frozen"
     _log(f"model: recipe {recipe.name}, backbone {backbone.name} (C={in_dim}, {trained}{words}), "
          f"{n_params / 1e6:.2f}M trainable parameters", dist)
 
@@ -472,7 +471,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     loss_fn = recipe.build_loss().to(dist.device)
 
     # ============ optimizer, mixed precision, schedules ... ============
-    groups = recipe.param_groups(student_module) if hasattr(recipe, "param_groups") else get_params_groups(student_module)
+    groups = recipe.param_groups(student_module)
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.optim.betas))
     use_amp = cfg.optim.amp and dist.device.type in AMP_DEVICE_TYPES
     scaler = torch.amp.GradScaler(dist.device.type, enabled=use_amp)
@@ -491,7 +490,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
         del resume_ckpt
         _log(f"resume: {resume} at step {step}", dist)
     logger = RunLogger(out, dist.is_main, cfg.log.tensorboard, start_step=step,
-                       columns=METRIC_COLUMNS + list(getattr(recipe, "metric_columns", ())))
+                       columns=METRIC_COLUMNS + list(recipe.metric_columns))
     logger.text({"kind": "start", "step": step, "git": git_sha(), "world_size": dist.world_size,
                  "total_steps": schedules.total_steps, "end_step": end_step})
 

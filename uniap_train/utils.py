@@ -1,4 +1,4 @@
-"""Small pieces of the engine: schedules, parameter groups, gradients, processes, RNG, files."""
+"""Small pieces of the trainer: schedules, parameter groups, gradients, processes, RNG, files."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The released rule on device arrays: fixed shapes, one wait for the device per pass.
 
-The generic loop of :mod:`uniap.engine` compacts its node and edge arrays after every pass.
+The generic loop of :mod:`uniap.core.levels` compacts its node and edge arrays after every pass.
 Each compaction sizes an array from data on the device (``nonzero``, boolean indexing,
 ``unique``, the number of components), and on a GPU each one waits for all queued work to
 finish: about a dozen round trips per pass.  The released rule (sum pooling, cosine scores,
@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from array_api_compat import device as _device
 
-from ..engine import EPS, HUGE_NORM, TINY_NORM, LevelResult, RunResult, add_semantic, overflow_scale
+from ..core.cosine import cosine as _cosine
+from ..core.cosine import row_norms
+from ..core.levels import EPS, HUGE_NORM, TINY_NORM, LevelResult, RunResult, add_semantic, overflow_scale
 
 if TYPE_CHECKING:
-    from ..graph import Graph
-    from ..options import Options
+    from ..core.graph import Graph
+    from ..core.options import Options
     from .base import Backend
 
 # A float32 cosine of C-channel vectors is off by at most a few times C * 2^-24 (pairwise
@@ -98,7 +100,7 @@ def run_released(be: "Backend", graph: "Graph", options: "Options", exact: bool 
         sums = sums * scale  # exact (a power of two): no score changes
         feats = sums if sdt == sums.dtype else xp.astype(sums, sdt)
         norms = row_norms(xp, feats, 0.0)
-    # Cosine's eps relative to the largest row norm (engine.run_eps): no scale changes a score.
+    # Cosine's eps relative to the largest row norm (levels.run_eps): no scale changes a score.
     # A 0-d array on the device: reading it back would wait for the device.
     largest = xp.max(norms) if n else xp.asarray(0.0, dtype=norms.dtype, device=dev)
     eps = xp.where(largest > 0, largest * EPS, xp.asarray(EPS, dtype=norms.dtype, device=dev))
@@ -229,16 +231,6 @@ def check_finite(be: "Backend", xp: Any, sums: Any, norms: Any | None = None, na
     return True
 
 
-def row_norms(xp: Any, v: Any, eps: float = EPS) -> Any:
-    """max(|v_k|, eps) for each row (one reduction kernel, no temporaries)."""
-    norms = xp.linalg.vector_norm(v, axis=1)
-    # Not xp.clip: array-api-compat's clip for CuPy assigns through boolean masks, and a
-    # boolean-mask gather waits for the device (it sizes its result from the data); this is
-    # called in every pass.  A Python scalar keeps the dtype (and torch needs no copy of it
-    # to the device); a NaN norm stays NaN, as check_finite expects.
-    return xp.where(norms < eps, eps, norms)
-
-
 def _propagate(be: "Backend", xp: Any, parent: Any, a: Any, b: Any, rounds: int) -> Any:
     """``rounds`` rounds of min-label propagation over the edges (a[i], b[i]).
 
@@ -320,27 +312,8 @@ def shifted_dots(be: "Backend", xp: Any, feats: Any, lo: int, hi: int, d: int) -
 
 def cosine(be: "Backend", xp: Any, feats: Any, norms: Any | None, a: Any, b: Any, block: int,
            eps: float = EPS) -> Any:
-    """cos(v_a, v_b) for the row pairs (a[i], b[i]) of ``feats``, ``block`` elements at a time.
-
-    ``norms`` holds max(|v_k|, eps) of every row, or is None to compute the norms of the
-    gathered rows here (the float64 re-decisions, which touch few rows).  Blocks keep the
-    gathered rows in cache on a CPU; on a GPU they are large, each block being launches.
-    """
-    m = int(a.shape[0])
-    step = max(1, block // max(1, int(feats.shape[1])))
-    out = None if m <= step else xp.empty((m,), dtype=feats.dtype, device=_device(feats))
-    for s in range(0, m, step):
-        ia, ib = a[s : s + step], b[s : s + step]
-        fa, fb = be.take(feats, ia), be.take(feats, ib)
-        if norms is None:
-            scale = row_norms(xp, fa, eps) * row_norms(xp, fb, eps)
-        else:
-            scale = be.take(norms, ia) * be.take(norms, ib)
-        dots = xp.sum(fa * fb, axis=1) / scale
-        if out is None:
-            return dots
-        out[s : s + step] = dots
-    return out if out is not None else xp.empty((0,), dtype=feats.dtype, device=_device(feats))
+    """:func:`uniap.core.cosine.cosine` gathering with ``be.take``."""
+    return _cosine(xp, be.take, feats, norms, a, b, block, eps)
 
 
 def _finish(be, xp, rows, t, cell_root, sizes, k) -> LevelResult:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Cosine's eps, relative to the largest row norm (uniap.engine.run_eps): init_scores clips
+# Cosine's eps, relative to the largest row norm (uniap.core.levels.run_eps): init_scores clips
 # at EPS times it, so that no scaling of the features changes a score (#23).
 EPS = 1e-10
-# A row whose squared norm exceeds this (engine.HUGE_NORM squared) makes init_scores return
+# A row whose squared norm exceeds this (levels.HUGE_NORM squared) makes init_scores return
 # HUGE: the caller scales the features by a power of two and runs again (no score changes).
 HUGE_SQUARED_NORM = 2.0**600
-# Likewise when the largest squared norm is below this (engine.TINY_NORM squared) while some
+# Likewise when the largest squared norm is below this (levels.TINY_NORM squared) while some
 # value is not zero: squares underflow, and the caller scales the features up.
 TINY_SQUARED_NORM = 2.0**-400
 HUGE = -2

@@ -8,16 +8,16 @@ import numpy as np
 from array_api_compat import device as array_device
 
 if TYPE_CHECKING:
-    from ..engine import RunResult
-    from ..graph import Graph
-    from ..options import Options
+    from ..core.levels import RunResult
+    from ..core.graph import Graph
+    from ..core.options import Options
 
 
 class Backend:
     """Primitives UniAP needs from an array library.
 
     A backend either supplies the primitives below, and the generic level loop of
-    :mod:`uniap.engine` runs on them, or overrides :meth:`run` with a whole run of its own
+    :mod:`uniap.core.levels` runs on them, or overrides :meth:`run` with a whole run of its own
     (the Numba kernels do, for the released rule).  Defaults raise ``NotImplementedError``
     naming the backend and the missing primitive.
 
@@ -109,7 +109,7 @@ class Backend:
         """Edges (a[i], b[i]) as ``a < b``, without self-loops or duplicates, sorted by (a, b)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement unique_edges()")
 
-    # -- the paper's profiles (uniap.engine, PROFILE_BYTES) --------------------------
+    # -- the paper's profiles (uniap.core.levels, PROFILE_BYTES) --------------------------
     def gram(self, unit: Any) -> Any:
         """``unit @ unit.T``: every cell's affinity profile, (n, n) for (n, C) features."""
         return unit @ unit.T
@@ -202,7 +202,7 @@ class Backend:
         ``EXACT_TOLERANCE`` of its threshold in float64; backends that score in float64
         (the default) are exact already and ignore it.
         """
-        from ..engine import run_levels
+        from ..core.levels import run_levels
 
         return run_levels(self, graph, options, track_margin=track_margin)
 

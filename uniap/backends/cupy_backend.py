@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from array_api_compat import is_cupy_array, is_torch_array
 
-from . import register
+from .registry import register
 from .base import Backend
 
 if TYPE_CHECKING:
-    from ..engine import RunResult
-    from ..graph import Graph
-    from ..options import Options
+    from ..core.levels import RunResult
+    from ..core.graph import Graph
+    from ..core.options import Options
 
 
 def _cupy() -> Any:
@@ -93,7 +93,7 @@ class CupyBackend(Backend):
         cp = _cupy()
         if is_torch_array(x) and x.device.type == "cuda":
             return cp.from_dlpack(x.detach())  # stays on its GPU
-        from ..hierarchy import to_numpy
+        from ..core.hierarchy import to_numpy
 
         return cp.asarray(to_numpy(x))
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import register
+from .registry import register
 from .numpy_backend import NumpyBackend
 
 if TYPE_CHECKING:
-    from ..engine import RunResult
-    from ..graph import Graph
-    from ..options import Options
+    from ..core.levels import RunResult
+    from ..core.graph import Graph
+    from ..core.options import Options
 
 
 @register
@@ -80,7 +80,7 @@ def _unavailable_reason() -> str | None:
 
 
 def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunResult":
-    from ..engine import LevelResult, RunResult, add_semantic, overflow_scale
+    from ..core.levels import LevelResult, RunResult, add_semantic, overflow_scale
     from . import _numba_kernels as k
 
     def contract(x: np.ndarray):

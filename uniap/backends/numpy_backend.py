@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
-from . import register
+from .registry import register
 from .base import Backend
 
 
@@ -30,7 +28,7 @@ class NumpyBackend(Backend):
         return np.array(x, dtype=np.float64, order="C", copy=True)
 
     def from_any(self, x: Any) -> np.ndarray:
-        from ..hierarchy import to_numpy
+        from ..core.hierarchy import to_numpy
 
         return to_numpy(x)
 
@@ -44,6 +42,10 @@ class NumpyBackend(Backend):
         return np.asarray(a)
 
     def components(self, num_nodes: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+        # SciPy loads on the first run, not with ``import uniap`` (a fifth of a second)
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import connected_components
+
         adjacency = sp.coo_array(
             (np.ones(a.shape[0], dtype=np.int8), (a, b)), shape=(num_nodes, num_nodes)
         ).tocsr()
@@ -57,6 +59,8 @@ class NumpyBackend(Backend):
         if values.ndim == 1:
             sums = np.bincount(labels, weights=values[rows], minlength=num)
             return sums.astype(values.dtype) if values.dtype.kind in "iu" else sums
+        import scipy.sparse as sp
+
         # Row b of the indicator lists bin b's rows in the order given, and SciPy's CSR
         # product accumulates them in that order, reading only those rows of ``values``.
         indicator = sp.csr_array(

@@ -6,7 +6,7 @@ recognised with ``array_api_compat.is_torch_array``, which does not import torch
 The released rule (sum pooling, cosine scores) runs the fixed-shape device loop of
 :mod:`uniap.backends._device`: one wait for the device per pass.  The paper's options
 (attention pooling, voting), semantic groups and ``track_margin`` run the generic engine of
-:mod:`uniap.engine` on the primitives below, in float64.
+:mod:`uniap.core.levels` on the primitives below, in float64.
 
 On a CPU every score is float64, as in the NumPy reference.  On CUDA, scores are float32
 (node sums stay float64); ``exact=True`` re-decides the scores within 1e-5 of a threshold
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from array_api_compat import is_cupy_array, is_torch_array
 
-from . import register
+from .registry import register
 from .base import Backend
 
 if TYPE_CHECKING:
-    from ..engine import RunResult
-    from ..graph import Graph
-    from ..options import Options
+    from ..core.levels import RunResult
+    from ..core.graph import Graph
+    from ..core.options import Options
 
 
 def _torch() -> Any:
@@ -96,7 +96,7 @@ class TorchBackend(Backend):
         torch = _torch()
         if is_cupy_array(x):
             return torch.from_dlpack(x)  # stays on its GPU
-        from ..hierarchy import to_numpy
+        from ..core.hierarchy import to_numpy
 
         return torch.tensor(np.asarray(to_numpy(x)))
 
@@ -272,7 +272,7 @@ def _float64_copy(x: Any) -> Any:
 
 def _numba_backend() -> Any:
     """The Numba backend when it can run here, else None."""
-    from . import _REGISTRY
+    from .registry import _REGISTRY
 
     be = _REGISTRY.get("numba")
     return be if be is not None and be.unavailable_reason() is None else None

@@ -10,7 +10,7 @@
   maps, fine to coarse, plus scored masks for COCO.
 * :mod:`~uniap.evaluation.proposals` -- masks of all levels, deduplicated and ranked.
 * :mod:`~uniap.evaluation.benchmarks` -- what is measured per data set.
-* :mod:`~uniap.evaluation.runner` -- :func:`evaluate` over a data set, in parallel.
+* :mod:`~uniap.evaluation.scoring` -- :func:`evaluate` over a data set, in parallel.
 * :mod:`~uniap.evaluation.cli` -- the ``uniap-eval`` command (``docs/quality.md``).
 
 From Python::
@@ -24,7 +24,7 @@ From Python::
 from .benchmarks import BENCHMARKS
 from .datasets import DATASETS, DataError, open_dataset
 from .proposals import proposals_from_levels
-from .runner import EvaluationError, evaluate, format_table
+from .scoring import EvaluationError, evaluate, format_table
 from .segmenters import SEGMENTERS, Segmentation, build_segmenter, levels_from_records
 
 __all__ = [

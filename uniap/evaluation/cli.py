@@ -227,10 +227,10 @@ def _check_out(out: Path, overwrite: bool = False) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import write_json
+    from ..formats.files import write_json
     from .benchmarks import BENCHMARKS
     from .datasets import DataError, open_dataset
-    from .runner import EvaluationError, default_workers, evaluate, format_table
+    from .scoring import EvaluationError, default_workers, evaluate, format_table
 
     out = Path(args.out)
     _check_out(out, args.overwrite)

@@ -81,7 +81,7 @@ def _coco_truth(ann: Path, image: dict) -> dict:
     height and width within the image pixel limit (the label maps of saved predictions are
     allocated at this size before anything else is read)."""
     from ..features.image import DEFAULT_MAX_PIXELS, check_pixels
-    from ..io import as_id
+    from ..formats.ids import as_id
 
     name = image.get("file_name")
     try:

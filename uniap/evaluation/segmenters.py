@@ -153,36 +153,34 @@ class Uniap(Segmenter):
                  contours: bool | None = None, upsampling: str = "nearest",
                  score: str = "contrast", min_area: int = 1, **options: Any):
         super().__init__(score, min_area)
-        from ..features import REFINES, get_extractor, refined
-        from ..features.regions import default_levels, superpixel_options
-        from ..options import check_levels
+        from ..core.options import check_levels
+        from ..features import REFINES, get_extractor
+        from ..features.regions import default_levels
+        from ..pipeline.image import UniapSegmenter
         from ..pixels import UPSAMPLING
 
         if refine not in REFINES:
             raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {list(UPSAMPLING)}, got {upsampling!r}")
-        if refine == "superpixels" and upsampling != "nearest":
-            raise ValueError("--upsampling applies to --refine none only: superpixel levels are pixel-accurate")
-        if refine != "superpixels" and superpixel_size is not None:
-            raise ValueError("--superpixel-size applies to --refine superpixels only")
-        if refine != "superpixels" and superpixel_method is not None:
-            raise ValueError("--superpixel-method applies to --refine superpixels only")
-        if refine != "superpixels" and contours is not None:
-            raise ValueError("--contours applies to --refine superpixels only")
-        if refine == "superpixels" and options.get("connectivity") is not None:
-            raise ValueError("--connectivity applies to --refine none only: superpixels are joined where they touch")
-        self.levels = check_levels(default_levels(refine) if levels is None else levels)
+        levels = check_levels(default_levels(refine) if levels is None else levels)
+        options = {k: v for k, v in options.items() if v is not None}
+        feature_options = {k: v for k, v in (feature_options or {}).items() if v is not None}
+        # the refine rule, the nodes and the extractor, settled once (uniap.pipeline.image)
+        self.segmenter = UniapSegmenter(get_extractor(features, **feature_options), refine=refine,
+                                        superpixel_size=superpixel_size, superpixel_method=superpixel_method,
+                                        contours=contours, upsampling=upsampling, flags=True, levels=levels,
+                                        **options)
+        self.levels = levels
         self.refine = refine
         self.superpixel_size = superpixel_size
         self.superpixel_method = superpixel_method
         self.contours = contours
         self.upsampling = upsampling
         self.features = features
-        self.feature_options = {k: v for k, v in (feature_options or {}).items() if v is not None}
-        self.options = {k: v for k, v in options.items() if v is not None}
-        self.extractor = refined(get_extractor(features, **self.feature_options), refine,
-                                 **superpixel_options(superpixel_size, superpixel_method, contours))
+        self.feature_options = feature_options
+        self.options = options
+        self.extractor = self.segmenter.extractor
 
     def params(self) -> dict[str, Any]:
         return {"levels": list(self.levels), "features": self.features,
@@ -195,19 +193,18 @@ class Uniap(Segmenter):
         return [f"t={t:g}" for t in self.levels]
 
     def warm_up(self) -> None:
-        from ..api import segment
+        from ..core.api import segment
 
         segment(np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32), levels=self.levels,
                 **self.options)
 
     def _run(self, image: np.ndarray):
-        from ..pipeline.image import segment_nodes
         from ..pixels import pixel_labels
 
         t0 = time.perf_counter()
         grid = self.extractor(image)
         t1 = time.perf_counter()
-        h = segment_nodes(grid, levels=self.levels, **self.options)
+        h = self.segmenter.nodes(grid)
         labels = pixel_labels(h, grid, self.upsampling)
         return grid, h, labels, {"features": t1 - t0, "pooling": time.perf_counter() - t1}
 

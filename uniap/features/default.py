@@ -423,7 +423,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the words to ``path`` (``.npz``), atomically."""
-        from ..io import atomic_path
+        from ..formats.files import atomic_path
 
         arrays = {"lightness_scale": np.float64(self.lightness_scale), "images": np.int64(self.images)}
         for kind in self._DIMS:

@@ -57,7 +57,7 @@ def default_levels(refine: str = "superpixels") -> tuple[float, ...]:
     tuple of float
         :data:`REGION_LEVELS` for superpixels, :data:`uniap.DEFAULT_LEVELS` for patches.
     """
-    from ..options import DEFAULT_LEVELS
+    from ..core.options import DEFAULT_LEVELS
 
     if refine not in REFINES:
         raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
@@ -278,6 +278,57 @@ def superpixel_options(size: int | None = None, method: str | None = None,
     :func:`refined`."""
     return {key: value for key, value in (("size", size), ("method", method), ("contours", contours))
             if value is not None}
+
+
+def check_refine(refine: str, *, upsampling: str = "nearest", superpixel_options: Any = (),
+                 connectivity: int | None = None, flags: bool = False) -> None:
+    """Whether ``refine`` fits the other options: the one rule, for :func:`uniap.segment_image`,
+    the pipeline and ``uniap-eval``'s ``uniap`` segmenter.
+
+    Parameters
+    ----------
+    refine : str
+        UniAP's nodes: ``"superpixels"`` or ``"none"`` (:data:`REFINES`).
+    upsampling : str
+        Patch labels to pixels; only ``"nearest"`` with superpixels (their levels are
+        pixel-accurate already).
+    superpixel_options : iterable of str
+        The names of the superpixel options the caller set (only with superpixels).
+    connectivity : int, optional
+        The grid's connectivity (only with patches: superpixels are joined where they touch).
+    flags : bool
+        Name the options as command-line flags (``--superpixel-size``, ``--refine none``)
+        rather than as keywords (``superpixel_size``, ``refine 'none'``).
+
+    Raises
+    ------
+    ValueError
+        Naming the option that does not apply.
+
+    Examples
+    --------
+    >>> check_refine("none", superpixel_options=["superpixel_size"])
+    Traceback (most recent call last):
+    ...
+    ValueError: superpixel_size applies to refine 'superpixels' only
+    """
+    def name(option: str) -> str:
+        return f"--{option.replace('_', '-')}" if flags else option
+
+    def nodes(kind: str) -> str:
+        return f"--refine {kind}" if flags else f"refine {kind!r}"
+
+    if refine not in REFINES:
+        raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
+    if refine == "superpixels":
+        if upsampling != "nearest":
+            raise ValueError(f"{name('upsampling')} applies to {nodes('none')} only: superpixel levels are "
+                             "pixel-accurate")
+        if connectivity is not None:
+            raise ValueError(f"{name('connectivity')} applies to {nodes('none')} only: superpixels are joined "
+                             "where they touch")
+    elif superpixel_options:
+        raise ValueError(f"{', '.join(map(name, superpixel_options))} applies to {nodes('superpixels')} only")
 
 
 def refined(extractor: Any, refine: str = "superpixels", **options: Any) -> Any:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from .plan import Job
-from .sinks import SINKS, ImageOutput
+from .sinks import ImageOutput, sink
 from .stages import Settings, Stages, timed, uniap_info
 
 
@@ -156,7 +156,7 @@ def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, c
                 "width": int(width)}
         out = ImageOutput(info, uniap_info(h, grid, stages.signature), image, h, encoded)
         for kind, path in job.outputs.items():
-            SINKS[kind](path, out)
+            sink(kind)(path, out)
         timed(report.timings, "writing", start)
         report.masks = len(encoded.records)
         if collect:

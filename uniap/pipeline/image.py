@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..api import segment, segment_graph
-from ..hierarchy import Hierarchy
+from ..core.api import segment, segment_graph
+from ..core.hierarchy import Hierarchy
 from .stages import encode, uniap_info
 
 
@@ -49,6 +49,83 @@ class ImageSegmentation:
     def uniap_info(self) -> dict:
         """Provenance for output files: version, thresholds, options, grid and features."""
         return uniap_info(self.hierarchy, self.grid)
+
+
+class UniapSegmenter:
+    """UniAP as a segmenter: an image in, an :class:`ImageSegmentation` out.
+
+    Everything that does not depend on the image is settled once, here: the extractor and its
+    nodes (patch grid or superpixels: :func:`uniap.features.refined`), the refine rule
+    (:func:`uniap.features.regions.check_refine`), the levels (the nodes' defaults when not
+    given) and UniAP's options.  :func:`segment_image` is one call of it, and ``uniap-eval``'s
+    ``uniap`` segmenter runs one.
+
+    Parameters
+    ----------
+    extractor : callable, optional
+        A feature extractor (:mod:`uniap.features`); the embedded default when None.
+    refine, superpixel_size, superpixel_method, contours, upsampling, unique
+        As :func:`segment_image`.
+    flags : bool
+        Name options in errors as command-line flags (``uniap-eval``) rather than keywords.
+    **options
+        UniAP's options (:func:`uniap.segment`: levels, min_size, preset, semantic, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> segmenter = UniapSegmenter(refine="none", levels=(0.5,))
+    >>> segmenter(np.zeros((32, 32, 3), np.uint8)).pixel_labels.shape
+    (1, 32, 32)
+    """
+
+    def __init__(self, extractor: Any | None = None, *, refine: str = "superpixels",
+                 superpixel_size: int | None = None, superpixel_method: str | None = None,
+                 contours: bool | None = None, upsampling: str = "nearest", unique: bool = True,
+                 flags: bool = False, **options: Any) -> None:
+        from ..features import RegionFeatures, get_extractor, refined
+        from ..features.regions import check_refine, default_levels, superpixel_options
+
+        sp_options = superpixel_options(superpixel_size, superpixel_method, contours)
+        check_refine(refine, upsampling=upsampling, connectivity=options.get("connectivity"), flags=flags,
+                     superpixel_options=[k if k == "contours" else "superpixel_" + k for k in sp_options])
+        self.refine, self.upsampling, self.unique = refine, upsampling, unique
+        self.extractor = refined(get_extractor("default") if extractor is None else extractor, refine, **sp_options)
+        options.setdefault("levels", default_levels(refine))
+        self.options = options
+        # the nodes, decided once: superpixels are a graph (segment_graph), patches a grid
+        self._segment = _segment_graph if isinstance(self.extractor, RegionFeatures) else _segment_grid
+
+    def nodes(self, grid: Any) -> Hierarchy:
+        """UniAP on one image's nodes, on the host."""
+        return self._segment(grid, **self.options)
+
+    def __call__(self, image: Any, max_pixels: int | None = None) -> ImageSegmentation:
+        """The segmentation of ``image`` (anything :func:`uniap.features.load_image` reads)."""
+        from ..features import load_image
+
+        pixels = load_image(image, max_pixels=max_pixels)
+        t0 = time.perf_counter()
+        grid = self.extractor(pixels)
+        t1 = time.perf_counter()
+        h = self.nodes(grid)
+        t2 = time.perf_counter()
+        encoded = encode(grid, h, upsampling=self.upsampling, unique=self.unique, image=pixels)
+        t3 = time.perf_counter()
+        return ImageSegmentation(
+            hierarchy=h, records=encoded.records, pixel_labels=encoded.pixel_labels,
+            semantic_labels=encoded.semantic_labels, grid=grid,
+            image=pixels, timings={"features": t1 - t0, "pooling": t2 - t1, "records": t3 - t2},
+            contour_labels=encoded.contour_labels,
+        )
+
+
+def _segment_graph(grid: Any, **options: Any) -> Hierarchy:
+    return segment_graph(grid.features, grid.edges, **options).numpy()
+
+
+def _segment_grid(grid: Any, **options: Any) -> Hierarchy:
+    return segment(grid.features, **options).numpy()
 
 
 def segment_nodes(grid: Any, **options: Any) -> Hierarchy:
@@ -122,28 +199,6 @@ def segment_image(
     >>> result.pixel_labels.shape
     (2, 400, 600)
     """
-    from ..features import get_extractor, load_image, refined
-    from ..features.regions import default_levels, superpixel_options
-
-    sp_options = superpixel_options(superpixel_size, superpixel_method, contours)
-    if refine != "superpixels" and sp_options:
-        names = ("contours" if k == "contours" else "superpixel_" + k for k in sp_options)
-        raise ValueError(f"{', '.join(names)} applies to refine='superpixels' only")
-    if refine == "superpixels" and upsampling != "nearest":
-        raise ValueError("upsampling applies to refine='none' only: superpixel levels are pixel-accurate")
-    extractor = refined(get_extractor("default") if extractor is None else extractor, refine, **sp_options)
-    options.setdefault("levels", default_levels(refine))
-    pixels = load_image(image, max_pixels=max_pixels)
-    t0 = time.perf_counter()
-    grid = extractor(pixels)
-    t1 = time.perf_counter()
-    h = segment_nodes(grid, **options)
-    t2 = time.perf_counter()
-    encoded = encode(grid, h, upsampling=upsampling, unique=unique, image=pixels)
-    t3 = time.perf_counter()
-    return ImageSegmentation(
-        hierarchy=h, records=encoded.records, pixel_labels=encoded.pixel_labels,
-        semantic_labels=encoded.semantic_labels, grid=grid,
-        image=pixels, timings={"features": t1 - t0, "pooling": t2 - t1, "records": t3 - t2},
-        contour_labels=encoded.contour_labels,
-    )
+    return UniapSegmenter(extractor, refine=refine, superpixel_size=superpixel_size,
+                          superpixel_method=superpixel_method, contours=contours, upsampling=upsampling,
+                          unique=unique, **options)(image, max_pixels=max_pixels)

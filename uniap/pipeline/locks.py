@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from .plan import PlanError
+from ..formats.registry import PlanError
 
 LOCK_NAME = ".uniap.lock"
 

@@ -23,23 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..formats import get as get_format
+from ..formats.ids import stable_image_ids
+from ..formats.png import SIGNATURE_FILE  # noqa: F401  (its old home)
+from ..formats.registry import PlanError
 from .sources import Item, output_stem
 
-# Output kinds: the per-image files a job can write.
+# Output kinds: the per-image files a job can write (a per-image format's name, or the picture).
 SAM, PNG, VIZ = "sam", "png", "viz"
 FAILURES = "failures.jsonl"
-SIGNATURE_FILE = "uniap.json"  # inside a --format png folder
-_SIGNATURE_RE = re.compile(rb'"signature":"([0-9a-f]{8,64})"')
-
-
-class PlanError(ValueError):
-    """Outputs that cannot be written safely (a clash with an input, an existing file, ...)."""
 
 
 @dataclass(frozen=True)
@@ -84,24 +81,6 @@ class Plan:
     lock_paths: list[str] = field(default_factory=list)
 
 
-def stable_image_ids(keys: Sequence[str]) -> list[int]:
-    """Image ids from the keys alone: 52 bits of their SHA-1, unique among ``keys``.
-
-    The same key gets the same id in every shard and every run over the same inputs (a clash,
-    about one in a million pairs of 10M images, moves the later key in sorted order to the
-    next free id).  Ids stay below 2**52, exact in JSON readers that use doubles.
-    """
-    taken: set[int] = set()
-    ids = []
-    for key in keys:
-        image_id = int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:7], "big") >> 4
-        while image_id in taken or image_id == 0:
-            image_id = (image_id + 1) % (1 << 52)
-        taken.add(image_id)
-        ids.append(image_id)
-    return ids
-
-
 def signature(settings: dict[str, Any]) -> str:
     """A short digest of everything that decides an image's outputs (stored in every output)."""
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
@@ -111,23 +90,15 @@ def signature(settings: dict[str, Any]) -> str:
 def read_signature(kind: str, path: str) -> str | None:
     """The signature recorded in an existing output, or None when it has none (not ours)."""
     try:
-        if kind == SAM:
-            with open(path, "rb") as f:
-                head = f.read(1 << 16)  # "image" and "uniap" come before the annotations
-            match = _SIGNATURE_RE.search(head.split(b'"annotations"', 1)[0])
-            return match.group(1).decode() if match else None
-        if kind == PNG:
-            with open(os.path.join(path, SIGNATURE_FILE), "rb") as f:
-                match = _SIGNATURE_RE.search(f.read(1 << 16))
-            return match.group(1).decode() if match else None
         if kind == VIZ:
             from PIL import Image
 
             with Image.open(path) as img:
                 return img.info.get("uniap-signature")
+        reader = get_format(kind).read_signature
+        return reader(path) if reader is not None else None
     except (OSError, ValueError):
         return None
-    return None
 
 
 def folder_like(path: str) -> bool:
@@ -139,10 +110,12 @@ def output_layout(count: int, *, out: str, format: str, viz: str | None, single:
     """Whether ``--out`` and ``--viz`` are folders for a run of ``count`` images (PlanError when
     an existing file stands where a folder is needed, or the reverse)."""
     single = single and count == 1
-    out_is_folder = format in ("png", "parquet") or (format == "sam" and (not single or folder_like(out)))
-    if format == "coco" and folder_like(out):
-        raise PlanError(f"--format coco writes one file, but --out {out} is a folder")
-    if format == "sam" and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
+    layout = get_format(format).out  # the format's layout rule: file, folder or file-or-folder
+    either = layout == "file-or-folder"
+    out_is_folder = layout == "folder" or (either and (not single or folder_like(out)))
+    if layout == "file" and folder_like(out):
+        raise PlanError(f"--format {format} writes one file, but --out {out} is a folder")
+    if either and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
         raise PlanError(f"--out {out} is a file, but {count} images need a folder")
     viz_is_folder = viz is not None and (not single or folder_like(viz))
     if viz_is_folder and os.path.isfile(viz.rstrip("/" + os.sep)):
@@ -200,7 +173,8 @@ def plan_jobs(
         and ``overwrite`` is False.  An output path too long for the file system is no error:
         that image is in ``Plan.refused`` and fails alone.
     """
-    collected = format in ("coco", "parquet")  # one writer for every image, in the main process
+    fmt = get_format(format)
+    collected = fmt.collected  # one writer for every image, in the main process
     out_is_folder, viz_is_folder = output_layout(len(items), out=out, format=format, viz=viz, single=single)
 
     # Keys are normalised relative paths, so a root plus a key is already a normalised
@@ -212,10 +186,8 @@ def plan_jobs(
         if os.sep != "/":
             stem = stem.replace("/", os.sep)
         paths = {}
-        if format == "sam":
-            paths[SAM] = f"{out_root}{os.sep}{stem}.json" if out_is_folder else out_root
-        elif format == "png":
-            paths[PNG] = f"{out_root}{os.sep}{stem}"
+        if fmt.image_suffix is not None:  # an output per image: <out>/<stem><suffix>
+            paths[format] = f"{out_root}{os.sep}{stem}{fmt.image_suffix}" if out_is_folder else out_root
         if viz_root:
             paths[VIZ] = f"{viz_root}{os.sep}{stem}.png" if viz_is_folder else viz_root
         return paths
@@ -237,7 +209,7 @@ def plan_jobs(
 
     locks = list(dict.fromkeys(path for target, is_folder in ((out_root, out_is_folder), (viz_root, viz_is_folder))
                                if target for path, _ in lock_files(target, is_folder, shard)))
-    run_files = [(out_root, "--out")] if format == "coco" else []
+    run_files = [(out_root, "--out")] if collected and fmt.out == "file" else []
     run_files += [(str(failures), "the failure list")] + [(path, "the run's lock") for path in locks]
     check_output_paths({item.path for item in items}, run_files, planned)
     if shard is not None:
@@ -255,12 +227,14 @@ def plan_jobs(
         todo = {}
         for kind, path in paths.items():
             exists = listing.exists(path)
-            if exists and (os.path.isdir(path) != (kind == PNG)):
-                raise PlanError(f"{path} exists and is a {'folder' if kind != PNG else 'file'}; "
+            is_folder = kind != VIZ and get_format(kind).image_is_folder
+            if exists and (os.path.isdir(path) != is_folder):
+                raise PlanError(f"{path} exists and is a {'folder' if not is_folder else 'file'}; "
                                 "move it away or choose another --out")
             if not exists or overwrite:
-                if exists and kind == PNG:
-                    _check_png_folder(path)
+                check = None if kind == VIZ else get_format(kind).check_replace
+                if exists and check is not None:
+                    check(path)
                 todo[kind] = path
             elif read_signature(kind, path) != settings_signature:
                 conflicts.append(path)
@@ -304,21 +278,6 @@ def _unwritable_name(path: str) -> str | None:
                     f"bytes, more than the {NAME_MAX - _TEMPORARY_EXTRA} a file name holds "
                     "(with its temporary's name)")
     return None
-
-
-_PNG_FOLDER_FILE = re.compile(r"(?:level|semantic|contour)_\d+\.png|metadata\.csv|" + re.escape(SIGNATURE_FILE))
-
-
-def _check_png_folder(path: str) -> None:
-    """A ``--format png`` folder about to be replaced holds only what uniap writes there."""
-    try:
-        names = os.listdir(path)
-    except OSError as err:
-        raise PlanError(f"cannot read {path}: {(err.strerror or str(err)).lower()}") from None
-    foreign = sorted(n for n in names if not _PNG_FOLDER_FILE.fullmatch(n) and not n.startswith("."))
-    if foreign:
-        raise PlanError(f"{path} holds {os.path.join(path, foreign[0])}, which uniap did not write; "
-                        "it is not replaced: move it away or choose another --out")
 
 
 def check_output_paths(inputs: set[str], run_files: Sequence[tuple[str, str]], planned: Sequence) -> None:

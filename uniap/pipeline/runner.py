@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import io
+from ..formats import get as get_format
+from ..formats import names as format_names
+from ..formats.files import atomic_path
 from .engine import LocalEngine, Report
 from .locks import lock_outputs
 from .plan import Plan, PlanError, output_layout, plan_jobs, remove_stale_temporaries, signature
-from .sinks import COLLECTORS
 from .sources import expand_inputs
 from ..features.regions import refined
 from .stages import Settings, Stages
 
-FORMATS = ("sam", "coco", "png", "parquet")
+FORMATS = tuple(format_names())  # as registered when this module loaded: the registry decides
 ENGINES = ("local", "ray")
 # Below this many images per run the NumPy backend finishes before Numba has loaded.
 NUMBA_PAYS_OFF = 64
@@ -63,18 +64,15 @@ class RunSummary:
 
 def check_refine(refine: str, refine_options: dict | None, upsampling: str,
                  segment_options: dict | None) -> None:
-    """Raise ValueError naming the option when ``refine`` and the other options do not fit."""
-    from ..features import REFINES
+    """Raise ValueError naming the option when ``refine`` and the other options do not fit
+    (:func:`uniap.features.regions.check_refine`, the one rule)."""
+    from ..features.regions import check_refine as check
 
-    if refine not in REFINES:
-        raise ValueError(f"refine must be one of {list(REFINES)}, got {refine!r}")
-    if refine == "superpixels":
-        if upsampling != "nearest":
-            raise ValueError("upsampling applies to refine 'none' only: superpixel levels are pixel-accurate")
-        if "connectivity" in (segment_options or {}):
-            raise ValueError("connectivity applies to refine 'none' only: superpixels are joined where they touch")
-    elif refine_options:
-        raise ValueError(f"{', '.join(sorted(refine_options))} applies to refine 'superpixels' only")
+    connectivity = (segment_options or {}).get("connectivity")
+    if "connectivity" in (segment_options or {}) and connectivity is None:
+        connectivity = 0  # named, even as None: refused with superpixels, as before
+    check(refine, upsampling=upsampling, superpixel_options=sorted(refine_options or {}),
+          connectivity=connectivity)
 
 
 def run(
@@ -139,7 +137,7 @@ def run(
     num_gpus : float, optional
         GPUs per Ray actor (default: 1 with a CUDA ``device``, else 0).
     image_ids : dict, optional
-        Image id by key (e.g. :func:`uniap.io.coco_image_ids` of a ground-truth file).
+        Image id by key (e.g. :func:`uniap.formats.coco.coco_image_ids` of a ground-truth file).
     features, extractor_options : str, dict
         The extractor and its options (:func:`uniap.features.get_extractor`).
     segment_options : dict
@@ -188,8 +186,7 @@ def run(
     images (:func:`_write_failures`); when it cannot be written, ``RunSummary.failures_error``
     says why.  A run with failures or an error leaves no empty folder behind.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    collector_type = get_format(format).collector  # ValueError naming the formats if there is none
     if isinstance(engine, str) and engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not isinstance(engine, str) and not callable(getattr(engine, "run", None)):
@@ -208,7 +205,7 @@ def run(
                         max_pixels=max_pixels, pred_iou_thresh=float(pred_iou_thresh),
                         stability_score_thresh=float(stability_score_thresh))
     digest = signature(settings.signature_fields())
-    if format in COLLECTORS and not overwrite and (existing := COLLECTORS[format].existing(out, shard)):
+    if collector_type is not None and not overwrite and (existing := collector_type.existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")
     single = len(inputs) == 1 and not file_lists and os.path.isfile(inputs[0]) and len(items) == 1 \
         and items[0].member is None
@@ -252,8 +249,8 @@ def run(
             runner = RayEngine(address=ray_address, batch_size=batch_size, num_gpus=num_gpus)
         else:
             runner = LocalEngine(workers, batch_size)
-        collector = COLLECTORS[format](out, shard=shard, image_ids=[job.image_id for job in the_plan.jobs],
-                                       overwrite=overwrite) if format in COLLECTORS else None
+        collector = collector_type(out, shard=shard, image_ids=[job.image_id for job in the_plan.jobs],
+                                   overwrite=overwrite) if collector_type is not None else None
         reports = [Report(job.item.key, job.item.describe(), job.image_id, status="failed", error=why)
                    for job, why in the_plan.refused]
         reports += _run(runner, the_plan.jobs, stages, collector, progress, summary)
@@ -430,7 +427,7 @@ def _write_failures(plan: Plan, summary: RunSummary, items: Sequence[Any]) -> No
             if path.is_file():
                 path.unlink()
             return
-        with io.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             tmp.write_text("".join(lines), encoding="utf-8", errors="surrogateescape")
     except OSError as err:
         summary.failures_error = f"cannot write {path}: {_reason(err)}"

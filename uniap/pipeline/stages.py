@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..api import segment, segment_graph
-from ..hierarchy import Hierarchy
+from ..core.api import segment, segment_graph
+from ..core.hierarchy import Hierarchy
 from ..pixels import pixel_labels as to_pixel_labels
 from ..records import contour_records, filter_records, hierarchy_records, semantic_of_clusters
 from .sources import Item, decode
@@ -91,7 +91,7 @@ class Settings:
 
     def signature_fields(self) -> dict[str, Any]:
         """What an output records so that a rerun can tell whether it is still valid."""
-        from ..options import resolve_options
+        from ..core.options import resolve_options
 
         options = {k: v for k, v in self.pool_options().items() if k != "backend"}
         resolved = resolve_options(**{k: v for k, v in options.items() if k in _RESOLVED})
@@ -275,7 +275,7 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
 def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) -> dict:
     """Provenance for output files: version, thresholds, options, grid, features and the
     digest of the run's settings (:func:`uniap.pipeline.plan.signature`) when given."""
-    from .. import __version__
+    from .._version import __version__
 
     refine = grid.describe() if hasattr(grid, "describe") else {"method": "none"}
     patches = getattr(grid, "grid", grid)  # a region graph's patch grid

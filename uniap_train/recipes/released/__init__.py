@@ -11,36 +11,27 @@ Per training step (B images, V = 2 + N views each, the backbone frozen):
    per-pixel logits = attention x head(queries).
 4. For every (teacher global view, student other view) pair of an image, both logit maps are
    resampled at the same R x R points of their common region and compared with
-   :class:`uniap_train.loss.QuerySDLoss`; the teacher output then updates the centre.
+   :class:`uniap_train.recipes.released.loss.QuerySDLoss`; the teacher output then updates the centre.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..loss import QuerySDLoss, build_region_pairs, distributed_sum, sample_maps, view_entropy
-from ..model import QueryHead, pixel_logits, query_attention
-from ..pooling import pooled_queries
+from ...pooling import pooled_queries
+from ..base import Recipe, StepOutput  # noqa: F401  (StepOutput: its old home)
+from .loss import QuerySDLoss, build_region_pairs, distributed_sum, sample_maps, view_entropy
+from .model import QueryHead, pixel_logits, query_attention
 
 __all__ = ["ReleasedRecipe", "StepOutput"]
 
 NUM_GLOBAL = 2
 
 
-@dataclass
-class StepOutput:
-    """What a recipe's :meth:`loss` returns to the engine."""
-
-    loss: torch.Tensor  # local loss to back-propagate (already scaled for DDP averaging)
-    stats: dict = field(default_factory=dict)  # floats for the logs
-    after_step: Callable[[], None] | None = None  # run after the optimizer step (centre update)
-
-
-class ReleasedRecipe:
+class ReleasedRecipe(Recipe):
     """Builds the student/teacher heads and the loss; computes one step's loss.
 
     Parameters
@@ -65,7 +56,7 @@ class ReleasedRecipe:
         return {"global_size": self.cfg.crops.global_size, "local_size": self.cfg.crops.local_size}
 
     def build_dataset(self, paths, backbone, pipeline_extractor):
-        from ..data import MultiCropDataset
+        from ...data import MultiCropDataset
 
         return MultiCropDataset(paths, self.cfg.crops, self.cfg.seed, self.cfg.data.max_side,
                                 pipeline_extractor=pipeline_extractor, crop_features=backbone.crop_features,
@@ -97,7 +88,7 @@ class ReleasedRecipe:
         teacher_temp : float
         world_size : int
         autocast : context manager factory
-            The engine's mixed-precision context.
+            The trainer's mixed-precision context.
         """
         b = grids[0].shape[0]
         device = grids[0].device

@@ -42,10 +42,11 @@ from torch import nn
 
 import uniap
 
-from ..decoder import PaperModel
-from ..loss import QuerySDLoss, distributed_sum
-from ..teacher import calibrated_levels, cell_edges, superpixel_features, teacher_hierarchy
-from ..matching import (
+from ...teacher import calibrated_levels, cell_edges, superpixel_features, teacher_hierarchy
+from ..base import Recipe, StepOutput
+from ..released.loss import QuerySDLoss, distributed_sum
+from .model import PaperModel
+from .loss import (
     bce_loss,
     crop_masks,
     dice_cost,
@@ -55,7 +56,6 @@ from ..matching import (
     uncertain_points,
     view_points,
 )
-from .released import StepOutput
 
 __all__ = ["PaperRecipe", "TeacherMasks", "teacher_masks", "region_masks"]
 
@@ -179,7 +179,7 @@ def _sample_generator(seed: int, index: int, crops, extra: tuple = ()) -> torch.
     return torch.Generator().manual_seed(zlib.crc32(text.encode()))
 
 
-class PaperRecipe:
+class PaperRecipe(Recipe):
     """Builds the paper's student model and loss; computes one step's loss.
 
     Parameters
@@ -190,6 +190,7 @@ class PaperRecipe:
     """
 
     name = "paper"
+    serves_predictor = True  # a mask decoder: uniap-predict and uniap-eval --segmenter checkpoint
     metric_columns = ("loss_querysd", "loss_dice", "loss_bce", "loss_score", "match_dice", "match_dice_binary",
                       "match_dice_whole", "score_iou_error", "queries_matched", "teacher_masks",
                       "teacher_masks_in_view")
@@ -212,7 +213,7 @@ class PaperRecipe:
         return {"teacher_size": self.cfg.crops.teacher_size, "local_size": self.cfg.crops.local_size}
 
     def build_dataset(self, paths, backbone, pipeline_extractor):
-        from ..data import PaperDataset
+        from ...data import PaperDataset
 
         u = self.cfg.uniap
         regions = ({"size": u.superpixel_size, "contours": u.contours, "target_scale": TARGET_SCALE}
@@ -224,14 +225,19 @@ class PaperRecipe:
     def build_student(self) -> nn.Module:
         vit = None
         if self.trains_backbone:
-            from ..backbone import TrainableVit
+            from ...backbone import TrainableVit
 
             vit = TrainableVit.from_extractor(self.backbone.extractor)
         return PaperModel(self.in_dim, self.cfg.model, vit)
 
+    @classmethod
+    def predictor_model(cls, in_dim: int, cfg, vit: nn.Module | None) -> nn.Module:
+        """The EMA teacher's model, for :class:`uniap_train.predict.Predictor`."""
+        return PaperModel(in_dim, cfg.model, vit)
+
     def param_groups(self, model: nn.Module) -> list[dict]:
         """AdamW groups; a trainable backbone's at ``backbone.lr_scale`` of the learning rate."""
-        from ..utils import get_params_groups
+        from ...utils import get_params_groups
 
         scales = {"backbone.": self.cfg.backbone.lr_scale} if self.trains_backbone else None
         return get_params_groups(model, scales)
