@@ -37,7 +37,7 @@ def _peak_rss_mb(code: str, *args: str) -> float:
     out = subprocess.run([sys.executable, "-c", wrapper, code, *args], env=env, capture_output=True, text=True,
                          timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss: KiB
 
 
 def _write_shards(folder: Path, shards: int, per_shard: int) -> None:
@@ -76,7 +76,7 @@ def test_trainer_peak_rss_on_shards(benchmark, tmp_path, shards, per_shard):
     peak = benchmark.pedantic(_peak_rss_mb, args=(TRAIN, str(folder / "*.tar"), str(tmp_path / "run")),
                               rounds=1, iterations=1)
     benchmark.extra_info.update(peak_rss_mb=peak, images=shards * per_shard, shards=shards)
-    print(f"\nshards: {shards * per_shard} images in {shards} shards: trainer peak RSS {peak:.0f} MB")
+    print(f"\nshards: {shards * per_shard} images in {shards} shards: trainer peak RSS {peak:.1f} MB")
 
 
 FOLDER = """
@@ -85,7 +85,8 @@ import numpy as np
 from uniap_train.config import CropConfig
 from uniap_train.data import MultiCropDataset, ResumableDistributedSampler
 n = int(sys.argv[1])
-paths = [f"/data/sa1b/images/sa_{i // 11000:06d}/sa_{i:09d}.jpg" for i in range(n)]
+from pathlib import Path
+paths = [Path(f"/data/sa1b/images/sa_{i // 11000:06d}/sa_{i:09d}.jpg") for i in range(n)]  # as list_images
 ds = MultiCropDataset(paths, CropConfig(), seed=0, max_side=64)
 del paths
 sampler = ResumableDistributedSampler(ds, 64, num_replicas=8, rank=3, seed=0)
@@ -99,4 +100,4 @@ assert count == sampler.batches_per_epoch * 64
 def test_folder_index_peak_rss(benchmark, n):
     peak = benchmark.pedantic(_peak_rss_mb, args=(FOLDER, str(n)), rounds=1, iterations=1)
     benchmark.extra_info.update(peak_rss_mb=peak, images=n)
-    print(f"\nfolder: {n} paths: peak RSS {peak:.0f} MB (listing, path array, one sampler epoch)")
+    print(f"\nfolder: {n} paths: peak RSS {peak:.1f} MB (listing, path array, one sampler epoch)")

@@ -32,6 +32,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "list_images",
     "load_resized",
+    "resize_max_side",
+    "PathArray",
     "MultiCropDataset",
     "PaperDataset",
     "ResumableDistributedSampler",
@@ -121,7 +123,13 @@ class PathArray:
     """
 
     def __init__(self, paths) -> None:
-        self._data = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
+        if isinstance(paths, PathArray):
+            self._data = paths._data
+            return
+        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
+        width = max((len(os.fsencode(p)) for p in paths), default=1)
+        # filled in place from a generator: no second list (of bytes) the size of the data set
+        self._data = np.fromiter((os.fsencode(p) for p in paths), dtype=f"S{width}", count=len(paths))
 
     def __len__(self) -> int:
         return int(self._data.shape[0])

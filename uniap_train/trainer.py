@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from .backbone import Backbone, vocabulary_state
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import MAX_STEPS, ConfigError, TrainConfig, config_to_dict, save_config
-from .data import ResumableDistributedSampler, collate_views, list_images, load_resized
+from .data import PathArray, ResumableDistributedSampler, collate_views, list_images, load_resized
 from .model import ema_update
 from .recipes import get_recipe
 from .runlog import METRIC_COLUMNS, RunLogger
@@ -445,7 +445,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
         for where, why in damaged:  # the streams skip the same, and report it when they get there
             _log(f"data: shard {where}: {why}", dist)
     else:
-        paths = list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images)
+        # one byte array, not a million Path objects (that forked workers would copy page by page)
+        paths = PathArray(list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images))
     resume, resume_ckpt = _resume(cfg, out, dist)
     # A resumed run keeps the words its checkpoint was trained with, even if the images changed.
     trained_words = None if resume is None else resume.parent / "vocabulary.npz"
