@@ -23,12 +23,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+REPO = Path(__file__).resolve().parents[1]
 PARTS = ("data", "teacher", "uniap", "student", "matching", "loss", "optimizer")
 WARMUP, STEPS = 3, 12
 
@@ -144,3 +146,42 @@ def test_paper_step_parts(benchmark, tmp_path, monkeypatch, device):
     for p in PARTS:
         print(f"  {p:10s} {per_step[p] * 1000:8.1f} ms  {100 * per_step[p] / total:5.1f} %")
     assert clock.step == WARMUP + STEPS and total > 0
+
+
+def test_paper_data_per_image(benchmark, tmp_path):
+    """The data side of one image at the paper's settings (``examples/configs/paper_vitb8.yaml``):
+    decode an SA-1B-sized JPEG (1500 x 2250) from a tar shard, downscale to 640, the teacher's
+    448 px view, 2 local crops of 224 and the whole view with jitter, and the superpixels of
+    ``uniap.nodes: superpixels`` (150 px each) with every view's target ids.  One core; a GPU
+    step needs ``data.batch_size / processes`` of these per process, spread over its workers."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from uniap_train.config import load_config
+    from uniap_train.data import PaperDataset
+    from uniap_train.shards import ShardStream
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (30, 45, 3), dtype=np.uint8)  # smooth regions, then texture
+    image = np.asarray(Image.fromarray(small).resize((2250, 1500), Image.BICUBIC)).copy()
+    image += rng.integers(0, 16, image.shape, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    shard = tmp_path / "sa_000000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for i in range(4):
+            info = tarfile.TarInfo(f"sa_{i}.jpg")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    cfg = load_config(REPO / "examples" / "configs" / "paper_vitb8.yaml", ["data.root=x"])
+    dataset = PaperDataset([], cfg.crops, 0, cfg.data.max_side, None, patch_size=8, pixels=True,
+                           regions={"size": cfg.uniap.superpixel_size, "contours": False, "target_scale": 2})
+    stream = ShardStream([str(shard)], dataset, seed=0, shuffle_buffer=0, max_side=cfg.data.max_side)
+    samples = iter(stream)
+    next(samples)  # warm-up: Numba, imports
+    benchmark.pedantic(lambda: next(samples), rounds=3, iterations=1)
+    s = benchmark.stats.stats.median
+    benchmark.extra_info.update(seconds_per_image=s, jpeg_bytes=len(buf.getvalue()))
+    print(f"\npaper data pipeline, one 1500 x 2250 JPEG from a shard: {s * 1000:.0f} ms per image on one core")
