@@ -310,3 +310,18 @@ def test_shard_config_errors(tmp_path):
         load_config(None, ["data.root=x", "data.shard_images=3"])
     with pytest.raises(ConfigError, match="data.shuffle_buffer"):
         load_config(None, shard_run("x.tar", tmp_path, "data.shuffle_buffer=-1"))
+
+
+def test_paper_recipe_trains_on_shards(tmp_path):
+    """The paper recipe's samples (teacher view, superpixels, pixels) come from a stream too."""
+    from test_train_paper import paper_small
+
+    from uniap_train.trainer import train
+
+    make_shards(tmp_path / "shards", 2, 4, layout="webdataset")
+    out = tmp_path / "run"
+    summary = train(load_config(None, [*paper_small(tmp_path, out, "optim.max_steps=2"), "data.kind=shards",
+                                       f"data.root={tmp_path / 'shards'}", "data.max_images=0"]))
+    assert summary["step"] == 2 and summary["skipped_images"] == 0
+    ckpt = _load(out / "checkpoint_last.pt")
+    assert ckpt["recipe"] == "paper" and ckpt["stream"]["positions"] == [[8]]
