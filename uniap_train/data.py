@@ -1,6 +1,8 @@
 """Training data: image lists, multi-crop samples, a resumable distributed sampler.
 
-* :func:`list_images` reads an image folder (recursively, sorted) or a COCO-style JSON list.
+* :func:`list_images` reads an image folder (recursively, sorted) or a COCO-style JSON list;
+  the data sets hold the paths as one :class:`PathArray` (``data.kind: shards`` holds none:
+  :mod:`uniap_train.shards` streams tar members into :meth:`MultiCropDataset.sample_image`).
 * :class:`MultiCropDataset` turns image ``i`` of epoch ``e`` into 2 global and N local views
   (:class:`uniap_train.crops.MultiCrop`) drawn from ``numpy.random.default_rng([seed, e, i])``:
   a sample depends on nothing else, so workers, processes and resumed runs all see the same
