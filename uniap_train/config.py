@@ -59,13 +59,22 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    kind: Literal["folder", "coco"] = "folder"  # image folder (searched recursively) or COCO list
-    root: str = ""  # folder of images (folder), or the folder holding file_name entries (coco)
+    # image folder (searched recursively), COCO list, or tar shards streamed in place (SA-1B,
+    # WebDataset: every image member is a sample; no list of images is made)
+    kind: Literal["folder", "coco", "shards"] = "folder"
+    # folder of images (folder), the folder holding file_name entries (coco), or the shards
+    # (shards): a .tar, a folder of .tar, a glob or a brace list (sa_{000000..000999}.tar)
+    root: str = ""
     annotations: Optional[str] = None  # COCO-style JSON with an "images" list (kind=coco)
     max_images: int = 0  # use only the first N images in sorted order (0 = all)
     batch_size: int = 8  # GLOBAL batch (images per step over all processes)
     num_workers: int = 0  # DataLoader worker processes per training process
     max_side: int = 512  # images are downscaled so that their longer side is at most this
+    # kind shards: member references mixed at a time by each stream's shuffle buffer (0 = shard order)
+    shuffle_buffer: int = 1000
+    # kind shards: images per shard, for epoch arithmetic (0 = count the shards' headers at the
+    # start; SA-1B: about 11,000, saving a pass over 1,000 shards' headers)
+    shard_images: int = 0
 
 
 @dataclass
@@ -104,6 +113,9 @@ class BackboneConfig:
     # EMA teacher each own a copy); false: the backbone stays frozen
     trainable: bool = False
     lr_scale: float = 0.1  # learning rate of a trainable backbone relative to the rest (Mask2Former's 0.1)
+    # a trainable ViT recomputes its blocks' activations in the backward pass instead of keeping
+    # them (timm's gradient checkpointing): less GPU memory for about a third more backbone time
+    checkpointing: bool = False
 
 
 @dataclass
@@ -194,6 +206,10 @@ class OptimConfig:
     freeze_last_layer_steps: int = 1000
     betas: tuple[float, float] = (0.9, 0.999)
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    # autocast's type with optim.amp: float16 (with a gradient scaler) or bfloat16 (no scaler:
+    # float32's range; A100, H100 and later)
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    compile: bool = False  # torch.compile the student (the first steps compile; CUDA mostly)
 
 
 @dataclass
@@ -327,6 +343,12 @@ def _validate(c: TrainConfig) -> None:
     _need(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
     _need(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
     _need(d.max_side >= 16, "data.max_side", "must be >= 16", d.max_side)
+    _need(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0 (0 = no shuffle buffer)", d.shuffle_buffer)
+    _need(d.shard_images >= 0, "data.shard_images", "must be >= 0 (0 = count)", d.shard_images)
+    _need(d.kind == "shards" or d.shard_images == 0, "data.shard_images", "is for data.kind: shards",
+          d.shard_images)
+    _need(d.kind != "shards" or d.max_images == 0, "data.max_images",
+          "is not for data.kind: shards (name fewer shards instead)", d.max_images)
     k = c.crops
     _need(k.global_size >= 8, "crops.global_size", "must be >= 8", k.global_size)
     _need(k.local_size >= 8, "crops.local_size", "must be >= 8", k.local_size)

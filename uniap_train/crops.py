@@ -154,6 +154,9 @@ def region_points(box: np.ndarray, size: int) -> np.ndarray:
     return np.stack([uu, vv], axis=-1)
 
 
+# Not torchvision.transforms.v2: its jitter draws from torch's global generator (views must be a
+# function of (seed, epoch, image) for exact resume), rounds after each operation (up to 20 grey
+# levels away from this) and took 1.20 ms against 0.76 ms per 224 px view on one core (2026-12-07).
 def color_jitter(
     image: np.ndarray,
     rng: np.random.Generator,

@@ -1,6 +1,8 @@
 """Training data: image lists, multi-crop samples, a resumable distributed sampler.
 
-* :func:`list_images` reads an image folder (recursively, sorted) or a COCO-style JSON list.
+* :func:`list_images` reads an image folder (recursively, sorted) or a COCO-style JSON list;
+  the data sets hold the paths as one :class:`PathArray` (``data.kind: shards`` holds none:
+  :mod:`uniap_train.shards` streams tar members into :meth:`MultiCropDataset.sample_image`).
 * :class:`MultiCropDataset` turns image ``i`` of epoch ``e`` into 2 global and N local views
   (:class:`uniap_train.crops.MultiCrop`) drawn from ``numpy.random.default_rng([seed, e, i])``:
   a sample depends on nothing else, so workers, processes and resumed runs all see the same
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -31,6 +34,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "list_images",
     "load_resized",
+    "resize_max_side",
+    "PathArray",
     "MultiCropDataset",
     "PaperDataset",
     "ResumableDistributedSampler",
@@ -83,19 +88,61 @@ def list_images(kind: str, root: str, annotations: str | None = None, max_images
     return paths
 
 
-def load_resized(path: str | Path, max_side: int) -> np.ndarray:
-    """An image as (H, W, 3) uint8, downscaled (antialiased) so that max(H, W) <= max_side."""
-    from PIL import Image
+def load_resized(path: str | Path | Any, max_side: int) -> np.ndarray:
+    """An image as (H, W, 3) uint8, downscaled (antialiased) so that max(H, W) <= max_side.
 
+    ``path`` is a file, or a :class:`uniap.pipeline.sources.Item` (a tar member)."""
     from uniap.features import load_image
 
-    image = load_image(path)
+    if hasattr(path, "read_bytes") and getattr(path, "member", None) is not None:
+        from uniap.pipeline.sources import decode
+
+        return resize_max_side(decode(path), max_side)
+    return resize_max_side(load_image(path), max_side)
+
+
+def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` downscaled (bilinear, antialiased) so that its longer side is at most ``max_side``."""
+    from PIL import Image
+
     h, w = image.shape[:2]
     if max(h, w) > max_side:
         s = max_side / max(h, w)
         size = (max(1, round(w * s)), max(1, round(h * s)))
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=None))
     return np.ascontiguousarray(image)
+
+
+class PathArray:
+    """A list of paths held as one NumPy byte array (a few bytes per path, no Python objects).
+
+    A list of a million ``Path`` objects costs about 150 MB per process and, read by forked
+    DataLoader workers, is copied into each of them page by page (reference counts are
+    written on every access); one array is neither.  Indexing gives a ``Path``.
+
+    >>> PathArray(["a/1.jpg", "b/22.png"])[1]
+    PosixPath('b/22.png')
+    """
+
+    def __init__(self, paths) -> None:
+        if isinstance(paths, PathArray):
+            self._data = paths._data
+            return
+        paths = paths if isinstance(paths, (list, tuple)) else list(paths)
+        width = max((len(os.fsencode(p)) for p in paths), default=1)
+        # filled in place from a generator: no second list (of bytes) the size of the data set
+        self._data = np.fromiter((os.fsencode(p) for p in paths), dtype=f"S{width}", count=len(paths))
+
+    def __len__(self) -> int:
+        return int(self._data.shape[0])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [Path(os.fsdecode(b)) for b in self._data[i]]
+        return Path(os.fsdecode(self._data[int(i)]))
+
+    def __iter__(self):
+        return (Path(os.fsdecode(b)) for b in self._data)
 
 
 @dataclass
@@ -109,6 +156,8 @@ class Sample:
     teacher_cells: tuple[int, int] | None = None  # recipe paper: the teacher grid's image part
     pixels: list[np.ndarray] | None = None  # recipe paper: the views' pixels beside their features
     regions: dict | None = None  # recipe paper: the teacher's superpixel nodes (:mod:`uniap_train.regions`)
+    stream: tuple[int, int] | None = None  # data.kind shards: (stream, references given out) for resume
+    skipped: list | None = None  # data.kind shards: (where, why) of members skipped before this one
 
 
 class MultiCropDataset(Dataset):
@@ -136,7 +185,9 @@ class MultiCropDataset(Dataset):
     def __init__(self, paths: list[Path], crop_cfg, seed: int, max_side: int,
                  pipeline_extractor: Callable[[], Any] | None = None, crop_features: bool = False,
                  patch_size: int = 8) -> None:
-        self.paths = list(paths)
+        self.paths = PathArray(paths)
+        self.cache = True  # keep each image's features / pixels for the next epochs (a stream turns it off)
+        self._held: tuple[int, np.ndarray] | None = None
         self.multicrop = MultiCrop(crop_cfg)
         self.seed = int(seed)
         self.max_side = int(max_side)
@@ -158,16 +209,36 @@ class MultiCropDataset(Dataset):
             self._extractor = self.pipeline_extractor()
         return self._extractor
 
+    def _load(self, index: int) -> np.ndarray:
+        """Image ``index`` at ``max_side``: the one :meth:`sample_image` holds, or read from its path."""
+        if self._held is not None and self._held[0] == index:
+            return self._held[1]
+        return load_resized(self.paths[index], self.max_side)
+
+    def _remember(self, cache: dict, index: int, value: Any) -> Any:
+        if self.cache:
+            cache[index] = value
+        return value
+
+    def sample_image(self, image: np.ndarray, epoch: int, index: int) -> Sample:
+        """The sample ``(epoch, index)`` of an image already read (a tar member of a stream)."""
+        self._held = (int(index), image)
+        try:
+            return self[(epoch, index)]
+        finally:
+            self._held = None
+
     def image_grid(self, index: int) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
         """Features of image ``index`` (cached), cells per pixel (sy, sx), and the image shape."""
-        if index not in self._cache:
-            image = load_resized(self.paths[index], self.max_side)
-            grid = self._get_extractor()(image)
-            (hr, wr), (ho, wo) = grid.resized_shape, grid.original_shape
-            p = grid.patch_size
-            scale = (hr / ho / p, wr / wo / p)
-            self._cache[index] = (np.ascontiguousarray(grid.features, np.float32), scale, image.shape[:2])
-        return self._cache[index]
+        if index in self._cache:
+            return self._cache[index]
+        image = self._load(index)
+        grid = self._get_extractor()(image)
+        (hr, wr), (ho, wo) = grid.resized_shape, grid.original_shape
+        p = grid.patch_size
+        scale = (hr / ho / p, wr / wo / p)
+        return self._remember(self._cache, index,
+                              (np.ascontiguousarray(grid.features, np.float32), scale, image.shape[:2]))
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -178,7 +249,7 @@ class MultiCropDataset(Dataset):
             _, crops = self.multicrop(np.zeros(shape + (3,), np.uint8), rng, render=False)
             views = [crop_feature_grid(feats, c, c.size // self.patch_size, scale) for c in crops]
             return Sample(index, crops, features=views)
-        image = load_resized(self.paths[index], self.max_side)
+        image = self._load(index)
         views, crops = self.multicrop(image, rng)
         if self.pipeline_extractor is None:
             return Sample(index, crops, views=views)
@@ -213,6 +284,9 @@ def collate_views(samples: list[Sample]) -> dict:
         out["pixels"] = [torch.from_numpy(np.stack([s.pixels[v] for s in samples])) for v in range(nv)]
     if samples[0].regions is not None:  # one image's superpixels each: sizes differ, kept as a list
         out["regions"] = [s.regions for s in samples]
+    if samples[-1].stream is not None:  # a batch is consecutive samples of one stream: its last count
+        out["stream"] = samples[-1].stream
+        out["skipped"] = [item for s in samples for item in (s.skipped or [])]
     return out
 
 
@@ -310,9 +384,9 @@ class PaperDataset(MultiCropDataset):
         return 1 + self.multicrop.cfg.num_local + int(self.multicrop.cfg.student_whole)
 
     def _image(self, index: int) -> np.ndarray:
-        if index not in self._images:  # cached with the features: both are reused every epoch
-            self._images[index] = load_resized(self.paths[index], self.max_side)
-        return self._images[index]
+        if index in self._images:  # cached with the features: both are reused every epoch
+            return self._images[index]
+        return self._remember(self._images, index, self._load(index))
 
     def _local_crops(self, rng: np.random.Generator, height: int, width: int,
                      image: np.ndarray | None) -> tuple[list[Crop], list[np.ndarray]]:
@@ -354,14 +428,14 @@ class PaperDataset(MultiCropDataset):
     def _sample_regions(self, index: int, image: np.ndarray, crops: list[Crop]) -> dict:
         from .regions import fine_pooling, image_regions, view_region_ids
 
-        if index not in self._regions:
+        cached = self._regions.get(index)
+        if cached is None:
             r = image_regions(image, self.regions["size"], self.regions.get("contours", False))
             fine_cells = 2 * (self.multicrop.cfg.teacher_size // self.patch_size)
-            self._regions[index] = {
+            cached = self._remember(self._regions, index, {
                 "edges": r.edges, "contours": r.contours, "pool": fine_pooling(r.labels, fine_cells),
                 "sizes": np.bincount(r.labels.ravel(), minlength=r.count).astype(np.float32), "labels": r.labels,
-            }
-        cached = self._regions[index]
+            })
         scale = int(self.regions.get("target_scale", 2))
         ids = [view_region_ids(cached["labels"], c, scale * 2 * (c.size // self.patch_size)) for c in crops[1:]]
         return {k: v for k, v in cached.items() if k != "labels"} | {"ids": ids}
@@ -452,8 +526,18 @@ class ResumableDistributedSampler(DistributedSampler):
         self.start_batch = int(start_batch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[: self.batches_per_epoch * self.batch_size]
-        for i in indices[self.start_batch * self.batch_size:]:
+        # PyTorch's order (randperm seeded with seed + epoch, every num_replicas-th from rank),
+        # kept as one int64 tensor: its .tolist() would make a Python int per image each epoch
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        mine = order[: self.total_size][self.rank: self.total_size: self.num_replicas]
+        mine = mine[: self.batches_per_epoch * self.batch_size]
+        for i in mine[self.start_batch * self.batch_size:].numpy():
             yield (self.epoch, int(i))
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from .backbone import Backbone, vocabulary_state
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import MAX_STEPS, ConfigError, TrainConfig, config_to_dict, save_config
-from .data import ResumableDistributedSampler, collate_views, list_images, load_resized
+from .data import PathArray, ResumableDistributedSampler, collate_views, list_images, load_resized
 from .model import ema_update
 from .recipes import get_recipe
 from .runlog import METRIC_COLUMNS, RunLogger
@@ -151,6 +152,9 @@ class TrainState:
     scaler: Any
     schedules: Schedules
     autocast: Any
+    # data.kind shards: what a checkpoint needs to resume the streams exactly (the stream
+    # layout and, per process, the references each of its streams has given out)
+    data_state: dict | None = None
 
 
 def _log(msg: str, dist: DistInfo) -> None:
@@ -255,6 +259,7 @@ def save_checkpoint(path: Path, state: TrainState, step: int, previous: Path | N
         "loss": state.loss_fn.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scaler": state.scaler.state_dict(),
+        **({"stream": state.data_state} if state.data_state is not None else {}),
         "rng": get_rng_state(),
         "config": config_to_dict(state.cfg),
         "in_dim": int(state.recipe.in_dim),
@@ -426,7 +431,21 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     recipe_cls = get_recipe(cfg.recipe)
 
     # ============ data ... ============
-    paths = list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images)
+    shards: list[str] | None = None
+    if cfg.data.kind == "shards":
+        from .shards import count_images, expand_shards, first_items
+
+        shards = expand_shards(cfg.data.root)
+        # the first images stand for the data where a few are needed (shared words, feature size)
+        paths = first_items(shards, max(1, cfg.backbone.vocabulary_images))
+        damaged: list = []
+        n_images = (cfg.data.shard_images * len(shards) if cfg.data.shard_images
+                    else count_images(shards, progress=dist.is_main and cfg.log.progress, problems=damaged))
+        for where, why in damaged:  # the streams skip the same, and report it when they get there
+            _log(f"data: shard {where}: {why}", dist)
+    else:
+        # one byte array, not a million Path objects (that forked workers would copy page by page)
+        paths = PathArray(list_images(cfg.data.kind, cfg.data.root, cfg.data.annotations, cfg.data.max_images))
     resume, resume_ckpt = _resume(cfg, out, dist)
     # A resumed run keeps the words its checkpoint was trained with, even if the images changed.
     trained_words = None if resume is None else resume.parent / "vocabulary.npz"
@@ -439,23 +458,42 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     for key, size in recipe.view_sizes().items():
         if size % p:
             raise ConfigError(f"crops.{key}: {size} is not a multiple of the backbone's patch size {p}")
-    dataset = recipe.build_dataset(paths, backbone, backbone.factory() if backbone.crop_features else None)
-    sampler = ResumableDistributedSampler(dataset, batch_per_process, num_replicas=dist.world_size,
-                                          rank=dist.rank, seed=cfg.seed)
-    if sampler.batches_per_epoch == 0:
-        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than the {len(dataset)} images")
-    loader = DataLoader(
-        dataset, batch_size=batch_per_process, sampler=sampler, num_workers=cfg.data.num_workers,
-        collate_fn=collate_views, drop_last=True, persistent_workers=cfg.data.num_workers > 0,
-        pin_memory=dist.device.type == "cuda",
-    )
-    _log(f"data: {len(dataset)} images, {sampler.batches_per_epoch} steps per epoch, "
-         f"{batch_per_process} images per process per step, {dataset.num_views} views each", dist)
+    dataset = recipe.build_dataset([] if shards is not None else paths, backbone,
+                                   backbone.factory() if backbone.crop_features else None)
+    stream = sampler = None
+    if shards is not None:
+        steps_per_epoch = n_images // cfg.data.batch_size
+        if steps_per_epoch == 0:
+            raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than the {n_images} images")
+        stream = _shard_stream(cfg, shards, dataset, dist, resume_ckpt)
+        # streams never end (pass after pass): the loader's iterator lives for the whole run
+        loader = DataLoader(stream, batch_size=batch_per_process, num_workers=cfg.data.num_workers,
+                            collate_fn=collate_views, pin_memory=dist.device.type == "cuda")
+        _log(f"data: {len(shards)} shards, {n_images} images, {steps_per_epoch} steps per epoch, "
+             f"{stream.num_streams} streams, {batch_per_process} images per process per step, "
+             f"{dataset.num_views} views each", dist)
+    else:
+        sampler = ResumableDistributedSampler(dataset, batch_per_process, num_replicas=dist.world_size,
+                                              rank=dist.rank, seed=cfg.seed)
+        steps_per_epoch = sampler.batches_per_epoch
+        if sampler.batches_per_epoch == 0:
+            raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than the {len(dataset)} images")
+        loader = DataLoader(
+            dataset, batch_size=batch_per_process, sampler=sampler, num_workers=cfg.data.num_workers,
+            collate_fn=collate_views, drop_last=True, persistent_workers=cfg.data.num_workers > 0,
+            pin_memory=dist.device.type == "cuda",
+        )
+        _log(f"data: {len(dataset)} images, {sampler.batches_per_epoch} steps per epoch, "
+             f"{batch_per_process} images per process per step, {dataset.num_views} views each", dist)
 
     # ============ student and teacher ... ============
     student_module = recipe.build_student().to(dist.device)
     teacher = copy.deepcopy(student_module)
     teacher.requires_grad_(False)
+    if cfg.backbone.checkpointing:
+        _checkpoint_backbone(student_module, dist)
+    if cfg.optim.compile:  # in place: the state dict keeps its keys, checkpoints stay portable
+        student_module.compile()
     student: nn.Module = student_module
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -474,14 +512,18 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     groups = recipe.param_groups(student_module)
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.optim.betas))
     use_amp = cfg.optim.amp and dist.device.type in AMP_DEVICE_TYPES
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=use_amp)
-    autocast = partial(torch.autocast, device_type=dist.device.type, dtype=torch.float16) if use_amp else nullcontext
-    schedules = Schedules.build(cfg, sampler.batches_per_epoch)
+    amp_dtype = torch.bfloat16 if cfg.optim.amp_dtype == "bfloat16" else torch.float16
+    # bfloat16 has float32's exponent range: its gradients need no loss scaling
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=use_amp and amp_dtype == torch.float16)
+    autocast = partial(torch.autocast, device_type=dist.device.type, dtype=amp_dtype) if use_amp else nullcontext
+    schedules = Schedules.build(cfg, steps_per_epoch)
     _log(schedules.describe(cfg), dist)
     end_step = min(schedules.total_steps, cfg.optim.max_steps or schedules.total_steps)
 
     state = TrainState(cfg, dist, recipe, backbone, student, student_module, teacher, loss_fn, optimizer,
                        scaler, schedules, autocast)
+    positions = list(stream.positions) if stream is not None else None
+    skipped = 0
 
     # ============ optionally resume ... ============
     step = 0
@@ -531,10 +573,20 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     window: list[dict] = []
     tick = time.perf_counter()
     student.train()
+    batches = iter(loader) if stream is not None else None
     while step < end_step:
-        epoch, batch_in_epoch = divmod(step, schedules.steps_per_epoch)
-        sampler.set_epoch(epoch, batch_in_epoch)
-        for batch in loader:
+        if sampler is not None:
+            epoch, batch_in_epoch = divmod(step, schedules.steps_per_epoch)
+            sampler.set_epoch(epoch, batch_in_epoch)
+            batches = iter(loader)
+        for batch in batches:
+            if "stream" in batch:
+                positions[batch["stream"][0]] = int(batch["stream"][1])
+                for where, why in batch["skipped"]:
+                    skipped += 1
+                    print(f"uniap-train: skipping {where}: {why}", file=sys.stderr, flush=True)
+                    logger.text({"kind": "skipped", "step": step + 1, "rank": dist.rank, "item": where,
+                                 "reason": why})
             metrics = train_one_step(state, batch, step)
             step += 1
             window.append(metrics)
@@ -547,6 +599,10 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
                            seconds_per_step=(now - tick) / len(window))
                 logger.metrics(row)
                 window, tick = [], now
+            saving = step % cfg.checkpoint.every_steps == 0 or step == end_step or bool(
+                cfg.checkpoint.keep_every and step % cfg.checkpoint.keep_every == 0)
+            if stream is not None and saving:  # every process's stream positions, for rank 0 to save
+                state.data_state = _stream_state(stream, positions, dist)
             if dist.is_main and (step % cfg.checkpoint.every_steps == 0 or step == end_step):
                 save_checkpoint(out / "checkpoint_last.pt", state, step, previous=out / "checkpoint_prev.pt")
             if dist.is_main and cfg.checkpoint.keep_every and step % cfg.checkpoint.keep_every == 0:
@@ -561,9 +617,69 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict:
     last_eval = evaluate(step, with_baseline=not (cfg.eval.at_start and resume is None)) \
         if cfg.eval.images is not None else {}
     summary = {"step": step, "total_steps": schedules.total_steps, "eval": last_eval}
+    if stream is not None:
+        summary["skipped_images"] = skipped  # this process's
     logger.text({"kind": "end", **summary})
     logger.close()
     if dist.distributed:
         torch.distributed.barrier()
     _log(f"done: {step} steps; checkpoint {out / 'checkpoint_last.pt'}", dist)
     return summary
+
+
+# =============================================================================================
+# helpers of the driver
+# =============================================================================================
+
+
+def _stream_layout(cfg: TrainConfig, n_shards: int, dist: DistInfo) -> dict:
+    """What fixes the streams' order: a checkpoint's streams resume exactly only under the same."""
+    return {"world_size": dist.world_size, "num_workers": max(1, cfg.data.num_workers),
+            "batch_per_process": cfg.data.batch_size // dist.world_size, "shards": n_shards,
+            "shuffle_buffer": cfg.data.shuffle_buffer, "seed": cfg.seed}
+
+
+def _shard_stream(cfg: TrainConfig, shards: list[str], dataset: Any, dist: DistInfo, ckpt: dict | None):
+    """This process's :class:`~uniap_train.shards.ShardStream`, continued where a checkpoint left it."""
+    from .shards import ShardStream
+
+    layout = _stream_layout(cfg, len(shards), dist)
+    start, positions = 0, None
+    if ckpt is not None:
+        start = int(ckpt.get("step", 0))
+        saved = ckpt.get("stream")
+        if saved is not None and {k: saved.get(k) for k in layout} == layout:
+            positions = [int(p) for p in saved["positions"][dist.rank]]
+        else:
+            was = {k: saved.get(k) for k in layout} if saved else "no stream state"
+            _log(f"resume: the checkpoint's streams ({was}) differ from this run's ({layout}): the "
+                 "streams start their passes afresh, so the sample order differs from the original run's", dist)
+            start = 0
+    stream = ShardStream(shards, dataset, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+                         num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                         max_side=cfg.data.max_side, start_step=start, positions=positions)
+    stream.layout = layout
+    return stream
+
+
+def _stream_state(stream: Any, positions: list[int], dist: DistInfo) -> dict:
+    """The stream layout and every process's stream positions (a collective: all ranks call it)."""
+    mine = torch.tensor(positions, dtype=torch.int64, device=dist.device)
+    if dist.distributed:
+        every = [torch.zeros_like(mine) for _ in range(dist.world_size)]
+        torch.distributed.all_gather(every, mine)
+    else:
+        every = [mine]
+    return {**stream.layout, "positions": [t.cpu().tolist() for t in every]}
+
+
+def _checkpoint_backbone(student: nn.Module, dist: DistInfo) -> None:
+    """Gradient (activation) checkpointing for the student's trainable ViT blocks."""
+    from .backbone import TrainableVit
+
+    vits = [m for m in student.modules() if isinstance(m, TrainableVit)]
+    for vit in vits:
+        vit.net.set_grad_checkpointing(True)
+    if not vits:
+        _log("backbone.checkpointing: the student has no trainable backbone (backbone.trainable: false "
+             "or recipe released): nothing to checkpoint", dist)

@@ -53,7 +53,7 @@ from .loss import (
     dice_loss,
     hungarian,
     point_sample,
-    uncertain_points,
+    uncertain_points_many,
     view_points,
 )
 
@@ -361,25 +361,67 @@ class PaperRecipe(Recipe):
 
         Returns the matches ``(frame, queries, teacher masks)`` (LongTensors) and, per group,
         each query's score target (rows, Q): the IoU of its binarised mask with its match."""
-        matches = []
-        score_targets = [m.new_zeros(m.shape[:2], dtype=torch.float32) for m in masks]
-        for f in frames:
-            prob = masks[f.group][f.row].detach().float().sigmoid().flatten(1)
-            soft = f.soft.flatten(1)
-            for kind, first, last in ((SEMANTIC, 0, num_semantic), (INSTANCE, num_semantic, prob.shape[0])):
-                sel = torch.nonzero(f.kinds == kind).flatten()
-                if sel.numel() == 0 or last == first:
-                    continue
-                q_idx, t_idx = hungarian(dice_cost(prob[first:last], soft[sel]))
-                if q_idx.size == 0:
-                    continue
-                q = torch.as_tensor(q_idx, device=prob.device) + first
-                t = sel[torch.as_tensor(t_idx, device=prob.device)]
-                hard, truth = prob[q] > 0.5, soft[t] > 0.5
-                iou = (hard & truth).sum(-1).float() / (hard | truth).sum(-1).clamp_min(1).float()
-                score_targets[f.group][f.row, q] = iou
-                matches.append((f, q, t))
-        return matches, score_targets
+        matches, scores = PaperRecipe._match_levels(frames, [masks], num_semantic)
+        return matches[0], scores[0]
+
+    @staticmethod
+    @torch.no_grad()
+    def _match_levels(frames: list["_Frame"], levels: list[list[torch.Tensor]], num_semantic: int
+                      ) -> tuple[list[list[tuple]], list[list[torch.Tensor]]]:
+        """:meth:`_match` of every prediction level at once: the Dice matrices of all levels and
+        frames (and the masks' kinds) reach the host in one copy and the assignments return in
+        one, instead of a copy and a sync per frame, kind and level (64+ a step at the paper's batch)."""
+        device = levels[0][0].device if levels and levels[0] else torch.device("cpu")
+        blocks, shapes = [], []
+        for masks in levels:
+            for f in frames:
+                prob = masks[f.group][f.row].detach().float().sigmoid().flatten(1)
+                d = dice_cost(prob, f.soft.flatten(1))  # (Q, M): every teacher mask, split by kind on the host
+                blocks.append(d.flatten())
+                shapes.append(tuple(d.shape))
+        kinds = [f.kinds.reshape(-1) for f in frames]
+        flat = torch.cat([b.double() for b in blocks] + [k.double() for k in kinds]) if blocks else \
+            torch.zeros(0, dtype=torch.float64)
+        host = flat.cpu().numpy()  # the one device-to-host copy
+        offset, dice_host = 0, []
+        for shape in shapes:
+            size = shape[0] * shape[1]
+            dice_host.append(host[offset: offset + size].reshape(shape))
+            offset += size
+        kinds_host = []
+        for k in kinds:
+            kinds_host.append(host[offset: offset + k.numel()].astype(np.int64))
+            offset += k.numel()
+        from scipy.optimize import linear_sum_assignment
+
+        plan, pieces = [], []  # (level, frame, count) and the matched query / mask indices
+        for li in range(len(levels)):
+            for fi, f in enumerate(frames):
+                dice = dice_host[li * len(frames) + fi]
+                for kind, first, last in ((SEMANTIC, 0, num_semantic), (INSTANCE, num_semantic, dice.shape[0])):
+                    sel = np.flatnonzero(kinds_host[fi] == kind)
+                    if sel.size == 0 or last == first:
+                        continue
+                    rows, cols = linear_sum_assignment(1.0 - dice[first:last][:, sel])
+                    if rows.size == 0:
+                        continue
+                    pieces += [rows.astype(np.int64) + first, sel[cols].astype(np.int64)]
+                    plan.append((li, fi, rows.size))
+        index = torch.from_numpy(np.concatenate(pieces) if pieces else np.zeros(0, np.int64))
+        index = index.to(device, non_blocking=True)  # the one host-to-device copy
+        out_matches: list[list[tuple]] = [[] for _ in levels]
+        out_scores = [[m.new_zeros(m.shape[:2], dtype=torch.float32) for m in masks] for masks in levels]
+        start = 0
+        for (li, fi, n), j in zip(plan, range(0, len(pieces), 2)):
+            f = frames[fi]
+            q, t = index[start: start + n], index[start + n: start + 2 * n]
+            start += 2 * n
+            prob = levels[li][f.group][f.row].detach().float().sigmoid().flatten(1)
+            hard, truth = prob[q] > 0.5, f.soft.flatten(1)[t] > 0.5
+            iou = (hard & truth).sum(-1).float() / (hard | truth).sum(-1).clamp_min(1).float()
+            out_scores[li][f.group][f.row, q] = iou
+            out_matches[li].append(_Match(f, q, t, pieces[j]))
+        return out_matches, out_scores
 
     def loss(self, batch: dict, grids: list[torch.Tensor], student: nn.Module, teacher: nn.Module,
              loss_fn: QuerySDLoss, teacher_temp: float, world_size: int, autocast: Any) -> StepOutput:
@@ -409,12 +451,8 @@ class PaperRecipe(Recipe):
         # ---- per prediction (the last first, then the earlier ones): matching, mask and score terms ----
         predictions = [[(o["masks"], o["scores"])] + [(a["masks"], a["scores"]) for a in o["aux"]] for o in outputs]
         n_levels = len(predictions[0])
-        level_matches, level_scores = [], []
-        for level in range(n_levels):
-            matches, score_targets = self._match(frames, [p[level][0] for p in predictions],
-                                                 cfg.model.num_semantic_queries)
-            level_matches.append(matches)
-            level_scores.append(score_targets)
+        level_matches, level_scores = self._match_levels(
+            frames, [[p[level][0] for p in predictions] for level in range(n_levels)], cfg.model.num_semantic_queries)
         with torch.no_grad():
             counts = [float(sum(len(q) for _, q, _ in m)) for m in level_matches]
             monitors = _match_monitors(level_matches[0], [p[0][0] for p in predictions], len(groups) - 1
@@ -490,14 +528,15 @@ class PaperRecipe(Recipe):
             target = torch.cat([f.soft[t] for f, _, t in matches])
             return logits.flatten(1), target.flatten(1)
         sharp = torch.cat([f.sharp[t] for f, _, t in matches])
-        coords = []
-        for f, q, _ in matches:
+        generators = []  # one per matched query, seeded by the sample: processes agree
+        for m in matches:
+            f, q = m[0], m[1]
             i = f.image
-            for query in q.tolist():
-                g = _sample_generator(self.cfg.seed, int(batch["index"][i]), batch["crops"][i], (f.view, query, level))
-                coords.append(uncertain_points(masks[f.row, query][None].detach(), lc.num_points, lc.oversample_ratio,
-                                               lc.importance_ratio, g))
-        coords = torch.cat(coords)
+            queries = m.host_queries if isinstance(m, _Match) else q.tolist()
+            for query in queries:
+                generators.append(_sample_generator(self.cfg.seed, int(batch["index"][i]), batch["crops"][i],
+                                                    (f.view, int(query), level)))
+        coords = uncertain_points_many(logits, lc.num_points, lc.oversample_ratio, lc.importance_ratio, generators)
         return point_sample(logits, coords), (point_sample(sharp, coords) > 0.5).float()
 
     # -- evaluation --------------------------------------------------------------------
@@ -544,6 +583,16 @@ def _pixels(batch: dict) -> list[torch.Tensor] | None:
     return batch.get("pixels", batch.get("views"))
 
 
+class _Match(tuple):
+    """A match ``(frame, queries, teacher masks)`` (unpacks as a 3-tuple) that also keeps its
+    queries on the host (``host_queries``), so that point sampling needs no copy back."""
+
+    def __new__(cls, frame: "_Frame", queries: torch.Tensor, masks: torch.Tensor, host_queries: np.ndarray):
+        obj = super().__new__(cls, (frame, queries, masks))
+        obj.host_queries = host_queries
+        return obj
+
+
 class _Frame:
     """One student view (``row`` of its size ``group``) of image ``image`` and the teacher's masks
     large enough in it: ``soft`` (K, h, w) on the view's mask grid (the share of each cell they
@@ -559,16 +608,17 @@ class _Frame:
 @torch.no_grad()
 def _match_monitors(matches: list[tuple], masks: list[torch.Tensor], whole_group: int) -> list[float]:
     """Sums over the matched pairs of their soft and binary Dice, and the whole view's soft Dice and count."""
-    soft_sum = hard_sum = whole_sum = whole_n = 0.0
+    sums = []  # summed on the device, read back once
+    whole_n = 0.0
     for f, q, t in matches:
         p = masks[f.group][f.row, q].detach().float().sigmoid().flatten(1)
         target = f.soft[t].flatten(1)
         soft = (2 * (p * target).sum(-1) + 1) / (p.sum(-1) + target.sum(-1) + 1)
         hp = (p > 0.5).float()
         hard = 2 * (hp * target).sum(-1) / (hp.sum(-1) + target.sum(-1)).clamp_min(1)
-        soft_sum += float(soft.sum())
-        hard_sum += float(hard.sum())
+        whole = soft.sum() if f.group == whole_group else soft.new_zeros(())
+        sums.append(torch.stack([soft.sum().double(), hard.sum().double(), whole.double()]))
         if f.group == whole_group:
-            whole_sum += float(soft.sum())
             whole_n += len(q)
+    soft_sum, hard_sum, whole_sum = torch.stack(sums).sum(0).tolist() if sums else (0.0, 0.0, 0.0)
     return [soft_sum, hard_sum, whole_sum, whole_n]
