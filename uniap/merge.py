@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import io
-from .cli import UsageError, nonnegative_int, positive_int, run_command
+from .cli import UsageError, add_version, nonnegative_int, positive_int, run_command
 
 FORMATS = ("coco", "parquet", "sam")
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folders of them) into one COCO data set, or convert them to Parquet parts or SAM files.",
         epilog="Example: uniap-merge coco.json coco-0-of-2.json coco-1-of-2.json",
     )
+    add_version(parser)
     parser.add_argument("out", metavar="OUT",
                         help="the output: a COCO file (--format coco), a folder otherwise")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
