@@ -117,19 +117,21 @@ class TestDinov3:
             VitFeatures("vit_small_patch16_dinov3_qkvb", weights=path)
 
 
-class TestTransformers:
-    @pytest.fixture(scope="class")
-    def hf_folder(self, tmp_path_factory):
-        transformers = pytest.importorskip("transformers")
-        torch.manual_seed(0)
-        cfg = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-                                        intermediate_size=192, patch_size=14, image_size=56,
-                                        layerscale_value=0.5)
-        model = transformers.Dinov2Model(cfg).eval()
-        folder = tmp_path_factory.mktemp("hf") / "dinov2-tiny"
-        model.save_pretrained(folder)
-        return model, folder
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A tiny random transformers Dinov2Model saved with save_pretrained (3 heads, LayerScale)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                                    intermediate_size=192, patch_size=14, image_size=56,
+                                    layerscale_value=0.5)
+    model = transformers.Dinov2Model(cfg).eval()
+    folder = tmp_path_factory.mktemp("hf") / "dinov2-tiny"
+    model.save_pretrained(folder)
+    return model, folder
 
+
+class TestTransformers:
     @pytest.mark.parametrize("which", ["folder", "model.safetensors"])
     def test_a_transformers_dinov2_loads_and_gives_its_features(self, hf_folder, which):
         model, folder = hf_folder
