@@ -11,6 +11,10 @@ from hypothesis import HealthCheck, settings
 
 import uniap
 
+# No test may reach the network: ViT weights come from caches the tests prepare (a test of the
+# download path replaces huggingface_hub's download function).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )

@@ -266,10 +266,10 @@ class TestErrors:
 
     def test_weights_with_missing_parameters(self, tiny, tmp_path):
         model, _ = tiny
-        sd = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.1.")}
+        sd = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.1.attn.")}
         path = tmp_path / "partial.pth"
         torch.save(sd, path)
-        with pytest.raises(ValueError, match=r"parameters missing, e\.g\. blocks\.1\."):
+        with pytest.raises(ValueError, match=r"parameters missing, e\.g\. blocks\.1\.attn\."):
             VitFeatures(MODEL, weights=path, **TINY)
 
     def test_unknown_model(self, tiny):
@@ -298,9 +298,10 @@ class TestErrors:
             VitFeatures(MODEL, weights=tiny[1], device="cuda", **TINY)
 
     def test_no_weights_and_nothing_cached(self, tmp_path, monkeypatch):
-        """A clear error naming --weights; the network is never touched."""
+        """Offline (HF_HUB_OFFLINE): a clear error naming --weights; the network is never touched."""
         import huggingface_hub.constants
 
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
         monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
 
@@ -311,7 +312,8 @@ class TestErrors:
         monkeypatch.setattr(socket, "create_connection", no_network)
         with pytest.raises(ValueError, match="--weights FILE") as info:
             VitFeatures(MODEL, **TINY)
-        assert "never downloads" in str(info.value)
+        assert "HF_HUB_OFFLINE is set" in str(info.value)
+        assert "timm/vit_small_patch8_224.dino" in str(info.value)  # where they come from
 
 
 class TestCaches:
@@ -329,6 +331,7 @@ class TestCaches:
         safetensors.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                               str(snap / "model.safetensors"))
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online, yet cached: no download
         monkeypatch.setattr(socket, "socket", None)  # any network use would fail loudly
         ext = VitFeatures(MODEL, **TINY)
         assert ext.weights.endswith("model.safetensors")
@@ -338,6 +341,8 @@ class TestCaches:
 
     def test_torch_hub_cache(self, tiny, tmp_path, monkeypatch):
         import huggingface_hub.constants
+
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # found in a cache: nothing is downloaded
 
         model, _ = tiny
         ckpt = tmp_path / "torch" / "checkpoints" / "dino_deitsmall8_pretrain.pth"

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -288,6 +289,34 @@ def _feature_workers(compute: str) -> list[psutil.Process]:
     return found
 
 
+class _Killer(threading.Thread):
+    """Waits for a busy feature worker to exist, then SIGKILLs it (once).
+
+    It polls the process table from the moment the run starts until a worker titled busy
+    appears (or ``deadline`` seconds pass), instead of looking only when a report arrives:
+    under load every report could come while the workers sat titled idle between tasks.
+    """
+
+    def __init__(self, compute: str, deadline: float = 120.0) -> None:
+        super().__init__(daemon=True)
+        self.compute, self.deadline = compute, deadline
+        self.killed: int | None = None
+        self.killed_at = float("inf")
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        end = time.monotonic() + self.deadline
+        while not self.stop.is_set() and time.monotonic() < end:
+            for worker in _feature_workers(self.compute):
+                try:
+                    worker.kill()
+                except psutil.NoSuchProcess:  # it ended between the look and the kill
+                    continue
+                self.killed, self.killed_at = worker.pid, time.monotonic()
+                return
+            time.sleep(0.002)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's workers by process title")
 @pytest.mark.parametrize("compute", ["tasks", "actors"])
 def test_a_killed_worker_is_replaced_and_no_image_is_lost(local_ray, tmp_path, compute):
@@ -300,16 +329,16 @@ def test_a_killed_worker_is_replaced_and_no_image_is_lost(local_ray, tmp_path, c
     assert main([str(tmp_path / "in"), "--out", str(tmp_path / "local"), "--quiet"]) == 0
     stages = Stages(Settings())
     jobs = _jobs(tmp_path / "in", tmp_path / "ray", stages)
-    reports, killed = [], None
-    for report in RayEngine(batch_size=2, compute=compute).run(jobs, stages):
-        reports.append(report)
-        if killed is None:  # kill a worker mid-run, at the first report that finds one busy
-            workers = _feature_workers(compute)  # (between two tasks a worker is titled idle)
-            if workers:
-                killed = workers[0].pid
-                workers[0].kill()
-    assert killed is not None, f"no worker titled {WORKER_TITLE[compute]} at any report"
-    assert not _alive(killed)
+    killer = _Killer(compute)
+    killer.start()  # before the run: it waits for the first busy worker to exist
+    try:
+        reports = list(RayEngine(batch_size=2, compute=compute).run(jobs, stages))
+        finished = time.monotonic()
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.killed is not None, f"no worker titled {WORKER_TITLE[compute]} during the run"
+    assert killer.killed_at < finished and not _alive(killer.killed)  # killed mid-run, for good
     assert sorted(r.key for r in reports) == sorted(job.item.key for job in jobs)  # each exactly once
     assert [r for r in reports if r.status != "ok"] == []
     assert_same_files(tmp_path / "local", tmp_path / "ray")

@@ -237,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     feats = parser.add_argument_group("features")
     feats.add_argument("--features", choices=("default", "vit"), default="default",
                        help="default: embedded colour/texture features, no weights; vit: a timm ViT")
-    feats.add_argument("--model", help="timm model name for --features vit (default vit_small_patch8_224.dino)")
-    feats.add_argument("--weights", metavar="FILE", help="ViT weights (.pth/.pt/.safetensors)")
+    feats.add_argument("--model", help="timm model name for --features vit (default: the model --weights "
+                       "hold, else vit_small_patch8_224.dino; without --weights its release is "
+                       "downloaded once unless HF_HUB_OFFLINE is set)")
+    feats.add_argument("--weights", metavar="FILE", help="ViT weights (.pth/.pt/.safetensors, or a "
+                       "Hugging Face Dinov2Model folder)")
     feats.add_argument("--layer", choices=("tokens", "keys"),
                        help="ViT output: last-block patch tokens or attention keys")
     feats.add_argument("--vocabulary", metavar="FILE",

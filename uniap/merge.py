@@ -25,7 +25,7 @@ from typing import Sequence
 
 from . import formats
 from . import io
-from .cli import UsageError, nonnegative_int, positive_int, run_command
+from .cli import UsageError, add_version, nonnegative_int, positive_int, run_command
 
 # The formats with a merge rule (uniap.formats.registry), as registered when this module loaded.
 FORMATS = tuple(sorted(name for name in formats.names() if formats.get(name).merge is not None))
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folders of them) into one COCO data set, or convert them to Parquet parts or SAM files.",
         epilog="Example: uniap-merge coco.json coco-0-of-2.json coco-1-of-2.json",
     )
+    add_version(parser)
     parser.add_argument("out", metavar="OUT",
                         help="the output: a COCO file (--format coco), a folder otherwise")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",

@@ -462,6 +462,8 @@ def _validate(c: TrainConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# Kept by hand (issue 25): OmegaConf 2.4's structured configs would replace only this loader
+# (~260 of 705 lines; the dataclasses and _validate stay), with multi-line errors and no "did you mean".
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if tp is bool:

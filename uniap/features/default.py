@@ -948,8 +948,15 @@ def _soft_assign(flat: np.ndarray, centres: np.ndarray, tau: float) -> np.ndarra
 
 
 def _kmeans(pts: np.ndarray, k: int, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
-    """Lloyd's k-means with k-means++ seeding on a small sample (float64, deterministic)."""
+    """Lloyd's k-means (SciPy's ``kmeans2``) from k-means++ seeds (float64, deterministic)."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
     n, d = pts.shape
+    # k-means++ seeding by hand: kmeans2(minit="++") draws its seeds differently from this
+    # generator, which would change every default feature (and the quality figures measured
+    # with them); from these seeds kmeans2 gives the same centres, its Lloyd steps 1.4-3x faster (docs/benchmarks.md).
     centres = np.empty((k, d))
     centres[0] = pts[rng.integers(n)]
     closest = ((pts - centres[0]) ** 2).sum(1)
@@ -958,13 +965,13 @@ def _kmeans(pts: np.ndarray, k: int, rng: np.random.Generator, iters: int = 8) -
         i = rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)
         centres[j] = pts[i]
         np.minimum(closest, ((pts - pts[i]) ** 2).sum(1), out=closest)
-    for _ in range(iters):
-        label = ((centres * centres).sum(1) - 2.0 * (pts @ centres.T)).argmin(1)
-        count = np.bincount(label, minlength=k)
-        sums = np.stack([np.bincount(label, pts[:, c], minlength=k) for c in range(d)], axis=1)
-        filled = count > 0  # an empty cluster keeps its centre
-        centres[filled] = sums[filled] / count[filled, None]
-    return centres
+    if iters < 1:
+        return centres
+    with warnings.catch_warnings():  # an empty cluster keeps its centre, as it should: no warning
+        warnings.filterwarnings("ignore", message="One of the clusters is empty", category=UserWarning)
+        centres, _ = kmeans2(pts, centres, iter=int(iters), minit="matrix", missing="warn",
+                             check_finite=False)
+    return np.asarray(centres, np.float64)
 
 
 def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""Patch features from a timm Vision Transformer (DINO ViT-S/8 by default), weights local only.
+"""Patch features from a timm Vision Transformer (DINO ViT-S/8 by default).
 
 torch and timm are imported when a :class:`VitFeatures` is built, never when this module is
-imported.  No code path here downloads anything: weights come from a file the caller names, or
-from a copy already in the local Hugging Face / torch hub cache (looked up without network).
+imported.  Weights come from a file or Hugging Face folder the caller names (the model is
+inferred from it when not named), or are the model's release, from the local Hugging Face /
+torch hub cache or downloaded unless ``HF_HUB_OFFLINE`` is set (:mod:`uniap.features.weights`).
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import FeatureGrid, MissingFileError, working_shape
+from .base import FeatureGrid, working_shape
 from .image import ImageLike, load_image
+from .weights import (
+    architecture,
+    infer_model,
+    load_state_dict,
+    mismatches,
+    pretrained_weights,
+    read_hf_config,
+)
 
 __all__ = ["DEFAULT_MODEL", "VitFeatures", "load_state_dict"]
 
 DEFAULT_MODEL = "vit_small_patch8_224.dino"
 LAYER_OUTPUTS = ("tokens", "keys")
 DTYPES = ("float32", "float16", "bfloat16")
-
-# Checkpoint wrappers, most preferred first: DINO training checkpoints hold "teacher" and
-# "student"; the teacher is the one evaluated.
-_WRAPPER_KEYS = ("teacher", "model", "state_dict", "model_ema", "state_dict_ema", "module",
-                 "student", "net", "backbone")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 _log = logging.getLogger(__name__)
 
@@ -44,139 +47,31 @@ def _import_torch_timm():
     return torch, timm
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint file into a flat ``{name: tensor}`` state dict, on the CPU.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A ``.safetensors`` file, or a PyTorch file (``.pth``, ``.pt``, ``.bin``, ...) read with
-        ``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain
-        containers only, never arbitrary pickled code (``argparse.Namespace``, which DINO
-        training checkpoints hold in ``"args"``, is allowed).
-
-    Returns
-    -------
-    dict of str to torch.Tensor
-        The state dict.  Wrappers are unwrapped (the first of ``"teacher"``, ``"model"``,
-        ``"state_dict"``, ``"model_ema"``, ``"state_dict_ema"``, ``"module"``, ``"student"``,
-        ``"net"``, ``"backbone"`` holding a dict); ``"module."`` and ``"_orig_mod."`` prefixes
-        are stripped; if some keys start with ``"backbone."`` only those are kept, without the
-        prefix (DINO keeps its projection head beside the backbone).
-
-    Raises
-    ------
-    MissingFileError
-        If the file does not exist (also a FileNotFoundError and a ValueError).
-    ValueError
-        If the file cannot be read as a checkpoint or holds no tensors.
-    """
-    torch, _ = _import_torch_timm()
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(2, "weights file not found", str(path))
-    if path.is_dir():
-        raise ValueError(f"weights {str(path)!r} is a directory, not a checkpoint file")
-    try:
-        if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError as err:
-                raise ImportError(
-                    f"reading {str(path)!r} needs the safetensors package: pip install safetensors"
-                ) from err
-            obj = load_file(str(path), device="cpu")
-        else:
-            import argparse
-
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError:
-        raise
-    except Exception as err:  # zip/pickle/header errors of every kind
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"cannot read weights {str(path)!r} as a PyTorch or safetensors checkpoint: {reason}"
-        ) from err
-    state = _unwrap(obj, torch)
-    if not state:
-        raise ValueError(f"weights {str(path)!r} hold no tensors (found {type(obj).__name__})")
-    return state
-
-
-def _unwrap(obj: Any, torch) -> dict[str, Any]:
-    """The tensor dict inside common checkpoint wrappers, with wrapper prefixes stripped."""
-    for _ in range(4):  # wrappers nest at most a few levels deep
-        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, dict):
-        return {}
-    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    for prefix in _STRIP_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return state
-
-
-def _cached_weights(model_name: str, cfg: dict[str, Any], torch) -> Path:
-    """The model's pretrained weights in the local HF or torch hub cache; never downloads."""
-    looked = []
-    hub_id = cfg.get("hf_hub_id")
-    if hub_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else [
-                "model.safetensors", "pytorch_model.bin"]
-            for name in names:
-                found = try_to_load_from_cache(hub_id, name, revision=cfg.get("hf_hub_revision"))
-                if isinstance(found, str) and os.path.isfile(found):
-                    return Path(found)
-            looked.append(f"Hugging Face cache ({hub_id})")
-    url = cfg.get("url")
-    if url:
-        from urllib.parse import urlparse
-
-        name = os.path.basename(urlparse(url).path)
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / name
-        if name and candidate.is_file() and not name.endswith(".npz"):
-            return candidate
-        looked.append(f"torch hub cache ({candidate})")
-    where = ", ".join(looked) if looked else "no known source for this model"
-    raise ValueError(
-        f"no weights for {model_name!r}: none given and none in the local caches "
-        f"(looked in: {where}).  uniap never downloads weights.  Download the checkpoint yourself "
-        "(for the default model, DINO's dino_deitsmall8_pretrain.pth) and pass "
-        "weights=FILE (CLI: --weights FILE), or use the default features (--features default)."
-    )
-
-
 class VitFeatures:
     """Patch tokens or attention keys of the last block of a timm Vision Transformer.
 
     Parameters
     ----------
-    model : str, default "vit_small_patch8_224.dino"
-        Any timm ViT-style model name (``timm.list_models("vit_*")``; DeiT, EVA and register
-        variants work too), with or without a pretrained tag.  Built with
+    model : str, optional
+        Any timm ViT-style model name (``timm.list_models("vit_*")``; DeiT, EVA, register
+        and DINOv3 variants work too), with or without a pretrained tag.  Built with
         ``timm.create_model(model, pretrained=False, num_classes=0, dynamic_img_size=True,
         **model_kwargs)``, so images of any size work (position embeddings are interpolated).
+        When None: the model ``weights`` hold, read from their shapes
+        (:func:`uniap.features.weights.infer_model`: DINO, DINOv2 and DINOv3 releases by name,
+        other sizes as their family's model), else ``"vit_small_patch8_224.dino"``.
     weights : str or path-like, optional
         A checkpoint file (``.pth``, ``.pt``, ``.bin`` or ``.safetensors``; see
         :func:`load_state_dict` for the wrappers and prefixes understood, e.g. DINO's released
-        ``dino_deitsmall8_pretrain.pth`` or a full DINO ``checkpoint.pth``).  timm's checkpoint
-        filter of the model's family converts other layouts and resamples position embeddings.
-        When None, the model's pretrained weights are taken from the local Hugging Face cache
-        (``HF_HOME`` / ``HF_HUB_CACHE``) or torch hub cache if they are there; nothing is ever
-        downloaded.
+        ``dino_deitsmall8_pretrain.pth``, a full DINO ``checkpoint.pth``, DINOv2's
+        ``dinov2_vits14_pretrain.pth``), or a Hugging Face ``transformers`` ``Dinov2Model``
+        folder or its ``model.safetensors`` (keys mapped to timm's).  Weights whose patch
+        size, width, depth, LayerScale, registers or MLP differ from a named ``model`` are
+        refused (the message names the model they fit); a different position grid is matched
+        by building the model at the checkpoint's size.  When None, the model's released
+        weights are taken from the local Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``)
+        or torch hub cache, or downloaded through ``huggingface_hub`` (and cached) unless
+        ``HF_HUB_OFFLINE`` is set.
     layer_output : {"tokens", "keys"}, default "tokens"
         ``"tokens"``: the patch tokens after the last block and the final norm (C = embed dim).
         ``"keys"``: the attention keys of the last block (the ``k`` part of its ``qkv``
@@ -201,8 +96,9 @@ class VitFeatures:
     ValueError
         Unknown model name, a model that is not a ViT with square patches, an unknown
         ``layer_output`` or ``dtype``, weights that cannot be read or do not fit the model (the
-        missing parameter names are listed), or no weights given and none cached (the message
-        says how to pass ``weights``).
+        differences, the right ``model`` or the missing parameter names are given), or no
+        weights given and none cached or downloadable (the message says where they come from
+        and how to pass ``weights``).
     MissingFileError
         If ``weights`` names a file that does not exist.
     ImportError
@@ -237,7 +133,7 @@ class VitFeatures:
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         weights: str | os.PathLike | None = None,
         layer_output: str = "tokens",
         device: str = "cpu",
@@ -252,7 +148,7 @@ class VitFeatures:
         if max_side is not None and (isinstance(max_side, bool) or int(max_side) != max_side
                                      or max_side < 1):
             raise ValueError(f"max_side must be None or an integer >= 1, got {max_side!r}")
-        if not isinstance(model, str) or not model:
+        if model is not None and (not isinstance(model, str) or not model):
             raise ValueError(f"model must be a timm model name, got {model!r}")
         torch, timm = _import_torch_timm()
         try:
@@ -262,12 +158,23 @@ class VitFeatures:
                              f"{device!r}") from err
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-        if not timm.is_model(model):
+        if model is not None and not timm.is_model(model):
             raise ValueError(
                 f"unknown timm model {model!r}; list the available ones with "
                 "timm.list_models('vit_*')"
             )
         state = load_state_dict(weights) if weights is not None else None
+        named = model is not None
+        if model is None:
+            model = DEFAULT_MODEL
+            inferred = infer_model(state, read_hf_config(weights)) if state is not None else None
+            if inferred is not None:
+                model, extra = inferred
+                model_kwargs = {**extra, **model_kwargs}
+                _log.info("weights %s are %s: using timm model %s %s", weights,
+                          architecture(state).describe(), model, extra or "")
+        elif state is not None and "img_size" not in model_kwargs:
+            model_kwargs = {**model_kwargs, **_grid_of(state, model, model_kwargs, timm, torch)}
         try:
             net = timm.create_model(
                 model, pretrained=False, num_classes=0, dynamic_img_size=True, **model_kwargs
@@ -283,14 +190,16 @@ class VitFeatures:
             ) from err
         _check_vit(net, model)
         if state is None:
-            source = _cached_weights(model, dict(net.pretrained_cfg), torch)
+            source = pretrained_weights(model, dict(net.pretrained_cfg))
             state = load_state_dict(source)
             weights_name = str(source)
         else:
             weights_name = str(weights)
+            _check_architecture(net, state, model, weights_name, named)
         _load_into(net, state, model, weights_name, torch)
 
         self.model_name = model
+        self.model_kwargs = dict(model_kwargs)
         self.weights = weights_name
         self.layer_output = layer_output
         self.device = dev
@@ -485,6 +394,43 @@ def _check_vit(net, model_name: str) -> None:
         raise ValueError(f"timm model {model_name!r}: its last block has no attention module")
 
 
+def _grid_of(state: dict[str, Any], model: str, model_kwargs: dict, timm, torch) -> dict:
+    """``{"img_size": ...}`` building ``model`` at the checkpoint's position grid, if it differs."""
+    ckpt = architecture(state)
+    if ckpt.grid is None or ckpt.patch is None:
+        return {}
+    try:
+        with torch.device("meta"):
+            net = timm.create_model(model, pretrained=False, num_classes=0, **model_kwargs)
+    except Exception:  # reported when the model is built for real
+        return {}
+    own = architecture(net.state_dict())
+    if own.grid is None or own.grid == ckpt.grid or own.patch != ckpt.patch:
+        return {}
+    return {"img_size": ckpt.grid * ckpt.patch}
+
+
+def _check_architecture(net, state: dict[str, Any], model: str, where: str, named: bool) -> None:
+    """Refuse weights of another architecture than ``net``'s, naming the model they fit."""
+    ckpt = architecture(state)
+    differences = mismatches(ckpt, architecture(net.state_dict()))
+    if not differences:
+        return
+    inferred = infer_model(state, read_hf_config(where))
+    if inferred is None:
+        hint = "no timm model of that shape was found; name one with model= (CLI: --model)"
+    else:
+        name, extra = inferred
+        args = "".join(f", {k}={v!r}" for k, v in extra.items())
+        hint = (f"They fit {name!r}{' with' + args[1:] if args else ''}: pass model={name!r}"
+                f" (CLI: --model {name})"
+                + (", or leave the model out to have it inferred" if named else ""))
+    raise ValueError(
+        f"weights {where!r} do not fit timm model {model!r}: they are a ViT with "
+        f"{ckpt.describe()}; {'; '.join(differences)}.  {hint}"
+    )
+
+
 def _load_into(net, state: dict[str, Any], model_name: str, where: str, torch) -> None:
     """Load ``state`` into ``net`` through timm's checkpoint filter; every parameter must load."""
     import sys
@@ -492,6 +438,11 @@ def _load_into(net, state: dict[str, Any], model_name: str, where: str, torch) -
     if where.endswith(".npz"):  # pragma: no cover - JAX checkpoints are read by timm itself
         net.load_pretrained(where)
         return
+    pos = state.get("pos_embed")
+    own = getattr(net, "pos_embed", None)
+    if (pos is not None and own is not None and getattr(net, "no_embed_class", False)
+            and pos.ndim == 3 and pos.shape[1] == own.shape[1] + 1):
+        state = {**state, "pos_embed": pos[:, 1:]}  # DINOv2's register models: no class position
     filter_fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:

@@ -167,6 +167,9 @@ def _compare(seg, humans: list[_Human], void, *, need_cover=True, need_rivi=True
     return cnt_r, sum_r, cnt_p, sum_p, ri_sum / k, vi_sum / k, best
 
 
+# Kept by hand: equal to skimage.metrics.variation_of_information and sklearn's rand_score
+# (tests/test_library_oracles.py), but it reuses the covering's contingency table; skimage's VI
+# is 1.6x slower and drops void pixels of its first image only, rand_score 15x slower (docs/benchmarks.md).
 def _ri_vi(ia, ib, n, na, nb):
     """Rand index and VI (bits) from the non-zero cells of a contingency table."""
     n = n.astype(np.float64)

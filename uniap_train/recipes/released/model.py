@@ -110,6 +110,24 @@ def pixel_logits(attention: torch.Tensor, query_logits: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
-    for pt, ps in zip(teacher.parameters(), student.parameters()):
-        pt.mul_(momentum).add_(ps.detach(), alpha=1.0 - momentum)
+    """``teacher = momentum * teacher + (1 - momentum) * student``, all parameters at once.
+
+    ``torch._foreach_lerp_``, the update ``torch.optim.swa_utils.get_ema_multi_avg_fn`` makes
+    (without ``AveragedModel``'s wrapper, whose ``module.`` names and ``n_averaged`` would change
+    the checkpoints): one fused call instead of a loop of two ops per tensor, equal to that loop
+    within float rounding and 1.5-1.8x faster (docs/benchmarks.md).
+
+    Examples
+    --------
+    >>> t, s = nn.Linear(2, 2), nn.Linear(2, 2)
+    >>> expected = 0.9 * t.weight.detach() + 0.1 * s.weight.detach()
+    >>> ema_update(t, s, 0.9)
+    >>> torch.allclose(t.weight, expected)
+    True
+    """
+    teacher_params = list(teacher.parameters())
+    student_params = [p.detach() for p in student.parameters()]
+    if len(teacher_params) != len(student_params):
+        raise ValueError(f"teacher has {len(teacher_params)} parameters, student {len(student_params)}")
+    if teacher_params:
+        torch._foreach_lerp_(teacher_params, student_params, 1.0 - float(momentum))
