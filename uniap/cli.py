@@ -116,7 +116,7 @@ def nonnegative_int(text: str) -> int:
 def add_input_output_arguments(io: Any, batch_help: str) -> None:
     """The input and output flags that ``uniap-cli`` shares with commands built on
     :func:`uniap.pipeline.run` (``uniap-predict``): inputs, ``--file-list``, ``--out``,
-    ``--format``, ``--image-ids``, ``--viz``, ``--overwrite``, ``--shard``, ``--batch-size``,
+    ``--format``, ``--image-ids``, ``--viz``, ``--viz-style``, ``--overwrite``, ``--shard``, ``--batch-size``,
     ``--max-pixels``, ``--quiet``."""
     io.add_argument("inputs", nargs="*",
                     help="image files, folders (searched recursively), glob patterns or .tar shards")
@@ -135,6 +135,10 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     "ids from each image's relative path)")
     io.add_argument("--viz", metavar="PNG",
                     help="also draw the image and each level's masks: a file for one image, a folder for many")
+    io.add_argument("--viz-style", choices=("levels", "overlay"), default="levels",
+                    help="levels: the image and one panel per level, colours following regions from "
+                    "level to level, contour regions on their own rows (default); overlay: all masks "
+                    "over the image in one picture, largest first, as SAM's show_anns")
     io.add_argument("--overwrite", action="store_true",
                     help="replace these images' existing outputs (default: skip images done with the "
                     "same settings; refuse outputs made otherwise)")
@@ -295,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
             segment_options=segment_options(args), upsampling=args.upsampling, refine=args.refine,
             refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
+            viz_style=args.viz_style,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

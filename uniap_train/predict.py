@@ -911,6 +911,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, shard=shard, engine=PredictEngine(predictor, args.batch_size),
             image_ids=image_ids, features=predictor.name, extractor_options=predictor.options(),
             extractor=_NoFeatures(), refine="none", progress=not args.quiet, max_pixels=args.max_pixels,
+            viz_style=args.viz_style,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -102,6 +102,7 @@ def run(
     progress: bool = True,
     extractor: Any | None = None,
     max_pixels: int | None = None,
+    viz_style: str = "levels",
 ) -> RunSummary:
     """Masks for many images, written as files; a failing image is reported, not fatal.
 
@@ -118,7 +119,11 @@ def run(
         One SA-1B-like JSON per image, one COCO data set, a folder of label maps per image, or
         Parquet part files with one row per record.
     viz : str, optional
-        Also draw each image's levels: a file for one image, a folder for several.
+        Also draw each image's masks: a file for one image, a folder for several.
+    viz_style : {"levels", "overlay"}
+        ``viz`` pictures: the image and one panel per level (colours follow regions across
+        levels; contour regions on their own rows), or all masks over the image in one
+        picture (:func:`uniap.viz.overlay`).
     overwrite : bool
         Replace existing outputs of these images; without it an image whose outputs exist
         (made with the same settings) is skipped, and outputs made otherwise are an error.
@@ -193,11 +198,15 @@ def run(
     check_refine(refine, refine_options, upsampling, segment_options)
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
         raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
+    from ..viz import VIZ_STYLES
+
+    if viz_style not in VIZ_STYLES:
+        raise ValueError(f"viz_style must be one of {', '.join(VIZ_STYLES)}, got {viz_style!r}")
     items = expand_inputs(inputs, file_lists)
     settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
                         unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}),
-                        max_pixels=max_pixels)
+                        max_pixels=max_pixels, viz_style=viz_style)
     digest = signature(settings.signature_fields())
     if format in COLLECTORS and not overwrite and (existing := COLLECTORS[format].existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")
@@ -208,7 +217,8 @@ def run(
 
     def plan() -> Plan:
         return plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
-                         settings_signature=digest, single=single, shard=shard, image_ids=image_ids)
+                         settings_signature=digest, single=single, shard=shard, image_ids=image_ids,
+                         viz_style=viz_style)
 
     # One run at a time per output (locks.py): taken before planning where the folders exist,
     # else once they are made, and the plan made again under the lock.

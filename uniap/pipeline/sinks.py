@@ -30,6 +30,7 @@ class ImageOutput:
     image: np.ndarray
     hierarchy: Any
     encoded: Encoded
+    viz_style: str = "levels"  # how write_viz draws (uniap.viz.VIZ_STYLES)
 
 
 def write_sam(path: str, out: ImageOutput) -> None:
@@ -47,16 +48,32 @@ def write_png(path: str, out: ImageOutput) -> None:
 
 
 def write_viz(path: str, out: ImageOutput) -> None:
-    """``--viz``: the image and each level's masks, coloured; the signature in a PNG text chunk."""
+    """``--viz``: the image and each level's masks (then the contour regions' cuts), colours
+    following regions across levels; or, ``viz_style="overlay"``, all masks over the image in
+    one picture.  The signature goes in a PNG text chunk."""
     from .. import viz
+    from .plan import viz_signature
 
-    h = out.hierarchy
-    titles = [out.info["file_name"].rsplit("/", 1)[-1]] + [
-        f"t={lv.threshold:g}: {int((lv.sizes >= h.min_size).sum())} masks" for lv in h.levels
-    ]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    sheet = viz.hierarchy_panels(out.image, out.encoded.pixel_labels, titles)
-    viz.save_panels(path, sheet, text={"uniap-signature": out.uniap["signature"]})
+    if out.viz_style == "overlay":
+        picture = viz.overlay(out.image, out.encoded.records)
+    else:
+        h = out.hierarchy
+        titles = [out.info["file_name"].rsplit("/", 1)[-1]] + [
+            f"t={lv.threshold:g}: {int((lv.sizes >= h.min_size).sum())} masks" for lv in h.levels
+        ]
+        contours = out.encoded.contour_labels
+        if contours is not None:
+            titles += [_contour_title(out.encoded.records, k) for k in range(len(contours))]
+        picture = viz.hierarchy_panels(out.image, out.encoded.pixel_labels, titles, contour_labels=contours)
+    viz.save_panels(path, picture, text={"uniap-signature": viz_signature(out.uniap["signature"], out.viz_style)})
+
+
+def _contour_title(records: list[dict], cut: int) -> str:
+    """Caption of contour cut ``cut``: its altitude and how many records it has."""
+    mine = [r for r in records if r["kind"] == "contour" and cut in r["levels"]]
+    altitude = next((r["threshold"] for r in mine if r["level"] == cut), None)
+    return f"contours {cut}" + (f" a={altitude:.3g}" if altitude is not None else "") + f": {len(mine)} masks"
 
 
 SINKS = {SAM: write_sam, PNG: write_png, VIZ: write_viz}

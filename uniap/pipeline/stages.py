@@ -56,6 +56,9 @@ class Settings:
         The most pixels an image may have, checked on its header before decoding (default
         :data:`uniap.features.image.DEFAULT_MAX_PIXELS`; 0: no limit).  It refuses images and
         changes no output, so it is not part of the signature.
+    viz_style : {"levels", "overlay"}
+        How ``--viz`` pictures are drawn (recorded in the pictures' signature only:
+        :func:`uniap.pipeline.plan.viz_signature`).
     """
 
     features: str = "default"
@@ -68,6 +71,7 @@ class Settings:
     refine_options: dict = field(default_factory=dict)
     threads: int | None = None
     max_pixels: int | None = None
+    viz_style: str = "levels"
 
     def build_extractor(self) -> Any:
         from ..features import get_extractor, refined
