@@ -250,6 +250,12 @@ def test_the_page_segments_an_upload_moves_through_levels_shows_records_and_down
     shot = np.asarray(Image.open(tmp_path / "demo.png").convert("RGB"))
     assert shot.shape[0] > 300 and shot.std() > 20
 
+    # a bad file next: its message, and the previous image's masks gone
+    (tmp_path / "notes.txt").write_text("not an image")
+    page.set_input_files("#file", str(tmp_path / "notes.txt"))
+    page.wait_for_selector("body[data-state=error]", timeout=120_000)
+    assert "notes.txt is not an image file" in page.inner_text("#message") and page.is_hidden("#result")
+
 
 @pytest.mark.parametrize("make, name, words", [
     (lambda: b"not an image at all", "notes.txt", "notes.txt is not an image file"),

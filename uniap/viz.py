@@ -136,6 +136,19 @@ def follow_palettes(stack: np.ndarray, seed: int = 0) -> list[np.ndarray]:
     return [_hsv_to_rgb(p) for p in palettes[::-1]]
 
 
+def panel_shape(height: int, width: int, max_side: int = 480) -> tuple[int, int]:
+    """The (height, width) of :func:`hierarchy_panels`' panels for an image of that size: shrunk
+    so that the longer side is at most ``max_side``, never enlarged.
+
+    Examples
+    --------
+    >>> panel_shape(400, 600), panel_shape(40, 60)
+    ((320, 480), (40, 60))
+    """
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def hierarchy_panels(
     image: np.ndarray,
     pixel_labels: np.ndarray,
@@ -154,6 +167,8 @@ def hierarchy_panels(
     ----------
     image : ndarray of shape (H, W, 3), uint8
     pixel_labels : ndarray of shape (L, H, W)
+        Or already of the panels' size (:func:`panel_shape`), which spares a large image's
+        full-size maps.
     titles : sequence of str, optional
         One caption per panel (the image, the levels, then the contour cuts); drawn above
         each panel.
@@ -163,7 +178,7 @@ def hierarchy_panels(
         Panels are shrunk so that their longer side is at most this many pixels.
     contour_labels : ndarray of shape (K, H, W), optional
         The contour regions of the watershed superpixels, finest cut first
-        (:attr:`uniap.pipeline.image.ImageSegmentation.contour_labels`).
+        (:attr:`uniap.pipeline.image.ImageSegmentation.contour_labels`); or of the panels' size.
     seed : int
         Picks the colours.
 
@@ -179,13 +194,13 @@ def hierarchy_panels(
     from .hierarchy import nearest_index
 
     height, width = image.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    ph, pw = max(1, round(height * scale)), max(1, round(width * scale))
+    ph, pw = panel_shape(height, width, max_side)
     maps = [np.asarray(pixel_labels)] + ([] if contour_labels is None else [np.asarray(contour_labels)])
-    if scale < 1.0:  # shrink first: colouring and drawing then touch panel pixels only
+    if (ph, pw) != (height, width):  # shrink first: colouring and drawing then touch panel pixels only
         image = np.asarray(Image.fromarray(image).resize((pw, ph), Image.Resampling.BILINEAR))
-        rows, cols = nearest_index(ph, height), nearest_index(pw, width)
-        maps = [m[:, rows][:, :, cols] for m in maps]
+    # maps already of the panels' size (made so by the caller, to spare memory) stay as they are
+    maps = [m if m.shape[1:] == (ph, pw) else m[:, nearest_index(ph, m.shape[1])][:, :, nearest_index(pw, m.shape[2])]
+            for m in maps]
     blocks = [[image] + _follow_panels(maps[0], image, seed)]
     if len(maps) > 1 and len(maps[1]):
         blocks.append(_follow_panels(maps[1], image, seed + 1))
@@ -267,7 +282,9 @@ def overlay(image: np.ndarray, records: Sequence[dict], alpha: float = 0.45, see
             raise ValueError(f"record {records[i].get('id', i)}'s mask is {rle['size'][0]}x{rle['size'][1]}, "
                              f"the image {height}x{width}")
         mask = decode_rle(rle)
-        under = owner[mask]
+        box = _box(mask, records[i].get("bbox"))
+        mask, window = mask[box], owner[box]  # a mask's box: a large image's masks are small
+        under = window[mask]
         # The mask's colour family is that of the region it is drawn on (most of its pixels):
         # the first (largest) part keeps the region's colour, later parts take shades of it.
         host = int(np.bincount(under + 1).argmax()) - 1 if under.size else -1
@@ -277,13 +294,29 @@ def overlay(image: np.ndarray, records: Sequence[dict], alpha: float = 0.45, see
             hsv[i], taken[host] = hsv[host], True
         else:
             hsv[i] = _shades(hsv[host][None], shades)[0]
-        owner[mask] = i
+        window[mask] = i
     palette = _hsv_to_rgb(hsv)
     covered = owner >= 0
     out = image.astype(np.float32)
     out[covered] = (1 - alpha) * out[covered] + alpha * palette[owner[covered]]
     out[boundaries(owner)] = 255.0
     return out.astype(np.uint8)
+
+
+def _box(mask: np.ndarray, bbox: Sequence[float] | None) -> tuple[slice, slice]:
+    """The slices of a record's XYWH ``bbox`` (whole pixels holding it), or of the mask's own
+    extent when the record has none or one that does not hold the mask."""
+    height, width = mask.shape
+    if bbox is not None and len(bbox) == 4:
+        x, y, w, h = bbox
+        box = (slice(max(0, int(np.floor(y))), min(height, int(np.ceil(y + h)))),
+               slice(max(0, int(np.floor(x))), min(width, int(np.ceil(x + w)))))
+        if mask[box].sum() == mask.sum():
+            return box
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return slice(0, 0), slice(0, 0)
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def save_panels(path: str | os.PathLike, sheet: np.ndarray, text: dict[str, str] | None = None) -> None:

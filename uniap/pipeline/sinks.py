@@ -62,11 +62,25 @@ def write_viz(path: str, out: ImageOutput) -> None:
         titles = [out.info["file_name"].rsplit("/", 1)[-1]] + [
             f"t={lv.threshold:g}: {int((lv.sizes >= h.min_size).sum())} masks" for lv in h.levels
         ]
-        contours = out.encoded.contour_labels
+        levels, contours = _panel_maps(out.encoded, *out.image.shape[:2])
         if contours is not None:
             titles += [_contour_title(out.encoded.records, k) for k in range(len(contours))]
-        picture = viz.hierarchy_panels(out.image, out.encoded.pixel_labels, titles, contour_labels=contours)
+        picture = viz.hierarchy_panels(out.image, levels, titles, contour_labels=contours)
     viz.save_panels(path, picture, text={"uniap-signature": viz_signature(out.uniap["signature"], out.viz_style)})
+
+
+def _panel_maps(encoded: Encoded, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The level and contour maps at the panels' size: a region graph's straight from its
+    superpixels shrunk, never the full-size stacks (8 levels of an 8000 x 8000 image: 2 GB)."""
+    from ..hierarchy import nearest_index
+    from ..viz import panel_shape
+
+    if encoded.regions is None:
+        return encoded.pixel_labels, encoded.contour_labels
+    ph, pw = panel_shape(height, width)
+    regions = encoded.regions[nearest_index(ph, height)][:, nearest_index(pw, width)]
+    contours = None if encoded.contour_cuts is None else np.take(encoded.contour_cuts, regions, axis=-1)
+    return np.take(encoded.node_labels, regions, axis=-1), contours
 
 
 def _contour_title(records: list[dict], cut: int) -> str:

@@ -41,6 +41,8 @@ async function loadConfig() {
 async function upload(file) {
   showMessage("");
   if (!file) return;
+  $("result").hidden = true;  // the previous image's masks go: what is shown is this file's
+  state.payload = null;
   if (file.size === 0) return fail(`${file.name} is empty`);
   if (state.config && file.size > state.config.max_bytes) {
     return fail(`${file.name} is ${megabytes(file.size)} MB; this demo takes at most ${megabytes(state.config.max_bytes)} MB`);
