@@ -4,6 +4,7 @@ one-picture overlay (uniap.viz, the viz sink and uniap-cli --viz-style)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from uniap.records import encode_rle
 from cli_helpers import exit_status, save_image
 
 PANEL_GAP, CAPTION = 4, 16
+REPO = Path(__file__).resolve().parents[1]
 
 
 def nested_maps() -> np.ndarray:
@@ -184,3 +186,17 @@ def test_viz_style_is_checked():
 
     with pytest.raises(ValueError, match="viz_style"):
         run(["x.png"], "out.json", viz="v.png", viz_style="sketch")
+
+
+def test_panels_from_shrunk_superpixels_equal_those_of_the_full_size_maps():
+    """The --viz sink shrinks a region graph's superpixels rather than its full-size maps."""
+    from uniap.pipeline.image import segment_image
+    from uniap.pipeline.sinks import _panel_maps
+    from uniap.pipeline.stages import encode
+
+    result = segment_image(REPO / "examples" / "images" / "coffee.jpg")  # 600 x 400: panels 480 x 320
+    encoded = encode(result.grid, result.hierarchy)
+    levels, contours = _panel_maps(encoded, *result.image.shape[:2])
+    assert levels.shape[1:] == viz.panel_shape(400, 600) == (320, 480) and contours is not None
+    full = viz.hierarchy_panels(result.image, result.pixel_labels, contour_labels=result.contour_labels)
+    assert np.array_equal(viz.hierarchy_panels(result.image, levels, contour_labels=contours), full)
