@@ -200,3 +200,20 @@ def test_panels_from_shrunk_superpixels_equal_those_of_the_full_size_maps():
     assert levels.shape[1:] == viz.panel_shape(400, 600) == (320, 480) and contours is not None
     full = viz.hierarchy_panels(result.image, result.pixel_labels, contour_labels=result.contour_labels)
     assert np.array_equal(viz.hierarchy_panels(result.image, levels, contour_labels=contours), full)
+
+
+def test_overlay_reads_list_counts_and_refuses_corrupt_ones():
+    image, records = masks_records()
+    from pycocotools import mask as mask_utils
+
+    as_lists = []
+    for r in records:  # the uncompressed RLE of COCO files: counts as a list of runs
+        m = mask_utils.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()})
+        flat = m.ravel(order="F")
+        runs = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])).tolist()
+        counts = [0] + runs if flat[0] else runs  # COCO RLE counts zeros first
+        as_lists.append({**r, "segmentation": {"size": [30, 40], "counts": counts}})
+    assert np.array_equal(viz.overlay(image, as_lists), viz.overlay(image, records))
+    broken = [{**records[0], "segmentation": {"size": [30, 40], "counts": [5, 3]}}]
+    with pytest.raises(ValueError, match="does not cover"):
+        viz.overlay(image, broken)

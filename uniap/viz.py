@@ -263,28 +263,23 @@ def overlay(image: np.ndarray, records: Sequence[dict], alpha: float = 0.45, see
     >>> picture.shape, bool((picture[2, 2] != picture[0, 5]).any())
     ((4, 6, 3), True)
     """
-    from .records import decode_rle
-
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
     height, width = image.shape[:2]
-    owner = np.full((height, width), -1, np.int64)  # the record painted last at each pixel
+    # The record painted last at each pixel, in column-major order (COCO RLE's): a mask's runs
+    # are then slices, painted without decoding the mask at the image's size (16,000 records
+    # of a 15-megapixel image: seconds, not minutes).
+    owner = np.full(height * width, -1, np.int32)
     hsv = np.zeros((len(records) + 1, 3))  # the last row: no record (never drawn)
     roots = _root_hsv(len(records), seed)
     shades = np.random.default_rng([seed, 1])
     taken = np.zeros(len(records) + 1, bool)  # whether a record's colour went to a part already
-    order = sorted(range(len(records)), key=lambda i: (-float(records[i].get("area", 0)), i))
     n_roots = 0
+    order = sorted(range(len(records)), key=lambda i: (-float(records[i].get("area", 0)), i))
     for i in order:
-        rle = records[i]["segmentation"]
-        if list(rle["size"]) != [height, width]:
-            raise ValueError(f"record {records[i].get('id', i)}'s mask is {rle['size'][0]}x{rle['size'][1]}, "
-                             f"the image {height}x{width}")
-        mask = decode_rle(rle)
-        box = _box(mask, records[i].get("bbox"))
-        mask, window = mask[box], owner[box]  # a mask's box: a large image's masks are small
-        under = window[mask]
+        pixels = _mask_pixels(records[i], height, width)
+        under = owner[pixels]
         # The mask's colour family is that of the region it is drawn on (most of its pixels):
         # the first (largest) part keeps the region's colour, later parts take shades of it.
         host = int(np.bincount(under + 1).argmax()) - 1 if under.size else -1
@@ -294,7 +289,8 @@ def overlay(image: np.ndarray, records: Sequence[dict], alpha: float = 0.45, see
             hsv[i], taken[host] = hsv[host], True
         else:
             hsv[i] = _shades(hsv[host][None], shades)[0]
-        window[mask] = i
+        owner[pixels] = i
+    owner = owner.reshape(width, height).T
     palette = _hsv_to_rgb(hsv)
     covered = owner >= 0
     out = image.astype(np.float32)
@@ -303,20 +299,24 @@ def overlay(image: np.ndarray, records: Sequence[dict], alpha: float = 0.45, see
     return out.astype(np.uint8)
 
 
-def _box(mask: np.ndarray, bbox: Sequence[float] | None) -> tuple[slice, slice]:
-    """The slices of a record's XYWH ``bbox`` (whole pixels holding it), or of the mask's own
-    extent when the record has none or one that does not hold the mask."""
-    height, width = mask.shape
-    if bbox is not None and len(bbox) == 4:
-        x, y, w, h = bbox
-        box = (slice(max(0, int(np.floor(y))), min(height, int(np.ceil(y + h)))),
-               slice(max(0, int(np.floor(x))), min(width, int(np.ceil(x + w)))))
-        if mask[box].sum() == mask.sum():
-            return box
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return slice(0, 0), slice(0, 0)
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+def _mask_pixels(record: dict, height: int, width: int) -> np.ndarray:
+    """Column-major indices of a record's mask pixels, from its COCO RLE's runs (compressed
+    string or list of counts), checked against the image's size."""
+    from .records import _rle_string_counts
+
+    rle = record["segmentation"]
+    name = record.get("id", "?")
+    if list(rle["size"]) != [height, width]:
+        raise ValueError(f"record {name}'s mask is {rle['size'][0]}x{rle['size'][1]}, the image {height}x{width}")
+    counts = rle["counts"]
+    runs = np.asarray(counts, np.int64) if isinstance(counts, list) else _rle_string_counts(counts, height * width)
+    if (runs.size and runs.min() < 0) or runs.sum() != height * width:
+        raise ValueError(f"record {name}'s RLE does not cover its {height}x{width} pixels")
+    ends = np.cumsum(runs)
+    starts, ends = (ends - runs)[1::2], ends[1::2]  # runs alternate: 0s first, then 1s
+    lengths = ends - starts
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(offsets.size) + offsets
 
 
 def save_panels(path: str | os.PathLike, sheet: np.ndarray, text: dict[str, str] | None = None) -> None:
