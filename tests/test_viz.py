@@ -181,6 +181,13 @@ def test_a_picture_drawn_in_another_style_is_not_taken_as_done(tmp_path, capsys)
     assert picture.read_bytes() == drawn  # the same style: done, skipped
 
 
+def test_viz_style_without_viz_is_a_usage_error(tmp_path, capsys):
+    source = save_image(tmp_path / "in" / "blocks.png", blocks_image())
+    assert exit_status(main, [str(source), "--out", str(tmp_path / "m.json"), "--viz-style", "overlay"]) == 2
+    assert "--viz-style applies with --viz only" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_viz_style_is_checked():
     from uniap.pipeline import run
 

@@ -135,7 +135,7 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     "ids from each image's relative path)")
     io.add_argument("--viz", metavar="PNG",
                     help="also draw the image and each level's masks: a file for one image, a folder for many")
-    io.add_argument("--viz-style", choices=("levels", "overlay"), default="levels",
+    io.add_argument("--viz-style", choices=("levels", "overlay"),
                     help="levels: the image and one panel per level, colours following regions from "
                     "level to level, contour regions on their own rows (default); overlay: all masks "
                     "over the image in one picture, largest first, as SAM's show_anns")
@@ -152,6 +152,12 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     "read from its header before decoding (default 89478485, Pillow's "
                     "decompression-bomb limit: 9459 x 9459; 0: no limit)")
     io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def check_viz_style(args: argparse.Namespace) -> None:
+    """``--viz-style`` draws ``--viz`` pictures: alone it would be silently ignored."""
+    if args.viz_style and not args.viz:
+        raise UsageError("--viz-style applies with --viz only: name the picture (--viz PNG)")
 
 
 def read_image_ids(path: str | None) -> dict[str, int] | None:
@@ -290,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
     if device is not None:
         extractor_kwargs["device"] = device
     image_ids = read_image_ids(args.image_ids)
+    check_viz_style(args)
     try:
         summary = run_pipeline(
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
@@ -299,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
             segment_options=segment_options(args), upsampling=args.upsampling, refine=args.refine,
             refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
-            viz_style=args.viz_style,
+            viz_style=args.viz_style or "levels",
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None
