@@ -160,9 +160,11 @@ def _record_of_labels(labels: np.ndarray, records: Sequence[dict], layer: int, k
     for record in records:
         if record.get("kind") != kind or layer not in record.get("levels", [record.get("level")]):
             continue
-        x, y = (int(round(v)) for v in record["point_coords"][0])
-        label = int(labels[y, x])
-        if area[label] != record["area"]:
+        point = (record.get("point_coords") or [[-1, -1]])[0]
+        x, y = (int(round(v)) for v in point)
+        inside = 0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]
+        label = int(labels[y, x]) if inside else 0
+        if not inside or area[label] != record.get("area"):
             label = int(np.bincount(labels[decode_rle(record["segmentation"])]).argmax())
         out[label] = int(record["id"])
     return out.tolist()
