@@ -134,6 +134,18 @@ def test_pages_and_limits(server):
         assert err.value.code == code and "error" in json.loads(err.value.read())
 
 
+def test_the_page_is_package_data():
+    import fnmatch
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    line = re.search(r"^uniap = (\[[^\]\n]*\])", (repo / "pyproject.toml").read_text(), re.M)
+    patterns = json.loads(line.group(1))
+    static = [p.relative_to(repo / "uniap").as_posix() for p in (repo / "uniap" / "demo" / "static").iterdir()]
+    assert {"demo/static/index.html", "demo/static/app.js", "demo/static/style.css"} <= set(static)
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in static)
+
+
 def test_label_png_round_trips_large_labels():
     labels = np.array([[0, 255, 256], [65535, 65536, 1 << 20]])
     rgb = label_png(labels).astype(np.int64)
