@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-# The most pixels (height x width) an upload may have: a CPU segments 4 million in about 10-20 s.
+# The most pixels (height x width) an upload may have: 2400 x 1600 (3.8 million) took 4.7 s on 2 CPU cores.
 DEFAULT_MAX_PIXELS = 4_000_000
 # The most bytes an upload may have.
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
