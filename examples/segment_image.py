@@ -47,8 +47,9 @@ def main() -> int:
         io.write_json(args.out, io.sam_document(info, result.uniap_info(), result.records))
         print(f"wrote {len(result.records)} masks to {args.out}")
     if args.viz:
-        titles = ["image"] + [f"t={t:g}" for t in h.thresholds]
-        viz.save_panels(args.viz, viz.hierarchy_panels(result.image, result.pixel_labels, titles))
+        cuts = result.contour_labels
+        titles = ["image"] + [f"t={t:g}" for t in h.thresholds] + [f"contours {k}" for k in range(len(cuts or ()))]
+        viz.save_panels(args.viz, viz.hierarchy_panels(result.image, result.pixel_labels, titles, contour_labels=cuts))
         print(f"wrote {args.viz}")
     return 0
 

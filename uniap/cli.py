@@ -127,7 +127,7 @@ def nonnegative_int(text: str) -> int:
 def add_input_output_arguments(io: Any, batch_help: str) -> None:
     """The input and output flags that ``uniap-cli`` shares with commands built on
     :func:`uniap.pipeline.run` (``uniap-predict``): inputs, ``--file-list``, ``--out``,
-    ``--format``, ``--image-ids``, ``--viz``, ``--overwrite``, ``--shard``, ``--batch-size``,
+    ``--format``, ``--image-ids``, ``--viz``, ``--viz-style``, ``--overwrite``, ``--shard``, ``--batch-size``,
     ``--max-pixels``, ``--quiet``."""
     io.add_argument("inputs", nargs="*",
                     help="image files, folders (searched recursively), glob patterns or .tar shards")
@@ -146,6 +146,10 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     "ids from each image's relative path)")
     io.add_argument("--viz", metavar="PNG",
                     help="also draw the image and each level's masks: a file for one image, a folder for many")
+    io.add_argument("--viz-style", choices=("levels", "overlay"),
+                    help="levels: the image and one panel per level, colours following regions from "
+                    "level to level, contour regions on their own rows (default); overlay: all masks "
+                    "over the image in one picture, largest first, as SAM's show_anns")
     io.add_argument("--overwrite", action="store_true",
                     help="replace these images' existing outputs (default: skip images done with the "
                     "same settings; refuse outputs made otherwise)")
@@ -159,6 +163,12 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
                     "read from its header before decoding (default 89478485, Pillow's "
                     "decompression-bomb limit: 9459 x 9459; 0: no limit)")
     io.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def check_viz_style(args: argparse.Namespace) -> None:
+    """``--viz-style`` draws ``--viz`` pictures: alone it would be silently ignored."""
+    if args.viz_style and not args.viz:
+        raise UsageError("--viz-style applies with --viz only: name the picture (--viz PNG)")
 
 
 def read_image_ids(path: str | None) -> dict[str, int] | None:
@@ -304,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
     if device is not None:
         extractor_kwargs["device"] = device
     image_ids = read_image_ids(args.image_ids)
+    check_viz_style(args)
     try:
         summary = run_pipeline(
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
@@ -314,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
             refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
             pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+            viz_style=args.viz_style or "levels",
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

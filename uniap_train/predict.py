@@ -886,7 +886,7 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uniap.cli import UsageError, read_image_ids, resolve_shard
+    from uniap.cli import UsageError, check_viz_style, read_image_ids, resolve_shard
     from uniap.pipeline.plan import PlanError
     from uniap.pipeline.runner import run as run_pipeline
     from uniap.pipeline.sources import InputError
@@ -907,12 +907,14 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise UsageError(" ".join(str(err).split())) from None
     image_ids = read_image_ids(args.image_ids)
+    check_viz_style(args)
     try:
         summary = run_pipeline(
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
             overwrite=args.overwrite, shard=shard, engine=PredictEngine(predictor, args.batch_size),
             image_ids=image_ids, features=predictor.name, extractor_options=predictor.options(),
             extractor=_NoFeatures(), refine="none", progress=not args.quiet, max_pixels=args.max_pixels,
+            viz_style=args.viz_style or "levels",
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -87,6 +87,12 @@ def signature(settings: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def viz_signature(settings_signature: str, style: str = "levels") -> str:
+    """The signature a ``--viz`` picture records: the settings', with the style unless it is
+    the default (so pictures drawn before styles existed stay valid)."""
+    return settings_signature if style == "levels" else f"{settings_signature}-{style}"
+
+
 def read_signature(kind: str, path: str) -> str | None:
     """The signature recorded in an existing output, or None when it has none (not ours)."""
     try:
@@ -134,6 +140,7 @@ def plan_jobs(
     single: bool,
     shard: tuple[int, int] | None = None,
     image_ids: dict[str, int] | None = None,
+    viz_style: str = "levels",
 ) -> Plan:
     """Outputs of every input, after the safety rules (module docstring).
 
@@ -162,6 +169,9 @@ def plan_jobs(
     image_ids : dict, optional
         Image id of every key (e.g. from a ground-truth COCO file); default
         :func:`stable_image_ids`.
+    viz_style : {"levels", "overlay"}
+        How ``viz`` pictures are drawn: a picture drawn otherwise counts as made with other
+        settings (:func:`viz_signature`).
 
     Raises
     ------
@@ -216,6 +226,8 @@ def plan_jobs(
         index, count = shard
         planned = planned[index::count]
 
+    expected = {SAM: settings_signature, PNG: settings_signature,
+                VIZ: viz_signature(settings_signature, viz_style)}
     listing = _Listing()
     jobs, done, conflicts, refused, stale = [], 0, [], [], []
     for image_id, item, paths in planned:
@@ -236,7 +248,7 @@ def plan_jobs(
                 if exists and check is not None:
                     check(path)
                 todo[kind] = path
-            elif read_signature(kind, path) != settings_signature:
+            elif read_signature(kind, path) != expected.get(kind, settings_signature):
                 conflicts.append(path)
         if todo or collected:  # those files are written whole every run
             jobs.append(Job(item, image_id, todo))

@@ -102,6 +102,7 @@ def run(
     max_pixels: int | None = None,
     pred_iou_thresh: float = 0.0,
     stability_score_thresh: float = 0.0,
+    viz_style: str = "levels",
 ) -> RunSummary:
     """Masks for many images, written as files; a failing image is reported, not fatal.
 
@@ -118,7 +119,11 @@ def run(
         One SA-1B-like JSON per image, one COCO data set, a folder of label maps per image, or
         Parquet part files with one row per record.
     viz : str, optional
-        Also draw each image's levels: a file for one image, a folder for several.
+        Also draw each image's masks: a file for one image, a folder for several.
+    viz_style : {"levels", "overlay"}
+        ``viz`` pictures: the image and one panel per level (colours follow regions across
+        levels; contour regions on their own rows), or all masks over the image in one
+        picture (:func:`uniap.viz.overlay`).
     overwrite : bool
         Replace existing outputs of these images; without it an image whose outputs exist
         (made with the same settings) is skipped, and outputs made otherwise are an error.
@@ -195,6 +200,10 @@ def run(
     check_refine(refine, refine_options, upsampling, segment_options)
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
         raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
+    from ..viz import VIZ_STYLES
+
+    if viz_style not in VIZ_STYLES:
+        raise ValueError(f"viz_style must be one of {', '.join(VIZ_STYLES)}, got {viz_style!r}")
     items = expand_inputs(inputs, file_lists)
     for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -203,7 +212,7 @@ def run(
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
                         unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}),
                         max_pixels=max_pixels, pred_iou_thresh=float(pred_iou_thresh),
-                        stability_score_thresh=float(stability_score_thresh))
+                        stability_score_thresh=float(stability_score_thresh), viz_style=viz_style)
     digest = signature(settings.signature_fields())
     if collector_type is not None and not overwrite and (existing := collector_type.existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")
@@ -214,7 +223,8 @@ def run(
 
     def plan() -> Plan:
         return plan_jobs(items, out=out, format=format, viz=viz, overwrite=overwrite,
-                         settings_signature=digest, single=single, shard=shard, image_ids=image_ids)
+                         settings_signature=digest, single=single, shard=shard, image_ids=image_ids,
+                         viz_style=viz_style)
 
     # One run at a time per output (locks.py): taken before planning where the folders exist,
     # else once they are made, and the plan made again under the lock.

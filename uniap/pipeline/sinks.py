@@ -32,19 +32,50 @@ class ImageOutput:
     image: np.ndarray
     hierarchy: Any
     encoded: Encoded
+    viz_style: str = "levels"  # how write_viz draws (uniap.viz.VIZ_STYLES)
 
 
 def write_viz(path: str, out: ImageOutput) -> None:
-    """``--viz``: the image and each level's masks, coloured; the signature in a PNG text chunk."""
+    """``--viz``: the image and each level's masks (then the contour regions' cuts), colours
+    following regions across levels; or, ``viz_style="overlay"``, all masks over the image in
+    one picture.  The signature goes in a PNG text chunk."""
     from .. import viz
+    from .plan import viz_signature
 
-    h = out.hierarchy
-    titles = [out.info["file_name"].rsplit("/", 1)[-1]] + [
-        f"t={lv.threshold:g}: {int((lv.sizes >= h.min_size).sum())} masks" for lv in h.levels
-    ]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    sheet = viz.hierarchy_panels(out.image, out.encoded.pixel_labels, titles)
-    viz.save_panels(path, sheet, text={"uniap-signature": out.uniap["signature"]})
+    if out.viz_style == "overlay":
+        picture = viz.overlay(out.image, out.encoded.records)
+    else:
+        h = out.hierarchy
+        titles = [out.info["file_name"].rsplit("/", 1)[-1]] + [
+            f"t={lv.threshold:g}: {int((lv.sizes >= h.min_size).sum())} masks" for lv in h.levels
+        ]
+        levels, contours = _panel_maps(out.encoded, *out.image.shape[:2])
+        if contours is not None:
+            titles += [_contour_title(out.encoded.records, k) for k in range(len(contours))]
+        picture = viz.hierarchy_panels(out.image, levels, titles, contour_labels=contours)
+    viz.save_panels(path, picture, text={"uniap-signature": viz_signature(out.uniap["signature"], out.viz_style)})
+
+
+def _panel_maps(encoded: Encoded, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The level and contour maps at the panels' size: a region graph's straight from its
+    superpixels shrunk, never the full-size stacks (8 levels of an 8000 x 8000 image: 2 GB)."""
+    from ..hierarchy import nearest_index
+    from ..viz import panel_shape
+
+    if encoded.regions is None:
+        return encoded.pixel_labels, encoded.contour_labels
+    ph, pw = panel_shape(height, width)
+    regions = encoded.regions[nearest_index(ph, height)][:, nearest_index(pw, width)]
+    contours = None if encoded.contour_cuts is None else np.take(encoded.contour_cuts, regions, axis=-1)
+    return np.take(encoded.node_labels, regions, axis=-1), contours
+
+
+def _contour_title(records: list[dict], cut: int) -> str:
+    """Caption of contour cut ``cut``: its altitude and how many records it has."""
+    mine = [r for r in records if r["kind"] == "contour" and cut in r["levels"]]
+    altitude = next((r["threshold"] for r in mine if r["level"] == cut), None)
+    return f"contours {cut}" + (f" a={altitude:.3g}" if altitude is not None else "") + f": {len(mine)} masks"
 
 
 def sink(kind: str):

@@ -58,6 +58,9 @@ class Settings:
         changes no output, so it is not part of the signature.
     pred_iou_thresh, stability_score_thresh : float
         Records below either are not written (:func:`uniap.records.filter_records`; 0: all).
+    viz_style : {"levels", "overlay"}
+        How ``--viz`` pictures are drawn (recorded in the pictures' signature only:
+        :func:`uniap.pipeline.plan.viz_signature`).
     """
 
     features: str = "default"
@@ -72,6 +75,7 @@ class Settings:
     max_pixels: int | None = None
     pred_iou_thresh: float = 0.0
     stability_score_thresh: float = 0.0
+    viz_style: str = "levels"
 
     def build_extractor(self) -> Any:
         from ..features import get_extractor, refined
