@@ -191,7 +191,7 @@ def hierarchy_panels(
     """
     from PIL import Image, ImageDraw
 
-    from .hierarchy import nearest_index
+    from .core.graph import nearest_index
 
     height, width = image.shape[:2]
     ph, pw = panel_shape(height, width, max_side)

@@ -212,8 +212,8 @@ def segment_upload(data: bytes, name: str = "upload", *, max_pixels: int = DEFAU
     """
     import time
 
-    from .. import io as uio
-    from ..hierarchy import nearest_index
+    from ..formats.sam import sam_document
+    from ..core.graph import nearest_index
     from ..pipeline.image import segment_image
     from ..viz import follow_palettes
 
@@ -253,7 +253,7 @@ def segment_upload(data: bytes, name: str = "upload", *, max_pixels: int = DEFAU
     info = {"file_name": name, "height": int(height), "width": int(width)}
     return {"file_name": name, "width": int(width), "height": int(height),
             "display": {"width": dw, "height": dh, "image": _jpeg_data_url(shown)},
-            "layers": layers, "document": uio.sam_document(info, result.uniap_info(), records),
+            "layers": layers, "document": sam_document(info, result.uniap_info(), records),
             "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -311,7 +311,7 @@ class DemoHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = urlsplit(self.path).path
         if path == "/config":
-            from .. import __version__
+            from .._version import __version__
 
             self._json(HTTPStatus.OK, {"max_bytes": self.server.max_bytes,
                                        "max_pixels": self.server.max_pixels, "version": __version__})
@@ -420,7 +420,7 @@ def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, **kwargs: Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="uniap-demo",
