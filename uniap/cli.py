@@ -136,11 +136,15 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
     io.add_argument("--out", required=True,
                     help="a file for one image; a folder (existing, ending in '/', or for several "
                     "images) mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
-                    "--format coco: one file; --format png: a folder with one folder per image")
-    io.add_argument("--format", choices=("sam", "coco", "png", "parquet"), default="sam",
+                    "--format coco: one file; --format png, amg: a folder with one folder per image")
+    io.add_argument("--format", choices=("sam", "coco", "png", "amg", "labelme", "parquet"), default="sam",
                     help="sam: one SA-1B-like JSON per image (default); coco: one COCO data set; "
-                    "png: 16-bit label maps per level plus metadata.csv; parquet: part files, "
-                    "one row per record")
+                    "png: 16-bit label maps per level plus metadata.csv; amg: segment-anything's "
+                    "amg.py folders (one PNG per mask plus metadata.csv); labelme: one LabelMe JSON "
+                    "of polygons per image; parquet: part files, one row per record")
+    io.add_argument("--polygons", action="store_true",
+                    help="--format coco: segmentations as polygons (CVAT, LabelMe imports; holes "
+                    "joined to the outline by a zero-width cut) instead of RLE")
     io.add_argument("--image-ids", metavar="COCO_JSON",
                     help="take image ids from this COCO file, matched by file_name (default: stable "
                     "ids from each image's relative path)")
@@ -300,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
     shard, device = resolve_shard(args.shard, extractor_kwargs.get("device"))
     if device is not None:
         extractor_kwargs["device"] = device
+    if args.polygons and args.format != "coco":
+        raise UsageError("--polygons applies to --format coco only (--format labelme writes polygons itself)")
     image_ids = read_image_ids(args.image_ids)
     try:
         summary = run_pipeline(
@@ -311,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
             refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
             pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+            polygons=args.polygons,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -3,7 +3,8 @@
 Every writer builds the whole output beside its destination (a temporary file or folder in
 the same directory) and renames it into place, so a failure never leaves a half-written
 file and never damages what was there before.  :func:`read_records` reads the records of any
-of these formats back (PNG label maps excepted), :func:`coco_image_ids` the image ids of a
+of these formats and of ``amg.py`` folders (:mod:`uniap.formats.amg`) back (PNG label maps and
+LabelMe files excepted), :func:`coco_image_ids` the image ids of a
 ground-truth COCO file.
 
 Parquet parts (``--format parquet``) hold one row per record: the image's ``file_name``,
@@ -31,7 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-FORMATS = ("sam", "coco", "png", "parquet")
+FORMATS = ("sam", "coco", "png", "amg", "labelme", "parquet")
 CATEGORY = {"id": 1, "name": "fg", "supercategory": "fg"}
 SEMANTIC_CATEGORY = {"id": 2, "name": "semantic", "supercategory": "fg"}
 PNG_COLUMNS = (
@@ -106,6 +107,7 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
     parent = path.parent if str(path.parent) else Path(".")
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the folder from everyone else
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         os.close(fd)
@@ -575,6 +577,8 @@ def _records_of_coco(path: Path, dataset: dict) -> list[tuple[dict, list[dict], 
                              "which is not in \"images\"")
         if "uniap_id" in ann:  # ours: undo what coco_dataset added
             rec = {"id": ann["uniap_id"], **{k: v for k, v in ann.items() if k not in _COCO_KEYS}}
+            if isinstance(rec.get("segmentation"), list):  # --polygons: the masks they draw, as RLE
+                rec["segmentation"] = _polygon_rle(path, i, rec["segmentation"], entry[0])
         else:
             rec = {k: v for k, v in ann.items() if k != "image_id"}
         if rec.get("id") is not None:
@@ -583,9 +587,26 @@ def _records_of_coco(path: Path, dataset: dict) -> list[tuple[dict, list[dict], 
     return list(by_id.values())
 
 
+def _polygon_rle(path: Path, i: int, polygons: list, image: dict) -> dict:
+    """A COCO polygon segmentation of ours back as the RLE it rasterises to (pycocotools)."""
+    from .formats.polygons import polygons_to_rle
+
+    try:
+        return polygons_to_rle(polygons, int(image["height"]), int(image["width"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: annotations[{i}]: polygons that cannot be drawn: {err}") from None
+
+
 def _record_files(folder: Path) -> list[Path]:
+    """Record files below ``folder``, and ``amg.py`` folders (read whole, not searched)."""
+    from .formats.amg import METADATA, is_amg_folder
+
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
+        if METADATA in files and is_amg_folder(root):
+            found.append(Path(root))
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(root) / f for f in sorted(files)
                   if not f.startswith(".") and f.lower().endswith((".json", ".parquet"))]
@@ -608,12 +629,17 @@ def read_record_sets(path: str | os.PathLike, max_records: int | None = None,
         raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(path))
     files = _record_files(path) if path.is_dir() else [path]
     if path.is_dir() and not files:
-        raise ValueError(f"{path} holds no .json or .parquet record files")
+        raise ValueError(f"{path} holds no .json or .parquet record files, nor amg.py folders")
     sets: list[tuple[dict, list[dict], dict | None]] = []
     origin: dict[str, Path] = {}
     for file in files:
         left = max(limit - taken, 1) if limit else 0  # what this file may still add
-        if file.suffix.lower() == ".parquet":
+        if file.is_dir():  # an amg.py folder; without uniap's sidecar named by its path
+            from .formats.amg import read_amg
+
+            name = file.relative_to(path).as_posix() if file != path else file.name
+            read = [read_amg(file, name)]
+        elif file.suffix.lower() == ".parquet":
             read = _read_parquet(file, left)
         else:
             read = _records_of_json(file)
@@ -650,13 +676,16 @@ def read_record_sets(path: str | os.PathLike, max_records: int | None = None,
 def read_records(path: str | os.PathLike, max_records: int | None = None) -> dict[str, tuple[dict, list[dict]]]:
     """The records of any uniap output, back as ``{file_name: (image_info, records)}``.
 
-    ``path`` is a SAM-style JSON (one image), a COCO data set, a Parquet part, or a folder
-    holding any of these (searched recursively; hidden names skipped). ``image_info`` is
+    ``path`` is a SAM-style JSON (one image), a COCO data set, a Parquet part, an ``amg.py``
+    folder (:func:`uniap.formats.amg.read_amg`: a folder whose ``metadata.csv`` has
+    ``amg.py``'s header, uniap's or SAM's own), or a folder holding any of these (searched
+    recursively; hidden names skipped). ``image_info`` is
     ``{"image_id", "file_name", "height", "width"}`` (plus whatever else a COCO ``images``
     entry holds); ``records`` are the SAM-style dicts of :mod:`uniap.records`, equal (``==``)
     whichever format they were read from: COCO's ``uniap_id`` is the record ``id`` again and
-    the keys the COCO writer adds are dropped (a COCO file not made by uniap keeps its
-    annotations as they are, less ``image_id``).  The dict is ordered by image id.
+    the keys the COCO writer adds are dropped, and its polygons (``--polygons``) are the RLE
+    they rasterise to (a COCO file not made by uniap keeps its annotations as they are, less
+    ``image_id``).  The dict is ordered by image id.
 
     Image and annotation ids are exact 64-bit integers (:func:`as_id`: ``3.0`` is 3, ``1.5``
     is an error, never truncated).  Parquet parts are streamed in batches of

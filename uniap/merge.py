@@ -5,7 +5,8 @@ the inputs: image ids are kept, annotation ids count from 1 in the order of imag
 record id, exactly as ``uniap-cli --format coco`` orders an unsharded run, so merging the
 shards of a run gives the file the unsharded run writes.  ``--format parquet`` or ``sam``
 writes the same records as Parquet parts or one SAM-style JSON per image (``OUT/<file_name
-without suffix>.json``, as ``uniap-cli`` names them) instead; any input format goes to any
+without suffix>.json``, as ``uniap-cli`` names them) instead, ``--format amg`` one
+segment-anything ``amg.py`` folder per image (``OUT/<file_name without suffix>/``); any input format goes to any
 output format (:func:`uniap.io.read_records` reads them).
 
 Exit status: 0 done; 2 a usage error (a missing, unreadable or malformed input, an id that is
@@ -26,7 +27,7 @@ from typing import Sequence
 from . import io
 from .cli import UsageError, nonnegative_int, positive_int, run_command
 
-FORMATS = ("coco", "parquet", "sam")
+FORMATS = ("coco", "parquet", "sam", "amg")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="COCO or SAM JSON files, Parquet parts, or folders holding them")
     parser.add_argument("--format", choices=FORMATS, default="coco",
                         help="coco: one data set (default); parquet: part files of one row per "
-                        "record in OUT; sam: one SAM-style JSON per image in OUT")
+                        "record in OUT; sam: one SAM-style JSON per image in OUT; amg: one "
+                        "segment-anything amg.py folder (a PNG per mask, metadata.csv) per image in OUT")
     parser.add_argument("--images-per-part", type=positive_int, metavar="N",
                         help="--format parquet: images per part file (default "
                         "uniap.pipeline.sinks.IMAGES_PER_PART, 1000)")
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             _write_coco(out, sets, args.overwrite)
         elif args.format == "parquet":
             _write_parquet(out, sets, args.overwrite, args.images_per_part)
+        elif args.format == "amg":
+            _write_amg(out, sets, args.overwrite)
         else:
             _write_sam(out, sets, args.overwrite)
     except (ValueError, ImportError) as err:  # records that a format cannot hold, no pyarrow
@@ -157,6 +161,37 @@ def _write_parquet(out: Path, sets, overwrite: bool, per_part: int | None) -> No
 
 
 def _write_sam(out: Path, sets, overwrite: bool) -> None:
+    paths = _per_image_paths(out, sets, ".json", overwrite)
+    for (info, records, uniap), path in zip(sets, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_json(path, io.sam_document(info, uniap, records))
+
+
+def _write_amg(out: Path, sets, overwrite: bool) -> None:
+    from .formats.amg import check_records, write_amg
+    from .pipeline.plan import AMG, PlanError, _check_png_folder
+
+    paths = _per_image_paths(out, sets, "", overwrite)
+    for (info, records, _), path in zip(sets, paths):
+        try:
+            check_records(records)  # every image can be written before any is
+        except ValueError as err:
+            raise UsageError(f"image {info['file_name']!r}: {err}") from None
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"{path} exists and is a file; --format amg writes a folder there")
+            try:
+                _check_png_folder(str(path), AMG)
+            except PlanError as err:
+                raise UsageError(str(err)) from None
+    for (info, records, uniap), path in zip(sets, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_amg(path, records, image=info, uniap=uniap)
+
+
+def _per_image_paths(out: Path, sets, suffix: str, overwrite: bool) -> list[Path]:
+    """``OUT/<file_name without suffix><suffix>`` of every image: inside OUT, apart, and new
+    unless ``overwrite``."""
     from .pipeline.sources import output_stem
 
     paths = []
@@ -165,7 +200,7 @@ def _write_sam(out: Path, sets, overwrite: bool) -> None:
         parts = name.replace("\\", "/").split("/")
         if os.path.isabs(name) or ".." in parts or not name:
             raise UsageError(f"file_name {name!r} is not a relative path inside OUT")
-        paths.append(out / (output_stem(name) + ".json"))
+        paths.append(out / (output_stem(name) + suffix))
     if len(set(paths)) != len(paths):
         seen: dict[Path, str] = {}
         for (info, _, _), path in zip(sets, paths):
@@ -176,9 +211,7 @@ def _write_sam(out: Path, sets, overwrite: bool) -> None:
         taken = next((p for p in paths if p.exists()), None)
         if taken is not None:
             raise UsageError(f"{taken} exists; pass --overwrite to replace it")
-    for (info, records, uniap), path in zip(sets, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.write_json(path, io.sam_document(info, uniap, records))
+    return paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -904,6 +904,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=device, weights=args.weights, **options)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise UsageError(" ".join(str(err).split())) from None
+    if args.polygons and args.format != "coco":
+        raise UsageError("--polygons applies to --format coco only (--format labelme writes polygons itself)")
     image_ids = read_image_ids(args.image_ids)
     try:
         summary = run_pipeline(
@@ -911,6 +913,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, shard=shard, engine=PredictEngine(predictor, args.batch_size),
             image_ids=image_ids, features=predictor.name, extractor_options=predictor.options(),
             extractor=_NoFeatures(), refine="none", progress=not args.quiet, max_pixels=args.max_pixels,
+            polygons=args.polygons,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -80,6 +80,20 @@ def metadata_text(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def check_records(records: list[dict]) -> str:
+    """Raise ValueError naming the record unless every record can be written (the keys
+    ``metadata.csv`` needs, a COCO RLE ``segmentation``); returns ``metadata.csv``'s text."""
+    from ..records import check_rle
+
+    text = metadata_text(records)
+    for i, rec in enumerate(records):
+        try:
+            check_rle(rec.get("segmentation"))
+        except ValueError as err:
+            raise ValueError(f"record {rec.get('id', i)}: {err}") from None
+    return text
+
+
 def _four(values: Any, name: str) -> list:
     if not isinstance(values, (list, tuple)) or len(values) != 4:
         raise ValueError(f"{name} must be 4 numbers, got {values!r}")
@@ -133,14 +147,9 @@ def write_amg(folder: str | os.PathLike, records: list[dict], image: dict | None
     from PIL import Image
 
     from ..io import atomic_path, json_text
-    from ..records import check_rle, decode_rle
+    from ..records import decode_rle
 
-    text = metadata_text(records)  # every record checked before anything is written
-    for i, rec in enumerate(records):
-        try:
-            check_rle(rec.get("segmentation"))
-        except ValueError as err:
-            raise ValueError(f"record {rec.get('id', i)}: {err}") from None
+    text = check_records(records)  # every record checked before anything is written
     extras = [{k: v for k, v in rec.items() if k not in _AMG_KEYS} for rec in records]
     sidecar = {"image": image, "uniap": uniap, "records": extras}
     with atomic_path(folder, directory=True) as tmp:
@@ -237,7 +246,7 @@ def read_amg(folder: str | os.PathLike, name: str | None = None) -> tuple[dict, 
             raise ValueError(f"{path}, line {n}: area {area}, but {png.name} has {int(mask.sum())} pixels")
         rec = {"id": row_id, "segmentation": encode_rle(mask[None])[0], "area": area,
                "bbox": number[2:6], "predicted_iou": number[8],
-               "point_coords": [number[6:8]], "stability_score": number[9], "crop_box": ints[2:6]}
+               "point_coords": [number[6:8]], "stability_score": number[9], "crop_box": ints[6:10]}
         if extras is not None and isinstance(extras[n - 2], dict):
             rec.update(extras[n - 2])
         records.append(rec)

@@ -154,7 +154,8 @@ def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, c
         height, width = image.shape[:2]
         info = {"image_id": job.image_id, "file_name": job.item.key, "height": int(height),
                 "width": int(width)}
-        out = ImageOutput(info, uniap_info(h, grid, stages.signature), image, h, encoded)
+        out = ImageOutput(info, uniap_info(h, grid, stages.signature), image, h, encoded,
+                          source=job.item.path if job.item.member is None else None)
         for kind, path in job.outputs.items():
             SINKS[kind](path, out)
         timed(report.timings, "writing", start)

@@ -5,10 +5,10 @@ pure bookkeeping on names (no image is opened), linear in the number of inputs:
 
 * outputs mirror each input's key (its path relative to its input root), so names never clash;
 * a folder ``--out`` is a folder whatever the input count: an existing folder, a path ending in
-  ``/``, or more than one input (``--format png`` always writes a folder per image below it);
+  ``/``, or more than one input (``--format png`` and ``amg`` always write a folder per image below it);
 * **one output-path rule** (:func:`check_output_paths`), checked for every format over every
   input of the run (all shards): no output path is an input, lies over one, equals another
-  output, or is a folder above another output (``--format png``: ``a.jpg``'s folder ``out/a``
+  output, or is a folder above another output (``--format png`` / ``amg``: ``a.jpg``'s folder ``out/a``
   and ``a/p1.png``'s ``out/a/p1``), the run's own files (``failures.jsonl``, the lock)
   included; a path the file system cannot hold (with its temporary's name: a name over 255
   bytes, a path over 4095) fails that image alone, before it is processed;
@@ -33,6 +33,8 @@ from .sources import Item, output_stem
 
 # Output kinds: the per-image files a job can write.
 SAM, PNG, VIZ = "sam", "png", "viz"
+AMG, LABELME = "amg", "labelme"  # segment-anything's amg.py folders, LabelMe polygon files
+FOLDER_KINDS = (PNG, AMG)  # outputs that are a folder per image
 FAILURES = "failures.jsonl"
 SIGNATURE_FILE = "uniap.json"  # inside a --format png folder
 _SIGNATURE_RE = re.compile(rb'"signature":"([0-9a-f]{8,64})"')
@@ -116,6 +118,14 @@ def read_signature(kind: str, path: str) -> str | None:
                 head = f.read(1 << 16)  # "image" and "uniap" come before the annotations
             match = _SIGNATURE_RE.search(head.split(b'"annotations"', 1)[0])
             return match.group(1).decode() if match else None
+        if kind == LABELME:  # "uniap" comes before the shapes
+            with open(path, "rb") as f:
+                match = _SIGNATURE_RE.search(f.read(1 << 16).split(b'"shapes"', 1)[0])
+            return match.group(1).decode() if match else None
+        if kind == AMG:
+            from ..formats.amg import read_signature as amg_signature
+
+            return amg_signature(path)
         if kind == PNG:
             with open(os.path.join(path, SIGNATURE_FILE), "rb") as f:
                 match = _SIGNATURE_RE.search(f.read(1 << 16))
@@ -139,10 +149,11 @@ def output_layout(count: int, *, out: str, format: str, viz: str | None, single:
     """Whether ``--out`` and ``--viz`` are folders for a run of ``count`` images (PlanError when
     an existing file stands where a folder is needed, or the reverse)."""
     single = single and count == 1
-    out_is_folder = format in ("png", "parquet") or (format == "sam" and (not single or folder_like(out)))
+    out_is_folder = format in ("png", "amg", "parquet") or (
+        format in ("sam", "labelme") and (not single or folder_like(out)))
     if format == "coco" and folder_like(out):
         raise PlanError(f"--format coco writes one file, but --out {out} is a folder")
-    if format == "sam" and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
+    if format in ("sam", "labelme") and out_is_folder and os.path.isfile(out.rstrip("/" + os.sep)):
         raise PlanError(f"--out {out} is a file, but {count} images need a folder")
     viz_is_folder = viz is not None and (not single or folder_like(viz))
     if viz_is_folder and os.path.isfile(viz.rstrip("/" + os.sep)):
@@ -172,8 +183,9 @@ def plan_jobs(
     out : str
         ``--out``: a file for one image (``sam``), a folder otherwise; the data set file for
         ``coco``; the root folder for ``png``.
-    format : {"sam", "coco", "png", "parquet"}
-        ``coco`` and ``parquet`` write files of every image at the end (every image is a job).
+    format : {"sam", "coco", "png", "amg", "labelme", "parquet"}
+        ``amg`` writes a folder per image as ``png`` does, ``labelme`` a JSON per image as
+        ``sam`` does; ``coco`` and ``parquet`` write files of every image at the end (every image is a job).
     viz : str or None
         A picture file for one image, a folder otherwise.
     overwrite : bool
@@ -214,8 +226,10 @@ def plan_jobs(
         paths = {}
         if format == "sam":
             paths[SAM] = f"{out_root}{os.sep}{stem}.json" if out_is_folder else out_root
-        elif format == "png":
-            paths[PNG] = f"{out_root}{os.sep}{stem}"
+        elif format == "labelme":
+            paths[LABELME] = f"{out_root}{os.sep}{stem}.json" if out_is_folder else out_root
+        elif format in FOLDER_KINDS:
+            paths[format] = f"{out_root}{os.sep}{stem}"
         if viz_root:
             paths[VIZ] = f"{viz_root}{os.sep}{stem}.png" if viz_is_folder else viz_root
         return paths
@@ -255,12 +269,12 @@ def plan_jobs(
         todo = {}
         for kind, path in paths.items():
             exists = listing.exists(path)
-            if exists and (os.path.isdir(path) != (kind == PNG)):
-                raise PlanError(f"{path} exists and is a {'folder' if kind != PNG else 'file'}; "
+            if exists and (os.path.isdir(path) != (kind in FOLDER_KINDS)):
+                raise PlanError(f"{path} exists and is a {'folder' if kind not in FOLDER_KINDS else 'file'}; "
                                 "move it away or choose another --out")
             if not exists or overwrite:
-                if exists and kind == PNG:
-                    _check_png_folder(path)
+                if exists and kind in FOLDER_KINDS:
+                    _check_png_folder(path, kind)
                 todo[kind] = path
             elif read_signature(kind, path) != settings_signature:
                 conflicts.append(path)
@@ -309,13 +323,17 @@ def _unwritable_name(path: str) -> str | None:
 _PNG_FOLDER_FILE = re.compile(r"(?:level|semantic|contour)_\d+\.png|metadata\.csv|" + re.escape(SIGNATURE_FILE))
 
 
-def _check_png_folder(path: str) -> None:
-    """A ``--format png`` folder about to be replaced holds only what uniap writes there."""
+def _check_png_folder(path: str, kind: str = PNG) -> None:
+    """A ``--format png`` (or ``amg``) folder about to be replaced holds only what uniap writes there."""
     try:
         names = os.listdir(path)
     except OSError as err:
         raise PlanError(f"cannot read {path}: {(err.strerror or str(err)).lower()}") from None
-    foreign = sorted(n for n in names if not _PNG_FOLDER_FILE.fullmatch(n) and not n.startswith("."))
+    if kind == AMG:
+        from ..formats.amg import FOLDER_FILE as allowed
+    else:
+        allowed = _PNG_FOLDER_FILE
+    foreign = sorted(n for n in names if not allowed.fullmatch(n) and not n.startswith("."))
     if foreign:
         raise PlanError(f"{path} holds {os.path.join(path, foreign[0])}, which uniap did not write; "
                         "it is not replaced: move it away or choose another --out")

@@ -23,7 +23,7 @@ from .sources import expand_inputs
 from ..features.regions import refined
 from .stages import Settings, Stages
 
-FORMATS = ("sam", "coco", "png", "parquet")
+FORMATS = ("sam", "coco", "png", "amg", "labelme", "parquet")
 ENGINES = ("local", "ray")
 # Below this many images per run the NumPy backend finishes before Numba has loaded.
 NUMBA_PAYS_OFF = 64
@@ -104,6 +104,7 @@ def run(
     max_pixels: int | None = None,
     pred_iou_thresh: float = 0.0,
     stability_score_thresh: float = 0.0,
+    polygons: bool = False,
 ) -> RunSummary:
     """Masks for many images, written as files; a failing image is reported, not fatal.
 
@@ -116,9 +117,11 @@ def run(
         A file for one image, a folder for several (``docs/cli.md``: the layout rules).
     file_lists : sequence of str
         Files listing one input path a line (``-``: standard input).
-    format : {"sam", "coco", "png", "parquet"}
-        One SA-1B-like JSON per image, one COCO data set, a folder of label maps per image, or
-        Parquet part files with one row per record.
+    format : {"sam", "coco", "png", "amg", "labelme", "parquet"}
+        One SA-1B-like JSON per image, one COCO data set, a folder of label maps per image,
+        segment-anything's ``amg.py`` folder per image (one PNG per mask and ``metadata.csv``:
+        :mod:`uniap.formats.amg`), a LabelMe JSON of polygons per image
+        (:mod:`uniap.formats.polygons`), or Parquet part files with one row per record.
     viz : str, optional
         Also draw each image's levels: a file for one image, a folder for several.
     overwrite : bool
@@ -166,6 +169,9 @@ def run(
     pred_iou_thresh, stability_score_thresh : float
         Write only the records whose ``predicted_iou`` / ``stability_score`` reach these
         values (``amg.py``'s filters; :func:`uniap.records.filter_records`; 0: all).
+    polygons : bool
+        ``format="coco"`` only: segmentations as COCO polygons instead of RLE
+        (:mod:`uniap.formats.polygons`).
 
     Returns
     -------
@@ -190,6 +196,9 @@ def run(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if polygons and format != "coco":
+        raise ValueError(f"polygons applies to format 'coco' only (format {format!r}; "
+                         "'labelme' writes polygons itself)")
     if isinstance(engine, str) and engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not isinstance(engine, str) and not callable(getattr(engine, "run", None)):
@@ -253,7 +262,8 @@ def run(
         else:
             runner = LocalEngine(workers, batch_size)
         collector = COLLECTORS[format](out, shard=shard, image_ids=[job.image_id for job in the_plan.jobs],
-                                       overwrite=overwrite) if format in COLLECTORS else None
+                                       overwrite=overwrite, **({"polygons": True} if polygons else {})
+                                       ) if format in COLLECTORS else None
         reports = [Report(job.item.key, job.item.describe(), job.image_id, status="failed", error=why)
                    for job, why in the_plan.refused]
         reports += _run(runner, the_plan.jobs, stages, collector, progress, summary)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import io
-from .plan import PNG, SAM, SIGNATURE_FILE, VIZ, PlanError
+from .plan import AMG, LABELME, PNG, SAM, SIGNATURE_FILE, VIZ, PlanError
 from .stages import Encoded
 
 
@@ -30,6 +30,7 @@ class ImageOutput:
     image: np.ndarray
     hierarchy: Any
     encoded: Encoded
+    source: str | None = None  # the image's file (None for a tar member): LabelMe's imagePath
 
 
 def write_sam(path: str, out: ImageOutput) -> None:
@@ -46,6 +47,23 @@ def write_png(path: str, out: ImageOutput) -> None:
                  extra_files=extra, contour_labels=out.encoded.contour_labels)
 
 
+def write_amg(path: str, out: ImageOutput) -> None:
+    """``--format amg``: segment-anything's ``amg.py`` folder, one PNG per mask and ``metadata.csv``."""
+    from ..formats.amg import write_amg as write
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write(path, out.encoded.records, image=out.info, uniap=out.uniap)
+
+
+def write_labelme(path: str, out: ImageOutput) -> None:
+    """``--format labelme``: a LabelMe JSON of polygons, ``imagePath`` pointing at the image."""
+    from ..formats.polygons import labelme_document, labelme_image_path
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image_path = labelme_image_path(path, out.source, out.info["file_name"])
+    io.write_json(path, labelme_document(out.info, out.uniap, out.encoded.records, image_path))
+
+
 def write_viz(path: str, out: ImageOutput) -> None:
     """``--viz``: the image and each level's masks, coloured; the signature in a PNG text chunk."""
     from .. import viz
@@ -59,7 +77,7 @@ def write_viz(path: str, out: ImageOutput) -> None:
     viz.save_panels(path, sheet, text={"uniap-signature": out.uniap["signature"]})
 
 
-SINKS = {SAM: write_sam, PNG: write_png, VIZ: write_viz}
+SINKS = {SAM: write_sam, PNG: write_png, AMG: write_amg, LABELME: write_labelme, VIZ: write_viz}
 
 
 # Image rows per Parquet part file (ParquetWriter's default).
@@ -84,13 +102,18 @@ class CocoWriter:
         Unused (the order comes from the ids themselves).
     overwrite : bool
         Replace an existing ``path``; without it the writer refuses it (PlanError).
+    polygons : bool
+        Segmentations as COCO polygons (:mod:`uniap.formats.polygons`) instead of RLE, made as
+        each image arrives.
     """
 
     def __init__(self, path: str, shard: tuple[int, int] | None = None,
-                 image_ids: Sequence[int] | None = None, overwrite: bool = False) -> None:
+                 image_ids: Sequence[int] | None = None, overwrite: bool = False,
+                 polygons: bool = False) -> None:
         if not overwrite and self.existing(path, shard):
             raise PlanError(f"{path} exists; pass --overwrite to replace it")
         self.path = path
+        self.polygons = polygons
         self.items: list[tuple[dict, list[dict], dict]] = []
 
     @staticmethod
@@ -99,6 +122,10 @@ class CocoWriter:
         return path if os.path.exists(path) else None
 
     def add(self, info: dict, records: list[dict], uniap: dict) -> None:
+        if self.polygons:
+            from ..formats.polygons import polygon_record
+
+            records = [polygon_record(rec) for rec in records]
         self.items.append((info, records, uniap))
 
     def discard(self, image_id: int) -> None:
