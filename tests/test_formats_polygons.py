@@ -1,0 +1,166 @@
+"""Polygons: ``--format coco --polygons`` and ``--format labelme`` (issue 25, item 4).
+
+Round trips are measured as IoU against the RLE mask (pycocotools ``frPyObjects`` for COCO,
+LabelMe's own PIL drawing for LabelMe) on generated shapes with and without holes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uniap.cli import main as cli_main
+from uniap.formats.polygons import (labelme_mask, mask_polygons, polygons_to_rle, rle_iou,
+                                    rle_polygons)
+from uniap.io import read_records
+from uniap.records import decode_rle, encode_rle
+
+from cli_helpers import exit_status, save_image
+
+
+def cli(*argv) -> int:
+    return exit_status(cli_main, [str(a) for a in argv])
+
+
+def shapes() -> dict[str, np.ndarray]:
+    """Masks of 120 x 140 pixels: plain shapes, shapes with holes (an island in one)."""
+    yy, xx = np.mgrid[:120, :140]
+    disc = (yy - 60) ** 2 + (xx - 70) ** 2 < 45 ** 2
+    ring = disc & ((yy - 60) ** 2 + (xx - 70) ** 2 >= 20 ** 2)
+    holes = disc & ((yy - 60) ** 2 + (xx - 50) ** 2 >= 10 ** 2) & ((yy - 45) ** 2 + (xx - 90) ** 2 >= 7 ** 2)
+    island = holes | ((yy - 60) ** 2 + (xx - 50) ** 2 < 4 ** 2)
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    blobs = ndimage.gaussian_filter(rng.standard_normal((120, 140)), 6) > 0  # 6 pieces, holed
+    ell = np.zeros((120, 140), bool)
+    ell[10:100, 10:30] = ell[80:100, 10:120] = True
+    return {"disc": disc, "ell": ell, "ring": ring, "two holes": holes, "island in a hole": island,
+            "blobs": blobs, "diagonal pixels": np.eye(120, 140, dtype=bool)}
+
+
+HOLED = {"ring", "two holes", "island in a hole", "blobs"}
+
+
+def test_the_shapes_cover_holes():
+    from scipy import ndimage
+
+    for name, mask in shapes().items():
+        assert (ndimage.binary_fill_holes(mask).sum() > mask.sum()) == (name in HOLED), name
+
+
+@pytest.mark.parametrize("name", list(shapes()))
+def test_unsimplified_polygons_rasterise_to_the_mask_exactly(name):
+    mask = shapes()[name]
+    rle = encode_rle(mask[None])[0]
+    polygons = rle_polygons(rle, tolerance=0)
+    assert polygons_to_rle(polygons, *mask.shape) == rle
+
+
+@pytest.mark.parametrize("name", list(shapes()))
+def test_simplified_polygons_round_trip_above_the_bound(name):
+    mask = shapes()[name]
+    rle = encode_rle(mask[None])[0]
+    polygons = rle_polygons(rle)  # default tolerance
+    iou = rle_iou(rle, polygons_to_rle(polygons, *mask.shape))
+    assert iou > (0.95 if name != "diagonal pixels" else 0.99), iou
+    corners = len(np.concatenate(rle_polygons(rle, tolerance=0))) // 2
+    assert len(np.concatenate(polygons)) // 2 <= corners  # simpler, never more vertices
+
+
+@pytest.mark.parametrize("name", list(shapes()))
+def test_labelme_polygons_draw_the_mask_as_labelme_does(name):
+    mask = shapes()[name]
+    for tolerance, bound in ((0, 0.995), (1.0, 0.93)):
+        drawn = np.zeros_like(mask)
+        for points in mask_polygons(mask, tolerance, convention="labelme"):
+            drawn |= labelme_mask(points.tolist(), *mask.shape)
+        iou = (drawn & mask).sum() / (drawn | mask).sum()
+        assert iou > bound, (tolerance, iou)
+
+
+def test_a_hole_stays_empty_in_one_polygon():
+    mask = shapes()["ring"]
+    polygons = mask_polygons(mask)
+    assert len(polygons) == 1  # outline and hole joined by a zero-width cut
+    drawn = decode_rle(polygons_to_rle([polygons[0].ravel().tolist()], *mask.shape))
+    assert not drawn[60, 70] and drawn[60, 30]
+    island = mask_polygons(shapes()["island in a hole"])
+    assert len(island) == 2 and len(island[1]) < len(island[0])  # the island is a piece of its own
+
+
+def test_bad_inputs_are_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        mask_polygons(np.zeros((2, 3, 4), bool))
+    with pytest.raises(ValueError, match="tolerance"):
+        mask_polygons(np.ones((3, 3), bool), tolerance=-1)
+    with pytest.raises(ValueError, match="convention"):
+        mask_polygons(np.ones((3, 3), bool), convention="cvat")
+    with pytest.raises(ValueError, match="at least 3"):
+        polygons_to_rle([[0, 0, 1, 1]], 4, 4)
+    assert mask_polygons(np.zeros((3, 3), bool)) == []
+
+
+def picture() -> np.ndarray:
+    x = np.zeros((48, 64, 3), np.uint8)
+    x[:, 30:] = 200
+    x[10:30, 5:20] = [255, 0, 40]
+    x[20:25, 10:15] = 0  # a hole in the red block
+    return x
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("polygons")
+    save_image(root / "in" / "a" / "x.png", picture())
+    assert cli(root / "in", "--out", root / "sam", "--quiet") == 0
+    return root
+
+
+def test_coco_polygons_load_in_pycocotools_and_read_back_as_rle(tree, tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "coco.json"
+    assert cli(tree / "in", "--out", out, "--format", "coco", "--polygons", "--quiet") == 0
+    dataset = json.loads(out.read_text())
+    assert all(isinstance(a["segmentation"], list) and a["segmentation"] for a in dataset["annotations"])
+    coco = COCO(str(out))
+    sam = read_records(tree / "sam")["a/x.png"][1]
+    back = read_records(out)["a/x.png"][1]
+    ious = []
+    for ann, rec, again in zip(dataset["annotations"], sam, back):
+        drawn = coco.annToMask(ann).astype(bool)
+        truth = decode_rle(rec["segmentation"])
+        ious.append((drawn & truth).sum() / (drawn | truth).sum())
+        assert {k: v for k, v in again.items() if k != "segmentation"} == \
+            {k: v for k, v in rec.items() if k != "segmentation"}
+        assert np.array_equal(decode_rle(again["segmentation"]), drawn)  # read back: what the polygons draw
+    assert np.mean(ious) > 0.9 and min(ious) > 0.5
+
+
+def test_labelme_files_point_at_the_image_and_group_pieces_by_record(tree, tmp_path, capsys):
+    out = tmp_path / "lm"
+    assert cli(tree / "in", "--out", out, "--format", "labelme", "--quiet") == 0
+    document = json.loads((out / "a" / "x.json").read_text())
+    image = (out / "a" / document["imagePath"]).resolve()
+    assert image == (tree / "in" / "a" / "x.png").resolve()
+    assert document["imageData"] is None and (document["imageHeight"], document["imageWidth"]) == (48, 64)
+    sam = read_records(tree / "sam")["a/x.png"][1]
+    assert {s["group_id"] for s in document["shapes"]} == {r["id"] for r in sam}
+    for shape in document["shapes"]:
+        assert shape["shape_type"] == "polygon" and len(shape["points"]) >= 3
+        described = json.loads(shape["description"])
+        assert shape["label"] == (f"level_{described['level']}" if described["kind"] == "instance"
+                                  else f"{described['kind']}_{described['level']}")
+    assert cli(tree / "in", "--out", out, "--format", "labelme") == 0
+    assert "1 skipped" in capsys.readouterr().err
+
+
+def test_polygons_outside_coco_is_a_usage_error(tree, tmp_path, capsys):
+    assert cli(tree / "in", "--out", tmp_path / "o", "--polygons", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "--polygons applies to --format coco only" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
