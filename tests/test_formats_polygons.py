@@ -164,3 +164,22 @@ def test_polygons_outside_coco_is_a_usage_error(tree, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--polygons applies to --format coco only" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_workers_and_merge_make_the_same_polygons(tmp_path, capsys):
+    from uniap.merge import main as merge_main
+
+    for i in range(3):
+        image = picture()
+        image[:, 30 + 5 * i:] = 120
+        save_image(tmp_path / "in" / f"{i}.png", image)
+    run = tmp_path / "run.json"
+    assert cli(tmp_path / "in", "--out", run, "--format", "coco", "--polygons", "--workers", "2",
+               "--batch-size", "1", "--quiet") == 0
+    assert cli(tmp_path / "in", "--out", tmp_path / "sam", "--quiet") == 0
+    merged = tmp_path / "merged.json"
+    assert exit_status(merge_main, [str(merged), str(tmp_path / "sam"), "--polygons"]) == 0
+    assert json.loads(run.read_text())["annotations"] == json.loads(merged.read_text())["annotations"]
+    assert exit_status(merge_main, [str(tmp_path / "pq"), str(tmp_path / "sam"), "--format", "sam",
+                                    "--polygons"]) == 2
+    assert "--polygons applies to --format coco only" in capsys.readouterr().err

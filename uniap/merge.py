@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse inputs of more than N records in all (Parquet rows, checked on each "
                         "part's footer before reading; default uniap.io.DEFAULT_MAX_RECORDS, 5000000; "
                         "0: no limit): every record is held in memory")
+    parser.add_argument("--polygons", action="store_true",
+                        help="--format coco: segmentations as COCO polygons (CVAT, LabelMe imports) "
+                        "instead of RLE")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT (coco), existing parts (parquet) or the "
                         "images' existing files (sam)")
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     """Read every input, check that no image is in two of them, write OUT."""
     if args.images_per_part is not None and args.format != "parquet":
         raise UsageError("--images-per-part applies to --format parquet only")
+    if args.polygons and args.format != "coco":
+        raise UsageError("--polygons applies to --format coco only")
     out = Path(args.out)
     if args.format == "coco" and (out.is_dir() or args.out.endswith(("/", os.sep))):
         raise UsageError(f"--format coco writes one file, but {args.out} is a folder "
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     sets.sort(key=lambda entry: entry[0]["image_id"])
     try:
         if args.format == "coco":
-            _write_coco(out, sets, args.overwrite)
+            _write_coco(out, sets, args.overwrite, args.polygons)
         elif args.format == "parquet":
             _write_parquet(out, sets, args.overwrite, args.images_per_part)
         elif args.format == "amg":
@@ -129,9 +134,14 @@ def _provenance(sets) -> dict | None:
     return next((uniap for _, _, uniap in sets if uniap is not None), None)
 
 
-def _write_coco(out: Path, sets, overwrite: bool) -> None:
+def _write_coco(out: Path, sets, overwrite: bool, polygons: bool = False) -> None:
     if not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: no folder {out.parent}")
+    if polygons:
+        from .formats.polygons import polygon_record
+
+        sets = [(info, [polygon_record(rec) if isinstance(rec.get("segmentation"), dict) else rec
+                        for rec in records], uniap) for info, records, uniap in sets]
     io.write_json(out, io.coco_dataset([(info, records) for info, records, _ in sets], _provenance(sets)))
 
 

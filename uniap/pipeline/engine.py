@@ -161,7 +161,12 @@ def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, c
         timed(report.timings, "writing", start)
         report.masks = len(encoded.records)
         if collect:
-            report.collected = (info, encoded.records, out.uniap)
+            records = encoded.records
+            if getattr(stages.settings, "polygons", False):  # here, in the worker, not in the main process
+                from ..formats.polygons import polygon_record
+
+                records = [polygon_record(rec) for rec in records]
+            report.collected = (info, records, out.uniap)
     except Exception as err:
         _fail(report, err)
 

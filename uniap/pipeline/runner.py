@@ -215,7 +215,7 @@ def run(
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
                         unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}),
                         max_pixels=max_pixels, pred_iou_thresh=float(pred_iou_thresh),
-                        stability_score_thresh=float(stability_score_thresh))
+                        stability_score_thresh=float(stability_score_thresh), polygons=polygons)
     digest = signature(settings.signature_fields())
     if format in COLLECTORS and not overwrite and (existing := COLLECTORS[format].existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")

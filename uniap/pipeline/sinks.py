@@ -103,8 +103,9 @@ class CocoWriter:
     overwrite : bool
         Replace an existing ``path``; without it the writer refuses it (PlanError).
     polygons : bool
-        Segmentations as COCO polygons (:mod:`uniap.formats.polygons`) instead of RLE, made as
-        each image arrives.
+        Segmentations as COCO polygons (:mod:`uniap.formats.polygons`) instead of RLE: records
+        that arrive with RLE (the pipeline's workers make the polygons themselves) are turned
+        into polygons here.
     """
 
     def __init__(self, path: str, shard: tuple[int, int] | None = None,
@@ -125,7 +126,8 @@ class CocoWriter:
         if self.polygons:
             from ..formats.polygons import polygon_record
 
-            records = [polygon_record(rec) for rec in records]
+            records = [polygon_record(rec) if isinstance(rec.get("segmentation"), dict) else rec
+                       for rec in records]
         self.items.append((info, records, uniap))
 
     def discard(self, image_id: int) -> None:

@@ -58,6 +58,11 @@ class Settings:
         changes no output, so it is not part of the signature.
     pred_iou_thresh, stability_score_thresh : float
         Records below either are not written (:func:`uniap.records.filter_records`; 0: all).
+    polygons : bool
+        Collected records (``--format coco``) carry COCO polygons instead of RLE, made by the
+        worker that made the records (:func:`uniap.formats.polygons.polygon_record`).  Only the
+        collected data set changes, which is rewritten whole every run, so it is not part of
+        the signature either.
     """
 
     features: str = "default"
@@ -72,6 +77,7 @@ class Settings:
     max_pixels: int | None = None
     pred_iou_thresh: float = 0.0
     stability_score_thresh: float = 0.0
+    polygons: bool = False
 
     def build_extractor(self) -> Any:
         from ..features import get_extractor, refined
