@@ -183,3 +183,19 @@ def test_workers_and_merge_make_the_same_polygons(tmp_path, capsys):
     assert exit_status(merge_main, [str(tmp_path / "pq"), str(tmp_path / "sam"), "--format", "sam",
                                     "--polygons"]) == 2
     assert "--polygons applies to --format coco only" in capsys.readouterr().err
+
+
+def test_labelme_of_a_tar_member_names_its_key(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(picture()).save(buf, format="PNG")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tf:
+        info = tarfile.TarInfo("a/x.png")
+        info.size = len(buf.getvalue())
+        tf.addfile(info, io.BytesIO(buf.getvalue()))
+    assert cli(tmp_path / "shard.tar", "--out", tmp_path / "lm", "--format", "labelme", "--quiet") == 0
+    assert json.loads((tmp_path / "lm" / "a" / "x.json").read_text())["imagePath"] == "a/x.png"

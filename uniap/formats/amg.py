@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["HEADER", "check_records", "is_amg_folder", "metadata_text", "read_amg", "read_signature",
+           "write_amg"]
+
 HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
           "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
 COLUMNS = tuple(HEADER.split(","))
@@ -57,6 +60,22 @@ def _text(value: Any, integer: bool) -> str:
 def metadata_text(records: list[dict]) -> str:
     """``metadata.csv`` of ``records``, byte for byte as ``amg.py`` writes it.
 
+    Parameters
+    ----------
+    records : list of dict
+        SAM-style records (``area``, ``bbox``, ``point_coords``, ``predicted_iou``,
+        ``stability_score``, ``crop_box``); row ``i`` is ``records[i]``.
+
+    Returns
+    -------
+    str
+        The header and one row per record, joined by ``"\\n"``, no newline after the last.
+
+    Raises
+    ------
+    ValueError
+        A record lacks one of these keys, or a box or area is not an integer.
+
     Examples
     --------
     >>> rec = {"area": 6, "bbox": [1.0, 2.0, 3.0, 2.0], "point_coords": [[2.0, 3.0]],
@@ -82,7 +101,18 @@ def metadata_text(records: list[dict]) -> str:
 
 def check_records(records: list[dict]) -> str:
     """Raise ValueError naming the record unless every record can be written (the keys
-    ``metadata.csv`` needs, a COCO RLE ``segmentation``); returns ``metadata.csv``'s text."""
+    ``metadata.csv`` needs, a COCO RLE ``segmentation``).
+
+    Parameters
+    ----------
+    records : list of dict
+        The records of one image.
+
+    Returns
+    -------
+    str
+        ``metadata.csv``'s text (:func:`metadata_text`).
+    """
     from ..records import check_rle
 
     text = metadata_text(records)
@@ -161,7 +191,17 @@ def write_amg(folder: str | os.PathLike, records: list[dict], image: dict | None
 
 
 def is_amg_folder(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds a ``metadata.csv`` that starts with ``amg.py``'s header."""
+    """Whether ``folder`` holds a ``metadata.csv`` that starts with ``amg.py``'s header.
+
+    Parameters
+    ----------
+    folder : path
+        The folder to look at.
+
+    Returns
+    -------
+    bool
+    """
     try:
         with open(Path(folder) / METADATA, "rb") as f:
             return f.readline().rstrip(b"\r\n") == HEADER.encode()
@@ -170,7 +210,17 @@ def is_amg_folder(folder: str | os.PathLike) -> bool:
 
 
 def read_signature(folder: str | os.PathLike) -> str | None:
-    """The settings signature in a folder's sidecar, or None (no sidecar, not uniap's)."""
+    """The settings signature in a folder's sidecar, or None (no sidecar, not uniap's).
+
+    Parameters
+    ----------
+    folder : path
+        An amg folder.
+
+    Returns
+    -------
+    str or None
+    """
     try:
         with open(Path(folder) / SIDECAR, "rb") as f:
             document = json.loads(f.read())
@@ -188,6 +238,19 @@ def read_amg(folder: str | os.PathLike, name: str | None = None) -> tuple[dict, 
     records hold it), the remaining record keys and the image entry from the sidecar when
     there is one.  A folder written by ``amg.py`` reads back too: its ``file_name`` is
     ``name`` (default: the folder's name), its ``height`` and ``width`` those of its masks.
+
+    Parameters
+    ----------
+    folder : path
+        The image's folder.
+    name : str, optional
+        The ``file_name`` of a folder without uniap's sidecar (default: the folder's name).
+
+    Returns
+    -------
+    (dict, list of dict, dict or None)
+        The image entry, the records in row order, the run's provenance (None without a
+        sidecar).
 
     Raises
     ------

@@ -3,8 +3,10 @@
 
 A mask becomes one polygon per 4-connected piece (:func:`mask_polygons`): the piece's boundary
 is traced along the pixel edges (:func:`skimage.measure.find_contours` on the mask upsampled
-twice, so corners are cut by a quarter pixel only) and simplified with
-:func:`skimage.measure.approximate_polygon` (Douglas-Peucker; :data:`DEFAULT_TOLERANCE` pixels).
+twice and snapped to the pixel corners, so the traced polygon is the mask's exact boundary)
+and simplified with :func:`skimage.measure.approximate_polygon` (Douglas-Peucker;
+:data:`DEFAULT_TOLERANCE` pixels); a mask that simplifying would cover with an IoU below
+:data:`DEFAULT_MIN_IOU` (a thin or tiny one) is traced more closely (:func:`rle_polygons`).
 
 **Holes.** Neither a COCO polygon list nor a LabelMe polygon can hold a hole (pycocotools fills
 every polygon of a list and takes their union).  Each hole's boundary is therefore spliced into
@@ -27,6 +29,10 @@ import os
 from typing import Any
 
 import numpy as np
+
+__all__ = ["DEFAULT_MIN_IOU", "DEFAULT_TOLERANCE", "labelme_document", "labelme_image_path",
+           "labelme_mask", "mask_polygons", "polygon_record", "polygons_to_rle", "rle_iou",
+           "rle_polygons"]
 
 # Douglas-Peucker tolerance in pixels: vertices move the boundary by at most this much.
 DEFAULT_TOLERANCE = 1.0
@@ -199,6 +205,12 @@ def rle_polygons(rle: dict, tolerance: float = DEFAULT_TOLERANCE, convention: st
         The least IoU of the simplified polygons with the mask (:data:`DEFAULT_MIN_IOU`; 0:
         simplify whatever it costs).
 
+    Returns
+    -------
+    list of list of float
+        One flat ``[x0, y0, x1, y1, ...]`` list per piece, largest first; ``[]`` for an
+        empty mask.
+
     Examples
     --------
     >>> from uniap.records import encode_rle
@@ -233,6 +245,18 @@ def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> dic
     """COCO polygons rasterised by pycocotools (``frPyObjects``, then merged) as one RLE with
     ``counts`` a ``str``, as :mod:`uniap.records` holds it.
 
+    Parameters
+    ----------
+    polygons : list of list of float
+        Flat ``[x0, y0, x1, y1, ...]`` lists (COCO's polygon segmentation); ``[]``: empty.
+    height, width : int
+        The image's size.
+
+    Returns
+    -------
+    dict
+        ``{"size": [height, width], "counts": str}``.
+
     Raises
     ------
     ValueError
@@ -252,7 +276,17 @@ def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> dic
 
 
 def rle_iou(a: dict, b: dict) -> float:
-    """IoU of two COCO RLE masks of the same size (1.0 for two empty masks)."""
+    """IoU of two COCO RLE masks of the same size (1.0 for two empty masks).
+
+    Parameters
+    ----------
+    a, b : dict
+        COCO RLE (``counts`` a ``str`` or ``bytes``).
+
+    Returns
+    -------
+    float
+    """
     from pycocotools import mask as mask_utils
 
     def raw(rle: dict) -> dict:
@@ -267,7 +301,20 @@ def rle_iou(a: dict, b: dict) -> float:
 
 def polygon_record(record: dict, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """``record`` with its ``segmentation`` as COCO polygons (``area`` and ``bbox`` stay the
-    mask's, as COCO's own polygon annotations give them)."""
+    mask's, as COCO's own polygon annotations give them).
+
+    Parameters
+    ----------
+    record : dict
+        A SAM-style record (:mod:`uniap.records`); left as it is.
+    tolerance : float
+        Simplification tolerance in pixels (:func:`rle_polygons`).
+
+    Returns
+    -------
+    dict
+        A copy of ``record`` with a polygon ``segmentation``.
+    """
     out = dict(record)
     out["segmentation"] = rle_polygons(record["segmentation"], tolerance)
     return out
@@ -284,6 +331,24 @@ def labelme_document(image: dict, uniap: dict | None, records: list[dict], image
     is ``image_path`` (relative to the JSON's folder, as LabelMe wants it), ``imageData``
     null, so LabelMe opens the image itself.  The image entry and the run's provenance are kept
     under ``image`` and ``uniap`` (LabelMe keeps keys it does not know).
+
+    Parameters
+    ----------
+    image : dict
+        The image entry (``height``, ``width``, ``file_name``, ``image_id``).
+    uniap : dict or None
+        The run's provenance (its ``signature`` lets a rerun skip the file).
+    records : list of dict
+        SAM-style records.
+    image_path : str
+        ``imagePath``: the image relative to the JSON's folder (:func:`labelme_image_path`).
+    tolerance : float
+        Simplification tolerance in pixels (:func:`rle_polygons`).
+
+    Returns
+    -------
+    dict
+        The LabelMe document, ready for ``json.dump``.
 
     Examples
     --------
@@ -311,7 +376,26 @@ def labelme_document(image: dict, uniap: dict | None, records: list[dict], image
 def labelme_image_path(json_path: str, image_file: str | None, file_name: str) -> str:
     """``imagePath`` for a LabelMe file at ``json_path``: the image file relative to the JSON's
     folder (``/``-separated), or ``file_name`` when the image is no file of its own (a tar
-    member)."""
+    member).
+
+    Parameters
+    ----------
+    json_path : str
+        Where the LabelMe file goes.
+    image_file : str or None
+        The image's file (None for a tar member).
+    file_name : str
+        The image's key.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> labelme_image_path("/out/a/x.json", "/data/a/x.jpg", "a/x.jpg")
+    '../../data/a/x.jpg'
+    """
     if image_file is None:
         return file_name
     return os.path.relpath(image_file, os.path.dirname(os.path.abspath(json_path))).replace(os.sep, "/")
@@ -320,6 +404,17 @@ def labelme_image_path(json_path: str, image_file: str | None, file_name: str) -
 def labelme_mask(points: Any, height: int, width: int) -> np.ndarray:
     """A LabelMe polygon rasterised as LabelMe's ``shape_to_mask`` does (PIL, outline and
     fill), for measuring what LabelMe shows.
+
+    Parameters
+    ----------
+    points : sequence of (x, y)
+        The polygon's vertices (pixel centres).
+    height, width : int
+        The image's size.
+
+    Returns
+    -------
+    ndarray of bool, shape (height, width)
 
     Examples
     --------
