@@ -199,3 +199,33 @@ def test_labelme_of_a_tar_member_names_its_key(tmp_path):
         tf.addfile(info, io.BytesIO(buf.getvalue()))
     assert cli(tmp_path / "shard.tar", "--out", tmp_path / "lm", "--format", "labelme", "--quiet") == 0
     assert json.loads((tmp_path / "lm" / "a" / "x.json").read_text())["imagePath"] == "a/x.png"
+
+
+def small_masks() -> list[np.ndarray]:
+    """Masks that simplifying by two pixels would cut badly: small discs, a thin arc."""
+    yy, xx = np.mgrid[:30, :30]
+    r2 = (yy - 15) ** 2 + (xx - 15) ** 2
+    return [r2 <= 4, r2 <= 9, r2 <= 16, (r2 <= 100) & (r2 > 64) & (yy < 15)]
+
+
+def test_the_iou_floor_holds_where_simplifying_would_cut_a_small_mask():
+    weakest = {"coco": [], "labelme": []}
+    for mask in small_masks():
+        rle = encode_rle(mask[None])[0]
+        for convention in weakest:
+            for floor in (0.9, 0.0):
+                polygons = rle_polygons(rle, 2.0, convention, min_iou=floor)
+                if convention == "coco":
+                    iou = rle_iou(rle, polygons_to_rle(polygons, *mask.shape))
+                else:
+                    drawn = np.zeros_like(mask)
+                    for p in polygons:
+                        drawn |= labelme_mask(np.reshape(p, (-1, 2)).tolist(), *mask.shape)
+                    iou = (drawn & mask).sum() / (drawn | mask).sum()
+                if floor:
+                    assert iou >= 0.9, (convention, iou)
+                else:
+                    weakest[convention].append(iou)
+    assert min(weakest["coco"]) < 0.9 and min(weakest["labelme"]) < 0.9  # what the floor prevents
+    with pytest.raises(ValueError, match="min_iou"):
+        rle_polygons(encode_rle(small_masks()[0][None])[0], min_iou=1.5)

@@ -188,9 +188,10 @@ def rle_polygons(rle: dict, tolerance: float = DEFAULT_TOLERANCE, convention: st
     (:func:`mask_polygons`; COCO's polygon segmentation).
 
     Simplifying a small mask by ``tolerance`` pixels can lose much of it (a 3-pixel-wide
-    sliver); so when the simplified polygons, drawn by pycocotools, cover the mask with an IoU
-    below ``min_iou``, the mask is traced again with half a pixel (which moves no pixel centre
-    across the boundary), then with every corner (exact).  Only the mask's bounding box is
+    sliver); so when the simplified polygons, drawn as their readers draw them (pycocotools
+    for ``coco``, LabelMe's ``shape_to_mask`` for ``labelme``), cover the mask with an IoU
+    below ``min_iou``, the mask is traced again with half a pixel, then with every corner
+    (exact for ``coco``).  Only the mask's bounding box is
     traced, so a small mask in a large image costs little beyond its decoding.
 
     Parameters
@@ -229,14 +230,17 @@ def rle_polygons(rle: dict, tolerance: float = DEFAULT_TOLERANCE, convention: st
         return []
     crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     for tol in [tolerance] + [t for t in (0.5, 0.0) if t < tolerance]:
-        polygons = mask_polygons(crop, tol)
+        polygons = mask_polygons(crop, tol, convention)
         if tol == 0 or not min_iou:
             break
-        drawn = decode_rle(polygons_to_rle([p.ravel().tolist() for p in polygons], *crop.shape))
+        if convention == "coco":  # drawn as the tool that reads them draws them
+            drawn = decode_rle(polygons_to_rle([p.ravel().tolist() for p in polygons], *crop.shape))
+        else:
+            drawn = np.zeros_like(crop)
+            for p in polygons:
+                drawn |= labelme_mask(p.tolist(), *crop.shape)
         if (drawn & crop).sum() >= min_iou * (drawn | crop).sum():
             break
-    if convention != "coco":
-        polygons = mask_polygons(crop, tol, convention)
     offset = np.array([cols[0], rows[0]], float)
     return [[float(v) for v in (xy + offset).ravel()] for xy in polygons]
 
