@@ -228,7 +228,10 @@ def rle_polygons(rle: dict, tolerance: float = DEFAULT_TOLERANCE, convention: st
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if not rows.size:
         return []
-    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # The mask's box and two pixels around it: LabelMe's polygons, moved inwards, may reach
+    # past the mask at a sharp spike, and the IoU check must see what they draw there.
+    top, left = max(rows[0] - 2, 0), max(cols[0] - 2, 0)
+    crop = mask[top:rows[-1] + 3, left:cols[-1] + 3]
     for tol in [tolerance] + [t for t in (0.5, 0.0) if t < tolerance]:
         polygons = mask_polygons(crop, tol, convention)
         if tol == 0 or not min_iou:
@@ -241,7 +244,7 @@ def rle_polygons(rle: dict, tolerance: float = DEFAULT_TOLERANCE, convention: st
                 drawn |= labelme_mask(p.tolist(), *crop.shape)
         if (drawn & crop).sum() >= min_iou * (drawn | crop).sum():
             break
-    offset = np.array([cols[0], rows[0]], float)
+    offset = np.array([left, top], float)
     return [[float(v) for v in (xy + offset).ravel()] for xy in polygons]
 
 
