@@ -187,6 +187,10 @@ def test_reruns_skip_refuse_or_replace_as_every_format(tmp_path, capsys):
     assert cli(tmp_path / "in", "--out", out, "--format", "amg", "--levels", "0.7,0.3", "--overwrite", "--quiet") == 0
     assert json.loads((out / "x" / ".uniap.json").read_text())["uniap"]["thresholds"] == [0.7, 0.3]
     assert oct((out / "x").stat().st_mode & 0o777) == "0o755"
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x").write_text("a file where x's folder goes")
+    assert cli(tmp_path / "in", "--out", tmp_path / "flat", "--format", "amg", "--quiet") == 2
+    assert "exists and is a file" in capsys.readouterr().err
 
 
 def test_output_path_rule_and_lock_apply(tmp_path, capsys):
