@@ -96,7 +96,7 @@ def test_png_folder_of_an_image_over_a_folder_of_images_is_refused(tmp_path, cap
     assert not out.exists()  # refused before anything is written
 
 
-@pytest.mark.parametrize("format", ["sam", "coco", "png", "parquet"])
+@pytest.mark.parametrize("format", ["sam", "coco", "png", "amg", "labelme", "parquet"])
 def test_every_format_writes_every_image_once_or_refuses(tmp_path, format, capsys):
     """The rule for every format: an image and a folder of images of the same stem, --viz in
     the --out folder: either all six images come back, or the run is refused untouched."""
@@ -110,11 +110,13 @@ def test_every_format_writes_every_image_once_or_refuses(tmp_path, format, capsy
         status = cli(inputs, "--out", target, "--format", format, "--viz", f"{out}/", "--workers", "2",
                      "--batch-size", "1", "--quiet", *again)
         if status == 2:
-            assert format == "png" and not out.exists()
+            assert format in ("png", "amg") and not out.exists()
             return
         assert status == 0, capsys.readouterr().err
     if format == "png":
         assert {str(p.parent.relative_to(out)) for p in out.rglob("uniap.json")} == {"a", *(f"a/p{i}" for i in range(1, 6))}
+    elif format == "labelme":
+        assert {p for p in files_below(out) if p.endswith(".json")} == {"a.json", *(f"a/p{i}.json" for i in range(1, 6))}
     else:
         assert set(read_records(target if format == "coco" else out)) == keys
     assert {p for p in files_below(out) if p.endswith(".png") and "level" not in p} >= {"a.png", "a/p1.png"}

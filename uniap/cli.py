@@ -136,11 +136,14 @@ def add_input_output_arguments(io: Any, batch_help: str) -> None:
     io.add_argument("--out", required=True,
                     help="a file for one image; a folder (existing, ending in '/', or for several "
                     "images) mirrors each input's path (a/img.jpg -> OUT/a/img.json); "
-                    "--format coco: one file; --format png: a folder with one folder per image")
+                    "--format coco: one file; --format png, amg: a folder with one folder per image")
     from . import formats  # the registry: choices and help, one entry per format
 
     io.add_argument("--format", choices=formats.names(), default="sam",
                     help="; ".join(f"{fmt.name}: {fmt.help}" for fmt in formats.formats()))
+    io.add_argument("--polygons", action="store_true",
+                    help="--format coco: segmentations as polygons (CVAT, LabelMe imports; holes "
+                    "joined to the outline by a zero-width cut) instead of RLE")
     io.add_argument("--image-ids", metavar="COCO_JSON",
                     help="take image ids from this COCO file, matched by file_name (default: stable "
                     "ids from each image's relative path)")
@@ -169,6 +172,12 @@ def check_viz_style(args: argparse.Namespace) -> None:
     """``--viz-style`` draws ``--viz`` pictures: alone it would be silently ignored."""
     if args.viz_style and not args.viz:
         raise UsageError("--viz-style applies with --viz only: name the picture (--viz PNG)")
+
+
+def check_polygons(args: argparse.Namespace) -> None:
+    """``--polygons`` changes COCO segmentations: with another format it would be silently ignored."""
+    if args.polygons and args.format != "coco":
+        raise UsageError("--polygons applies to --format coco only (--format labelme writes polygons itself)")
 
 
 def read_image_ids(path: str | None) -> dict[str, int] | None:
@@ -313,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
     shard, device = resolve_shard(args.shard, extractor_kwargs.get("device"))
     if device is not None:
         extractor_kwargs["device"] = device
+    check_polygons(args)
     image_ids = read_image_ids(args.image_ids)
     check_viz_style(args)
     try:
@@ -325,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
             refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
             pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-            viz_style=args.viz_style or "levels",
+            viz_style=args.viz_style or "levels", polygons=args.polygons,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -5,8 +5,10 @@ the inputs: image ids are kept, annotation ids count from 1 in the order of imag
 record id, exactly as ``uniap-cli --format coco`` orders an unsharded run, so merging the
 shards of a run gives the file the unsharded run writes.  ``--format parquet`` or ``sam``
 writes the same records as Parquet parts or one SAM-style JSON per image (``OUT/<file_name
-without suffix>.json``, as ``uniap-cli`` names them) instead; any input format goes to any
-output format (:func:`uniap.io.read_records` reads them).
+without suffix>.json``, as ``uniap-cli`` names them) instead, ``--format amg`` one
+segment-anything ``amg.py`` folder per image (``OUT/<file_name without suffix>/``), any format
+with a merge rule in :mod:`uniap.formats`; any input format goes to any output format
+(:func:`uniap.io.read_records` reads them).  ``--polygons`` writes COCO polygons instead of RLE.
 
 Exit status: 0 done; 2 a usage error (a missing, unreadable or malformed input, an id that is
 not a 64-bit integer, an image in two inputs, more records than ``--max-records``, an output
@@ -29,6 +31,10 @@ from .cli import UsageError, add_version, nonnegative_int, positive_int, run_com
 
 # The formats with a merge rule (uniap.formats.registry), as registered when this module loaded.
 FORMATS = tuple(sorted(name for name in formats.names() if formats.get(name).merge is not None))
+# What uniap-merge writes, where it says more than the format's own help.
+_MERGE_HELP = {"coco": "one data set (default)", "parquet": "part files of one row per record in OUT",
+               "sam": "one SAM-style JSON per image in OUT",
+               "amg": "one segment-anything amg.py folder (a PNG per mask, metadata.csv) per image in OUT"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out", metavar="OUT",
                         help="the output: a COCO file (--format coco), a folder otherwise")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
-                        help="COCO or SAM JSON files, Parquet parts, or folders holding them")
+                        help="COCO or SAM JSON files, Parquet parts, amg.py folders, or folders holding them")
     parser.add_argument("--format", choices=sorted(n for n in formats.names() if formats.get(n).merge),
                         default="coco",
-                        help="coco: one data set (default); parquet: part files of one row per "
-                        "record in OUT; sam: one SAM-style JSON per image in OUT")
+                        help="; ".join(f"{n}: {_MERGE_HELP.get(n, formats.get(n).help)}" for n in FORMATS))
     parser.add_argument("--images-per-part", type=positive_int, metavar="N",
                         help="--format parquet: images per part file (default "
                         "uniap.pipeline.sinks.IMAGES_PER_PART, 1000)")
@@ -54,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse inputs of more than N records in all (Parquet rows, checked on each "
                         "part's footer before reading; default uniap.io.DEFAULT_MAX_RECORDS, 5000000; "
                         "0: no limit): every record is held in memory")
+    parser.add_argument("--polygons", action="store_true",
+                        help="--format coco: segmentations as COCO polygons (CVAT, LabelMe imports) "
+                        "instead of RLE")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT (coco), existing parts (parquet) or the "
-                        "images' existing files (sam)")
+                        "images' existing files or folders (sam, amg)")
     return parser
 
 
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     """Read every input, check that no image is in two of them, write OUT."""
     if args.images_per_part is not None and args.format != "parquet":
         raise UsageError("--images-per-part applies to --format parquet only")
+    if args.polygons and args.format != "coco":
+        raise UsageError("--polygons applies to --format coco only")
     out = Path(args.out)
     fmt = formats.get(args.format)  # its layout and merge rules
     if fmt.out == "file" and (out.is_dir() or args.out.endswith(("/", os.sep))):
@@ -107,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline.sources import output_stem
 
     try:
-        fmt.merge(out, sets, overwrite=args.overwrite, images_per_part=args.images_per_part, stem=output_stem)
+        fmt.merge(out, sets, overwrite=args.overwrite, images_per_part=args.images_per_part, stem=output_stem,
+                  **({"polygons": True} if args.polygons else {}))
     except (ValueError, ImportError) as err:  # records that a format cannot hold, no pyarrow
         raise UsageError(str(err)) from None
     return 0

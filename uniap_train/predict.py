@@ -886,7 +886,13 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uniap.cli import UsageError, check_viz_style, read_image_ids, resolve_shard
+    from uniap.cli import (
+        UsageError,
+        check_polygons,
+        check_viz_style,
+        read_image_ids,
+        resolve_shard,
+    )
     from uniap.pipeline.plan import PlanError
     from uniap.pipeline.runner import run as run_pipeline
     from uniap.pipeline.sources import InputError
@@ -901,6 +907,7 @@ def run(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # so that LOCAL_RANK can pick the GPU
     shard, device = resolve_shard(args.shard, device)
+    check_polygons(args)  # a usage error before the checkpoint is loaded
     options = {k: getattr(args, k) for k in PREDICTOR_FLAGS if getattr(args, k, None) is not None}
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=device, weights=args.weights, **options)
@@ -914,7 +921,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, shard=shard, engine=PredictEngine(predictor, args.batch_size),
             image_ids=image_ids, features=predictor.name, extractor_options=predictor.options(),
             extractor=_NoFeatures(), refine="none", progress=not args.quiet, max_pixels=args.max_pixels,
-            viz_style=args.viz_style or "levels",
+            viz_style=args.viz_style or "levels", polygons=args.polygons,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -6,16 +6,18 @@ each image's output) and its ``uniap-merge`` rule, named by one :class:`Format` 
 (:mod:`uniap.formats.registry` documents every field).  ``uniap-cli --format``'s choices,
 the planner (:func:`uniap.pipeline.plan.plan_jobs`), ``uniap-merge`` and
 :func:`read_records` read the registry, so adding a format is adding its module and one
-``register(...)`` line here (``docs/architecture.md`` has a worked example).
+``register(...)`` line here (``docs/architecture.md`` has a worked example).  Helpers that
+are no format of their own live here too: :mod:`uniap.formats.polygons` (COCO polygons,
+``--polygons``, and LabelMe's shapes).
 
 >>> from uniap import formats
 >>> formats.names()
-['sam', 'coco', 'png', 'parquet']
+['sam', 'coco', 'png', 'amg', 'labelme', 'parquet']
 >>> sorted(name for name in formats.names() if formats.get(name).merge)
-['coco', 'parquet', 'sam']
+['amg', 'coco', 'parquet', 'sam']
 """
 
-from . import coco, parquet, png, sam
+from . import amg, coco, labelme, parquet, png, sam
 from .files import atomic_path, json_text, write_json
 from .ids import as_id, stable_image_ids
 from .reading import DEFAULT_MAX_RECORDS, read_record_sets, read_records
@@ -25,6 +27,8 @@ from .registry import Format, PlanError, formats, get, names, register, unregist
 register(sam.FORMAT)
 register(coco.FORMAT)
 register(png.FORMAT)
+register(amg.FORMAT)
+register(labelme.FORMAT)
 register(parquet.FORMAT)
 
 __all__ = [

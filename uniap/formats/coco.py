@@ -121,12 +121,33 @@ def _records_of_coco(path: Path, dataset: dict) -> list[tuple[dict, list[dict], 
                              "which is not in \"images\"")
         if "uniap_id" in ann:  # ours: undo what coco_dataset added
             rec = {"id": ann["uniap_id"], **{k: v for k, v in ann.items() if k not in _COCO_KEYS}}
+            if isinstance(rec.get("segmentation"), list):  # --polygons: the masks they draw, as RLE
+                rec["segmentation"] = _polygon_rle(path, i, rec["segmentation"], entry[0])
         else:
             rec = {k: v for k, v in ann.items() if k != "image_id"}
         if rec.get("id") is not None:
             rec["id"] = as_id(rec["id"], f"{path}: annotations[{i}] id")
         entry[1].append(rec)
     return list(by_id.values())
+
+
+def _polygon_rle(path: Path, i: int, polygons: list, image: dict) -> dict:
+    """A COCO polygon segmentation of ours back as the RLE it rasterises to (pycocotools)."""
+    from .polygons import polygons_to_rle
+
+    try:
+        return polygons_to_rle(polygons, int(image["height"]), int(image["width"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: annotations[{i}]: polygons that cannot be drawn: {err}") from None
+
+
+def as_polygons(sets: Iterable[tuple]) -> list[tuple]:
+    """Record sets ``(info, records, ...)`` with every RLE ``segmentation`` as COCO polygons
+    (:func:`uniap.formats.polygons.polygon_record`; ``--polygons``); polygons stay as they are."""
+    from .polygons import polygon_record
+
+    return [(info, [polygon_record(rec) if isinstance(rec.get("segmentation"), dict) else rec
+                    for rec in records], *rest) for info, records, *rest in sets]
 
 
 def read_json(path: Path, document: Any) -> list[tuple[dict, list[dict], dict | None]] | None:
@@ -155,13 +176,19 @@ class CocoWriter:
         Unused (the order comes from the ids themselves).
     overwrite : bool
         Replace an existing ``path``; without it the writer refuses it (PlanError).
+    polygons : bool
+        Segmentations as COCO polygons (:mod:`uniap.formats.polygons`) instead of RLE: records
+        that arrive with RLE (the pipeline's workers make the polygons themselves,
+        ``Settings.polygons``) are turned into polygons here.
     """
 
     def __init__(self, path: str, shard: tuple[int, int] | None = None,
-                 image_ids: Sequence[int] | None = None, overwrite: bool = False) -> None:
+                 image_ids: Sequence[int] | None = None, overwrite: bool = False,
+                 polygons: bool = False) -> None:
         if not overwrite and self.existing(path, shard):
             raise PlanError(f"{path} exists; pass --overwrite to replace it")
         self.path = path
+        self.polygons = polygons
         self.items: list[tuple[dict, list[dict], dict]] = []
 
     @staticmethod
@@ -170,6 +197,8 @@ class CocoWriter:
         return path if os.path.exists(path) else None
 
     def add(self, info: dict, records: list[dict], uniap: dict) -> None:
+        if self.polygons:
+            [(info, records, uniap)] = as_polygons([(info, records, uniap)])
         self.items.append((info, records, uniap))
 
     def discard(self, image_id: int) -> None:
@@ -182,10 +211,13 @@ class CocoWriter:
         write_json(self.path, coco_dataset([(info, recs) for info, recs, _ in done], done[0][2]))
 
 
-def merge(out: Path, sets: list, *, overwrite: bool, **_: Any) -> None:
-    """``uniap-merge --format coco``: one data set of every record set, in the file ``out``."""
+def merge(out: Path, sets: list, *, overwrite: bool, polygons: bool = False, **_: Any) -> None:
+    """``uniap-merge --format coco``: one data set of every record set, in the file ``out``
+    (``polygons``: segmentations as COCO polygons, ``--polygons``)."""
     if not out.parent.is_dir():
         raise ValueError(f"cannot write {out}: no folder {out.parent}")
+    if polygons:
+        sets = as_polygons(sets)
     write_json(out, coco_dataset([(info, records) for info, records, _ in sets],
                                  next((uniap for _, _, uniap in sets if uniap is not None), None)))
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # The settings' digest as every JSON output of uniap records it (``"signature":"..."``).
 _SIGNATURE_RE = re.compile(rb'"signature":"([0-9a-f]{8,64})"')
@@ -31,6 +31,7 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
     parent = path.parent if str(path.parent) else Path(".")
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the folder from everyone else
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         os.close(fd)
@@ -93,3 +94,27 @@ def _annotations(path: Path, document: dict) -> list[dict]:
         if not isinstance(ann, dict):
             raise ValueError(f"{path}: annotations[{i}] must be an object, got {type(ann).__name__}")
     return annotations
+
+
+def per_image_paths(out: Path, sets: list, suffix: str, overwrite: bool,
+                    stem: Callable[[str], str]) -> list[Path]:
+    """``out/<stem(file_name)><suffix>`` of every record set (``uniap-merge``'s per-image
+    formats): inside ``out``, one per image, and new unless ``overwrite`` (ValueError)."""
+    paths = []
+    for info, _, _ in sets:
+        name = info["file_name"]
+        parts = name.replace("\\", "/").split("/")
+        if os.path.isabs(name) or ".." in parts or not name:
+            raise ValueError(f"file_name {name!r} is not a relative path inside OUT")
+        paths.append(out / (stem(name) + suffix))
+    if len(set(paths)) != len(paths):
+        seen: dict[Path, str] = {}
+        for (info, _, _), path in zip(sets, paths):
+            if path in seen:
+                raise ValueError(f"{seen[path]!r} and {info['file_name']!r} would both write {path}")
+            seen[path] = info["file_name"]
+    if not overwrite:
+        taken = next((p for p in paths if p.exists()), None)
+        if taken is not None:
+            raise ValueError(f"{taken} exists; pass --overwrite to replace it")
+    return paths

@@ -38,10 +38,20 @@ def _suffixes() -> tuple[str, ...]:
     return (".json", *(s for fmt in registry.formats() for s in fmt.suffixes))
 
 
+def _folder_reader(path: Path):
+    """The format whose output folder ``path`` is (None: an ordinary folder)."""
+    return next((fmt for fmt in registry.formats() if fmt.is_folder is not None and fmt.is_folder(path)), None)
+
+
 def _record_files(folder: Path) -> list[Path]:
+    """Record files below ``folder``, and formats' output folders (``amg.py``'s: read whole, not searched)."""
     found = []
     suffixes = _suffixes()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        if _folder_reader(Path(root)) is not None:
+            found.append(Path(root))
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(root) / f for f in sorted(files)
                   if not f.startswith(".") and f.lower().endswith(suffixes)]
@@ -64,13 +74,19 @@ def read_record_sets(path: str | os.PathLike, max_records: int | None = None,
         raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(path))
     files = _record_files(path) if path.is_dir() else [path]
     if path.is_dir() and not files:
-        raise ValueError(f"{path} holds no {' or '.join(_suffixes())} record files")
+        folders = [fmt.name for fmt in registry.formats() if fmt.read_folder is not None]
+        raise ValueError(f"{path} holds no {' or '.join(_suffixes())} record files"
+                         + "".join(f", nor {name} folders" for name in folders))
     sets: list[tuple[dict, list[dict], dict | None]] = []
     origin: dict[str, Path] = {}
     for file in files:
         left = max(limit - taken, 1) if limit else 0  # what this file may still add
-        reader = _file_reader(file)
-        read = reader.read_file(file, left) if reader is not None else _records_of_json(file)
+        if file.is_dir():  # a format's output folder; named by its path when it records no name
+            name = file.relative_to(path).as_posix() if file != path else file.name
+            read = _folder_reader(file).read_folder(file, name)
+        else:
+            reader = _file_reader(file)
+            read = reader.read_file(file, left) if reader is not None else _records_of_json(file)
         taken += sum(max(len(records), 1) for _, records, _ in read)
         if limit and taken > limit:
             raise ValueError(f"{file}: more than the limit of {limit} records in all "
@@ -103,13 +119,16 @@ def read_record_sets(path: str | os.PathLike, max_records: int | None = None,
 def read_records(path: str | os.PathLike, max_records: int | None = None) -> dict[str, tuple[dict, list[dict]]]:
     """The records of any uniap output, back as ``{file_name: (image_info, records)}``.
 
-    ``path`` is a SAM-style JSON (one image), a COCO data set, a Parquet part, or a folder
-    holding any of these (searched recursively; hidden names skipped). ``image_info`` is
+    ``path`` is a SAM-style JSON (one image), a COCO data set, a Parquet part, an ``amg.py``
+    folder (:func:`uniap.formats.amg.read_amg`: a folder whose ``metadata.csv`` has
+    ``amg.py``'s header, uniap's or SAM's own), or a folder holding any of these (searched
+    recursively; hidden names skipped). ``image_info`` is
     ``{"image_id", "file_name", "height", "width"}`` (plus whatever else a COCO ``images``
     entry holds); ``records`` are the SAM-style dicts of :mod:`uniap.records`, equal (``==``)
     whichever format they were read from: COCO's ``uniap_id`` is the record ``id`` again and
-    the keys the COCO writer adds are dropped (a COCO file not made by uniap keeps its
-    annotations as they are, less ``image_id``).  The dict is ordered by image id.
+    the keys the COCO writer adds are dropped, and its polygons (``--polygons``) are the RLE
+    they rasterise to (a COCO file not made by uniap keeps its annotations as they are, less
+    ``image_id``).  The dict is ordered by image id.
 
     Image and annotation ids are exact 64-bit integers (:func:`as_id`: ``3.0`` is 3, ``1.5``
     is an error, never truncated).  Parquet parts are streamed in batches of

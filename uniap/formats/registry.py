@@ -24,18 +24,22 @@ or ``"file-or-folder"`` (a file for one image unless it names a folder, else a f
 
 Reading back (:func:`uniap.formats.read_records`, ``uniap-merge``'s inputs): ``read_json(path,
 document)`` gives the record sets of a loaded JSON document, or None when the document is not
-this format; ``read_file(path, max_records)`` those of a file ending in one of ``suffixes``.
+this format; ``read_file(path, max_records)`` those of a file ending in one of ``suffixes``;
+``read_folder(folder, name)`` those of a folder that ``is_folder(folder)`` says is one
+image's output of this format (read whole, not searched; ``name`` is its path below the
+folder read, the ``file_name`` of a folder that does not record one).
 A record set is ``(image_info, records, provenance)``.
 
 Merging (``uniap-merge --format NAME``): ``merge(out, sets, overwrite=, images_per_part=,
-stem=)`` writes the record sets (sorted by image id) to ``out``; ``stem(file_name)`` is the
-name every output of an image starts with.  A user mistake is a ``ValueError`` (one line).
+stem=, polygons=)`` writes the record sets (sorted by image id) to ``out``;
+``stem(file_name)`` is the name every output of an image starts with; ``polygons``
+(``uniap-merge --polygons``, COCO only) asks for COCO polygon segmentations.  A user mistake is a ``ValueError`` (one line).
 
 Examples
 --------
 >>> from uniap import formats
 >>> formats.names()
-['sam', 'coco', 'png', 'parquet']
+['sam', 'coco', 'png', 'amg', 'labelme', 'parquet']
 >>> formats.get("coco").out, formats.get("png").image_is_folder
 ('file', True)
 """
@@ -71,6 +75,8 @@ class Format:
     json_kind: str | None = None  # how an error names the documents read_json takes
     read_file: Callable[[Path, int], list] | None = None
     suffixes: tuple[str, ...] = ()
+    is_folder: Callable[[Path], bool] | None = None  # a folder that is one image's output
+    read_folder: Callable[[Path, str], list] | None = None
     # uniap-merge
     merge: Callable[..., None] | None = None
 
@@ -80,6 +86,8 @@ class Format:
                              f"got {self.out!r}")
         if (self.write_image is None) == (self.collector is None):
             raise ValueError(f"format {self.name!r} needs exactly one of write_image and collector")
+        if (self.is_folder is None) != (self.read_folder is None):
+            raise ValueError(f"format {self.name!r}: give both is_folder and read_folder, or neither")
         if self.write_image is not None and self.image_suffix is None:
             raise ValueError(f"format {self.name!r} writes per image: give its image_suffix")
 

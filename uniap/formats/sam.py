@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .files import _SIGNATURE_RE, _annotations, write_json
+from .files import _SIGNATURE_RE, _annotations, per_image_paths, write_json
 from .ids import as_id, stable_image_ids
 from .registry import Format
 
@@ -82,23 +82,7 @@ def read_json(path: Path, document: Any) -> list[tuple[dict, list[dict], dict | 
 
 def merge(out: Path, sets: list, *, overwrite: bool, stem: Callable[[str], str], **_: Any) -> None:
     """``uniap-merge --format sam``: one SAM file per image in the folder ``out``."""
-    paths = []
-    for info, _, _ in sets:
-        name = info["file_name"]
-        parts = name.replace("\\", "/").split("/")
-        if os.path.isabs(name) or ".." in parts or not name:
-            raise ValueError(f"file_name {name!r} is not a relative path inside OUT")
-        paths.append(out / (stem(name) + ".json"))
-    if len(set(paths)) != len(paths):
-        seen: dict[Path, str] = {}
-        for (info, _, _), path in zip(sets, paths):
-            if path in seen:
-                raise ValueError(f"{seen[path]!r} and {info['file_name']!r} would both write {path}")
-            seen[path] = info["file_name"]
-    if not overwrite:
-        taken = next((p for p in paths if p.exists()), None)
-        if taken is not None:
-            raise ValueError(f"{taken} exists; pass --overwrite to replace it")
+    paths = per_image_paths(out, sets, ".json", overwrite, stem)
     for (info, records, uniap), path in zip(sets, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, sam_document(info, uniap, records))

@@ -155,13 +155,19 @@ def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, c
         info = {"image_id": job.image_id, "file_name": job.item.key, "height": int(height),
                 "width": int(width)}
         out = ImageOutput(info, uniap_info(h, grid, stages.signature), image, h, encoded,
-                          viz_style=stages.settings.viz_style)
+                          viz_style=stages.settings.viz_style,
+                          source=job.item.path if job.item.member is None else None)
         for kind, path in job.outputs.items():
             sink(kind)(path, out)
         timed(report.timings, "writing", start)
         report.masks = len(encoded.records)
         if collect:
-            report.collected = (info, encoded.records, out.uniap)
+            records = encoded.records
+            if getattr(stages.settings, "polygons", False):  # here, in the worker, not in the main process
+                from ..formats.polygons import polygon_record
+
+                records = [polygon_record(rec) for rec in records]
+            report.collected = (info, records, out.uniap)
     except Exception as err:
         _fail(report, err)
 

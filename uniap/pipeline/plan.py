@@ -5,7 +5,7 @@ pure bookkeeping on names (no image is opened), linear in the number of inputs:
 
 * outputs mirror each input's key (its path relative to its input root), so names never clash;
 * a folder ``--out`` is a folder whatever the input count: an existing folder, a path ending in
-  ``/``, or more than one input (``--format png`` always writes a folder per image below it);
+  ``/``, or more than one input (``--format png`` and ``amg`` always write a folder per image below it);
 * **one output-path rule** (:func:`check_output_paths`), checked for every format over every
   input of the run (all shards): no output path is an input, lies over one, equals another
   output, or is a folder above another output (``--format png``: ``a.jpg``'s folder ``out/a``
@@ -152,7 +152,7 @@ def plan_jobs(
     out : str
         ``--out``: a file for one image (``sam``), a folder otherwise; the data set file for
         ``coco``; the root folder for ``png``.
-    format : {"sam", "coco", "png", "parquet"}
+    format : {"sam", "coco", "png", "amg", "labelme", "parquet"}
         ``coco`` and ``parquet`` write files of every image at the end (every image is a job).
     viz : str or None
         A picture file for one image, a folder otherwise.

@@ -103,6 +103,7 @@ def run(
     pred_iou_thresh: float = 0.0,
     stability_score_thresh: float = 0.0,
     viz_style: str = "levels",
+    polygons: bool = False,
 ) -> RunSummary:
     """Masks for many images, written as files; a failing image is reported, not fatal.
 
@@ -115,9 +116,12 @@ def run(
         A file for one image, a folder for several (``docs/cli.md``: the layout rules).
     file_lists : sequence of str
         Files listing one input path a line (``-``: standard input).
-    format : {"sam", "coco", "png", "parquet"}
-        One SA-1B-like JSON per image, one COCO data set, a folder of label maps per image, or
-        Parquet part files with one row per record.
+    format : {"sam", "coco", "png", "amg", "labelme", "parquet"}
+        One SA-1B-like JSON per image, one COCO data set, a folder of label maps per image,
+        segment-anything's ``amg.py`` folder per image (one PNG per mask and ``metadata.csv``:
+        :mod:`uniap.formats.amg`), a LabelMe JSON of polygons per image
+        (:mod:`uniap.formats.labelme`), or Parquet part files with one row per record (any
+        format registered in :mod:`uniap.formats`).
     viz : str, optional
         Also draw each image's masks: a file for one image, a folder for several.
     viz_style : {"levels", "overlay"}
@@ -169,6 +173,9 @@ def run(
     pred_iou_thresh, stability_score_thresh : float
         Write only the records whose ``predicted_iou`` / ``stability_score`` reach these
         values (``amg.py``'s filters; :func:`uniap.records.filter_records`; 0: all).
+    polygons : bool
+        ``format="coco"`` only: segmentations as COCO polygons instead of RLE
+        (:mod:`uniap.formats.polygons`).
 
     Returns
     -------
@@ -192,6 +199,9 @@ def run(
     says why.  A run with failures or an error leaves no empty folder behind.
     """
     collector_type = get_format(format).collector  # ValueError naming the formats if there is none
+    if polygons and format != "coco":
+        raise ValueError(f"polygons applies to format 'coco' only (format {format!r}; "
+                         "'labelme' writes polygons itself)")
     if isinstance(engine, str) and engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not isinstance(engine, str) and not callable(getattr(engine, "run", None)):
@@ -212,7 +222,8 @@ def run(
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
                         unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}),
                         max_pixels=max_pixels, pred_iou_thresh=float(pred_iou_thresh),
-                        stability_score_thresh=float(stability_score_thresh), viz_style=viz_style)
+                        stability_score_thresh=float(stability_score_thresh), viz_style=viz_style,
+                        polygons=bool(polygons))
     digest = signature(settings.signature_fields())
     if collector_type is not None and not overwrite and (existing := collector_type.existing(out, shard)):
         raise PlanError(f"{existing} exists; pass --overwrite to replace it")
@@ -260,7 +271,8 @@ def run(
         else:
             runner = LocalEngine(workers, batch_size)
         collector = collector_type(out, shard=shard, image_ids=[job.image_id for job in the_plan.jobs],
-                                   overwrite=overwrite) if collector_type is not None else None
+                                   overwrite=overwrite, **({"polygons": True} if polygons else {})
+                                   ) if collector_type is not None else None
         reports = [Report(job.item.key, job.item.describe(), job.image_id, status="failed", error=why)
                    for job, why in the_plan.refused]
         reports += _run(runner, the_plan.jobs, stages, collector, progress, summary)

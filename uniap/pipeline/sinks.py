@@ -33,6 +33,7 @@ class ImageOutput:
     hierarchy: Any
     encoded: Encoded
     viz_style: str = "levels"  # how write_viz draws (uniap.viz.VIZ_STYLES)
+    source: str | None = None  # the image's file (None for a tar member): LabelMe's imagePath
 
 
 def write_viz(path: str, out: ImageOutput) -> None:

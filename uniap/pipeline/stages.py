@@ -61,6 +61,11 @@ class Settings:
     viz_style : {"levels", "overlay"}
         How ``--viz`` pictures are drawn (recorded in the pictures' signature only:
         :func:`uniap.pipeline.plan.viz_signature`).
+    polygons : bool
+        Collected records (``--format coco``) carry COCO polygons instead of RLE, made by the
+        worker that made the records (:func:`uniap.formats.polygons.polygon_record`).  Only the
+        collected data set changes, which is rewritten whole every run, so it is not part of
+        the signature either.
     """
 
     features: str = "default"
@@ -76,6 +81,7 @@ class Settings:
     pred_iou_thresh: float = 0.0
     stability_score_thresh: float = 0.0
     viz_style: str = "levels"
+    polygons: bool = False
 
     def build_extractor(self) -> Any:
         from ..features import get_extractor, refined
