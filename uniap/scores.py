@@ -198,7 +198,8 @@ class BoundaryStrength:
                 raise ValueError(f"image is {image.shape[:2]}, the regions {regions.shape}")
         n = int(regions.max()) + 1
         if pairs is None:  # codes a * n + b of the pairs a < b
-            codes = adjacent_pairs(np.ascontiguousarray(regions, dtype=np.int32 if n < 2**31 else np.int64), n)
+            codes = adjacent_pairs(regions if regions.dtype == np.int32 and regions.flags.c_contiguous else
+                                   np.ascontiguousarray(regions, dtype=np.int32 if n < 2**31 else np.int64), n)
         else:
             pairs = np.asarray(pairs, np.int64)
             codes = pairs[:, 0] * n + pairs[:, 1]
@@ -209,7 +210,9 @@ class BoundaryStrength:
         self.pair_count = np.zeros(keys.size, np.int64)
         size = max(16, keys.size)
         buffers = (np.empty(size, np.int64), np.empty((size, 4), np.int64), np.empty(size), 0)
-        work = np.ascontiguousarray(regions, dtype=np.int64)
+        # the map as it is (int32 from the superpixels): an int64 copy is 0.5 GB at 8000 x 8000
+        work = np.ascontiguousarray(regions) if regions.dtype in (np.int32, np.int64) else \
+            np.ascontiguousarray(regions, dtype=np.int64)
         total = 0.0
         for a, b in _bands(*regions.shape):
             if strength is not None:
