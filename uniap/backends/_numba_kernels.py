@@ -361,3 +361,22 @@ def profile_l1(prof, a, b, wa, wb, out):
             s += abs(fa * np.float64(prof[ra, c]) - fb * np.float64(prof[rb, c]))
         out[i] = s
     return out
+
+
+@njit(cache=True)
+def fill_upper(g, block):
+    """Copy the lower triangle of the square C-ordered ``g`` onto its upper one, in place.
+
+    ``block`` x ``block`` tiles: the strided reads of a tile stay in cache while its rows are
+    written (NumPy's own copy after ``syrk`` walks whole columns, which costs as much as the
+    product at 4096 x 4096).
+    """
+    n = g.shape[0]
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        for j0 in range(i0, n, block):
+            j1 = min(j0 + block, n)
+            for i in range(i0, i1):
+                for j in range(max(j0, i + 1), j1):
+                    g[i, j] = g[j, i]
+    return g

@@ -165,10 +165,10 @@ class TorchBackend(Backend):
                 torch.backends.cuda.matmul.allow_tf32 = saved
         if unit.device.type != "cpu" or not unit.is_contiguous():
             return unit @ unit.T
-        # NumPy sees a product with its own transpose and calls BLAS syrk: half the
-        # multiplications of torch's gemm.
-        u = unit.numpy()
-        return torch.from_numpy(u @ u.T)
+        # BLAS syrk on the same memory: half the multiplications of torch's gemm.
+        from .numba_backend import symmetric_gram
+
+        return torch.from_numpy(symmetric_gram(unit.numpy()))
 
     def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
         numba = _numba_backend()
