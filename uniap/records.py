@@ -241,37 +241,23 @@ def _encode_runs(starts, run_labels, shape, ids, samples) -> LabelMapMasks:
     """:func:`encode_label_map` from the map's column-major runs (:func:`_map_runs`)."""
     height, width = (int(s) for s in shape)
     n = height * width
-    ends = np.empty_like(starts)
-    ends[:-1] = starts[1:]
-    ends[-1] = n
-    # Group the runs by label (then start): a stable sort of each run's row in ``keys``.
     keys = np.unique(run_labels if ids is None else np.asarray(ids, dtype=np.int64).ravel())
     row = _index_in(run_labels, keys)
     del run_labels
-    if ids is not None:  # drop the runs of other labels, and keys absent from the map
-        present = np.bincount(row[row >= 0], minlength=keys.size) > 0
-        compact = np.cumsum(present) - 1
-        compact = np.append(compact, keys.size)  # row -1 (not wanted) sorts last
-        row = compact[row]
-        keys = keys[present]
-    k = keys.size
-    sort_key = row.astype(np.int16) if k < np.iinfo(np.int16).max else row  # radix sort
-    order = np.argsort(sort_key, kind="stable")[: int(np.count_nonzero(row < k))]
-    del sort_key
-    starts, ends, group = starts[order], ends[order], row[order]
-    if k == 0:
-        return LabelMapMasks((height, width), keys, [], np.zeros(0, np.int64), np.zeros((0, 4)),
-                             np.zeros((0, 2)))
-    runs_per = np.bincount(group, minlength=k)
-    last = np.cumsum(runs_per) - 1
-    first = last - runs_per + 1
-    uniq = keys
-    lengths = ends - starts
+    # Grouped by label, counts, areas and boxes in one compiled pass (labels wanted but
+    # absent from the map are dropped)
+    from ._record_kernels import encode_runs
 
-    counts = _label_counts(starts, ends, group, first, last, n)
-    areas = np.add.reduceat(lengths, first)
-    boxes = _label_boxes(starts, ends, first, last, height)
-    points = _label_points(uniq, starts, lengths, group, first, height, samples)
+    present, starts, ends, group, first, text, offsets, areas, boxes = encode_runs(
+        np.ascontiguousarray(starts, np.int64), row, keys.size, n, height)
+    uniq = keys[present]
+    if uniq.size == 0:
+        return LabelMapMasks((height, width), uniq, [], np.zeros(0, np.int64), np.zeros((0, 4)),
+                             np.zeros((0, 2)))
+    chars = text.tobytes().decode("ascii")
+    b = offsets.tolist()
+    counts = [chars[b[j]:b[j + 1]] for j in range(uniq.size)]
+    points = _label_points(uniq, starts, ends - starts, group, first, height, samples)
     return LabelMapMasks((height, width), uniq, counts, areas, boxes, points)
 
 
@@ -292,60 +278,6 @@ def _index_in(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     found = keys[where] == values
     out[found] = where[found]
     return out
-
-
-def _label_counts(starts, ends, group, first, last, n) -> list[str]:
-    """COCO compressed RLE strings of runs grouped per label (sorted by label, then start)."""
-    r, k = starts.size, first.size
-    # Uncompressed counts of each label: zeros, ones, zeros, ..., ones, trailing zeros (left
-    # out when the mask reaches the last pixel).
-    prev_end = np.empty(r, np.int64)
-    prev_end[1:] = ends[:-1]
-    prev_end[first] = 0
-    pairs = np.empty((r, 2), np.int64)
-    np.subtract(starts, prev_end, out=pairs[:, 0])
-    np.subtract(ends, starts, out=pairs[:, 1])
-    trailing = n - ends[last]
-    tail = np.flatnonzero(trailing > 0)
-    values = np.insert(pairs.ravel(), 2 * (last[tail] + 1), trailing[tail])
-    per_group = 2 * (last - first + 1)
-    per_group[tail] += 1
-    offsets = np.cumsum(per_group) - per_group
-    # From the fourth count of each label on, store the difference to the count two before.
-    later = np.ones(values.size, bool)
-    later[offsets] = False
-    later[offsets + 1] = False  # every label has at least two counts
-    third = offsets + 2
-    later[third[third < values.size]] = False  # (or it is the next label's first count)
-    x = values.copy()
-    np.subtract(values[2:], values[:-2], out=x[2:], where=later[2:])
-    # Signed 5-bit groups, least significant first; bit 0x20 says another group follows.
-    magnitude = x ^ (x >> 63)  # -x - 1 for negatives: same number of significant bits
-    chunks = (np.frexp(magnitude.astype(np.float64))[1].astype(np.int64) + 5) // 5
-    total = np.cumsum(chunks)
-    pos = total - chunks
-    out = np.empty(int(total[-1]), np.uint8)
-    out[pos] = (x & 0x1F) + (chunks > 1) * 0x20 + 48
-    for j in range(1, int(chunks.max())):
-        idx = np.flatnonzero(chunks > j)
-        out[pos[idx] + j] = ((x[idx] >> (5 * j)) & 0x1F) + (chunks[idx] > j + 1) * 0x20 + 48
-    text = out.tobytes().decode("ascii")
-    bounds = np.zeros(k + 1, np.int64)
-    np.cumsum(np.add.reduceat(chunks, offsets), out=bounds[1:])
-    b = bounds.tolist()
-    return [text[b[j]:b[j + 1]] for j in range(k)]
-
-
-def _label_boxes(starts, ends, first, last, height) -> np.ndarray:
-    """XYWH boxes of runs grouped per label."""
-    col0, row0 = np.divmod(starts, height)
-    col1, row1 = np.divmod(ends - 1, height)
-    spans = col1 > col0  # a run across a column boundary covers the top and the bottom row
-    top = np.where(spans, 0, row0)
-    bottom = np.where(spans, height - 1, row1)
-    x0, x1 = col0[first], col1[last]
-    y0, y1 = np.minimum.reduceat(top, first), np.maximum.reduceat(bottom, first)
-    return np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1).astype(np.float64)
 
 
 def _point_stride(height: int, width: int) -> int:

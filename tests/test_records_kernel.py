@@ -1,0 +1,62 @@
+"""The compiled encoding of label maps (uniap._record_kernels) against pycocotools and the masks."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+from pycocotools import mask as mask_utils
+
+from uniap.records import _RegionMaps, encode_label_map
+
+
+def _maps(draw_seed: int, height: int, width: int, labels: int, blocky: bool) -> np.ndarray:
+    rng = np.random.default_rng(draw_seed)
+    if blocky:  # few long runs, masks reaching the first and the last pixel
+        small = rng.integers(0, labels, size=(max(1, height // 3), max(1, width // 3)))
+        return np.kron(small, np.ones((3, 3), np.int64))[:height, :width] if height >= 3 and width >= 3 \
+            else rng.integers(0, labels, size=(height, width))
+    return rng.integers(0, labels, size=(height, width))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), height=st.integers(1, 40), width=st.integers(1, 40),
+       labels=st.integers(1, 12), blocky=st.booleans(), offset=st.integers(-5, 10**12))
+def test_every_label_equals_pycocotools(seed, height, width, labels, blocky, offset):
+    m = _maps(seed, height, width, labels, blocky) + offset
+    enc = encode_label_map(m)
+    np.testing.assert_array_equal(enc.labels, np.unique(m))
+    for j, label in enumerate(enc.labels):
+        mask = m == label
+        ref = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert enc.counts[j] == ref["counts"].decode("ascii")
+        assert enc.areas[j] == mask.sum()
+        ys, xs = np.nonzero(mask)
+        assert enc.boxes[j].tolist() == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        x, y = (int(v) for v in enc.points[j])
+        assert mask[y, x]  # an interior point is a pixel of the mask
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), height=st.integers(2, 30), width=st.integers(2, 30),
+       nodes=st.integers(1, 30), groups=st.integers(1, 8), wanted=st.integers(0, 8))
+def test_region_maps_with_wanted_labels_match_the_pixel_maps(seed, height, width, nodes, groups, wanted):
+    rng = np.random.default_rng(seed)
+    regions = rng.integers(0, nodes, size=(height, width))
+    node_labels = rng.integers(0, groups, size=nodes)
+    ids = np.sort(rng.choice(groups + 2, size=min(wanted, groups + 2), replace=False))  # some absent
+    from uniap.records import _point_stride, _sample_distances
+
+    stride = _point_stride(height, width)
+    sub = np.ascontiguousarray(node_labels[regions][::stride, ::stride])
+    got = _RegionMaps(regions).encode(node_labels, ids, (stride, sub, _sample_distances([sub])[0]))
+    pixels = node_labels[regions]
+    want = encode_label_map(pixels, ids)
+    assert got.labels.tolist() == want.labels.tolist() == [i for i in ids if (pixels == i).any()]
+    assert got.counts == want.counts
+    np.testing.assert_array_equal(got.areas, want.areas)
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+
+
+def test_a_map_with_no_wanted_label_gives_no_masks():
+    enc = encode_label_map(np.zeros((4, 5), np.int64), ids=[3, 7])
+    assert len(enc) == 0 and enc.counts == [] and enc.boxes.shape == (0, 4)
