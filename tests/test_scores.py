@@ -285,6 +285,25 @@ def test_filter_records_keeps_a_tree_and_renumbers():
         filter_records(records, pred_iou_thresh=1.5)
 
 
+def test_max_masks_keeps_the_best_scored_in_order_as_a_tree():
+    records = uniap.segment_image(real_image()).records
+    n = len(records) // 3
+    kept = filter_records(records, max_masks=n)
+    best = sorted(records, key=lambda r: (-r["score"], r["id"]))[:n]
+    want = [r for r in records if r in best]  # the best n, in the records' order
+    assert len(kept) == n and [r["segmentation"] for r in kept] == [r["segmentation"] for r in want]
+    assert min(r["score"] for r in kept) >= max(r["score"] for r in records if r not in best)
+    assert [r["id"] for r in kept] == list(range(n))
+    assert all(-1 <= r["parent"] < n for r in kept)
+    # with a threshold, the cap counts what the threshold kept
+    both = filter_records(records, pred_iou_thresh=0.3, max_masks=5)
+    assert len(both) == 5 and all(r["predicted_iou"] >= 0.3 for r in both)
+    assert filter_records(records, max_masks=len(records) + 5) == records
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="max_masks"):
+            filter_records(records, max_masks=bad)
+
+
 def test_cli_filters_as_amg(tmp_path):
     image = tmp_path / "a.png"
     Image.fromarray(real_image()).save(image)

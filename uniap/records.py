@@ -841,7 +841,7 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
 
 
 def filter_records(records: Sequence[dict], *, pred_iou_thresh: float = 0.0,
-                   stability_score_thresh: float = 0.0) -> list[dict]:
+                   stability_score_thresh: float = 0.0, max_masks: int = 0) -> list[dict]:
     """The records whose ``predicted_iou`` and ``stability_score`` reach the thresholds, as
     ``amg.py``'s ``--pred-iou-thresh`` / ``--stability-score-thresh`` filter SAM's masks.
 
@@ -855,6 +855,9 @@ def filter_records(records: Sequence[dict], *, pred_iou_thresh: float = 0.0,
     pred_iou_thresh, stability_score_thresh : float
         Keep records with ``predicted_iou >= pred_iou_thresh`` and ``stability_score >=
         stability_score_thresh`` (0: keep all).
+    max_masks : int
+        Then keep at most this many: those with the highest ``score`` (the rank COCOeval and
+        ``uniap-eval`` use; ties by ``id``), still in their order (0: no cap).
 
     Returns
     -------
@@ -868,14 +871,22 @@ def filter_records(records: Sequence[dict], *, pred_iou_thresh: float = 0.0,
     ...         {"id": 2, "parent": -1, "predicted_iou": 0.8, "stability_score": 1.0}]
     >>> [(r["id"], r["parent"]) for r in filter_records(recs, pred_iou_thresh=0.5)]
     [(0, 1), (1, -1)]
+    >>> recs = [dict(r, score=s) for r, s in zip(recs, [0.3, 0.1, 0.2])]
+    >>> [(r["id"], r["score"]) for r in filter_records(recs, max_masks=2)]
+    [(0, 0.3), (1, 0.2)]
     """
     for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
         if not (0.0 <= float(value) <= 1.0):
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if not pred_iou_thresh and not stability_score_thresh:
+    if isinstance(max_masks, bool) or not isinstance(max_masks, (int, np.integer)) or max_masks < 0:
+        raise ValueError(f"max_masks must be an integer >= 0, got {max_masks!r}")
+    if not pred_iou_thresh and not stability_score_thresh and not (0 < max_masks < len(records)):
         return [dict(r) for r in records]
-    keep = {r["id"] for r in records
-            if r.get("predicted_iou", 1.0) >= pred_iou_thresh and r.get("stability_score", 1.0) >= stability_score_thresh}
+    kept = [r for r in records
+            if r.get("predicted_iou", 1.0) >= pred_iou_thresh and r.get("stability_score", 1.0) >= stability_score_thresh]
+    if 0 < max_masks < len(kept):
+        kept = sorted(kept, key=lambda r: (-float(r.get("score", 0.0)), r["id"]))[:max_masks]
+    keep = {r["id"] for r in kept}
     parent_of = {r["id"]: r.get("parent", -1) for r in records}
     new_id = {}
     for r in records:
