@@ -35,8 +35,9 @@ class Settings:
 
     Attributes
     ----------
-    features : {"default", "vit"}
-        The extractor (:func:`uniap.features.get_extractor`).
+    features : str
+        The extractor, a name of the registry :data:`uniap.features.EXTRACTORS`
+        (:func:`uniap.features.get_extractor`: ``"default"``, ``"vit"``, ...).
     extractor_options : dict
         Its keyword arguments (``vocabulary`` may be a :class:`~uniap.features.Vocabulary`).
     segment_options : dict
@@ -96,9 +97,12 @@ class Settings:
         from ..features import get_extractor, refined
 
         if self.threads and self.features != "default":
-            import torch
-
-            torch.set_num_threads(self.threads)
+            try:
+                import torch
+            except ImportError:  # a registered extractor that runs without torch
+                torch = None
+            if torch is not None:
+                torch.set_num_threads(self.threads)
         return refined(get_extractor(self.features, **self.extractor_options), self.refine,
                        **self.refine_options)
 
@@ -233,15 +237,17 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     A region graph's maps are made one level at a time from its superpixels while records are
     encoded, and as a stack only when asked (:attr:`Encoded.pixel_labels`): at 8000 x 8000
     pixels the 8 levels' stack alone would take 2 GB.
+
+    ``graph`` says whether ``grid`` is a region graph, as the segmenter decided once
+    (:attr:`UniapSegmenter.graph`); None: from its type.
     """
-    regions = getattr(grid, "regions", None)
+    regions = grid.regions if (_is_graph(grid) if graph is None else graph) else None
     semantic = None
     boundary = None
     if regions is not None and image is not None:
         from ..scores import BoundaryStrength
 
-        boundary = BoundaryStrength(regions, image, pairs=getattr(grid, "edges", None),
-                                    strength=getattr(grid, "edge_strength", None))
+        boundary = BoundaryStrength(regions, image, pairs=grid.edges, strength=grid.edge_strength)
     if regions is not None and hierarchy.level(0).semantic_labels is None:
         labels = None
         records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary)
