@@ -267,3 +267,23 @@ def test_uniap_predict_and_uniap_eval_run_the_one_predictor_segmenter(monkeypatc
     with pytest.warns(DeprecationWarning):
         engine = predict.PredictEngine(seen["segmenter"].predictor)
     assert engine.batch_size == 4
+
+
+def test_a_failed_batch_from_a_list_retries_each_image_once():
+    """Ray hands the engine's function a list: each image is retried alone, none twice."""
+    from uniap.pipeline.engine import Report, segment_images
+    from uniap.pipeline.stages import Settings, Stages
+
+    class Fussy(Stripes):
+        def segment_batch(self, images):
+            images = list(images)
+            if len(images) > 1:
+                raise MemoryError("a batch of images does not fit")
+            return super().segment_batch(images)
+
+    stages = Stages(Settings(), segmenter=Fussy())
+    images = [_image(i)[:24 + 8 * i] for i in range(3)]
+    reports = [Report(f"k{i}", f"k{i}", i) for i in range(3)]
+    done = segment_images(stages, [(i, image) for i, image in enumerate(images)], reports)
+    assert [i for i, _, _ in done] == [0, 1, 2] and stages.segmenter.batches == [1, 1, 1]
+    assert [p.hierarchy.shape for _, _, p in done] == [image.shape[:2] for image in images]

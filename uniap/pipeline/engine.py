@@ -87,6 +87,7 @@ def segment_images(stages: Stages, decoded: Iterable[tuple[int, Any]], reports: 
     ``(index, image, pooled)`` of the images it segmented.  The others' reports say why not;
     when the whole batch fails, each image is tried alone, so one bad image fails alone."""
     taken: list[tuple[int, Any]] = []
+    decoded = iter(decoded)  # what the segmenter does not take stays there for the retries
 
     def images() -> Iterator[Any]:
         for i, image in decoded:
