@@ -259,6 +259,21 @@ def test_states_travel_between_stages_unchanged(local_ray, images):
     assert pickle.loads(pickle.dumps(RayEngine())).batch_size == 4  # the engine itself is plain data
 
 
+def test_the_writing_stage_knows_its_nodes_from_the_settings(images):
+    """``compute="actors"``: the writing tasks build no extractor, yet encode what the actors
+    pooled as a superpixel graph or a patch grid, as the settings say (decided once)."""
+    from uniap.pipeline.ray_engine import _cached_stages, _dump
+
+    for refine in ("superpixels", "none"):
+        full = Stages(Settings(refine=refine))
+        image = full.decode(expand_inputs([str(images)])[0])
+        (pooled,) = full.segmenter.segment_batch([image])
+        writing = _cached_stages(_dump((Settings(refine=refine), None)), extractor=False)
+        assert writing.segmenter.graph == full.segmenter.graph == (refine == "superpixels")
+        assert writing.records(pooled, image).records == full.records(pooled, image).records
+        assert writing.provenance(pooled) == full.provenance(pooled)
+
+
 def test_no_jobs_starts_nothing():
     assert list(RayEngine(address="127.0.0.1:1").run([], Stages(Settings()))) == []
 

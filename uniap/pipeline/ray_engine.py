@@ -168,7 +168,10 @@ _STAGES: dict[tuple[bytes, bool], Stages] = {}
 
 
 class _NoExtractor:
-    """Stands in for the extractor in the writing tasks, which only encode and write."""
+    """Stands in for the extractor in the writing tasks, which only encode and write (wrapped
+    in superpixels as the settings say, so that their segmenter knows its nodes are a graph)."""
+
+    name, patch_size = "none", 1  # never recorded: provenance reads the nodes themselves
 
     def __call__(self, image: Any) -> Any:  # pragma: no cover - never called
         raise RuntimeError("the writing stage computes no features")
