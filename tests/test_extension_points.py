@@ -141,11 +141,32 @@ def test_a_new_extractor_is_one_class_and_one_entry(tmp_path, monkeypatch):
     assert labels[5, 5] != labels[35, 5]
 
 
+def test_uniap_cli_features_are_the_registry(tmp_path, monkeypatch, capsys):
+    """``--features`` lists the registry; a registered extractor runs from the command line, and
+    a flag its constructor does not take is a usage error naming both."""
+    from uniap.cli import build_parser, main
+    from uniap.features import EXTRACTORS
+
+    monkeypatch.setitem(EXTRACTORS, "mean-colour", MeanColour)
+    features = next(a for a in build_parser()._actions if a.dest == "features")
+    assert tuple(features.choices) == tuple(EXTRACTORS) and "mean-colour" in features.choices
+    assert "mean-colour: A feature extractor" in features.help
+    images = _images(tmp_path / "images", 1)
+    assert main([str(images / "img0.png"), "--out", str(tmp_path / "m.json"), "--features", "mean-colour",
+                 "--refine", "none", "--quiet"]) == 0
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["uniap"]["features"] == "mean-colour" and doc["uniap"]["patch_size"] == 8
+    assert exit_status(main, [str(images / "img0.png"), "--out", str(tmp_path / "n.json"),
+                              "--features", "mean-colour", "--model", "x"]) == 2
+    assert "--model does not apply to --features mean-colour" in capsys.readouterr().err
+
+
 # -------------------------------------------------------------------------------- segmenter
 # docs/architecture.md, "A segmenter": two levels, halves then quadrants.
 
-def test_a_new_segmenter_is_one_class_and_one_entry(monkeypatch):
+def test_a_new_segmenter_is_one_class_and_one_entry(monkeypatch, tmp_path):
     from uniap.evaluation.segmenters import SEGMENTERS, Segmenter, build_segmenter
+    from uniap.pipeline import run
 
     class Quadrants(Segmenter):
         name = "quadrants"
@@ -164,6 +185,13 @@ def test_a_new_segmenter_is_one_class_and_one_entry(monkeypatch):
     out = segmenter.segment(np.zeros((10, 12, 3), np.uint8), proposals=True)
     assert out.levels.shape == (2, 10, 12) and len(np.unique(out.levels[0])) == 4
     assert out.proposals and {p["area"] for p in out.proposals} <= {30, 60}
+    # the pipeline runs it as it runs UniAP: label maps per level (PNG), records scored on the image
+    images = _images(tmp_path / "images")
+    summary = run([str(images)], str(tmp_path / "png"), format="png", segmenter=segmenter, progress=False)
+    assert summary.written == 2 and not summary.failures
+    levels = [np.asarray(Image.open(tmp_path / "png" / "img0" / f"level_{k}.png")) for k in range(2)]
+    assert [len(np.unique(lv)) for lv in levels] == [4, 2]
+    assert all(len(np.unique(levels[1][levels[0] == a])) == 1 for a in np.unique(levels[0]))  # nested
 
 
 # ----------------------------------------------------------------------------------- engine

@@ -127,6 +127,23 @@ def test_both_ways_of_computing_write_the_local_engines_bytes(local_ray, images,
     assert_same_files(tmp_path / "local-viz", tmp_path / "ray-viz")
 
 
+@pytest.mark.parametrize("compute", ["tasks", "actors"])
+def test_a_given_segmenter_travels_to_ray_workers(local_ray, images, tmp_path, compute):
+    """A peer segmenter (not UniAP) given to the run as it is: Ray's tasks or actors run it and
+    write the local engine's bytes (decode -> segmenter -> sinks, whatever the segmenter)."""
+    from uniap.evaluation.segmenters import Felzenszwalb
+
+    local = run([str(images)], str(tmp_path / "local"), segmenter=Felzenszwalb(scales=(100, 400)), progress=False)
+    engine = RayEngine(batch_size=3, compute=compute)
+    ray_run = run([str(images)], str(tmp_path / "ray"), segmenter=Felzenszwalb(scales=(100, 400)), engine=engine,
+                  progress=False)
+    assert local.written == ray_run.written == 8 and not ray_run.failures
+    assert set(ray_run.timings) == {"decode", "segment", "records", "writing"}
+    assert_same_files(tmp_path / "local", tmp_path / "ray")
+    doc = json.loads((tmp_path / "ray" / "camera.json").read_text())
+    assert doc["uniap"]["features"] == "felzenszwalb" and len(doc["uniap"]["thresholds"]) == 2
+
+
 def test_an_unknown_way_of_computing_is_refused():
     with pytest.raises(ValueError, match="compute must be one of auto, tasks, actors"):
         RayEngine(compute="threads")
@@ -216,17 +233,16 @@ def test_cli_engine_ray(local_ray, images, tmp_path, capsys):
 
 
 def test_states_travel_between_stages_unchanged(local_ray, images):
-    """Images, grids and hierarchies through Ray's object store, as Ray Data rows."""
+    """Images and the segmenter's results (grids, hierarchies) through Ray's object store, as
+    Ray Data rows."""
     from uniap.pipeline.ray_engine import _dump, _load, _object_array
-
-    from uniap.pipeline.engine import _pool
+    from uniap.pipeline.segmenter import Pooled
 
     stages = Stages(Settings())  # superpixel nodes: a RegionGraph travels in place of the grid
     items = expand_inputs([str(images)])[:3]
     decoded = [stages.decode(item) for item in items]
-    extracted = stages.features(decoded)
-    hierarchies = _pool(stages, extracted)
-    payload = list(zip(decoded, [e.grid for e in extracted], hierarchies))
+    pooled = stages.segmenter.segment_batch(decoded)
+    payload = [(image, p.nodes, p.hierarchy) for image, p in zip(decoded, pooled)]
     dataset = ray.data.from_items([{"i": i, "state": _dump(p)} for i, p in enumerate(payload)])
     dataset = dataset.map_batches(lambda b: {"i": b["i"], "state": _object_array(list(b["state"]))},
                                   batch_format="numpy", batch_size=2)
@@ -239,7 +255,23 @@ def test_states_travel_between_stages_unchanged(local_ray, images):
         assert np.array_equal(grid2.regions, grid.regions) and np.array_equal(grid2.edges, grid.edges)
         assert np.array_equal(h2.labels, h.labels) and h2.thresholds == h.thresholds
         assert stages.encode(grid2, h2).records == stages.encode(grid, h).records
+        assert stages.records(Pooled(h2, grid2)).records == stages.records(Pooled(h, grid)).records
     assert pickle.loads(pickle.dumps(RayEngine())).batch_size == 4  # the engine itself is plain data
+
+
+def test_the_writing_stage_knows_its_nodes_from_the_settings(images):
+    """``compute="actors"``: the writing tasks build no extractor, yet encode what the actors
+    pooled as a superpixel graph or a patch grid, as the settings say (decided once)."""
+    from uniap.pipeline.ray_engine import _cached_stages, _dump
+
+    for refine in ("superpixels", "none"):
+        full = Stages(Settings(refine=refine))
+        image = full.decode(expand_inputs([str(images)])[0])
+        (pooled,) = full.segmenter.segment_batch([image])
+        writing = _cached_stages(_dump((Settings(refine=refine), None)), extractor=False)
+        assert writing.segmenter.graph == full.segmenter.graph == (refine == "superpixels")
+        assert writing.records(pooled, image).records == full.records(pooled, image).records
+        assert writing.provenance(pooled) == full.provenance(pooled)
 
 
 def test_no_jobs_starts_nothing():

@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
+from .features import EXTRACTORS  # the registry: --features' choices
 from .features.regions import REFINES, REGION_LEVELS, superpixel_options
 from .core.options import DEFAULT_LEVELS
 from .superpixels import DEFAULT_METHOD, DEFAULT_SIZE, METHODS
@@ -254,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "refinement")
 
     feats = parser.add_argument_group("features")
-    feats.add_argument("--features", choices=("default", "vit"), default="default",
-                       help="default: embedded colour/texture features, no weights; vit: a timm ViT")
+    feats.add_argument("--features", choices=tuple(EXTRACTORS), default="default",
+                       help="the feature extractor, from the registry uniap.features.EXTRACTORS: "
+                       + "; ".join(f"{name}: {extractor_help(name)}" for name in EXTRACTORS))
     feats.add_argument("--model", help="timm model name for --features vit (default: the model --weights "
                        "hold, else vit_small_patch8_224.dino; without --weights its release is "
                        "downloaded once unless HF_HUB_OFFLINE is set)")
@@ -287,6 +289,18 @@ def refine_options(args: argparse.Namespace) -> dict[str, Any]:
     return superpixel_options(args.superpixel_size, args.superpixel_method, args.contours)
 
 
+# what --features lists for the built-in extractors (another one: its docstring's first line)
+EXTRACTOR_HELP = {"default": "embedded colour/texture features, no weights", "vit": "a timm ViT"}
+
+
+def extractor_help(name: str) -> str:
+    """One line on the registered extractor ``name`` for ``--features``' help."""
+    if name in EXTRACTOR_HELP:
+        return EXTRACTOR_HELP[name]
+    doc = (EXTRACTORS[name].__doc__ or "").strip()
+    return doc.splitlines()[0].rstrip(".") if doc else "a registered extractor"
+
+
 def extractor_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.features == "default":
         for flag in ("model", "weights", "layer", "device"):
@@ -305,7 +319,16 @@ def extractor_options(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--vocabulary applies to --features default only")
     names = {"model": "model", "weights": "weights", "layer": "layer_output", "device": "device",
              "max_side": "max_side"}
-    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+    kwargs = {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+    if args.features != "vit":  # another registered extractor: only the flags its constructor takes
+        import inspect
+
+        taken = inspect.signature(EXTRACTORS[args.features]).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in taken.values()):
+            for attr, key in names.items():
+                if key in kwargs and key not in taken:
+                    raise UsageError(f"--{attr.replace('_', '-')} does not apply to --features {args.features}")
+    return kwargs
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,8 +26,10 @@ neck, pixel decoder and decoder (the EMA teacher's weights), and turns images in
 
 The work is done by module functions (:func:`teacher_grids`, :func:`decode_masks`,
 :func:`rank_instances`, :func:`instance_masks`, :func:`nested_levels`, :func:`prediction_records`); the class holds
-the model and options.  ``uniap-predict`` runs a predictor through :func:`uniap.pipeline.run`
-(same inputs, plan, resuming and sinks as ``uniap-cli``).
+the model and options.  :class:`CheckpointSegmenter` is the predictor as a
+:class:`uniap.pipeline.segmenter.Segmenter`: ``uniap-predict`` runs it through
+:func:`uniap.pipeline.run` (same inputs, plan, resuming, engine and sinks as ``uniap-cli``), and
+``uniap-eval --segmenter checkpoint`` benchmarks it.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ import argparse
 import hashlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Prediction", "Predictor", "build_parser", "main"]
+from uniap.pipeline.segmenter import Encoded, Pooled, Segmentation, Segmenter
+
+__all__ = ["CheckpointSegmenter", "Prediction", "Predictor", "build_parser", "main"]
 
 
 @dataclass
@@ -749,81 +754,139 @@ def _infer_in_dim(state: dict) -> int:
     return int(state["neck.adapter.0.weight"].shape[1])
 
 
-# ------------------------------------------------------------------ pipeline glue (uniap-predict)
+# ----------------------------------------------------------- the segmenter (uniap-predict, uniap-eval)
 
 
-class _Grid:
-    """What :func:`uniap.pipeline.stages.uniap_info` reads of a grid, for a prediction."""
+class CheckpointSegmenter(Segmenter):
+    """A trained model as a :class:`uniap.pipeline.segmenter.Segmenter`: ``uniap-predict``'s
+    (through :func:`uniap.pipeline.run`, as ``uniap-cli`` runs UniAP) and ``uniap-eval
+    --segmenter checkpoint``'s, one class.
 
-    def __init__(self, prediction: Prediction, name: str) -> None:
-        self.prediction = prediction
-        self.grid_shape = tuple(prediction.levels.shape[1:])
-        self.patch_size = 1
-        self.name = name
+    The label maps are the predictor's three nested levels (parts, regions, semantic groups;
+    :class:`Predictor`); the records are its own (:attr:`Prediction.records`); its batched
+    step is one batch through the model (:meth:`Predictor.predict`).
 
+    Parameters
+    ----------
+    checkpoint : str, optional
+        The checkpoint file (a recipe that serves the predictor).
+    device : str
+        Where the model runs (``auto``: CUDA when available).
+    score : str
+        ``uniap-eval``'s ranking of proposals: ``record`` (default), the instance masks by their
+        scores; or a rule of :mod:`uniap.evaluation.proposals` on the levels.
+    min_area : int
+        Smallest proposal (pixels).
+    predictor : Predictor, optional
+        One built already (``uniap-predict``), instead of ``checkpoint``.
+    **predictor_options
+        ``refine``, ``nms``, ``nms_threshold``, ``max_masks``, ``ranking`` (the predictor's
+        ``score``), ``mask_threshold``, ``score_threshold``: see :class:`Predictor`.
+    """
 
-class _Extracted:
-    def __init__(self, grid: _Grid) -> None:
-        self.grid = grid
-        self.features = grid.prediction
+    name = "checkpoint"
+    record_scores = True
 
-
-class _PredictFeatures:
-    """The features stage of :class:`PredictStages`: a whole chunk through the predictor."""
-
-    batched = True
-
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, checkpoint: str | None = None, *, device: str = "auto", score: str = "record",
+                 min_area: int = 1, predictor: "Predictor | None" = None, **predictor_options: Any) -> None:
+        super().__init__(score, min_area)
+        if checkpoint is None and predictor is None:
+            raise ValueError(f"--segmenter {self.name} needs --checkpoint FILE (a uniap-train checkpoint)")
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.device = device
+        self.predictor_options = {k: v for k, v in predictor_options.items() if v is not None}
+        if predictor is None:
+            options = dict(self.predictor_options)
+            if "ranking" in options:
+                options["score"] = options.pop("ranking")
+            predictor = Predictor.from_checkpoint(checkpoint, device=device, **options)
         self.predictor = predictor
+
+    def params(self) -> dict[str, Any]:
+        """The constructor's arguments (``build_segmenter("checkpoint", **params)`` rebuilds it)."""
+        return {"checkpoint": self.checkpoint, "device": self.device, **self.predictor_options, **super().params()}
 
     @property
     def on_device(self) -> bool:
         return self.predictor.device.type != "cpu"
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[_Extracted]:
-        return [_Extracted(_Grid(p, self.predictor.name)) for p in self.predictor.predict(images)]
+    def level_names(self) -> list[str]:
+        return ["parts", "regions", "semantic"]
 
+    def label_maps(self, image: np.ndarray) -> np.ndarray:
+        return self.predictor(image).levels
 
-class PredictStages:
-    """The pipeline's stages with the predictor in place of features + UniAP (one process)."""
+    def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
+        from uniap.evaluation.proposals import proposals_from_levels
+        from uniap.records import encode_rle
 
-    def __init__(self, predictor: Predictor, stages: Any) -> None:
-        self.settings = stages.settings
-        self.signature = stages.signature
-        self.features = _PredictFeatures(predictor)
-        self.pool = lambda predictions: [p.hierarchy for p in predictions]
-        self._decode = stages.decode
+        t0 = time.perf_counter()
+        pred = self.predictor(image)
+        t1 = time.perf_counter()
+        out = Segmentation(pred.levels, None, {"segment": t1 - t0})
+        if proposals:
+            if self.score == "record":
+                keep = pred.masks.reshape(len(pred.masks), -1).sum(1) >= self.min_area
+                rles = encode_rle(pred.masks[keep])
+                areas = pred.masks[keep].reshape(int(keep.sum()), -1).sum(1)
+                out.proposals = [{"segmentation": r, "score": float(s), "area": int(a), "level": 0}
+                                 for r, s, a in zip(rles, pred.scores[keep], areas)]
+            else:
+                out.proposals = proposals_from_levels(pred.levels, self.score, self.min_area, image=image)
+            out.timings["proposals"] = time.perf_counter() - t1
+        return out
 
-    def decode(self, item: Any) -> np.ndarray:
-        return self._decode(item)
+    # -- the pipeline's steps -------------------------------------------------------------------
+    def segment_batch(self, images) -> list[Pooled]:
+        """One batch through the model (the whole prediction: its records are made here)."""
+        images = list(images)
+        if not images:
+            return []
+        start = time.perf_counter()
+        predictions = self.predictor.predict(images)
+        share = (time.perf_counter() - start) / len(images)
+        return [Pooled(p.hierarchy, p, {"features": share, "pooling": 0.0}) for p in predictions]
 
-    def encode(self, grid: _Grid, hierarchy: Any, image: Any = None) -> Any:  # noqa: ARG002 - the model scored its masks
-        from uniap.pipeline.stages import Encoded
-
-        p = grid.prediction
+    def encode(self, pooled: Pooled, image: np.ndarray | None = None) -> Encoded:  # noqa: ARG002 - scored already
+        p = pooled.nodes
         return Encoded(p.records, p.levels, p.semantic_labels)
+
+    def provenance(self, pooled: Pooled) -> dict:
+        from uniap._version import __version__
+
+        h = pooled.hierarchy
+        return {"version": __version__, "thresholds": list(h.thresholds), "options": h.options,
+                "grid": [int(s) for s in pooled.nodes.levels.shape[1:]], "patch_size": 1,
+                "features": self.predictor.name, "refine": {"method": "none"}}
 
 
 class PredictEngine:
-    """An engine for :func:`uniap.pipeline.run` that runs a :class:`Predictor` in this process."""
+    """Deprecated: ``uniap.pipeline.run(..., segmenter=CheckpointSegmenter(predictor=...))``
+    runs a predictor through any engine."""
 
     def __init__(self, predictor: Predictor, batch_size: int = 4) -> None:
+        warnings.warn("uniap_train.predict.PredictEngine is deprecated; pass "
+                      "segmenter=CheckpointSegmenter(predictor=predictor) to uniap.pipeline.run",
+                      DeprecationWarning, stacklevel=2)
         self.predictor = predictor
         self.batch_size = int(batch_size)
 
     def run(self, jobs, stages, collect: bool = False):
         from uniap.pipeline.engine import LocalEngine
+        from uniap.pipeline.stages import Stages
 
-        return LocalEngine(1, self.batch_size).run(jobs, PredictStages(self.predictor, stages), collect)
+        segmenter = CheckpointSegmenter(predictor=self.predictor)
+        return LocalEngine(1, self.batch_size).run(jobs, Stages(stages.settings, segmenter=segmenter), collect)
 
 
-class _NoFeatures:
-    """Stands in for the pipeline's extractor (the predictor has its own)."""
+def PredictStages(predictor: Predictor, stages: Any) -> Any:  # noqa: N802 - the deprecated class's name
+    """Deprecated: the pipeline's stages with the predictor as their segmenter."""
+    from uniap.pipeline.stages import Stages
 
-    name = "uniap_train"
-
-    def __call__(self, image):  # pragma: no cover - never called: PredictStages replaces the stage
-        raise RuntimeError("the predictor computes its own features")
+    warnings.warn("uniap_train.predict.PredictStages is deprecated; use "
+                  "Stages(settings, segmenter=CheckpointSegmenter(predictor=predictor))", DeprecationWarning,
+                  stacklevel=2)
+    return Stages(stages.settings, segmenter=CheckpointSegmenter(predictor=predictor))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -893,6 +956,7 @@ def run(args: argparse.Namespace) -> int:
         read_image_ids,
         resolve_shard,
     )
+    from uniap.pipeline.engine import LocalEngine
     from uniap.pipeline.plan import PlanError
     from uniap.pipeline.runner import run as run_pipeline
     from uniap.pipeline.sources import InputError
@@ -918,9 +982,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_pipeline(
             args.inputs, args.out, file_lists=args.file_list or (), format=args.format, viz=args.viz,
-            overwrite=args.overwrite, shard=shard, engine=PredictEngine(predictor, args.batch_size),
-            image_ids=image_ids, features=predictor.name, extractor_options=predictor.options(),
-            extractor=_NoFeatures(), refine="none", progress=not args.quiet, max_pixels=args.max_pixels,
+            overwrite=args.overwrite, shard=shard, engine=LocalEngine(1, args.batch_size),
+            segmenter=CheckpointSegmenter(predictor=predictor), image_ids=image_ids,
+            features=predictor.name, extractor_options=predictor.options(),  # the outputs' signature
+            refine="none", progress=not args.quiet, max_pixels=args.max_pixels,
             viz_style=args.viz_style or "levels", polygons=args.polygons,
         )
     except (InputError, PlanError) as err:

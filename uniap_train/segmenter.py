@@ -1,6 +1,7 @@
 """``uniap-eval --segmenter checkpoint|teacher --checkpoint PATH``: a trained model as a uniap segmenter.
 
-``checkpoint`` scores what the trained model predicts (:class:`CheckpointSegmenter`);
+``checkpoint`` scores what the trained model predicts (:class:`CheckpointSegmenter`, defined in
+:mod:`uniap_train.predict`: ``uniap-predict`` runs the same class through the pipeline);
 ``teacher`` scores UniAP on the trained teacher's own fine map (:class:`TeacherSegmenter`), the
 pseudo-masks the student learned from at the end of training.
 
@@ -22,74 +23,10 @@ import numpy as np
 from uniap.evaluation.proposals import proposals_from_levels
 from uniap.evaluation.segmenters import Segmentation, Segmenter
 
+# the predictor's segmenter lives with the predictor: uniap-predict runs the same class
+from .predict import CheckpointSegmenter
+
 __all__ = ["CheckpointSegmenter", "TeacherSegmenter"]
-
-
-class CheckpointSegmenter(Segmenter):
-    """A ``recipe: paper`` checkpoint through :class:`~uniap_train.predict.Predictor`.
-
-    Parameters
-    ----------
-    checkpoint : str
-        The checkpoint file.
-    device : str
-        Where the model runs (``auto``: CUDA when available).
-    score : str
-        ``record`` (default): the instance masks by their scores; or a rule of
-        :mod:`uniap.evaluation.proposals` on the levels.
-    min_area : int
-        Smallest proposal (pixels).
-    **predictor_options
-        ``refine``, ``nms``, ``nms_threshold``, ``max_masks``, ``ranking`` (the predictor's
-        ``score``), ``mask_threshold``, ``score_threshold``: see :class:`~uniap_train.predict.Predictor`.
-    """
-
-    name = "checkpoint"
-    record_scores = True
-
-    def __init__(self, checkpoint: str | None = None, *, device: str = "auto", score: str = "record",
-                 min_area: int = 1, **predictor_options: Any) -> None:
-        super().__init__(score, min_area)
-        if checkpoint is None:
-            raise ValueError(f"--segmenter {self.name} needs --checkpoint FILE (a uniap-train checkpoint)")
-        from .predict import Predictor
-
-        self.checkpoint = str(checkpoint)
-        self.device = device
-        self.predictor_options = {k: v for k, v in predictor_options.items() if v is not None}
-        options = dict(self.predictor_options)
-        if "ranking" in options:
-            options["score"] = options.pop("ranking")
-        self.predictor = Predictor.from_checkpoint(checkpoint, device=device, **options)
-
-    def params(self) -> dict[str, Any]:
-        """The constructor's arguments (``build_segmenter("checkpoint", **params)`` rebuilds it)."""
-        return {"checkpoint": self.checkpoint, "device": self.device, **self.predictor_options, **super().params()}
-
-    def level_names(self) -> list[str]:
-        return ["parts", "regions", "semantic"]
-
-    def label_maps(self, image: np.ndarray) -> np.ndarray:
-        return self.predictor(image).levels
-
-    def segment(self, image, *, key="", shape=None, proposals=False) -> Segmentation:
-        from uniap.records import encode_rle
-
-        t0 = time.perf_counter()
-        pred = self.predictor(image)
-        t1 = time.perf_counter()
-        out = Segmentation(pred.levels, None, {"segment": t1 - t0})
-        if proposals:
-            if self.score == "record":
-                keep = pred.masks.reshape(len(pred.masks), -1).sum(1) >= self.min_area
-                rles = encode_rle(pred.masks[keep])
-                areas = pred.masks[keep].reshape(int(keep.sum()), -1).sum(1)
-                out.proposals = [{"segmentation": r, "score": float(s), "area": int(a), "level": 0}
-                                 for r, s, a in zip(rles, pred.scores[keep], areas)]
-            else:
-                out.proposals = proposals_from_levels(pred.levels, self.score, self.min_area, image=image)
-            out.timings["proposals"] = time.perf_counter() - t1
-        return out
 
 
 class TeacherSegmenter(Segmenter):

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .proposals import SCORES, proposals_from_levels
+# the one protocol, with its defaults (uniap.pipeline.segmenter): the pipeline runs these too
+from ..pipeline.segmenter import Pooled, Segmentation, Segmenter
+from .proposals import proposals_from_levels
 
 __all__ = [
     "PLUGIN_GROUP",
@@ -45,6 +46,7 @@ __all__ = [
     "HigraWatershed",
     "Predictions",
     "Segmentation",
+    "Segmenter",
     "SlicRag",
     "Uniap",
     "build_segmenter",
@@ -52,59 +54,6 @@ __all__ = [
     "plugin_segmenters",
     "segmenter_names",
 ]
-
-
-@dataclass
-class Segmentation:
-    """What a segmenter returns for one image."""
-
-    levels: np.ndarray  # (L, H, W) int32, finest first
-    proposals: list[dict] | None = None  # scored masks, best first (with proposals=True)
-    timings: dict[str, float] = field(default_factory=dict)
-    level_names: list[str] | None = None  # when only the data knows them (saved predictions)
-    contours: np.ndarray | None = None  # (K, H, W): further masks to propose (uniap's contour regions)
-
-
-class Segmenter:
-    """Base class: subclasses implement :meth:`label_maps` (and may override :meth:`proposals`)."""
-
-    name = "segmenter"
-    needs_image = True
-    record_scores = False  # whether score="record" means something
-
-    def __init__(self, score: str = "contrast", min_area: int = 1):
-        allowed = SCORES + (("record",) if self.record_scores else ())
-        if score not in allowed:
-            raise ValueError(f"--score {score} does not apply to {self.name}; choose one of {list(allowed)}")
-        if min_area < 1:
-            raise ValueError(f"min_area must be >= 1, got {min_area}")
-        self.score = score
-        self.min_area = int(min_area)
-
-    # -- what subclasses provide ---------------------------------------------------------------
-    def params(self) -> dict[str, Any]:
-        return {"score": self.score, "min_area": self.min_area}
-
-    def level_names(self) -> list[str]:
-        raise NotImplementedError
-
-    def label_maps(self, image: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def warm_up(self) -> None:
-        """Compile or load what the first call would (before worker processes fork)."""
-
-    # -- the interface -------------------------------------------------------------------------
-    def segment(self, image: np.ndarray | None, *, key: str = "", shape: Sequence[int] | None = None,
-                proposals: bool = False) -> Segmentation:
-        t0 = time.perf_counter()
-        levels = self.label_maps(image)
-        t1 = time.perf_counter()
-        props = proposals_from_levels(levels, self.score, self.min_area, image=image) if proposals else None
-        timings = {"segment": t1 - t0}
-        if proposals:
-            timings["proposals"] = time.perf_counter() - t1
-        return Segmentation(levels, props, timings)
 
 
 def _floats(values: Sequence[float], name: str, decreasing: bool = False) -> tuple[float, ...]:
@@ -198,6 +147,20 @@ class Uniap(Segmenter):
         segment(np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32), levels=self.levels,
                 **self.options)
 
+    # the pipeline's steps are UniAP's own (uniap.pipeline.stages.UniapSegmenter)
+    @property
+    def on_device(self) -> bool:
+        return self.segmenter.on_device
+
+    def segment_batch(self, images):
+        return self.segmenter.segment_batch(images)
+
+    def encode(self, pooled, image=None):
+        return self.segmenter.encode(pooled, image)
+
+    def provenance(self, pooled) -> dict:
+        return self.segmenter.provenance(pooled)
+
     def _run(self, image: np.ndarray):
         from ..pixels import pixel_labels
 
@@ -218,13 +181,11 @@ class Uniap(Segmenter):
             return out
         t = time.perf_counter()
         if self.score not in RECORD_RULES:  # the other rules rank every region of the label maps
-            out.contours = grid.contour_maps() if hasattr(grid, "contour_maps") else None
+            out.contours = grid.contour_maps() if self.segmenter.graph else None
             out.proposals = proposals_from_levels(labels, self.score, self.min_area, image=image,
                                                   contours=out.contours)
         else:  # the records uniap-cli writes, in the order of their score (the contrast rule)
-            from ..pipeline.stages import encode
-
-            records = encode(grid, h, upsampling=self.upsampling, image=image).records
+            records = self.segmenter.encode(Pooled(h, grid), image).records
             out.proposals = records_to_proposals(records, self.min_area)
         timings["proposals"] = time.perf_counter() - t
         return out

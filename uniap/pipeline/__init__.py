@@ -1,11 +1,13 @@
 """From images to masks: one image (:func:`segment_image`), or many through a streaming pipeline.
 
 The pipeline is sources (files, folders, globs, file lists, tar shards:
-:mod:`~uniap.pipeline.sources`) -> stages (decode, features, pool, encode:
-:mod:`~uniap.pipeline.stages`) -> sinks (SAM JSON, PNG label maps, pictures, COCO:
+:mod:`~uniap.pipeline.sources`) -> decode -> a segmenter (:class:`Segmenter`:
+:mod:`~uniap.pipeline.segmenter`; UniAP's by default, :class:`UniapSegmenter`, built from the
+:mod:`~uniap.pipeline.stages`) -> sinks (the formats' writers and pictures:
 :mod:`~uniap.pipeline.sinks`), planned by :mod:`~uniap.pipeline.plan` (names, safety,
-resuming) and composed by an engine (:class:`~uniap.pipeline.engine.LocalEngine`).  Stages and
-sinks know nothing of processes or queues, so every engine composes the same pieces.
+resuming) and scheduled by an engine (:class:`~uniap.pipeline.engine.LocalEngine`).  Stages,
+segmenters and sinks know nothing of processes or queues, so every engine composes the same
+pieces.
 :func:`run` is the whole pipeline as one call; ``uniap-cli`` is a thin layer over it.
 """
 
@@ -13,8 +15,9 @@ from .engine import LocalEngine, Report
 from .image import ImageSegmentation, segment_image
 from .plan import Job, PlanError
 from .runner import RunSummary, run
+from .segmenter import Segmenter
 from .sources import InputError, Item, decode, expand_inputs
-from .stages import Settings, Stages
+from .stages import Settings, Stages, UniapSegmenter
 
 __all__ = [
     "ImageSegmentation",
@@ -25,8 +28,10 @@ __all__ = [
     "PlanError",
     "Report",
     "RunSummary",
+    "Segmenter",
     "Settings",
     "Stages",
+    "UniapSegmenter",
     "decode",
     "expand_inputs",
     "run",

@@ -1,9 +1,11 @@
-"""The local engine: the stages composed over jobs, in this process and in worker processes.
+"""The local engine: decode -> segmenter -> sinks over jobs, in this process and in workers.
 
-One *chunk* (``batch_size`` jobs) is the unit of work: decode its images (in a thread, so the
-next image decodes while this one's features are computed), features image by image or as
-batches of equal working shape (ViT), UniAP on the whole chunk in one call, then records and
-files image by image.  With ``workers=N`` the main process is one worker and N - 1 worker
+An engine only schedules.  One *chunk* (``batch_size`` jobs) is the unit of work: decode its
+images (in a thread, so the next image decodes while this one is worked on), the segmenter's
+batched step on the chunk (:meth:`Segmenter.segment_batch
+<uniap.pipeline.segmenter.Segmenter.segment_batch>`: UniAP's features image by image or as
+batches of equal working shape (ViT), and UniAP on the whole chunk in one call), then records
+and files image by image.  With ``workers=N`` the main process is one worker and N - 1 worker
 processes take chunks too, at most two chunks queued each, so memory stays bounded by a few
 images whatever the number of inputs.
 
@@ -24,11 +26,12 @@ from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .plan import Job
+from .segmenter import Pooled
 from .sinks import ImageOutput, sink
-from .stages import Settings, Stages, timed, uniap_info
+from .stages import Settings, Stages, timed
 
 
 @dataclass
@@ -48,15 +51,26 @@ class Report:
 def process_chunk(stages: Stages, jobs: Sequence[Job], collect: bool = False,
                   decoder: ThreadPoolExecutor | None = None,
                   writer: ThreadPoolExecutor | None = None) -> list[Report]:
-    """Run every stage on ``jobs`` and write their outputs; never raises for one bad image.
+    """Decode ``jobs``' images, run the segmenter on them, write their outputs; never raises
+    for one bad image.
 
-    With a ``writer`` pool, records and files are made there and this returns once the
-    chunk is pooled: the caller waits for :func:`finished` before it uses the reports, and
-    meanwhile computes the next chunk's features (an accelerator is busy, the CPU encodes).
+    The images reach the segmenter's batched step (:meth:`Segmenter.segment_batch
+    <uniap.pipeline.segmenter.Segmenter.segment_batch>`) as they are decoded (in the
+    ``decoder`` thread, so the next image decodes while this one is worked on).  With a
+    ``writer`` pool, records and files are made there and this returns once the chunk is
+    segmented: the caller waits for :func:`finished` before it uses the reports, and meanwhile
+    segments the next chunk (an accelerator is busy, the CPU encodes).
     """
     reports = [Report(job.item.key, job.item.describe(), job.image_id) for job in jobs]
     decoding = [_submit(decoder, stages.decode, job.item) for job in jobs]
-    ok: list[tuple[int, Any, Any]] = []  # (index, image, extracted)
+    segmented = segment_images(stages, _decoded(decoding, reports), reports)
+    writes = [_submit(writer, encode_and_write, stages, jobs[i], reports[i], image, pooled, collect)
+              for i, image, pooled in segmented]
+    return _Pending(reports, writes) if writer is not None else reports
+
+
+def _decoded(decoding: Sequence[Future], reports: list[Report]) -> Iterator[tuple[int, Any]]:
+    """``(index, image)`` of each job as its image is decoded (a failed one is reported)."""
     for i, future in enumerate(decoding):
         start = time.perf_counter()
         try:
@@ -64,16 +78,44 @@ def process_chunk(stages: Stages, jobs: Sequence[Job], collect: bool = False,
         except Exception as err:  # an unreadable file fails alone
             _fail(reports[i], err)
             continue
-        start = timed(reports[i].timings, "decode", start)
-        entry = (i, image, None) if stages.features.batched else one_image_features(stages, i, image, reports[i], start)
-        if entry is not None:
-            ok.append(entry)
-    if stages.features.batched and ok:
-        ok = batched_features(stages, ok, reports)
-    hierarchies = pool_features(stages, ok, reports)
-    writes = [_submit(writer, encode_and_write, stages, jobs[i], reports[i], image, extracted.grid, h, collect)
-              for (i, image, extracted), h in zip(ok, hierarchies) if h is not None]
-    return _Pending(reports, writes) if writer is not None else reports
+        timed(reports[i].timings, "decode", start)
+        yield i, image
+
+
+def segment_images(stages: Stages, decoded: Iterable[tuple[int, Any]], reports: list[Report]) -> list[tuple]:
+    """The segmenter's batched step on ``decoded`` ``(index, image)`` pairs, taken as they come:
+    ``(index, image, pooled)`` of the images it segmented.  The others' reports say why not;
+    when the whole batch fails, each image is tried alone, so one bad image fails alone."""
+    taken: list[tuple[int, Any]] = []
+    decoded = iter(decoded)  # what the segmenter does not take stays there for the retries
+
+    def images() -> Iterator[Any]:
+        for i, image in decoded:
+            taken.append((i, image))
+            yield image
+
+    try:
+        results = stages.segmenter.segment_batch(images())
+        if len(results) != len(taken):
+            raise RuntimeError(f"the segmenter gave {len(results)} results for {len(taken)} images")
+    except Exception:  # one by one: the image that fails is the one reported
+        rest = list(decoded)  # what the segmenter had not taken yet
+        results, pairs = [], taken + rest
+        for _, image in pairs:
+            try:
+                (one,) = stages.segmenter.segment_batch([image])
+            except Exception as err:  # noqa: BLE001 - reported with its image
+                one = err
+            results.append(one)
+        taken = pairs
+    out = []
+    for (i, image), result in zip(taken, results):
+        if isinstance(result, Exception):
+            _fail(reports[i], result)
+            continue
+        reports[i].timings.update(result.timings)
+        out.append((i, image, result))
+    return out
 
 
 class _Pending(list):
@@ -91,70 +133,16 @@ def finished(reports: list[Report]) -> list[Report]:
     return list(reports)
 
 
-def one_image_features(stages: Stages, i: int, image: Any, report: Report, start: float) -> tuple | None:
-    """``(i, image, extracted)`` for one image, timed from ``start``; None when its features fail
-    (``report`` then says why, and the other images go on)."""
-    try:
-        (extracted,) = stages.features([image])
-    except Exception as err:
-        _fail(report, err)
-        return None
-    timed(report.timings, "features", start)
-    return i, image, extracted
-
-
-def batched_features(stages: Stages, ok: list, reports: list[Report]) -> list:
+def encode_and_write(stages: Stages, job: Job, report: Report, image, pooled: Pooled, collect: bool) -> None:
+    """One image's records (the segmenter's) and every output file of its job."""
     start = time.perf_counter()
     try:
-        extracted = stages.features([image for _, image, _ in ok])
-    except Exception:  # find the image that fails: the others still get their masks
-        kept = [one_image_features(stages, i, image, reports[i], time.perf_counter()) for i, image, _ in ok]
-        return [entry for entry in kept if entry is not None]
-    share = (time.perf_counter() - start) / len(ok)
-    for i, _, _ in ok:
-        reports[i].timings["features"] = share
-    return [(i, image, e) for (i, image, _), e in zip(ok, extracted)]
-
-
-def pool_features(stages: Stages, ok: list, reports: list[Report]) -> list:
-    if not ok:
-        return []
-    start = time.perf_counter()
-    try:
-        hierarchies = _pool(stages, [e for _, _, e in ok])
-    except Exception:
-        hierarchies = []
-        for i, _, e in ok:
-            one = time.perf_counter()
-            try:
-                hierarchies.append(_pool(stages, [e])[0])
-                timed(reports[i].timings, "pooling", one)
-            except Exception as err:
-                _fail(reports[i], err)
-                hierarchies.append(None)
-        return hierarchies
-    share = (time.perf_counter() - start) / len(ok)
-    for i, _, _ in ok:
-        reports[i].timings["pooling"] = share
-    return hierarchies
-
-
-def _pool(stages: Stages, extracted: list) -> list:
-    """One pooling call for a batch: grids in one :func:`uniap.segment`, region graphs by edges."""
-    edges = [getattr(e.grid, "edges", None) for e in extracted]
-    features = [e.features for e in extracted]
-    return stages.pool(features, edges) if any(x is not None for x in edges) else stages.pool(features)
-
-
-def encode_and_write(stages: Stages, job: Job, report: Report, image, grid, h, collect: bool) -> None:
-    start = time.perf_counter()
-    try:
-        encoded = stages.encode(grid, h, image)
+        encoded = stages.records(pooled, image)
         start = timed(report.timings, "records", start)
         height, width = image.shape[:2]
         info = {"image_id": job.image_id, "file_name": job.item.key, "height": int(height),
                 "width": int(width)}
-        out = ImageOutput(info, uniap_info(h, grid, stages.signature), image, h, encoded,
+        out = ImageOutput(info, stages.provenance(pooled), image, pooled.hierarchy, encoded,
                           viz_style=stages.settings.viz_style,
                           source=job.item.path if job.item.member is None else None)
         for kind, path in job.outputs.items():
@@ -263,14 +251,14 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(settings: Settings, collect: bool, parent: int) -> None:
+def _init_worker(settings: Settings, collect: bool, parent: int, segmenter: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if hasattr(signal, "pthread_sigmask"):  # blocked by _submit while this process started
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _raise_on_sigterm()
     _limit_threads(settings.threads)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    _WORKER.update(stages=Stages(settings), collect=collect,
+    _WORKER.update(stages=Stages(settings, segmenter=segmenter), collect=collect,
                    decoder=ThreadPoolExecutor(1, thread_name_prefix="uniap-decode"))
 
 
@@ -327,7 +315,7 @@ class LocalEngine:
         yield from self._run_with_workers(chunks, stages, collect, helpers)
 
     def _run_here(self, chunks: deque, stages: Stages, collect: bool) -> Iterator[Report]:
-        overlap = stages.features.on_device if self.overlap is None else self.overlap
+        overlap = stages.segmenter.on_device if self.overlap is None else self.overlap
         with ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder, \
                 ThreadPoolExecutor(1, thread_name_prefix="uniap-write") as writer:
             previous: list[Report] = []
@@ -360,7 +348,7 @@ class LocalEngine:
 
         def new_pool(size: int) -> ProcessPoolExecutor:
             return ProcessPoolExecutor(size, mp_context=mp.get_context(method), initializer=_init_worker,
-                                       initargs=(settings, collect, os.getpid()))
+                                       initargs=(settings, collect, os.getpid(), stages.given))
 
         pool = new_pool(helpers)
         pending: deque[tuple[Future, Sequence[Job]]] = deque()

@@ -31,8 +31,11 @@ What runs where (``docs/scale.md``), in one of two layouts (``RayEngine(compute=
   Ray Data's streaming executor bounds what is in flight (backpressure on the object store).
 
 Between stages a row is ``{"i": job index, "state": bytes}``, the stage's state (job, report,
-decoded uint8 image, :class:`~uniap.features.FeatureGrid`, :meth:`Hierarchy.numpy
-<uniap.Hierarchy.numpy>`) pickled, so nothing depends on how Arrow would convert the arrays.
+decoded uint8 image, the segmenter's :class:`~uniap.pipeline.segmenter.Pooled`: UniAP's
+:class:`~uniap.features.FeatureGrid` and :meth:`Hierarchy.numpy <uniap.Hierarchy.numpy>`)
+pickled, so nothing depends on how Arrow would convert the arrays.  A segmenter given to the
+run as it is (``uniap.pipeline.run(..., segmenter=...)``) travels pickled to the workers;
+otherwise each builds UniAP's from the settings.
 
 Failures: an image that fails in any stage becomes a failed report and the others go on.  A
 worker that dies (killed, out of memory, a node lost) is Ray's to recover: tasks are retried
@@ -55,8 +58,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .engine import Report, _fail, batched_features, encode_and_write, one_image_features, pool_features
+from .engine import Report, _fail, encode_and_write, segment_images
 from .plan import Job
+from .segmenter import Pooled
 from .sources import decode
 from .stages import Settings, Stages, timed
 
@@ -84,8 +88,7 @@ class _State:
     job: Job
     report: Report
     image: np.ndarray | None = None
-    grid: Any = None
-    hierarchy: Any = None
+    pooled: Pooled | None = None  # the segmenter's batched step's result
 
 
 def _dump(obj: Any) -> bytes:
@@ -111,31 +114,21 @@ def _decode_states(states: list[_State], max_pixels: int | None = None) -> None:
 
 
 def _segment_states(stages: Stages, states: list[_State]) -> None:
-    """Features and UniAP of a batch: one ViT batch per working shape, one UniAP call."""
-    reports = [s.report for s in states]
-    ok: list[tuple[int, Any, Any]] = []  # (index, image, extracted), as in process_chunk
-    for i, state in enumerate(states):
-        if state.report.status != "ok":
-            continue
-        entry = (i, state.image, None) if stages.features.batched else \
-            one_image_features(stages, i, state.image, state.report, time.perf_counter())
-        if entry is not None:
-            ok.append(entry)
-    if stages.features.batched and ok:
-        ok = batched_features(stages, ok, reports)
-    for (i, _, extracted), h in zip(ok, pool_features(stages, ok, reports)):
-        if h is not None:
-            states[i].grid, states[i].hierarchy = extracted.grid, h
+    """The segmenter's batched step on a batch (UniAP: one ViT batch per working shape, one
+    UniAP call), as the local engine runs it (:func:`uniap.pipeline.engine.segment_images`)."""
+    decoded = [(i, state.image) for i, state in enumerate(states) if state.report.status == "ok"]
+    for i, _, pooled in segment_images(stages, decoded, [s.report for s in states]):
+        states[i].pooled = pooled
     for state in states:
         if state.report.status != "ok":
-            state.image = state.grid = state.hierarchy = None  # nothing more to carry
+            state.image = state.pooled = None  # nothing more to carry
 
 
 def _write_states(stages: Stages, states: list[_State], collect: bool) -> list[Report]:
     """Records and every file of each job (the local engine's own function)."""
     for state in states:
         if state.report.status == "ok":
-            encode_and_write(stages, state.job, state.report, state.image, state.grid, state.hierarchy, collect)
+            encode_and_write(stages, state.job, state.report, state.image, state.pooled, collect)
     return [state.report for state in states]
 
 
@@ -147,10 +140,10 @@ def _decode_batch(batch: dict[str, np.ndarray], max_pixels: int | None = None) -
 
 
 class _Segment:
-    """Actor: features and UniAP of a batch, with :class:`Stages` built once per actor."""
+    """Actor: the segmenter's batched step, with :class:`Stages` built once per actor."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.stages = Stages(_on_this_actor(settings))
+    def __init__(self, settings: Settings, segmenter: Any = None) -> None:
+        self.stages = Stages(_on_this_actor(settings), segmenter=segmenter)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         states = [_load(blob) for blob in batch["state"]]
@@ -175,21 +168,30 @@ _STAGES: dict[tuple[bytes, bool], Stages] = {}
 
 
 class _NoExtractor:
-    """Stands in for the extractor in the writing tasks, which only encode and write."""
+    """Stands in for the extractor in the writing tasks, which only encode and write (wrapped
+    in superpixels as the settings say, so that their segmenter knows its nodes are a graph)."""
+
+    name, patch_size = "none", 1  # never recorded: provenance reads the nodes themselves
 
     def __call__(self, image: Any) -> Any:  # pragma: no cover - never called
         raise RuntimeError("the writing stage computes no features")
 
 
 def _cached_stages(settings: bytes, extractor: bool) -> Stages:
-    """This process's Stages of ``settings`` (with an extractor, or for writing only)."""
+    """This process's Stages of ``settings``, pickled ``(Settings, segmenter or None)`` (with an
+    extractor, or for writing only)."""
     stages = _STAGES.get((settings, True))  # a full one writes as well
     if stages is None and not extractor:
         stages = _STAGES.get((settings, False))
     if stages is None:
         _STAGES.clear()
-        loaded = _load(settings)
-        stages = Stages(_on_this_actor(loaded)) if extractor else Stages(loaded, extractor=_NoExtractor())
+        loaded, given = _load(settings)
+        if given is not None:  # a segmenter given as it is: the same for both
+            stages = Stages(loaded, segmenter=given)
+        elif extractor:
+            stages = Stages(_on_this_actor(loaded))
+        else:
+            stages = Stages(loaded, extractor=_NoExtractor())
         _STAGES[settings, extractor] = stages
     return stages
 
@@ -249,8 +251,8 @@ class RayEngine:
         the extractor runs on an accelerator, else tasks (an actor pool costs every run a
         few seconds to start, and on CPUs buys nothing: ``docs/scale.md``).
     num_gpus : float, optional
-        GPUs per actor; default 1 when the extractor runs on CUDA
-        (``stages.features.on_device``), else 0.
+        GPUs per actor; default 1 when the segmenter runs on CUDA
+        (``stages.segmenter.on_device``), else 0.
     num_actors : int, optional
         Actors computing features (``"actors"``); default one per GPU of the cluster
         (``num_gpus`` each), on the CPU one per core of the cluster; never more than there
@@ -349,7 +351,7 @@ class RayEngine:
         ray = import_ray()
         jobs = list(jobs)
         settings = stages.settings
-        on_device = stages.features.on_device
+        on_device = stages.segmenter.on_device
         gpus = float(self.num_gpus) if self.num_gpus is not None else (1.0 if on_device else 0.0)
         compute = self.compute if self.compute != "auto" else ("actors" if on_device or gpus else "tasks")
         actor_cpus = self.actor_cpus if self.actor_cpus is not None else (1.0 if gpus else 0.5)
@@ -388,7 +390,7 @@ class RayEngine:
         retries = {"max_retries": self.max_retries}
         restarts = {"max_restarts": -1, "max_task_retries": self.max_retries}
         batches = {"batch_size": self.batch_size, "batch_format": "numpy"}
-        written = {"settings": _dump(settings), "collect": collect}
+        written = {"settings": _dump((settings, stages.given)), "collect": collect}
         with warnings.catch_warnings():
             # Ray Data 2.60 deprecates remote arguments beyond its named ones (to be removed in
             # 2.64): while **ray_remote_args exists the retries are given, else Ray's defaults
@@ -400,7 +402,7 @@ class RayEngine:
             dataset = dataset.map_batches(_decode_batch, fn_kwargs={"max_pixels": settings.max_pixels},
                                           num_cpus=task_cpus, **batches,
                                           **_if_taken(dataset.map_batches, retries))
-            dataset = dataset.map_batches(_Segment, fn_constructor_args=(settings,), num_cpus=actor_cpus,
+            dataset = dataset.map_batches(_Segment, fn_constructor_args=(settings, stages.given), num_cpus=actor_cpus,
                                           num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors),
                                           **batches, **_if_taken(dataset.map_batches, restarts))
             return dataset.map_batches(_write_batch, fn_kwargs=written,

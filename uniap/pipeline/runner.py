@@ -1,7 +1,7 @@
 """``uniap.pipeline.run``: images, folders, lists or tar shards -> mask files, as one call.
 
-This is what ``uniap-cli`` runs: sources -> plan -> engine(stages) -> sinks, then the COCO
-data set and the failures manifest.
+This is what ``uniap-cli`` and ``uniap-predict`` run: sources -> plan -> engine(decode ->
+segmenter -> sinks), then the COCO data set and the failures manifest.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def run(
     stability_score_thresh: float = 0.0,
     viz_style: str = "levels",
     polygons: bool = False,
+    segmenter: Any | None = None,
 ) -> RunSummary:
     """Masks for many images, written as files; a failing image is reported, not fatal.
 
@@ -176,6 +177,13 @@ def run(
     polygons : bool
         ``format="coco"`` only: segmentations as COCO polygons instead of RLE
         (:mod:`uniap.formats.polygons`).
+    segmenter : Segmenter, optional
+        Another segmenter than UniAP (:class:`uniap.pipeline.segmenter.Segmenter`: a peer, a
+        trained model's), run as it is: ``features``, ``extractor_options``, ``extractor``,
+        ``segment_options``, ``refine``, ``refine_options``, ``upsampling`` and ``all_levels``
+        do not apply to it.  Its name and ``params()`` stand for ``features`` and
+        ``extractor_options`` in the outputs' signature unless those are given.  Worker
+        processes (``workers``, Ray) receive it pickled.
 
     Returns
     -------
@@ -208,6 +216,13 @@ def run(
         raise TypeError(f"engine must be a name ({', '.join(ENGINES)}) or an engine with a run method, "
                         f"got {type(engine).__name__}")
     check_refine(refine, refine_options, upsampling, segment_options)
+    if segmenter is not None:
+        if extractor is not None:
+            raise ValueError("give an extractor (for UniAP) or a segmenter, not both")
+        if not callable(getattr(segmenter, "segment_batch", None)):
+            raise TypeError(f"segmenter must be a uniap.pipeline.segmenter.Segmenter, got {type(segmenter).__name__}")
+        if features == "default" and not extractor_options:  # the signature names the segmenter
+            features, extractor_options = segmenter.name, segmenter.params()
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
         raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
     from ..viz import VIZ_STYLES
@@ -254,7 +269,7 @@ def run(
             settings = replace(settings, host_backend="numpy")
         if extractor is not None:
             extractor = refined(extractor, refine, **(refine_options or {}))
-        stages = Stages(settings, extractor)  # builds the extractor: bad weights fail here, early
+        stages = Stages(settings, extractor, segmenter)  # builds the extractor: bad weights fail here, early
         made = _prepare_folders(out, viz, the_plan)
         if lock is None:
             lock = lock_outputs(targets, shard)

@@ -1,8 +1,11 @@
-"""The stages of the pipeline: decode -> features -> pool -> encode, as plain callables.
+"""The stages of the pipeline: decode -> segmenter -> records, and UniAP's segmenter.
 
-Each stage takes and returns plain data (arrays, :class:`~uniap.features.FeatureGrid`,
-:class:`~uniap.Hierarchy`, records), knows nothing of processes, threads or queues, and is
-built once per worker from :class:`Settings`, so any engine (the local one, Ray) composes the
+:class:`Stages` is one worker's: decoding, a :class:`~uniap.pipeline.segmenter.Segmenter`
+(UniAP's, :class:`UniapSegmenter`, built from :class:`Settings`, or any other given as it is)
+and its records filtered as the settings say.  UniAP's segmenter is composed of plain callables
+(:class:`ExtractFeatures`, :class:`Pool`, :func:`encode`) that take and return plain data
+(arrays, :class:`~uniap.features.FeatureGrid`, :class:`~uniap.Hierarchy`, records).  Nothing
+here knows of processes, threads or queues, so any engine (the local one, Ray) composes the
 same pieces and writes the same files.
 """
 
@@ -19,9 +22,11 @@ from ..core.api import segment, segment_graph
 from ..core.hierarchy import Hierarchy
 from ..pixels import pixel_labels as to_pixel_labels
 from ..records import contour_records, filter_records, hierarchy_records, semantic_of_clusters
+from .segmenter import Encoded, Pooled, Segmenter
 from .sources import Item, decode
 
-__all__ = ["Settings", "Extracted", "Encoded", "decode", "ExtractFeatures", "Pool", "encode"]
+__all__ = ["Settings", "Extracted", "Encoded", "decode", "ExtractFeatures", "Pool", "encode", "UniapSegmenter",
+           "Stages"]
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,9 @@ class Settings:
 
     Attributes
     ----------
-    features : {"default", "vit"}
-        The extractor (:func:`uniap.features.get_extractor`).
+    features : str
+        The extractor, a name of the registry :data:`uniap.features.EXTRACTORS`
+        (:func:`uniap.features.get_extractor`: ``"default"``, ``"vit"``, ...).
     extractor_options : dict
         Its keyword arguments (``vocabulary`` may be a :class:`~uniap.features.Vocabulary`).
     segment_options : dict
@@ -83,13 +89,20 @@ class Settings:
     viz_style: str = "levels"
     polygons: bool = False
 
+    def build_segmenter(self, extractor: Any | None = None) -> "UniapSegmenter":
+        """UniAP's segmenter of these settings (:meth:`UniapSegmenter.from_settings`)."""
+        return UniapSegmenter.from_settings(self, extractor)
+
     def build_extractor(self) -> Any:
         from ..features import get_extractor, refined
 
         if self.threads and self.features != "default":
-            import torch
-
-            torch.set_num_threads(self.threads)
+            try:
+                import torch
+            except ImportError:  # a registered extractor that runs without torch
+                torch = None
+            if torch is not None:
+                torch.set_num_threads(self.threads)
         return refined(get_extractor(self.features, **self.extractor_options), self.refine,
                        **self.refine_options)
 
@@ -213,31 +226,8 @@ class Pool:
         return [h.numpy() for h in segment(list(features), **options)]
 
 
-@dataclass
-class Encoded:
-    """Stage 4's result for one image: pixel label maps and records."""
-
-    records: list[dict]
-    stack: np.ndarray | None  # (L, H, W) pixel label maps, or None: made from node_labels when asked
-    semantic_labels: np.ndarray | None
-    contour_cuts: np.ndarray | None = None  # (K, N): a region graph's contour regions per superpixel
-    regions: np.ndarray | None = None  # (H, W): a region graph's superpixel of every pixel
-    node_labels: np.ndarray | None = None  # (L, N): a region graph's level labels per superpixel
-
-    @property
-    def pixel_labels(self) -> np.ndarray:
-        """Instance label maps at the pixels, (L, H, W) int32 (of a region graph: made when
-        asked, L full maps that the records never need at once)."""
-        return self.stack if self.stack is not None else np.take(self.node_labels, self.regions, axis=-1)
-
-    @property
-    def contour_labels(self) -> np.ndarray | None:
-        """The contour regions at the pixels, (K, H, W) int32 (made when asked: K full maps)."""
-        return None if self.contour_cuts is None else np.take(self.contour_cuts, self.regions, axis=-1)
-
-
 def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", unique: bool = True,
-           image: np.ndarray | None = None) -> Encoded:
+           image: np.ndarray | None = None, graph: bool | None = None) -> Encoded:
     """Stage 4: SAM-style records, the hierarchy's, then the contour regions' of a region graph
     that has them, and pixel label maps (L, H, W).
 
@@ -247,15 +237,17 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     A region graph's maps are made one level at a time from its superpixels while records are
     encoded, and as a stack only when asked (:attr:`Encoded.pixel_labels`): at 8000 x 8000
     pixels the 8 levels' stack alone would take 2 GB.
+
+    ``graph`` says whether ``grid`` is a region graph, as the segmenter decided once
+    (:attr:`UniapSegmenter.graph`); None: from its type.
     """
-    regions = getattr(grid, "regions", None)
+    regions = grid.regions if (_is_graph(grid) if graph is None else graph) else None
     semantic = None
     boundary = None
     if regions is not None and image is not None:
         from ..scores import BoundaryStrength
 
-        boundary = BoundaryStrength(regions, image, pairs=getattr(grid, "edges", None),
-                                    strength=getattr(grid, "edge_strength", None))
+        boundary = BoundaryStrength(regions, image, pairs=grid.edges, strength=grid.edge_strength)
     if regions is not None and hierarchy.level(0).semantic_labels is None:
         labels = None
         records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary)
@@ -282,13 +274,16 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     return Encoded(records, labels, semantic, cuts, regions, node_labels)
 
 
-def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) -> dict:
+def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None, *, graph: bool | None = None) -> dict:
     """Provenance for output files: version, thresholds, options, grid, features and the
-    digest of the run's settings (:func:`uniap.pipeline.plan.signature`) when given."""
+    digest of the run's settings (:func:`uniap.pipeline.plan.signature`) when given.
+
+    ``graph``: whether ``grid`` is a region graph (None: from its type)."""
     from .._version import __version__
 
-    refine = grid.describe() if hasattr(grid, "describe") else {"method": "none"}
-    patches = getattr(grid, "grid", grid)  # a region graph's patch grid
+    graph = _is_graph(grid) if graph is None else graph
+    refine = grid.describe() if graph else {"method": "none"}
+    patches = grid.grid if graph else grid  # a region graph's patch grid
     info = {
         "version": __version__,
         "thresholds": list(hierarchy.thresholds),
@@ -303,26 +298,287 @@ def uniap_info(hierarchy: Hierarchy, grid: Any, signature: str | None = None) ->
     return info
 
 
-class Stages:
-    """Every stage of one worker, built once from :class:`Settings`."""
+def _is_graph(grid: Any) -> bool:
+    """For callers that did not decide: whether ``grid`` is a region graph, by its type."""
+    from ..features.regions import RegionGraph
 
-    def __init__(self, settings: Settings, extractor: Any | None = None) -> None:
+    return isinstance(grid, RegionGraph)
+
+
+@dataclass
+class ImageSegmentation:
+    """What :func:`uniap.segment_image` (one call of :class:`UniapSegmenter`) returns.
+
+    Attributes
+    ----------
+    hierarchy : Hierarchy
+        The UniAP hierarchy on the host: of the superpixel graph (labels per superpixel) or
+        of the patch grid.
+    records : list of dict
+        SAM-style records at the original image's resolution (:mod:`uniap.records`).
+    pixel_labels : ndarray of shape (L, H, W), int32
+        Instance label maps at image resolution, nested across levels.
+    semantic_labels : ndarray of shape (L, H, W), int32, or None
+        Semantic groups at image resolution (``semantic=True``).
+    contour_labels : ndarray of shape (K, H, W), int32, or None
+        The contour regions of watershed superpixels (``contours``), finest cut first.
+    grid : RegionGraph or FeatureGrid
+        The nodes' features and how they cover the image's pixels.
+    image : ndarray of shape (H, W, 3), uint8
+    timings : dict
+        Seconds spent in ``features``, ``pooling`` (UniAP) and ``records``.
+    provenance : dict, optional
+        What output files record (:meth:`uniap_info`), as the segmenter that made it says.
+    """
+
+    hierarchy: Hierarchy
+    records: list[dict]
+    pixel_labels: np.ndarray
+    semantic_labels: np.ndarray | None
+    grid: Any
+    image: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    contour_labels: np.ndarray | None = None
+    provenance: dict | None = None
+
+    def uniap_info(self) -> dict:
+        """Provenance for output files: version, thresholds, options, grid and features."""
+        return dict(self.provenance) if self.provenance is not None else uniap_info(self.hierarchy, self.grid)
+
+
+class UniapSegmenter(Segmenter):
+    """UniAP as a segmenter: an image in, an :class:`ImageSegmentation` out.
+
+    Everything that does not depend on the image is settled once, here: the extractor and its
+    nodes (patch grid or superpixel graph: :func:`uniap.features.refined`; a graph when the
+    extractor is a :class:`~uniap.features.RegionFeatures`), the refine rule
+    (:func:`uniap.features.regions.check_refine`), the levels (the nodes' defaults when not
+    given) and UniAP's options.  :func:`uniap.segment_image` is one call of it,
+    ``uniap-eval``'s ``uniap`` segmenter runs one, and the pipeline's middle stage is its
+    :meth:`segment_batch` (features batched where the extractor can, a ViT on its device;
+    UniAP on a whole batch of patch grids in one call) and :meth:`encode`.
+
+    Parameters
+    ----------
+    extractor : callable, optional
+        A feature extractor (:mod:`uniap.features`); the embedded default when None.
+    refine, superpixel_size, superpixel_method, contours, upsampling, unique
+        As :func:`uniap.segment_image`.
+    flags : bool
+        Name options in errors as command-line flags (``uniap-eval``) rather than keywords.
+    host_backend : str, optional
+        Backend of the batched step for features on the host when ``options`` names none
+        (:class:`Settings`).
+    **options
+        UniAP's options (:func:`uniap.segment`: levels, min_size, preset, semantic, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> segmenter = UniapSegmenter(refine="none", levels=(0.5,))
+    >>> segmenter(np.zeros((32, 32, 3), np.uint8)).pixel_labels.shape
+    (1, 32, 32)
+    """
+
+    name = "uniap"
+    score, min_area = "contrast", 1  # uniap-eval's ranking defaults (its ``uniap`` segmenter sets its own)
+
+    def __init__(self, extractor: Any | None = None, *, refine: str = "superpixels",
+                 superpixel_size: int | None = None, superpixel_method: str | None = None,
+                 contours: bool | None = None, upsampling: str = "nearest", unique: bool = True,
+                 flags: bool = False, host_backend: str | None = None, **options: Any) -> None:
+        from ..features import RegionFeatures, get_extractor, refined
+        from ..features.regions import check_refine, default_levels, superpixel_options
+
+        sp_options = superpixel_options(superpixel_size, superpixel_method, contours)
+        check_refine(refine, upsampling=upsampling, connectivity=options.get("connectivity"), flags=flags,
+                     superpixel_options=[k if k == "contours" else "superpixel_" + k for k in sp_options])
+        self.refine, self.upsampling, self.unique = refine, upsampling, unique
+        self.extractor = refined(get_extractor("default") if extractor is None else extractor, refine, **sp_options)
+        options.setdefault("levels", default_levels(refine))
+        self.options = options
+        self.host_backend = host_backend
+        # the nodes, decided once: superpixels are a graph (segment_graph), patches a grid
+        self.graph = isinstance(self.extractor, RegionFeatures)
+        self._segment = _segment_graph if self.graph else _segment_grid
+        self.features = ExtractFeatures(self.extractor)
+        self.pool = Pool(options, host_backend)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, extractor: Any | None = None) -> "UniapSegmenter":
+        """The segmenter of a pipeline's :class:`Settings` (``extractor``: one built already,
+        wrapped for ``settings.refine``)."""
+        return cls(extractor if extractor is not None else settings.build_extractor(), refine=settings.refine,
+                   upsampling=settings.upsampling, unique=settings.unique, host_backend=settings.host_backend,
+                   **settings.segment_options)
+
+    @property
+    def on_device(self) -> bool:
+        return self.features.on_device
+
+    def level_names(self) -> list[str]:
+        return [f"t={t:g}" for t in self.options["levels"]]
+
+    def label_maps(self, image: np.ndarray) -> np.ndarray:
+        return self(image).pixel_labels
+
+    def nodes(self, grid: Any) -> Hierarchy:
+        """UniAP on one image's nodes, on the host."""
+        return self._segment(grid, **self.options)
+
+    def __call__(self, image: Any, max_pixels: int | None = None) -> ImageSegmentation:
+        """The segmentation of ``image`` (anything :func:`uniap.features.load_image` reads)."""
+        from ..features import load_image
+
+        pixels = load_image(image, max_pixels=max_pixels)
+        t0 = time.perf_counter()
+        grid = self.extractor(pixels)
+        t1 = time.perf_counter()
+        h = self.nodes(grid)
+        t2 = time.perf_counter()
+        pooled = Pooled(h, grid)
+        encoded = self.encode(pooled, pixels)
+        t3 = time.perf_counter()
+        return ImageSegmentation(
+            hierarchy=h, records=encoded.records, pixel_labels=encoded.pixel_labels,
+            semantic_labels=encoded.semantic_labels, grid=grid,
+            image=pixels, timings={"features": t1 - t0, "pooling": t2 - t1, "records": t3 - t2},
+            contour_labels=encoded.contour_labels, provenance=self.provenance(pooled),
+        )
+
+    # -- the pipeline's middle stage -------------------------------------------------------------
+    def segment_batch(self, images: Any) -> list[Pooled | Exception]:
+        """Features of ``images`` (one ViT batch where the extractor has a batched path, else
+        image by image), then UniAP on all of them in one call: patch grids in one
+        :func:`uniap.segment` (on the features' device), superpixel graphs one by one with
+        :func:`uniap.segment_graph`.  An image whose features or pooling fail gets its
+        exception; the others go on.  ``timings``: ``features`` and ``pooling`` (a batch's
+        time shared equally by its images)."""
+        extracted = self._extract(images)
+        ok = [k for k, e in enumerate(extracted) if not isinstance(e, Exception)]
+        out: list[Pooled | Exception] = list(extracted)
+        if not ok:
+            return out
+        start = time.perf_counter()
+        try:
+            hierarchies = self._pool([extracted[k][0] for k in ok])
+        except Exception:  # find the image that fails: the others still get their masks
+            for k in ok:
+                one = time.perf_counter()
+                try:
+                    (h,) = self._pool([extracted[k][0]])
+                except Exception as err:  # noqa: BLE001 - reported with its image
+                    out[k] = err
+                    continue
+                e, timings = extracted[k]
+                out[k] = Pooled(h, e.grid, {**timings, "pooling": time.perf_counter() - one})
+            return out
+        share = (time.perf_counter() - start) / len(ok)
+        for k, h in zip(ok, hierarchies):
+            e, timings = extracted[k]
+            out[k] = Pooled(h, e.grid, {**timings, "pooling": share})
+        return out
+
+    def _extract(self, images: Any) -> list[tuple[Extracted, dict] | Exception]:
+        if not self.features.batched:
+            return self._extract_one_by_one(images)
+        images = list(images)
+        if not images:
+            return []
+        start = time.perf_counter()
+        try:
+            extracted = self.features(images)
+        except Exception:  # find the image that fails: the others still get their masks
+            return self._extract_one_by_one(images)
+        share = (time.perf_counter() - start) / len(images)
+        return [(e, {"features": share}) for e in extracted]
+
+    def _extract_one_by_one(self, images: Any) -> list[tuple[Extracted, dict] | Exception]:
+        out: list[tuple[Extracted, dict] | Exception] = []
+        for image in images:  # the engine decodes the next image meanwhile
+            start = time.perf_counter()
+            try:
+                (e,) = self.features([image])
+            except Exception as err:  # noqa: BLE001 - reported with its image
+                out.append(err)
+                continue
+            out.append((e, {"features": time.perf_counter() - start}))
+        return out
+
+    def _pool(self, extracted: list[Extracted]) -> list[Hierarchy]:
+        features = [e.features for e in extracted]
+        if self.graph:
+            return self.pool(features, [e.grid.edges for e in extracted])
+        return self.pool(features)
+
+    def encode(self, pooled: Pooled, image: np.ndarray | None = None) -> Encoded:
+        """Records and label maps of one image (:func:`encode`)."""
+        return encode(pooled.nodes, pooled.hierarchy, upsampling=self.upsampling, unique=self.unique,
+                      image=image, graph=self.graph)
+
+    def provenance(self, pooled: Pooled) -> dict:
+        return uniap_info(pooled.hierarchy, pooled.nodes, graph=self.graph)
+
+
+def _segment_graph(grid: Any, **options: Any) -> Hierarchy:
+    return segment_graph(grid.features, grid.edges, **options).numpy()
+
+
+def _segment_grid(grid: Any, **options: Any) -> Hierarchy:
+    return segment(grid.features, **options).numpy()
+
+
+class Stages:
+    """Every stage of one worker: decode -> segmenter -> records; built once.
+
+    Parameters
+    ----------
+    settings : Settings
+    extractor : FeatureExtractor, optional
+        One built already, for the default segmenter (UniAP, :meth:`UniapSegmenter.from_settings`).
+    segmenter : Segmenter, optional
+        Any other :class:`~uniap.pipeline.segmenter.Segmenter`, used as it is (engines hand it
+        to their worker processes); the run's ``settings`` then describe it only in the
+        signature.
+    """
+
+    def __init__(self, settings: Settings, extractor: Any | None = None, segmenter: Segmenter | None = None) -> None:
         from .plan import signature
 
+        if extractor is not None and segmenter is not None:
+            raise ValueError("give an extractor (for UniAP) or a segmenter, not both")
         self.settings = settings
         self.signature = signature(settings.signature_fields())
-        self.features = ExtractFeatures(extractor if extractor is not None else settings.build_extractor())
-        self.pool = Pool(settings.pool_options(), settings.host_backend)
+        self.given = segmenter  # None: each worker builds UniAP's from the settings
+        self.segmenter = segmenter if segmenter is not None else UniapSegmenter.from_settings(settings, extractor)
 
     def decode(self, item: Item) -> np.ndarray:
         return decode(item, self.settings.max_pixels)
 
-    def encode(self, grid: Any, hierarchy: Hierarchy, image: np.ndarray | None = None) -> Encoded:
-        encoded = encode(grid, hierarchy, upsampling=self.settings.upsampling, unique=self.settings.unique,
-                         image=image)
+    def records(self, pooled: Pooled, image: np.ndarray | None = None) -> Encoded:
+        """The segmenter's records of one image, filtered as the settings say."""
+        encoded = self.segmenter.encode(pooled, image)
         if self.settings.filter_fields():
             encoded.records = filter_records(encoded.records, **self.settings.filter_fields())
         return encoded
+
+    def provenance(self, pooled: Pooled) -> dict:
+        """The segmenter's provenance of one image, with the settings' signature."""
+        return {**self.segmenter.provenance(pooled), "signature": self.signature}
+
+    def encode(self, grid: Any, hierarchy: Hierarchy, image: np.ndarray | None = None) -> Encoded:
+        """:meth:`records` of UniAP's ``grid`` and ``hierarchy`` (the earlier form)."""
+        return self.records(Pooled(hierarchy, grid), image)
+
+    @property
+    def features(self) -> ExtractFeatures:
+        """UniAP's features stage (the earlier form; engines call the segmenter)."""
+        return self.segmenter.features
+
+    @property
+    def pool(self) -> Pool:
+        """UniAP's pooling stage (the earlier form; engines call the segmenter)."""
+        return self.segmenter.pool
 
 
 def timed(timings: dict[str, float], name: str, start: float) -> float:
