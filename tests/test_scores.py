@@ -321,6 +321,22 @@ def test_cli_filters_as_amg(tmp_path):
         assert not (tmp_path / "bad.json").exists()
 
 
+def test_cli_max_masks_writes_the_best_scored(tmp_path):
+    image = tmp_path / "a.png"
+    Image.fromarray(real_image()).save(image)
+    full, part = tmp_path / "full.json", tmp_path / "part.json"
+    assert exit_status(cli, [str(image), "--out", str(full), "--quiet"]) == 0
+    assert exit_status(cli, [str(image), "--out", str(part), "--quiet", "--max-masks", "10"]) == 0
+    a = json.loads(full.read_text())["annotations"]
+    b = json.loads(part.read_text())["annotations"]
+    best = sorted(a, key=lambda r: (-r["score"], r["id"]))[:10]
+    assert [r["segmentation"] for r in b] == [r["segmentation"] for r in a if r in best]
+    assert json.loads(part.read_text())["uniap"]["signature"] != json.loads(full.read_text())["uniap"]["signature"]
+    for bad in ("-1", "2.5", "x"):
+        assert exit_status(cli, [str(image), "--out", str(tmp_path / "bad.json"), "--max-masks", bad]) == 2
+        assert not (tmp_path / "bad.json").exists()
+
+
 def test_the_watersheds_cielab_gives_the_records_edge_strength_once():
     """The default region graph carries the edge strength from the CIELab image the watershed
     converts anyway (not converted twice); it equals the strength computed from the image, and

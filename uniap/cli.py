@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write only masks whose predicted_iou >= T, as amg.py (default 0: all)")
     algo.add_argument("--stability-score-thresh", type=_fraction, default=0.0, metavar="T",
                       help="write only masks whose stability_score >= T, as amg.py (default 0: all)")
+    algo.add_argument("--max-masks", type=nonnegative_int, default=0, metavar="N",
+                      help="then write at most N masks an image, those of highest score (default 0: all)")
     algo.add_argument("--preset", choices=("released", "paper"),
                       help="released: the authors' code (default); paper: the paper's wording")
     algo.add_argument("--passes", choices=("until_stable", "single"))
@@ -358,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
             refine_options=refine_options(args),
             all_levels=bool(args.all_levels), progress=not args.quiet, max_pixels=args.max_pixels,
             pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-            viz_style=args.viz_style or "levels", polygons=args.polygons,
+            max_masks=args.max_masks, viz_style=args.viz_style or "levels", polygons=args.polygons,
         )
     except (InputError, PlanError) as err:
         raise UsageError(str(err)) from None

@@ -102,6 +102,7 @@ def run(
     max_pixels: int | None = None,
     pred_iou_thresh: float = 0.0,
     stability_score_thresh: float = 0.0,
+    max_masks: int = 0,
     viz_style: str = "levels",
     polygons: bool = False,
     segmenter: Any | None = None,
@@ -174,6 +175,9 @@ def run(
     pred_iou_thresh, stability_score_thresh : float
         Write only the records whose ``predicted_iou`` / ``stability_score`` reach these
         values (``amg.py``'s filters; :func:`uniap.records.filter_records`; 0: all).
+    max_masks : int
+        Then write at most this many records an image: those of highest ``score``, the rank
+        COCOeval uses (0: all).
     polygons : bool
         ``format="coco"`` only: segmentations as COCO polygons instead of RLE
         (:mod:`uniap.formats.polygons`).
@@ -233,11 +237,14 @@ def run(
     for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if isinstance(max_masks, bool) or not isinstance(max_masks, int) or max_masks < 0:
+        raise ValueError(f"max_masks must be an integer >= 0, got {max_masks!r}")
     settings = Settings(features=features, extractor_options=dict(extractor_options or {}),
                         segment_options=dict(segment_options or {}), upsampling=upsampling,
                         unique=not all_levels, refine=refine, refine_options=dict(refine_options or {}),
                         max_pixels=max_pixels, pred_iou_thresh=float(pred_iou_thresh),
-                        stability_score_thresh=float(stability_score_thresh), viz_style=viz_style,
+                        stability_score_thresh=float(stability_score_thresh), max_masks=max_masks,
+                        viz_style=viz_style,
                         polygons=bool(polygons))
     digest = signature(settings.signature_fields())
     if collector_type is not None and not overwrite and (existing := collector_type.existing(out, shard)):

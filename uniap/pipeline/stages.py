@@ -64,6 +64,8 @@ class Settings:
         changes no output, so it is not part of the signature.
     pred_iou_thresh, stability_score_thresh : float
         Records below either are not written (:func:`uniap.records.filter_records`; 0: all).
+    max_masks : int
+        Then at most this many records an image, the best by ``score`` (0: all).
     viz_style : {"levels", "overlay"}
         How ``--viz`` pictures are drawn (recorded in the pictures' signature only:
         :func:`uniap.pipeline.plan.viz_signature`).
@@ -86,6 +88,7 @@ class Settings:
     max_pixels: int | None = None
     pred_iou_thresh: float = 0.0
     stability_score_thresh: float = 0.0
+    max_masks: int = 0
     viz_style: str = "levels"
     polygons: bool = False
 
@@ -128,7 +131,8 @@ class Settings:
     def filter_fields(self) -> dict[str, float]:
         """The record filters that are set (none by default: the signatures of earlier runs hold)."""
         return {name: value for name, value in (("pred_iou_thresh", self.pred_iou_thresh),
-                                                ("stability_score_thresh", self.stability_score_thresh)) if value}
+                                                ("stability_score_thresh", self.stability_score_thresh),
+                                                ("max_masks", self.max_masks)) if value}
 
     def refine_fields(self) -> dict[str, Any]:
         """The refinement with its defaults filled in, so that naming a default changes nothing
