@@ -16,36 +16,23 @@ from numba import njit
 
 
 @njit(cache=True)
-def _groups(x):
-    """How many 5-bit groups pycocotools writes for the (differenced) count ``x``."""
-    out = 1
+def _put(x, buf, pos, write):
+    """Write (or, with ``write`` False, only count) the 5-bit groups of the count ``x`` at ``pos``."""
     while True:
         c = x & 0x1F
         x >>= 5
         more = (x != -1) if (c & 0x10) else (x != 0)
-        if not more:
-            return out
-        out += 1
-
-
-@njit(cache=True)
-def _write(x, buf, pos):
-    while True:
-        c = x & 0x1F
-        x >>= 5
-        more = (x != -1) if (c & 0x10) else (x != 0)
-        if more:
-            c |= 0x20
-        buf[pos] = c + 48
+        if write:
+            buf[pos] = c + 48 + (0x20 if more else 0)
         pos += 1
         if not more:
             return pos
 
 
 @njit(cache=True)
-def _string_length(starts, ends, lo, hi, n):
-    """Characters of the compressed counts of the runs ``lo .. hi - 1`` of one label."""
-    chars = 0
+def _compressed(starts, ends, lo, hi, n, buf, pos, write):
+    """The compressed counts of the runs ``lo .. hi - 1`` of one label, from ``pos``: returns
+    the position after them (so, with ``write`` False, ``pos`` plus their length)."""
     m2 = 0
     m1 = 0
     idx = 0
@@ -61,33 +48,7 @@ def _string_length(starts, ends, lo, hi, n):
             else:
                 raw = ends[j] - starts[j]
                 prev = ends[j]
-            x = raw - m2 if idx > 2 else raw
-            chars += _groups(x)
-            m2 = m1
-            m1 = raw
-            idx += 1
-    return chars
-
-
-@njit(cache=True)
-def _write_string(starts, ends, lo, hi, n, buf, pos):
-    m2 = 0
-    m1 = 0
-    idx = 0
-    prev = 0
-    for j in range(lo, hi + 1):
-        for half in range(2):
-            if j == hi:
-                if half == 1 or n - prev == 0:
-                    break
-                raw = n - prev
-            elif half == 0:
-                raw = starts[j] - prev
-            else:
-                raw = ends[j] - starts[j]
-                prev = ends[j]
-            x = raw - m2 if idx > 2 else raw
-            pos = _write(x, buf, pos)
+            pos = _put(raw - m2 if idx > 2 else raw, buf, pos, write)
             m2 = m1
             m1 = raw
             idx += 1
@@ -165,14 +126,14 @@ def encode_runs(starts, row, k, n, height):
     bounds[p] = total
     offsets = np.zeros(p + 1, np.int64)
     for q in range(p):
-        offsets[q + 1] = offsets[q] + _string_length(g_starts, g_ends, bounds[q], bounds[q + 1], n)
+        offsets[q + 1] = _compressed(g_starts, g_ends, bounds[q], bounds[q + 1], n, offsets, offsets[q], False)
     text = np.empty(offsets[p], np.uint8)
     areas = np.zeros(p, np.int64)
     boxes = np.empty((p, 4))
     for q in range(p):
         lo = bounds[q]
         hi = bounds[q + 1]
-        _write_string(g_starts, g_ends, lo, hi, n, text, offsets[q])
+        _compressed(g_starts, g_ends, lo, hi, n, text, offsets[q], True)
         top = height
         bottom = -1
         area = 0
