@@ -12,10 +12,10 @@ from uniap.backends.numba_backend import symmetric_gram
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 700), c=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]),
-       seed=st.integers(0, 2**31))
-def test_gram_equals_the_product_and_is_exactly_symmetric(n, c, dtype, seed):
+       seed=st.integers(0, 2**31), min_rows=st.sampled_from([1, 256]))
+def test_gram_equals_the_product_and_is_exactly_symmetric(n, c, dtype, seed, min_rows):
     unit = np.random.default_rng(seed).standard_normal((n, c)).astype(dtype)
-    g = symmetric_gram(unit)
+    g = symmetric_gram(unit, min_rows=min_rows)
     assert g.shape == (n, n) and g.dtype == dtype and g.flags.c_contiguous
     assert np.array_equal(g, g.T)
     tol = 1e-4 if dtype == np.float32 else 1e-10

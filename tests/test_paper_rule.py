@@ -232,3 +232,19 @@ def test_a_batch_too_large_for_its_profiles_runs_group_by_group(monkeypatch, sem
         uniap.testing.assert_same_partitions(ref, h)
     assert uniap.core.levels.profile_groups([120, 126, 121], uniap.options.resolve_options(preset="released")) \
         == [range(3)]  # no profiles needed: one run
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
+@settings(max_examples=30)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy, semantic=st.booleans())
+def test_the_syrk_gram_gives_the_same_partitions(backend, x, levels, semantic):
+    """The profiles' Gram through SciPy's syrk and the tiled copy (taken for large profiles
+    only, so forced here on every size) gives the reference's partitions."""
+    import uniap.backends.numba_backend as numba_backend
+
+    saved = numba_backend._SYRK_MIN_ROWS
+    numba_backend._SYRK_MIN_ROWS = 1
+    try:
+        compare(x, backend, levels=levels, preset="paper", semantic=semantic)
+    finally:
+        numba_backend._SYRK_MIN_ROWS = saved

@@ -122,10 +122,14 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
 
 
 GRAM_BLOCK = 64  # tile side of the triangle copy (fill_upper)
-_SYRK_MIN_ROWS = 256  # below this NumPy's product is as fast: not worth the extra call
+# SciPy's syrk runs on SciPy's own OpenBLAS, whose threads spin for a while after each call and
+# slow NumPy's next products (the pooling's): measured with 2 threads, the syrk path won at 9216
+# and 12544 rows (1.4x less time for the whole rule) and lost at 4096 (1.1x more), so it is
+# taken for large profiles only, where the product dominates.
+_SYRK_MIN_ROWS = 8192
 
 
-def symmetric_gram(unit: np.ndarray) -> np.ndarray:
+def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
     """``unit @ unit.T`` through BLAS ``syrk``: half the multiplications of a general product.
 
     NumPy's ``A @ A.T`` calls ``syrk`` too, then copies the triangle column by column, which at
@@ -138,11 +142,12 @@ def symmetric_gram(unit: np.ndarray) -> np.ndarray:
     --------
     >>> import numpy as np
     >>> unit = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
-    >>> g = symmetric_gram(unit)
+    >>> g = symmetric_gram(unit, min_rows=1)
     >>> bool(np.array_equal(g, g.T)), bool(np.allclose(g, unit @ unit.T, atol=1e-5))
     (True, True)
     """
-    if unit.ndim != 2 or unit.dtype not in (np.float32, np.float64) or unit.shape[0] < _SYRK_MIN_ROWS:
+    min_rows = _SYRK_MIN_ROWS if min_rows is None else min_rows
+    if unit.ndim != 2 or unit.dtype not in (np.float32, np.float64) or unit.shape[0] < min_rows:
         return unit @ unit.T
     from scipy.linalg import blas
 
