@@ -699,6 +699,7 @@ def test_selftrain_cpu_config_runs_as_shipped(images, tmp_path):
                                "log.progress=false", "log.tensorboard=false", "threads=1", "data.max_side=96",
                                "crops.teacher_size=64", "crops.local_size=32"])
     assert cfg.optim.total_steps == 1000 and cfg.uniap.edge_fractions and cfg.model.num_instance_queries == 300
+    assert cfg.loss.score_target == "matched"
     train(cfg)
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [int(r["step"]) for r in rows][-1] == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
