@@ -460,6 +460,21 @@ def test_score_target_is_the_iou_with_the_match():
     torch.testing.assert_close(scores[1], torch.tensor([[1.0, 1.0, 1 / 3, 0.0]]))
     pairs = {(frames.index(f), q, t) for f, qs, ts in matches for q, t in zip(qs.tolist(), ts.tolist())}
     assert pairs == {(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1), (2, 2, 2)}
+    # loss.score_target "matched": every matched query 1 whatever its IoU (the top half's 1/3),
+    # the unmatched 0; the same matches
+    same, objectness = PaperRecipe._match(frames, masks, num_semantic=1, score_target="matched")
+    torch.testing.assert_close(objectness[0], torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(objectness[1], torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+    assert {(frames.index(f), q, t) for f, qs, ts in same for q, t in zip(qs.tolist(), ts.tolist())} == pairs
+
+
+def test_score_target_option_is_checked():
+    from uniap_train.config import ConfigError, load_config
+
+    assert load_config(None, ["data.root=.", "loss.score_target=matched"]).loss.score_target == "matched"
+    assert load_config(None, ["data.root=."]).loss.score_target == "iou"  # the default is unchanged
+    with pytest.raises(ConfigError, match="loss.score_target"):
+        load_config(None, ["data.root=.", "loss.score_target=area"])
 
 
 # ---------------------------------------------------------------------------- the predictor
@@ -684,6 +699,7 @@ def test_selftrain_cpu_config_runs_as_shipped(images, tmp_path):
                                "log.progress=false", "log.tensorboard=false", "threads=1", "data.max_side=96",
                                "crops.teacher_size=64", "crops.local_size=32"])
     assert cfg.optim.total_steps == 1000 and cfg.uniap.edge_fractions and cfg.model.num_instance_queries == 300
+    assert cfg.loss.score_target == "matched"
     train(cfg)
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [int(r["step"]) for r in rows][-1] == 2 and all(math.isfinite(float(r["loss"])) for r in rows)

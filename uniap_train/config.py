@@ -175,6 +175,10 @@ class LossConfig:
     importance_ratio: float = 0.75  # share of points taken where the student is most uncertain
     min_mask_area: float = 0.02  # a cropped teacher mask covering less of the view is dropped
     score_weight: float = 2.0  # BCE of every query's score against its mask's IoU with its match (0 if none)
+    # what a matched query's score learns: "iou" (its binarised mask's IoU with its match, SAM's
+    # predicted IoU: large masks match the teacher's coarse levels at a high IoU and rank first)
+    # or "matched" (1 whatever the IoU, Mask2Former's object / no-object class: no size bias)
+    score_target: str = "iou"
 
 
 # The longest run, in steps: every schedule is an array with one float64 per step (lr, weight
@@ -413,6 +417,8 @@ def _validate(c: TrainConfig) -> None:
     for name in ("querysd_weight", "dice_weight", "bce_weight", "score_weight"):
         _need(math.isfinite(getattr(lo, name)) and getattr(lo, name) >= 0, f"loss.{name}",
               "must be a finite number >= 0", getattr(lo, name))
+    _need(lo.score_target in ("iou", "matched"), "loss.score_target", "must be 'iou' or 'matched'",
+          lo.score_target)
     _need(lo.num_points >= 0, "loss.num_points", "must be >= 0 (0 = every target point)", lo.num_points)
     _need(lo.oversample_ratio >= 1, "loss.oversample_ratio", "must be >= 1", lo.oversample_ratio)
     _need(0 <= lo.importance_ratio <= 1, "loss.importance_ratio", "must be in [0, 1]", lo.importance_ratio)

@@ -25,7 +25,9 @@ the backbone frozen, the neck, pixel decoder, decoder and heads trained):
    the matched masks (at every target point, or at ``num_points`` points sampled as
    Mask2Former does, seeded per sample) + ``score_weight`` x BCE of every query's score
    against the IoU of its binarised mask with its match (0 for an unmatched query: SAM's
-   ``predicted_iou`` and Mask2Former's no-object class in one).  Mask terms are normalised by
+   ``predicted_iou`` and Mask2Former's no-object class in one), or with
+   ``loss.score_target: matched`` against 1 for every matched query (the no-object class
+   alone, which does not rank large, easily matched masks first).  Mask terms are normalised by
    the number of matched pairs, the score term by the number of views, both summed over
    processes.
 """
@@ -355,19 +357,20 @@ class PaperRecipe(Recipe):
 
     @staticmethod
     @torch.no_grad()
-    def _match(frames: list["_Frame"], masks: list[torch.Tensor], num_semantic: int
+    def _match(frames: list["_Frame"], masks: list[torch.Tensor], num_semantic: int, score_target: str = "iou"
                ) -> tuple[list[tuple], list[torch.Tensor]]:
         """Hungarian matching of one prediction's masks (per group (rows, Q, h, w)) in every frame.
 
         Returns the matches ``(frame, queries, teacher masks)`` (LongTensors) and, per group,
-        each query's score target (rows, Q): the IoU of its binarised mask with its match."""
-        matches, scores = PaperRecipe._match_levels(frames, [masks], num_semantic)
+        each query's score target (rows, Q): the IoU of its binarised mask with its match
+        (``score_target="iou"``) or 1 (``"matched"``), 0 for a query left unmatched."""
+        matches, scores = PaperRecipe._match_levels(frames, [masks], num_semantic, score_target)
         return matches[0], scores[0]
 
     @staticmethod
     @torch.no_grad()
-    def _match_levels(frames: list["_Frame"], levels: list[list[torch.Tensor]], num_semantic: int
-                      ) -> tuple[list[list[tuple]], list[list[torch.Tensor]]]:
+    def _match_levels(frames: list["_Frame"], levels: list[list[torch.Tensor]], num_semantic: int,
+                      score_target: str = "iou") -> tuple[list[list[tuple]], list[list[torch.Tensor]]]:
         """:meth:`_match` of every prediction level at once: the Dice matrices of all levels and
         frames (and the masks' kinds) reach the host in one copy and the assignments return in
         one, instead of a copy and a sync per frame, kind and level (64+ a step at the paper's batch)."""
@@ -419,7 +422,8 @@ class PaperRecipe(Recipe):
             prob = levels[li][f.group][f.row].detach().float().sigmoid().flatten(1)
             hard, truth = prob[q] > 0.5, f.soft.flatten(1)[t] > 0.5
             iou = (hard & truth).sum(-1).float() / (hard | truth).sum(-1).clamp_min(1).float()
-            out_scores[li][f.group][f.row, q] = iou
+            # "matched": Mask2Former's object class, whatever the mask's size or IoU
+            out_scores[li][f.group][f.row, q] = torch.ones_like(iou) if score_target == "matched" else iou
             out_matches[li].append(_Match(f, q, t, pieces[j]))
         return out_matches, out_scores
 
@@ -452,7 +456,8 @@ class PaperRecipe(Recipe):
         predictions = [[(o["masks"], o["scores"])] + [(a["masks"], a["scores"]) for a in o["aux"]] for o in outputs]
         n_levels = len(predictions[0])
         level_matches, level_scores = self._match_levels(
-            frames, [[p[level][0] for p in predictions] for level in range(n_levels)], cfg.model.num_semantic_queries)
+            frames, [[p[level][0] for p in predictions] for level in range(n_levels)], cfg.model.num_semantic_queries,
+            lc.score_target)
         with torch.no_grad():
             counts = [float(sum(len(q) for _, q, _ in m)) for m in level_matches]
             monitors = _match_monitors(level_matches[0], [p[0][0] for p in predictions], len(groups) - 1
