@@ -169,15 +169,18 @@ def test_a_segmenter_that_fails_on_one_image_fails_it_alone(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == ["img0.json", "img2.json"]
 
 
+class Fussy(Stripes):
+    """Fails any batch of more than one image (as a batch too large for memory would)."""
+
+    def segment_batch(self, images):
+        images = list(images)
+        if len(images) > 1:
+            raise MemoryError("a batch of images does not fit")
+        return super().segment_batch(images)
+
+
 def test_a_segmenter_that_raises_for_its_batch_is_retried_image_by_image(tmp_path):
     from uniap.pipeline import LocalEngine, run
-
-    class Fussy(Stripes):
-        def segment_batch(self, images):
-            images = list(images)
-            if len(images) > 1:
-                raise MemoryError("a batch of images does not fit")
-            return super().segment_batch(images)
 
     summary = run([str(_save_images(tmp_path / "in"))], str(tmp_path / "out"), segmenter=Fussy(),
                   engine=LocalEngine(batch_size=3), progress=False)
@@ -273,13 +276,6 @@ def test_a_failed_batch_from_a_list_retries_each_image_once():
     """Ray hands the engine's function a list: each image is retried alone, none twice."""
     from uniap.pipeline.engine import Report, segment_images
     from uniap.pipeline.stages import Settings, Stages
-
-    class Fussy(Stripes):
-        def segment_batch(self, images):
-            images = list(images)
-            if len(images) > 1:
-                raise MemoryError("a batch of images does not fit")
-            return super().segment_batch(images)
 
     stages = Stages(Settings(), segmenter=Fussy())
     images = [_image(i)[:24 + 8 * i] for i in range(3)]
