@@ -3,6 +3,7 @@ process each) train the same weights as one process with the same global batch."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -50,6 +51,58 @@ def _overrides(images: Path, out: Path) -> list[str]:
     ]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): torchrun starts its workers in sessions of
+    their own, so killing its process group does not reach them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _launch_two_nodes(config: Path, logs_dir: Path, env: dict,
+                      timeout: float = 240) -> tuple[list[int] | None, list[str]]:
+    """Run the two ``torchrun`` nodes; their exit codes and outputs, or None for the codes when
+    they did not finish in ``timeout`` seconds (every node and worker is then killed, so none
+    outlives the test)."""
+    import signal
+    import time
+
+    port = _free_port()
+    paths = [logs_dir / f"node{rank}-{port}.log" for rank in (0, 1)]
+    nodes = []
+    for rank, path in enumerate(paths):
+        with open(path, "w") as log:  # a file, not a pipe: a stray worker cannot block the reads
+            nodes.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                 f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                 "-m", "uniap_train", str(config)],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    finished = True
+    try:
+        for node in nodes:
+            try:
+                node.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                finished = False
+                break
+    finally:
+        for node in nodes:
+            for pid in [*_descendants(node.pid), node.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            node.wait()
+    return ([n.returncode for n in nodes] if finished else None), [p.read_text() for p in paths]
+
+
 def test_two_nodes_over_loopback_match_one_process(tmp_path):
     from uniap_train.trainer import train
 
@@ -64,20 +117,11 @@ def test_two_nodes_over_loopback_match_one_process(tmp_path):
                OMP_NUM_THREADS="1")
     if Path("/sys/class/net/lo").exists():  # Gloo on the loopback device, whatever the host name resolves to
         env["GLOO_SOCKET_IFNAME"] = "lo"
-    port = _free_port()
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-         "-m", "uniap_train", str(config)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    logs = []
-    for node in nodes:
-        try:
-            logs.append(node.communicate(timeout=240)[0])
-        finally:
-            if node.poll() is None:
-                node.kill()
-    assert [n.returncode for n in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    nodes, logs = _launch_two_nodes(config, tmp_path, env)
+    if nodes is None:  # a rendezvous that hung (seen once in CI under load): once more, on a new port
+        nodes, logs = _launch_two_nodes(config, tmp_path, env)
+    assert nodes is not None, "the two nodes hung twice:\n" + "\n".join(log[-3000:] for log in logs)
+    assert nodes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "2 process(es)" in logs[0]
 
     a = torch.load(one / "checkpoint_last.pt", map_location="cpu", weights_only=True)
