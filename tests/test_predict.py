@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("yaml")
@@ -58,8 +60,11 @@ def test_prediction_columns_and_nesting(predictor):
     assert np.all((pred.scores > 0) & (pred.scores <= 1))
     assert pred.masks.reshape(len(pred.masks), -1).sum(1).min(initial=4) >= 4
     assert pred.semantic.shape == img.shape[:2] and 0 <= pred.semantic.min() <= pred.semantic.max() < n_sem
-    assert pred.levels.shape == (3,) + img.shape[:2]  # parts, regions, semantic groups
-    # every part lies in one region, every region in one semantic group
+    # the parts, then UniAP's levels on the superpixels' [SEM] logits (hierarchy="pooled")
+    assert pred.levels.shape == (1 + len(predictor.cfg.uniap.levels),) + img.shape[:2]
+    assert predictor.level_names() == ["parts"] + [f"t={t:g}" for t in predictor.cfg.uniap.levels]
+    assert pred.hierarchy.thresholds == (1.0, *predictor.cfg.uniap.levels)
+    # every part lies in one region, every region in the next level's
     for fine, coarse in zip(pred.levels[:-1], pred.levels[1:]):
         pairs = np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1)
         assert pairs.shape[1] == fine.max() + 1
@@ -108,6 +113,90 @@ def test_levels_follow_the_semantic_map_even_under_a_large_instance(seed):
     np.testing.assert_allclose(part_scores[levels[0][:2]], 0.7)  # not covered: the semantic confidence
 
 
+def _connected_and_nested(levels: np.ndarray) -> None:
+    from skimage.measure import label
+
+    for lv in levels:  # every region in one piece
+        assert label(lv + 1, background=0, connectivity=1).max() == np.unique(lv).size
+    for fine, coarse in zip(levels[:-1], levels[1:]):
+        assert np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1).shape[1] == np.unique(fine).size
+
+
+def test_pooled_levels_are_regions_of_the_superpixels_merged_on_sem_logits(predictor, monkeypatch):
+    """``hierarchy="pooled"``: above the parts, UniAP on the superpixels' mean [SEM] logits; each
+    level a union of superpixels, connected, nested; ``hierarchy="semantic"`` keeps the three
+    semantic-led levels."""
+    import copy
+
+    import uniap_train.predict as predict_module
+    from uniap.superpixels import superpixels
+
+    img = picture(5, (60, 80))
+    seen = {}
+    real = predict_module.pooled_levels
+
+    def spy(region_logits, regions, edges, **kw):
+        seen.update(logits=region_logits, regions=regions, edges=edges, **kw)
+        return real(region_logits, regions, edges, **kw)
+
+    monkeypatch.setattr(predict_module, "pooled_levels", spy)
+    pred = predictor(img)
+    n_sem = predictor.cfg.model.num_semantic_queries
+    regions = superpixels(img)
+    np.testing.assert_array_equal(seen["regions"], regions)
+    assert seen["logits"].shape == (regions.max() + 1, n_sem)
+    assert seen["thresholds"] == predictor.cfg.uniap.levels and seen["edge_fractions"] is None
+    spatial, _ = real(seen["logits"], regions, seen["edges"], thresholds=predictor.cfg.uniap.levels)
+    for k, level in enumerate(spatial):  # the same partitions as UniAP's, renumbered
+        pairs = np.unique(np.stack([level.ravel(), pred.levels[k + 1].ravel()]), axis=1)
+        assert pairs.shape[1] == np.unique(level).size == np.unique(pred.levels[k + 1]).size
+        # each region is a union of superpixels
+        assert np.unique(np.stack([regions.ravel(), level.ravel()]), axis=1).shape[1] == regions.max() + 1
+    _connected_and_nested(pred.levels)
+    semantic_led = copy.copy(predictor)
+    semantic_led.hierarchy = "semantic"
+    old = semantic_led(img)
+    assert old.levels.shape == (3, 60, 80) and semantic_led.level_names() == ["parts", "regions", "semantic"]
+    pairs = np.unique(np.stack([old.levels[2].ravel(), old.semantic.ravel()]), axis=1)  # the semantic map itself
+    assert pairs.shape[1] == np.unique(old.semantic).size == old.levels[2].max() + 1
+    _connected_and_nested(old.levels[:2])
+    with pytest.raises(ValueError, match="hierarchy must be one of"):
+        type(predictor)(predictor.model, predictor.cfg, predictor.extractor, predictor.device, hierarchy="groups")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), blocks=st.integers(2, 6), queries=st.integers(2, 6),
+       fractions=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=4, unique=True))
+def test_pooled_levels_nest_and_stay_connected(seed, blocks, queries, fractions):
+    """On random region graphs and logits: nested, connected levels, each a union of regions."""
+    from uniap.superpixels import adjacency
+    from uniap_train.predict import pooled_levels
+
+    rng = np.random.default_rng(seed)
+    side = 4 * blocks
+    regions = (np.arange(side)[:, None] // 4) * blocks + np.arange(side)[None] // 4  # a grid of 4x4 blocks
+    regions = rng.permutation(blocks * blocks)[regions]
+    logits = rng.normal(size=(blocks * blocks, queries)) * rng.uniform(0.1, 5)
+    levels, thresholds = pooled_levels(logits, regions, adjacency(regions), edge_fractions=sorted(fractions))
+    assert levels.shape == (len(fractions), side, side) and levels.dtype == np.int32
+    assert all(a > b for a, b in zip(thresholds, thresholds[1:]))
+    _connected_and_nested(levels)
+    for level in levels:
+        assert np.unique(np.stack([regions.ravel(), level.ravel()]), axis=1).shape[1] == blocks * blocks
+
+
+def test_pooled_levels_never_join_alike_regions_that_do_not_touch():
+    """Two regions of the same [SEM] query split by another stay two (the semantic map's own
+    groups would join them across the image)."""
+    from uniap.superpixels import adjacency
+    from uniap_train.predict import pooled_levels
+
+    regions = np.repeat(np.arange(5)[None], 4, 0).repeat(3, 1)  # five vertical bands
+    logits = np.array([[5.0, 0.0], [4.8, 0.1], [0.0, 5.0], [5.0, 0.2], [4.9, 0.0]])  # A A B A A
+    levels, _ = pooled_levels(logits, regions, adjacency(regions), thresholds=(0.9,))
+    np.testing.assert_array_equal(np.unique(levels[0][0], return_index=True)[1], [0, 6, 9])  # AA | B | AA
+
+
 def test_batch_equals_one_by_one(predictor):
     a, b = picture(1), picture(2, (64, 40))
     together = predictor.predict([a, b])
@@ -131,7 +220,7 @@ def test_large_images_are_worked_on_a_bounded_grid_and_mapped_back(predictor):
     bounded = copy.copy(predictor)
     bounded.mask_pixels = 45 * 60  # a quarter of the pixels
     pred = bounded(img)
-    assert pred.levels.shape == (3, 90, 120) and pred.masks.shape[1:] == (90, 120)
+    assert pred.levels.shape == (len(predictor.level_names()), 90, 120) and pred.masks.shape[1:] == (90, 120)
     assert pred.semantic.shape == (90, 120)
     # the levels are the working grid's, each working pixel a 2 x 2 block of the image
     ys, xs = nearest_index(90, 45), nearest_index(120, 60)
@@ -224,7 +313,9 @@ def test_uniap_predict_writes_records_like_uniap_cli(checkpoint, tmp_path, capsy
     docs = sorted((out / "sub").glob("*.json"))
     assert [d.name for d in docs] == ["p0.json", "p1.json", "p2.json"]
     doc = json.loads(docs[0].read_text())
-    assert doc["image"]["file_name"] == "sub/p0.png" and doc["uniap"]["thresholds"] == [1.0, 0.5, 0.0]
+    levels = load_config(checkpoint.parent / "config.yaml").uniap.levels  # the parts, then UniAP's levels
+    assert doc["image"]["file_name"] == "sub/p0.png" and doc["uniap"]["thresholds"] == [1.0, *levels]
+    assert doc["uniap"]["options"]["hierarchy"] == "pooled"
     assert doc["uniap"]["features"].startswith("uniap_train:paper:checkpoint_last.pt@")
     for rec in doc["annotations"]:
         assert decode_rle(rec["segmentation"]).sum() == rec["area"]
@@ -330,6 +421,13 @@ def test_uniap_eval_checkpoint_segmenter(checkpoint, tmp_path, capsys):
     assert m["num_gt"] > 0 and 0 <= m["AP"] <= 1 and 0 <= m["AR@100"] <= 1 and m["proposals_per_image"] > 0
     assert main(argv[:-5] + ["--segmenter", "checkpoint", "--out", str(tmp_path / "b.json")]) == 2
     assert "needs --checkpoint" in capsys.readouterr().err
+    # --hierarchy reaches the predictor: the semantic-led levels are three, named so
+    semantic = tmp_path / "semantic.json"
+    assert main(argv[:-3] + ["--hierarchy", "semantic", "--out", str(semantic), "--quiet"]) == 0
+    params = json.loads(semantic.read_text())["segmenter"]["params"]
+    rebuilt = build_segmenter("checkpoint", **params)
+    assert params["hierarchy"] == "semantic" and rebuilt.level_names() == ["parts", "regions", "semantic"]
+    assert again.level_names()[0] == "parts" and len(again.level_names()) == 1 + len(again.predictor.cfg.uniap.levels)
     assert main(["--dataset", "coco", "--data", str(data / "coco"), "--checkpoint", str(checkpoint),
                  "--out", str(tmp_path / "c.json")]) == 2
     assert "--checkpoint does not apply to --segmenter uniap" in capsys.readouterr().err

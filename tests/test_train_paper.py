@@ -336,7 +336,7 @@ def test_trainable_vit_backbone(images, tmp_path):
     (tmp_path / "tiny_vit.pth").unlink()
     predictor = Predictor.from_checkpoint(full / "checkpoint_last.pt", device="cpu", min_area=4)
     pred = predictor(np.full((40, 56, 3), 120, np.uint8))
-    assert pred.levels.shape == (3, 40, 56) and pred.records  # parts, regions, semantic groups
+    assert pred.levels.shape == (len(predictor.level_names()), 40, 56) and pred.records  # parts, UniAP's levels
     torch.testing.assert_close(predictor.model.backbone.net.patch_embed.proj.weight,
                                a["teacher"]["backbone.net.patch_embed.proj.weight"])
 

@@ -705,5 +705,6 @@ def test_selftrain_cpu_config_runs_as_shipped(images, tmp_path):
     assert [int(r["step"]) for r in rows][-1] == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
     predictor = Predictor.from_checkpoint(tmp_path / "run" / "checkpoint_last.pt", device="cpu", min_area=1)
     pred = predictor(picture(3, (64, 96)))
-    assert len(pred.masks) <= 100 and pred.levels.shape == (3, 64, 96)
+    # the parts, then one level per edge fraction (hierarchy="pooled")
+    assert len(pred.masks) <= 100 and pred.levels.shape == (1 + len(cfg.uniap.edge_fractions), 64, 96)
     assert np.all((pred.predicted_iou >= 0) & (pred.predicted_iou <= 1))

@@ -14,18 +14,21 @@ neck, pixel decoder and decoder (the EMA teacher's weights), and turns images in
   thresholded per pixel (``refine="none"``) (:func:`instance_masks`);
 * a **semantic map**: per pixel (or, with ``refine="superpixels"``, per superpixel: its mean
   probabilities), the [SEM] query of the largest probability;
-* three **nested levels** of label maps and the **SAM-style records** ``uniap-cli`` writes
+* **nested levels** of label maps and the **SAM-style records** ``uniap-cli`` writes
   (:func:`uniap.records.hierarchy_records`): level 0 (``threshold`` 1.0) are the connected
   parts of the panoptic map (each pixel to its best-scoring instance as Mask2Former's panoptic
-  inference assigns them, the rest to its semantic query), level 1 (``threshold`` 0.5) joins
-  neighbouring parts of the same semantic query, level 2 (``threshold`` 0.0) is the semantic
-  map itself (a semantic query's parts anywhere in the image); semantic records are the
-  semantic map's groups.  A record's ``predicted_iou`` is its query's learned score, its
+  inference assigns them, the rest to its semantic query); above them, with
+  ``hierarchy="pooled"`` (default), UniAP's levels on the image's superpixels holding their
+  mean [SEM] logits (:func:`pooled_levels`), or with ``hierarchy="semantic"`` the semantic
+  map's connected regions (``threshold`` 0.5) and the semantic map itself (``threshold`` 0.0,
+  a semantic query's parts anywhere in the image); semantic records are the semantic map's
+  groups.  A record's ``predicted_iou`` is its query's learned score, its
   ``stability_score`` SAM's stability of the query's mask logits, and its ``score`` the
   ranking score of the part (area-weighted over the parts of a region).
 
 The work is done by module functions (:func:`teacher_grids`, :func:`decode_masks`,
-:func:`rank_instances`, :func:`instance_masks`, :func:`nested_levels`, :func:`prediction_records`); the class holds
+:func:`rank_instances`, :func:`instance_masks`, :func:`nested_levels`, :func:`pooled_levels`,
+:func:`prediction_records`); the class holds
 the model and options.  :class:`CheckpointSegmenter` is the predictor as a
 :class:`uniap.pipeline.segmenter.Segmenter`: ``uniap-predict`` runs it through
 :func:`uniap.pipeline.run` (same inputs, plan, resuming, engine and sinks as ``uniap-cli``), and
@@ -161,6 +164,7 @@ def working_shape(height: int, width: int, max_pixels: int) -> tuple[int, int]:
     return max(1, int(height * scale)), max(1, int(width * scale))
 REFINES = ("superpixels", "none")
 SCORES = ("learned", "mask", "contrast")
+HIERARCHIES = ("pooled", "semantic")
 
 
 @dataclass
@@ -289,9 +293,9 @@ def _canonical(labels: np.ndarray) -> np.ndarray:
 
 
 def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | None, semantic: np.ndarray,
-                  semantic_confidence: np.ndarray, overlap: float = 0.8, *, owner: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Three nested label maps and, per level-0 part, a score and the query it comes from.
+                  semantic_confidence: np.ndarray, overlap: float = 0.8, *, owner: np.ndarray | None = None,
+                  spatial: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nested label maps and, per level-0 part, a score and the query it comes from.
 
     Each pixel goes to the instance of largest ``score * prob`` that covers it; an instance
     left with less than ``overlap`` of its mask is dropped (Mask2Former's panoptic rule); the
@@ -307,9 +311,14 @@ def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | None
     has it already (the predictor computes it a few masks at a time) passes ``owner`` (H, W)
     instead and ``prob=None``.
 
+    With ``spatial`` (L, H, W), nested label maps of connected regions, finest first (the
+    predictor's ``hierarchy="pooled"``: :func:`pooled_levels`), those lead instead: level 0 are the
+    connected parts of the panoptic map cut where the semantic map or ``spatial[0]`` changes,
+    and levels 1 .. L are ``spatial`` (renumbered), so level 0 nests in level 1.
+
     Returns
     -------
-    levels : ndarray (3, H, W), int32
+    levels : ndarray (3, H, W), or (1 + L, H, W) with ``spatial``, int32
     groups : ndarray (K0,), int64
         Semantic query of each level-0 part.
     part_scores : ndarray (K0,), float64
@@ -331,7 +340,10 @@ def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | None
         panoptic[take] = owner[take]
         instance_score[: masks.shape[0]] = scores
     semantic = semantic.astype(np.int64)
-    level0 = _relabel_connected(panoptic * n_sem + semantic)  # connected parts, each in one query
+    cut = panoptic * n_sem + semantic
+    if spatial is not None:  # parts also end where the finest spatial region does
+        cut = cut * (int(spatial[0].max()) + 1) + spatial[0]
+    level0 = _relabel_connected(cut)  # connected parts, each in one query
     k0 = int(level0.max()) + 1
     flat0 = level0.ravel()
     source = np.zeros(k0, np.int64)
@@ -342,52 +354,108 @@ def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | None
     sizes = np.bincount(flat0, minlength=k0)
     confidence = np.bincount(flat0, weights=semantic_confidence.ravel(), minlength=k0) / np.maximum(sizes, 1)
     part_scores = np.where(is_instance, instance_score[np.minimum(source, len(instance_score) - 1)], confidence)
+    if spatial is not None:
+        return np.stack([level0, *(_canonical(level) for level in spatial)]), groups, part_scores, source
     level1 = _relabel_connected(semantic)
     level2 = _canonical(semantic)
     return np.stack([level0, level1, level2]), groups, part_scores, source
 
 
+def pooled_levels(region_logits: np.ndarray, regions: np.ndarray, edges: np.ndarray, *,
+                  edge_fractions: Sequence[float] | None = None, thresholds: Sequence[float] = (0.8, 0.6, 0.4)
+                  ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Nested levels of the image's regions, merged by UniAP on the model's [SEM] logits.
+
+    Each region (superpixel) is a node whose features are the mean of its pixels' [SEM]
+    query logits; UniAP (:func:`uniap.segment_graph`) contracts the region graph's most alike
+    edges, as the teacher's UniAP did in training on the teacher's features.  With
+    ``edge_fractions`` (the run's ``uniap.edge_fractions``) level k is calibrated on the image
+    to contract the share ``edge_fractions[k]`` of the edges
+    (:func:`uniap_train.teacher.calibrated_levels`); else the fixed ``thresholds``.  Unlike the
+    semantic map's own groups, a level's regions are spatially connected: two parts of the
+    image that the [SEM] queries confuse (alike in colour and texture) stay apart unless
+    joined through their neighbours.
+
+    Parameters
+    ----------
+    region_logits : ndarray (R, Q)
+        Mean [SEM] logits of each region.
+    regions : ndarray (H, W), integer
+        Region of every pixel, 0 .. R-1.
+    edges : ndarray (E, 2)
+        Pairs of neighbouring regions (:func:`uniap.superpixels.adjacency`).
+
+    Returns
+    -------
+    levels : ndarray (L, H, W), int32
+        Nested label maps, finest first.
+    thresholds : tuple of float
+        The cosine thresholds of the levels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> regions = np.array([[0, 0, 1, 2],
+    ...                     [0, 0, 1, 2]])
+    >>> logits = np.array([[4.0, 0.0], [3.9, 0.2], [0.0, 4.0]])   # regions 0 and 1 alike
+    >>> levels, _ = pooled_levels(logits, regions, np.array([[0, 1], [1, 2]]), thresholds=(0.9,))
+    >>> levels[0]
+    array([[0, 0, 0, 1],
+           [0, 0, 0, 1]], dtype=int32)
+    """
+    from .teacher import calibrated_levels, teacher_hierarchy
+
+    x = np.ascontiguousarray(region_logits, np.float32)
+    edges = np.asarray(edges, np.int64).reshape(-1, 2)
+    levels = calibrated_levels(x, edges, edge_fractions) if edge_fractions else tuple(thresholds)
+    h = teacher_hierarchy(x, edges, levels)
+    regions = np.asarray(regions)
+    return np.stack([np.asarray(lv.labels)[regions] for lv in h.levels]).astype(np.int32), tuple(levels)
+
+
 def prediction_records(levels: np.ndarray, groups: np.ndarray, part_scores: np.ndarray, min_area: int,
-                       options: dict, part_iou: np.ndarray | None = None, part_stability: np.ndarray | None = None
-                       ) -> tuple[Any, list[dict], np.ndarray]:
+                       options: dict, part_iou: np.ndarray | None = None, part_stability: np.ndarray | None = None,
+                       thresholds: Sequence[float] | None = None) -> tuple[Any, list[dict], np.ndarray]:
     """The levels as a :class:`uniap.Hierarchy` on the pixel grid, its SAM-style records and the
     per-level semantic label maps.
 
-    A record's ``score`` is its part's score (area-weighted over the parts of a region or of a
-    semantic group); ``predicted_iou`` and ``stability_score`` come from ``part_iou`` and
-    ``part_stability`` (per level-0 part: its query's learned score and stability) the same
-    way; without them they are the score and 1.
+    ``levels`` (L, H, W) are nested, finest first (:func:`nested_levels`); ``thresholds`` name
+    them (default 1.0 .. 0.0, evenly spaced).  A record's ``score`` is its part's score
+    (area-weighted over the parts of a region or of a semantic group); ``predicted_iou`` and
+    ``stability_score`` come from ``part_iou`` and ``part_stability`` (per level-0 part: its
+    query's learned score and stability) the same way; without them they are the score and 1.
     """
     from uniap.hierarchy import Hierarchy, Level
     from uniap.records import hierarchy_records
 
-    level0, level1, level2 = levels
-    k0, k1, k2 = (int(lv.max()) + 1 for lv in levels)
-    sizes0 = np.bincount(level0.ravel(), minlength=k0).astype(np.int64)
-    parents0 = np.zeros(k0, np.int64)
-    parents0[level0.ravel()] = level1.ravel()
-    parents1 = np.zeros(k1, np.int64)
-    parents1[level1.ravel()] = level2.ravel()
-    semantic = _canonical(groups[level0])
-    built = [
-        Level(1.0, level0, sizes0, parents0, semantic),
-        Level(0.5, level1, np.bincount(level1.ravel(), minlength=k1).astype(np.int64), parents1, semantic),
-        Level(0.0, level2, np.bincount(level2.ravel(), minlength=k2).astype(np.int64), np.full(k2, -1, np.int64),
-              semantic),
-    ]
+    n = len(levels)
+    counts = [int(lv.max()) + 1 for lv in levels]
+    parents = []
+    for k in range(n):
+        p = np.full(counts[k], -1, np.int64)
+        if k + 1 < n:
+            p[levels[k].ravel()] = levels[k + 1].ravel()
+        parents.append(p)
+    if thresholds is None:
+        thresholds = np.linspace(1.0, 0.0, n) if n > 1 else (1.0,)
+    semantic = _canonical(groups[levels[0]])
+    region_of = [np.arange(counts[0])]  # each level-0 part's region at every level
+    for k in range(1, n):
+        region_of.append(parents[k - 1][region_of[-1]])
+    sizes0 = np.bincount(levels[0].ravel(), minlength=counts[0]).astype(np.int64)
+    sizes = [np.bincount(region_of[k], weights=sizes0, minlength=counts[k]) for k in range(n)]
+    built = [Level(float(thresholds[k]), levels[k], sizes[k].astype(np.int64), parents[k], semantic)
+             for k in range(n)]
     h = Hierarchy(built, min_size=int(min_area), options=dict(options))
     records = hierarchy_records(h, pixel_labels=levels, unique=True)
     columns = {"score": part_scores,
                "predicted_iou": part_scores if part_iou is None else part_iou,
-               "stability_score": np.ones(k0) if part_stability is None else part_stability}
+               "stability_score": np.ones(counts[0]) if part_stability is None else part_stability}
     # per level and per region: the area-weighted mean of its level-0 parts
-    region_of = [np.arange(k0), parents0, parents1[parents0]]
-    sizes = [sizes0, np.bincount(parents0, weights=sizes0, minlength=k1),
-             np.bincount(parents1[parents0], weights=sizes0, minlength=k2)]
-    means = {name: [np.bincount(region_of[k], weights=values * sizes0, minlength=len(sizes[k]))
-                    / np.maximum(sizes[k], 1) for k in range(3)] for name, values in columns.items()}
+    means = {name: [np.bincount(region_of[k], weights=values * sizes0, minlength=counts[k])
+                    / np.maximum(sizes[k], 1) for k in range(n)] for name, values in columns.items()}
     group_area = np.bincount(semantic.ravel())
-    group_means = {name: np.bincount(semantic.ravel(), weights=values[level0].ravel()) / np.maximum(group_area, 1)
+    group_means = {name: np.bincount(semantic.ravel(), weights=values[levels[0]].ravel()) / np.maximum(group_area, 1)
                    for name, values in columns.items()}
     for rec in records:
         x, y = (int(round(c)) for c in rec["point_coords"][0])
@@ -398,7 +466,7 @@ def prediction_records(levels: np.ndarray, groups: np.ndarray, part_scores: np.n
                 k = rec["level"]
                 value = means[name][k][levels[k][y, x]]
             rec[name] = round(float(value), 6)
-    return h, records, np.stack([semantic, semantic, semantic])
+    return h, records, np.stack([semantic] * n)
 
 
 # ---------------------------------------------------------------------------------- the class
@@ -440,6 +508,12 @@ class Predictor:
     view_size : int
         Side of the whole-image view the model sees (0: ``crops.teacher_size``, as trained);
         larger views see smaller objects (images are then downscaled to at most this side).
+    hierarchy : {"pooled", "semantic"}
+        What the nested label maps above the parts are.  ``pooled`` (default): UniAP on the
+        image's superpixels, each holding its mean [SEM] logits, at the run's calibrated levels
+        (:func:`pooled_levels`: ``uniap.edge_fractions``, else ``uniap.levels``): spatially
+        connected regions, as the teacher's masks were made.  ``semantic``: the semantic map
+        leads (its connected regions, then the map itself), three levels in all.
     mask_pixels : int
         Instance masks, superpixels and levels are computed at most at this many pixels
         (default 2**22); a larger image is worked on at a nearest-neighbour downscaled copy
@@ -452,7 +526,7 @@ class Predictor:
 
     def __init__(self, model, cfg, extractor, device, *, mask_threshold: float = 0.5, score_threshold: float = 0.0,
                  min_area: int = 16, refine: str = "superpixels", nms: str = "matrix", nms_threshold: float = 0.5,
-                 max_masks: int = 100, score: str = "learned", view_size: int = 0,
+                 max_masks: int = 100, score: str = "learned", view_size: int = 0, hierarchy: str = "pooled",
                  mask_pixels: int = MASK_PIXELS, name: str = "uniap_train") -> None:
         if not 0 < mask_threshold < 1:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
@@ -460,7 +534,8 @@ class Predictor:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if min_area < 1:
             raise ValueError(f"min_area must be >= 1, got {min_area}")
-        for option, value, allowed in (("refine", refine, REFINES), ("nms", nms, NMS_KINDS), ("score", score, SCORES)):
+        for option, value, allowed in (("refine", refine, REFINES), ("nms", nms, NMS_KINDS), ("score", score, SCORES),
+                                       ("hierarchy", hierarchy, HIERARCHIES)):
             if value not in allowed:
                 raise ValueError(f"{option} must be one of {list(allowed)}, got {value!r}")
         if not 0 < nms_threshold <= 1:
@@ -487,6 +562,7 @@ class Predictor:
         self.max_masks = int(max_masks)
         self.score = score
         self.view_size = int(view_size)
+        self.hierarchy = hierarchy
         self.mask_pixels = int(mask_pixels)
         self.name = name
 
@@ -567,7 +643,8 @@ class Predictor:
         return {"predictor": self.name, "mask_threshold": self.mask_threshold,
                 "score_threshold": self.score_threshold, "min_area": self.min_area, "refine": self.refine,
                 "nms": self.nms, "nms_threshold": self.nms_threshold, "max_masks": self.max_masks,
-                "score": self.score, "view_size": self.view_size, "mask_pixels": self.mask_pixels}
+                "score": self.score, "view_size": self.view_size, "hierarchy": self.hierarchy,
+                "mask_pixels": self.mask_pixels}
 
     def __call__(self, image: np.ndarray) -> Prediction:
         """The prediction for one (H, W, 3) uint8 image."""
@@ -684,16 +761,23 @@ class Predictor:
         ranked = rank_instances(low[n_sem:], self.mask_threshold, score_logits=score_logits[n_sem:], nms=self.nms,
                                 nms_threshold=self.nms_threshold, max_masks=self.max_masks, score=self.score,
                                 strength=strength, score_threshold=self.score_threshold)
-        sem_prob = decode_masks(logits_view[:n_sem], shape, work_shape).softmax(0)  # only what is kept: to pixels
-        regions = None
-        if self.refine == "superpixels":
+        sem_prob = decode_masks(logits_view[:n_sem], shape, work_shape)  # logits, then probabilities in place
+        regions = spatial = thresholds = None
+        if self.refine == "superpixels" or self.hierarchy == "pooled":
             from uniap.superpixels import superpixels
 
+            regions = torch.from_numpy(superpixels(small).astype(np.int64)).to(sem_prob.device)
+        if self.hierarchy == "pooled":
+            spatial, thresholds = self._pooled(sem_prob, regions)
+        sem_prob.sub_(sem_prob.amax(0, keepdim=True)).exp_()
+        sem_prob.div_(sem_prob.sum(0, keepdim=True))  # softmax over the [SEM] queries, without a copy
+        if self.refine == "superpixels":
             from .postprocess import snap_to_regions
 
-            regions = torch.from_numpy(superpixels(small).astype(np.int64)).to(sem_prob.device)
             _, region_prob = snap_to_regions(sem_prob, regions)  # each superpixel: its mean query probabilities
             sem_prob = region_prob[:, regions]
+        else:
+            regions = None  # the instance masks stay per pixel
         semantic = sem_prob.argmax(0)
         confidence = sem_prob.amax(0)
         del sem_prob
@@ -706,17 +790,40 @@ class Predictor:
                                           sem_stability)]  # the one host exit
         masks, scores, owner, semantic, confidence, iou, stability, sem_iou, sem_stability = host
         levels, groups, part_scores, source = nested_levels(masks, scores, None, semantic.astype(np.int64), confidence,
-                                                            owner=owner)
+                                                            owner=owner, spatial=spatial)
         if shape != (height, width):  # back to the image's pixels (nearest neighbour)
             ys, xs = nearest_index(height, shape[0]), nearest_index(width, shape[1])
             levels, semantic, masks = levels[:, ys][:, :, xs], semantic[ys][:, xs], masks[:, ys][:, :, xs]
         query_iou = np.concatenate([iou, sem_iou]).astype(np.float64)
         query_stability = np.concatenate([stability, sem_stability]).astype(np.float64)
+        if thresholds is not None:
+            thresholds = (1.0, *thresholds)  # the parts, then UniAP's levels
         h, records, sem_labels = prediction_records(levels, groups, part_scores, self.min_area, self.options(),
-                                                    query_iou[source], query_stability[source])
+                                                    query_iou[source], query_stability[source], thresholds)
         timings = {"features": features_seconds / batch, "records": time.perf_counter() - start}
         return Prediction(masks, scores.astype(np.float32), semantic.astype(np.int32), levels, sem_labels, h,
                           records, timings, iou.astype(np.float32), stability.astype(np.float32))
+
+    def _pooled(self, sem_logits: Any, regions: Any) -> tuple[np.ndarray, tuple[float, ...]]:
+        """:func:`pooled_levels` of the image's superpixels from the [SEM] logits at their pixels."""
+        from uniap.superpixels import adjacency
+
+        from .postprocess import snap_to_regions
+
+        _, region_logits = snap_to_regions(sem_logits, regions)  # each superpixel: its mean logits
+        labels = regions.cpu().numpy()
+        u = self.cfg.uniap
+        return pooled_levels(region_logits.T.cpu().numpy(), labels, adjacency(labels),
+                             edge_fractions=u.edge_fractions, thresholds=u.levels)
+
+    def level_names(self) -> list[str]:
+        """Names of the label maps' levels, finest first (as ``uniap-eval`` reports them)."""
+        if self.hierarchy == "semantic":
+            return ["parts", "regions", "semantic"]
+        u = self.cfg.uniap
+        # calibrated levels are named by the share of edges contracted (thresholds vary per image)
+        return ["parts"] + ([f"f={f:g}" for f in u.edge_fractions] if u.edge_fractions
+                            else [f"t={t:g}" for t in u.levels])
 
     def _instances(self, logits_view: Any, ranked: RankedQueries, n_sem: int, shape: tuple[int, int],
                    work_shape: tuple[int, int], regions: Any) -> tuple[Any, Any, Any]:
@@ -762,8 +869,8 @@ class CheckpointSegmenter(Segmenter):
     (through :func:`uniap.pipeline.run`, as ``uniap-cli`` runs UniAP) and ``uniap-eval
     --segmenter checkpoint``'s, one class.
 
-    The label maps are the predictor's three nested levels (parts, regions, semantic groups;
-    :class:`Predictor`); the records are its own (:attr:`Prediction.records`); its batched
+    The label maps are the predictor's nested levels (the parts, then its ``hierarchy``:
+    :class:`Predictor`, named by :meth:`Predictor.level_names`); the records are its own (:attr:`Prediction.records`); its batched
     step is one batch through the model (:meth:`Predictor.predict`).
 
     Parameters
@@ -781,7 +888,7 @@ class CheckpointSegmenter(Segmenter):
         One built already (``uniap-predict``), instead of ``checkpoint``.
     **predictor_options
         ``refine``, ``nms``, ``nms_threshold``, ``max_masks``, ``ranking`` (the predictor's
-        ``score``), ``mask_threshold``, ``score_threshold``: see :class:`Predictor`.
+        ``score``), ``hierarchy``, ``mask_threshold``, ``score_threshold``: see :class:`Predictor`.
     """
 
     name = "checkpoint"
@@ -811,7 +918,7 @@ class CheckpointSegmenter(Segmenter):
         return self.predictor.device.type != "cpu"
 
     def level_names(self) -> list[str]:
-        return ["parts", "regions", "semantic"]
+        return self.predictor.level_names()
 
     def label_maps(self, image: np.ndarray) -> np.ndarray:
         return self.predictor(image).levels
@@ -916,7 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PREDICTOR_FLAGS = ("mask_threshold", "score_threshold", "min_area", "refine", "nms", "nms_threshold", "max_masks",
-                   "score")
+                   "score", "hierarchy")
 
 
 def add_predictor_arguments(group: Any) -> None:
@@ -934,6 +1041,10 @@ def add_predictor_arguments(group: Any) -> None:
                        help="rank instance masks by learned (their predicted IoU, default), mask (Mask2Former's "
                        "mask score) or contrast (predicted IoU x stability x the image's contrast along the "
                        "mask's boundary)")
+    group.add_argument("--hierarchy", choices=HIERARCHIES,
+                       help="the nested label maps above the parts: pooled (UniAP on the superpixels' [SEM] "
+                       "logits at the run's levels, default) or semantic (the semantic map's connected regions, "
+                       "then the map)")
 
 
 def _nonnegative_int(text: str) -> int:

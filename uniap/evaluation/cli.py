@@ -63,6 +63,7 @@ SEGMENTER_FLAGS: dict[str, dict[str, str]] = {
     "nms_threshold": {"checkpoint": "nms_threshold"},
     "max_masks": {"checkpoint": "max_masks"},
     "ranking": {"checkpoint": "ranking"},
+    "hierarchy": {"checkpoint": "hierarchy"},
 }
 FEATURE_FLAGS = {"model": "model", "weights": "weights", "layer": "layer_output", "max_side": "max_side",
                  "device": "device"}
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ranking", choices=("learned", "mask", "contrast"),
                    help="rank instance masks by learned (their predicted IoU, default), mask (Mask2Former's mask "
                    "score) or contrast (predicted IoU x stability x boundary contrast)")
+    t.add_argument("--hierarchy", choices=("pooled", "semantic"),
+                   help="label maps above the parts: pooled (UniAP on the superpixels' [SEM] logits at the run's "
+                   "levels, default) or semantic (the semantic map's connected regions, then the map)")
 
     p = parser.add_argument_group("peers")
     p.add_argument("--scales", type=_numbers(float), metavar="S1,S2,...",
