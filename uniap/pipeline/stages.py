@@ -236,7 +236,10 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     that has them, and pixel label maps (L, H, W).
 
     With the ``image``, the records' ``score`` weighs each mask's boundary contrast
-    (:mod:`uniap.scores`; its edge strength is gathered once for both kinds of records).
+    (:mod:`uniap.scores`; its edge strength is gathered once for both kinds of records, by
+    :meth:`~uniap.features.RegionGraph.boundary_strength`: on the downscaled copy's
+    superpixels for an image the watershed downscales), and the superpixel map's runs are
+    found once for both (:class:`uniap.records.RegionRuns`).
 
     A region graph's maps are made one level at a time from its superpixels while records are
     encoded, and as a stack only when asked (:attr:`Encoded.pixel_labels`): at 8000 x 8000
