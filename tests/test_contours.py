@@ -110,6 +110,39 @@ def test_large_images_get_their_cuts_on_the_downscaled_copy(monkeypatch):
     assert _nested(regions, cuts[0][regions])
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(8, 70), st.integers(8, 90), st.integers(30, 6000))
+def test_the_downscaled_copys_superpixels_upscale_to_the_images_and_touch_where_they_do(seed, h, w, max_pixels):
+    """downscaled_hierarchy gives the superpixels of the copy the watershed ran on: upscaled they
+    are superpixel_hierarchy's, with the same cuts, and their adjacency is the image's (nearest-
+    neighbour upscaling keeps 4-adjacency), so the records may gather the edge strength there."""
+    from uniap.superpixels import adjacency, downscaled, downscaled_hierarchy, upscaled
+
+    image = _image(seed, (h, w))
+    small, cuts, thresholds = downscaled_hierarchy(image, size=12, max_pixels=max_pixels)
+    regions, cuts_full, thresholds_full = superpixel_hierarchy(image, size=12, max_pixels=max_pixels)
+    assert small.shape == downscaled(image, max_pixels).shape[:2] and small.size <= max(max_pixels, 1)
+    np.testing.assert_array_equal(upscaled(small, image.shape[:2]), regions)
+    np.testing.assert_array_equal(cuts, cuts_full)
+    np.testing.assert_array_equal(thresholds, thresholds_full)
+    np.testing.assert_array_equal(adjacency(small), adjacency(regions))
+
+
+def test_a_cielab_of_the_copy_is_used_and_one_of_another_shape_is_not():
+    from uniap.features.default import _rgb2lab
+    from uniap.superpixels import downscaled, downscaled_hierarchy
+
+    image = _image(5, (90, 120))
+    want = downscaled_hierarchy(image, size=12, max_pixels=2000)
+    for lab in (_rgb2lab(np.ascontiguousarray(downscaled(image, 2000))), _rgb2lab(image)):
+        for got, expected in zip(downscaled_hierarchy(image, size=12, max_pixels=2000, lab=lab), want):
+            np.testing.assert_array_equal(got, expected)
+    lab = _rgb2lab(np.ascontiguousarray(downscaled(image, 2000)))
+    lab[:] = 0  # a flat "image": the one given is what the watershed reads
+    regions, _, _ = downscaled_hierarchy(image, size=12, max_pixels=2000, lab=lab)
+    assert not np.array_equal(regions, want[0])
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 3)])
 def test_tiny_and_flat_images_have_no_cut_or_a_valid_one(shape):
     image = np.zeros(shape + (3,), np.uint8)

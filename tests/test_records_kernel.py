@@ -1,4 +1,5 @@
-"""The compiled encoding of label maps (uniap._record_kernels) against pycocotools and the masks."""
+"""The compiled encoding of label maps (uniap._record_kernels) against pycocotools and the masks,
+and the superpixel map's runs found once per image."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from pycocotools import mask as mask_utils
 
-from uniap.records import _RegionMaps, encode_label_map
+from uniap.records import RegionRuns, encode_label_map
 
 
 def _maps(draw_seed: int, height: int, width: int, labels: int, blocky: bool) -> np.ndarray:
@@ -48,7 +49,7 @@ def test_region_maps_with_wanted_labels_match_the_pixel_maps(seed, height, width
 
     stride = _point_stride(height, width)
     sub = np.ascontiguousarray(node_labels[regions][::stride, ::stride])
-    got = _RegionMaps(regions).encode(node_labels, ids, (stride, sub, _sample_distances([sub])[0]))
+    got = RegionRuns(regions).encode(node_labels, ids, (stride, sub, _sample_distances([sub])[0]))
     pixels = node_labels[regions]
     want = encode_label_map(pixels, ids)
     assert got.labels.tolist() == want.labels.tolist() == [i for i in ids if (pixels == i).any()]
@@ -60,3 +61,62 @@ def test_region_maps_with_wanted_labels_match_the_pixel_maps(seed, height, width
 def test_a_map_with_no_wanted_label_gives_no_masks():
     enc = encode_label_map(np.zeros((4, 5), np.int64), ids=[3, 7])
     assert len(enc) == 0 and enc.counts == [] and enc.boxes.shape == (0, 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), height=st.integers(1, 30), width=st.integers(1, 30), nodes=st.integers(1, 30))
+def test_region_runs_give_each_labels_area(seed, height, width, nodes):
+    regions = np.random.default_rng(seed).integers(0, nodes, size=(height, width))
+    area = RegionRuns(regions).area(nodes + 2)
+    assert area.dtype == np.int64
+    np.testing.assert_array_equal(area, np.bincount(regions.ravel(), minlength=nodes + 2))
+
+
+def _graph_and_hierarchy():
+    import skimage.data
+
+    from uniap.features import get_extractor, refined
+    from uniap.pipeline.stages import UniapSegmenter
+
+    image = skimage.data.astronaut()[::2, ::2]
+    graph = refined(get_extractor("default"), "superpixels")(image)
+    return image, graph, UniapSegmenter().nodes(graph)
+
+
+def test_the_levels_and_contour_regions_records_find_the_superpixels_runs_once(monkeypatch):
+    """The pipeline's encode passes over the superpixel map once for both kinds of records, and
+    gets the records each function gives on its own."""
+    import uniap.records as records_module
+    from uniap.pipeline.stages import encode
+    from uniap.records import contour_records, hierarchy_records
+
+    image, graph, hierarchy = _graph_and_hierarchy()
+    assert graph.contours is not None and len(graph.contours)
+    calls = []
+    original = records_module._map_runs
+
+    def counted(labels):
+        calls.append(labels.shape)
+        return original(labels)
+
+    monkeypatch.setattr(records_module, "_map_runs", counted)
+    got = encode(graph, hierarchy, image=image).records
+    assert calls == [graph.regions.shape]  # once for the levels and the contour cuts
+    boundary = graph.boundary_strength(image)
+    alone = hierarchy_records(hierarchy, regions=graph.regions, boundary=boundary)
+    alone += contour_records(graph.contours, graph.regions, graph.contour_thresholds, min_size=hierarchy.min_size,
+                             start=len(alone), boundary=boundary, exclude=alone)
+    assert len(calls) == 3 and got == alone  # on their own, each finds them
+
+
+def test_runs_of_another_map_are_refused():
+    import pytest
+
+    from uniap.records import contour_records, hierarchy_records
+
+    image, graph, hierarchy = _graph_and_hierarchy()
+    runs = RegionRuns(graph.regions[1:])
+    with pytest.raises(ValueError, match="runs are of a"):
+        hierarchy_records(hierarchy, regions=graph.regions, runs=runs)
+    with pytest.raises(ValueError, match="runs are of a"):
+        contour_records(graph.contours, graph.regions, graph.contour_thresholds, runs=runs)

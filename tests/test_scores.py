@@ -356,14 +356,58 @@ def test_the_watersheds_cielab_gives_the_records_edge_strength_once():
         scores.BoundaryStrength(graph.regions, strength=graph.edge_strength[1:])
 
 
-def test_a_downscaled_watershed_leaves_the_strength_to_the_records(monkeypatch):
+def _downscaled_graph(monkeypatch, max_pixels: int):
+    """The default region graph of the full astronaut (512 x 512) with the superpixels made on
+    a copy of ``max_pixels`` pixels, as a 4000 x 4000 image gets them on one of 2**22."""
+    import skimage.data
+
     import uniap.features.regions as regions_module
     from uniap.features import get_extractor, refined
 
-    monkeypatch.setattr(regions_module, "SUPERPIXEL_MAX_PIXELS", 1000)
-    image = real_image()
-    graph = refined(get_extractor("default"), "superpixels")(image)
-    assert graph.edge_strength is None
+    monkeypatch.setattr(regions_module, "SUPERPIXEL_MAX_PIXELS", max_pixels)
+    image = skimage.data.astronaut()
+    return image, refined(get_extractor("default"), "superpixels")(image)
+
+
+def test_a_downscaled_watershed_gives_the_strength_on_its_copy(monkeypatch):
+    """An image the superpixels downscale gets its edge strength from the copy's CIELab, with
+    the copy's superpixels to gather it on: they upscale to the graph's, and touch where they do."""
+    from uniap.superpixels import adjacency, downscaled, upscaled
+
+    image, graph = _downscaled_graph(monkeypatch, 1 << 16)
+    copy = downscaled(image, 1 << 16)
+    assert copy.shape == (256, 256, 3)
+    assert graph.edge_strength.shape == graph.strength_regions.shape == copy.shape[:2]
+    np.testing.assert_array_equal(graph.edge_strength, scores.raw_edge_strength(_rgb2lab(copy)))
+    np.testing.assert_array_equal(upscaled(graph.strength_regions, image.shape[:2]), graph.regions)
+    np.testing.assert_array_equal(adjacency(graph.strength_regions), graph.edges)
+    np.testing.assert_array_equal(adjacency(graph.regions), graph.edges)
+    # the records gather it on the copy's superpixels, whatever image they are given
+    cut = graph.contours[0]
+    on_copy = scores.BoundaryStrength(graph.strength_regions, strength=graph.edge_strength).contrast(cut)
+    np.testing.assert_array_equal(graph.boundary_strength(image).contrast(cut), on_copy)
+    np.testing.assert_array_equal(graph.boundary_strength().contrast(cut), on_copy)
+
+
+def test_scores_of_a_downscaled_image_rank_as_at_full_resolution(monkeypatch):
+    """Gathered on the downscaled copy, the records' scores rank the masks as the edge strength
+    of the full image does (Spearman > 0.95, the same best masks), and the masks are the same."""
+    import dataclasses
+
+    from scipy.stats import spearmanr
+
+    from uniap.pipeline.stages import UniapSegmenter, encode
+
+    image, graph = _downscaled_graph(monkeypatch, 1 << 16)
+    full = dataclasses.replace(graph, edge_strength=None, strength_regions=None)  # the image's own
+    hierarchy = UniapSegmenter().nodes(graph)
+    copy, pixels = (encode(g, hierarchy, image=image).records for g in (graph, full))
+    assert [r["segmentation"] for r in copy] == [r["segmentation"] for r in pixels]
+    a, b = (np.array([r["score"] for r in recs]) for recs in (copy, pixels))
+    assert len(a) > 100 and not np.array_equal(a, b)  # not the same numbers ...
+    assert spearmanr(a, b).statistic > 0.95  # ... but the same ranking
+    best = 20
+    assert len(set(np.argsort(-a)[:best]) & set(np.argsort(-b)[:best])) >= 0.75 * best
 
 
 @given(st.integers(1, 40), st.integers(1, 4), st.integers(0, 2**31 - 1))

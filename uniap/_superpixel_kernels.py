@@ -55,36 +55,48 @@ def edge_weights(lab):
 
 @njit(cache=True)
 def _sorted_edges(weights, height, width):
-    """The edges (slots) by increasing weight, ties in slot order: a two-pass LSD radix sort
-    of the weights' float32 bits (monotone for weights >= 0)."""
+    """The edges (slots) by increasing weight, ties in slot order, and their weights in that
+    order: a two-pass LSD radix sort of the weights' float32 bits (monotone for weights >= 0).
+
+    Each key travels with its slot, so no pass gathers ``weights`` at random (at 4 M pixels
+    the weights are 32 MB: a gather per edge ran out of cache)."""
     bits = weights.view(np.uint32)
     count = 0
     for y in range(height):
-        for x in range(width):
-            count += (x + 1 < width) + (y + 1 < height)
+        count += (width - 1) + (width if y + 1 < height else 0)
     first = np.empty(count, np.int32)
+    first_key = np.empty(count, np.uint32)
     k = 0
     for y in range(height):
         for x in range(width):
             slot = 2 * (y * width + x)
             if x + 1 < width:
                 first[k] = slot
+                first_key[k] = bits[slot]
                 k += 1
             if y + 1 < height:
                 first[k] = slot + 1
+                first_key[k] = bits[slot + 1]
                 k += 1
     second = np.empty(count, np.int32)
-    for shift, src, dst in ((0, first, second), (16, second, first)):
+    second_key = np.empty(count, np.uint32)
+    for shift in (0, 16):
+        if shift == 0:
+            src, dst, src_key, dst_key = first, second, first_key, second_key
+        else:
+            src, dst, src_key, dst_key = second, first, second_key, first_key
         counts = np.zeros(_KEYS + 1, np.int64)
         for j in range(count):
-            counts[((bits[src[j]] >> shift) & 0xFFFF) + 1] += 1
+            counts[((src_key[j] >> shift) & 0xFFFF) + 1] += 1
         for b in range(_KEYS):
             counts[b + 1] += counts[b]
         for j in range(count):
-            b = (bits[src[j]] >> shift) & 0xFFFF
+            key = src_key[j]
+            b = (key >> shift) & 0xFFFF
             dst[counts[b]] = src[j]
+            dst_key[counts[b]] = key
             counts[b] += 1
-    return first
+    return first, first_key.view(np.float32)
 
 
 @njit(cache=True)
@@ -92,6 +104,20 @@ def _find(uf, a):
     while uf[a] != a:
         uf[a] = uf[uf[a]]  # path halving
         a = uf[a]
+    return a
+
+
+@njit(cache=True)
+def _root(uf, a):
+    """The root of ``a`` in a union-find whose roots hold minus their size (one array for
+    both: a root's size comes with the read that finds it), halving the path."""
+    while uf[a] >= 0:
+        p = uf[a]
+        q = uf[p]
+        if q < 0:
+            return p
+        uf[a] = q
+        a = q
     return a
 
 
@@ -112,17 +138,23 @@ def persistence(weights, height, width):
     persist : float64 (N - 1,)
         Each MST edge's persistence: the volume (CIELab depth summed over the pixels) of the smaller of the two regions that meet there, corrected on plateaus as
         higra does; 0 where one side holds no minimum.
+
+    Notes
+    -----
+    The BPT's leaves (pixels) have area 1, altitude and volume 0, so only its internal nodes
+    are stored, indexed by the order they are made (node ``N + j`` at ``j``): at 4 M pixels
+    the arrays over all nodes ran out of cache, and this took 1.4 s instead of 0.9.
     """
     n = height * width
-    order = _sorted_edges(weights, height, width)
+    order, sorted_weights = _sorted_edges(weights, height, width)
     # Kruskal: union-find over pixels (by size), one BPT node per MST edge; nodes are made
     # in increasing order, so the loops below run leaves to root
     m = max(n - 1, 0)
-    uf = np.arange(n).astype(np.int32)
-    node_of = uf.copy()  # the BPT node of each union-find root
+    uf = np.full(n, -1, np.int32)  # a root holds minus its component's size
+    node_of = np.empty(n, np.int32)  # the BPT node of each root of more than one pixel
     child = np.empty((m, 2), np.int32)
-    alt = np.zeros(n + m, np.float32)  # leaves at 0
-    area = np.ones(n + m)
+    alt = np.empty(m, np.float32)
+    area = np.empty(m, np.int32)
     mst = np.empty((m, 2), np.int32)
     made = 0
     for i in range(order.size):
@@ -131,49 +163,57 @@ def persistence(weights, height, width):
         e = order[i]
         u = e >> 1
         v = u + (width if e & 1 else 1)
-        ru = _find(uf, u)
-        rv = _find(uf, v)
+        ru = _root(uf, u)
+        rv = _root(uf, v)
         if ru == rv:
             continue
-        a = node_of[ru]
-        b = node_of[rv]
+        size_u = -uf[ru]
+        size_v = -uf[rv]
+        a = node_of[ru] if size_u > 1 else ru  # a single pixel is its own leaf
+        b = node_of[rv] if size_v > 1 else rv
         child[made, 0] = a
         child[made, 1] = b
-        node = n + made
-        alt[node] = weights[e]
-        area[node] = area[a] + area[b]
+        alt[made] = sorted_weights[i]
+        area[made] = size_u + size_v
         mst[made, 0] = u
         mst[made, 1] = v
-        if area[a] < area[b]:
+        node = n + made
+        if size_u < size_v:
+            uf[rv] = -(size_u + size_v)
             uf[ru] = rv
             node_of[rv] = node
         else:
+            uf[ru] = -(size_u + size_v)
             uf[rv] = ru
             node_of[ru] = node
         made += 1
-    total = n + made
-    parent_alt = np.empty(total, np.float32)
+    parent_alt = np.empty(made, np.float32)
     for j in range(made):
-        parent_alt[child[j, 0]] = alt[n + j]
-        parent_alt[child[j, 1]] = alt[n + j]
+        for c in range(2):
+            k = child[j, c] - n
+            if k >= 0:
+                parent_alt[k] = alt[j]
     if made > 0:
-        parent_alt[total - 1] = alt[total - 1]  # the root is its own parent
+        parent_alt[made - 1] = alt[made - 1]  # the root is its own parent
     # volume (higra's attribute_volume: leaves 0, a node its area times the height up to its
     # parent plus its children's volumes), the volume corrected inside plateaus (a node with
     # its parent's altitude takes its children's largest) and the persistence, bottom up
-    volume = np.zeros(total)
-    corrected = np.zeros(total)
+    volume = np.empty(made)
+    corrected = np.empty(made)
     persist = np.empty(made)
     for j in range(made):
-        i = n + j
-        a = child[j, 0]
-        b = child[j, 1]
-        volume[i] = area[i] * (np.float64(parent_alt[i]) - np.float64(alt[i])) + volume[a] + volume[b]
-        if i == total - 1 or alt[i] != parent_alt[i]:
-            corrected[i] = volume[i]
+        ka = child[j, 0] - n
+        kb = child[j, 1] - n
+        volume_a = volume[ka] if ka >= 0 else 0.0
+        volume_b = volume[kb] if kb >= 0 else 0.0
+        corrected_a = corrected[ka] if ka >= 0 else 0.0
+        corrected_b = corrected[kb] if kb >= 0 else 0.0
+        volume[j] = np.float64(area[j]) * (np.float64(parent_alt[j]) - np.float64(alt[j])) + volume_a + volume_b
+        if j == made - 1 or alt[j] != parent_alt[j]:
+            corrected[j] = volume[j]
         else:
-            corrected[i] = max(corrected[a], corrected[b])
-        persist[j] = min(corrected[a], corrected[b])
+            corrected[j] = max(corrected_a, corrected_b)
+        persist[j] = min(corrected_a, corrected_b)
     return mst[:made], persist
 
 

@@ -216,17 +216,39 @@ def _map_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, flat[starts]
 
 
-class _RegionMaps:
-    """The label maps of one superpixel map ``regions`` (H, W) relabelled per superpixel.
+class RegionRuns:
+    """The column-major runs of a superpixel map ``regions`` (H, W), found once.
 
-    The superpixel map's column-major runs are found once; a map ``node_labels[regions]`` is
-    then encoded from them (:meth:`encode`), O(runs) instead of O(pixels) and without making
-    the (H, W) map: runs of superpixels with the same label are joined.
+    A map ``node_labels[regions]`` (a level of UniAP's hierarchy of the superpixels, a cut of
+    the contour regions) is then encoded from them (:meth:`encode`), O(runs) instead of
+    O(pixels) and without making the (H, W) map: runs of superpixels with the same label are
+    joined.  The runs give each superpixel's area too (:meth:`area`).  :func:`hierarchy_records`
+    and :func:`contour_records` find them unless given them (``runs``), so a caller recording
+    both of one map (:func:`uniap.pipeline.stages.encode`) passes the pixels once.
+
+    Parameters
+    ----------
+    regions : ndarray of shape (H, W), integer >= 0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> runs = RegionRuns(np.array([[0, 0, 1], [2, 2, 1]]))
+    >>> runs.area(4).tolist()
+    [2, 2, 2, 0]
     """
 
     def __init__(self, regions: np.ndarray) -> None:
-        self.shape = regions.shape
+        regions = np.asarray(regions)
+        self.shape = tuple(int(s) for s in regions.shape)
         self.starts, self.nodes = _map_runs(regions)
+
+    def area(self, minlength: int = 0) -> np.ndarray:
+        """The pixels of each label (``np.bincount(regions.ravel(), minlength=minlength)``,
+        from the runs): int64."""
+        lengths = np.diff(self.starts, append=np.int64(self.shape[0] * self.shape[1]))
+        # float64 sums of integers below 2**53: exact
+        return np.bincount(self.nodes, lengths, minlength=minlength).astype(np.int64)
 
     def encode(self, node_labels: np.ndarray, ids, samples) -> LabelMapMasks:
         """:func:`encode_label_map` of ``node_labels[regions]``, given its point samples."""
@@ -235,6 +257,18 @@ class _RegionMaps:
         keep[0] = True
         np.not_equal(labels[1:], labels[:-1], out=keep[1:])
         return _encode_runs(self.starts[keep], labels[keep], self.shape, ids, samples)
+
+
+_RegionMaps = RegionRuns  # its former name
+
+
+def _runs_of(regions: np.ndarray, runs: "RegionRuns | None") -> RegionRuns:
+    """``runs`` if given (checked against ``regions``' shape), else :class:`RegionRuns` of ``regions``."""
+    if runs is None:
+        return RegionRuns(regions)
+    if runs.shape != tuple(regions.shape):
+        raise ValueError(f"runs are of a {runs.shape} map, the regions {tuple(regions.shape)}")
+    return runs
 
 
 def _encode_runs(starts, run_labels, shape, ids, samples) -> LabelMapMasks:
@@ -410,7 +444,7 @@ def _level_maps(
     """Each level's (H, W) pixel label map in turn (upsampled, or taken from the superpixels
     ``regions``: then each level's node labels), and every level's point samples
     ``map[::stride, ::stride]`` at once."""
-    if regions is not None:  # the maps are encoded from the superpixels' runs (_RegionMaps)
+    if regions is not None:  # the maps are encoded from the superpixels' runs (RegionRuns)
         nodes = [np.asarray(lv.labels) for lv in h.levels]
         sub = regions[::stride, ::stride]
         return iter(nodes), [np.ascontiguousarray(g[sub]) for g in nodes]
@@ -476,6 +510,7 @@ def hierarchy_records(
     image: np.ndarray | None = None,
     boundary: "BoundaryStrength | None" = None,
     cells: np.ndarray | None = None,
+    runs: RegionRuns | None = None,
 ) -> list[dict]:
     """Records of the masks of a (NumPy) hierarchy, finest level first; see module docs.
 
@@ -506,6 +541,9 @@ def hierarchy_records(
         With ``pixel_labels`` of a grid hierarchy upsampled by nearest neighbour: the (flat)
         cell of every pixel (``grid.to_image(np.arange(cells).reshape(grid))``), so that the
         scores are summed over the cells, not over the pixels (checked against the maps).
+    runs : RegionRuns, optional
+        With ``regions``: their runs, when the caller has found them already (for the
+        contour regions' records too, :func:`contour_records`).
 
     Returns
     -------
@@ -526,10 +564,13 @@ def hierarchy_records(
         regions = np.asarray(regions)
         if pixel_labels is not None:
             raise ValueError("give pixel_labels or regions, not both")
-        if regions.ndim != 2 or 0 in regions.shape or len(grid) != 1 or regions.min() < 0 \
-                or regions.max() >= grid[0]:
+        if regions.ndim != 2 or 0 in regions.shape or len(grid) != 1:
             raise ValueError(f"regions must be an (H, W) map of the hierarchy's {grid} nodes, "
                              f"got shape {regions.shape}")
+        runs = _runs_of(regions, runs)
+        if runs.nodes.min() < 0 or runs.nodes.max() >= grid[0]:  # every label starts a run
+            raise ValueError(f"regions must be an (H, W) map of the hierarchy's {grid} nodes, "
+                             f"got labels {runs.nodes.min()} .. {runs.nodes.max()}")
         shape = tuple(int(s) for s in regions.shape)
     elif pixel_labels is not None:
         pixel_labels = np.asarray(pixel_labels)
@@ -543,7 +584,7 @@ def hierarchy_records(
         shape = image_shape[:2]
     crop = (0, 0, shape[1], shape[0])
     levels = h.levels
-    nodes = _Nodes.of(h, shape, pixel_labels, regions, cells)
+    nodes = _Nodes.of(h, shape, pixel_labels, regions, cells, runs)
     if boundary is None and image is not None:
         boundary = BoundaryStrength(nodes.regions(), image)
     node_maps = nodes.maps
@@ -562,8 +603,7 @@ def hierarchy_records(
     sem_samples = iter(samples[len(levels):])
     inst: list[LabelMapMasks] = []
     sem: list[LabelMapMasks | None] = []
-    region_maps = _RegionMaps(regions) if regions is not None else None
-    encode = region_maps.encode if region_maps is not None else _encode_label_map
+    encode = runs.encode if regions is not None else _encode_label_map
     for i, (lv, pix) in enumerate(zip(levels, maps)):  # pix: a pixel map, or a region graph's node labels
         inst.append(encode(pix, np.flatnonzero(lv.sizes >= h.min_size), samples[i]))
         if groups[i] is None:
@@ -596,14 +636,16 @@ class _Nodes:
         return self._regions() if callable(self._regions) else self._regions
 
     @classmethod
-    def of_regions(cls, regions: np.ndarray, maps: list[np.ndarray]) -> "_Nodes":
-        return cls(np.bincount(regions.ravel(), minlength=maps[0].size if maps else 0), maps, regions.size, regions)
+    def of_regions(cls, regions: np.ndarray, maps: list[np.ndarray], runs: RegionRuns | None = None) -> "_Nodes":
+        minlength = maps[0].size if maps else 0
+        area = np.bincount(regions.ravel(), minlength=minlength) if runs is None else runs.area(minlength)
+        return cls(area, maps, regions.size, regions)
 
     @classmethod
-    def of(cls, h: "Hierarchy", shape, pixel_labels, regions, cells=None) -> "_Nodes":
+    def of(cls, h: "Hierarchy", shape, pixel_labels, regions, cells=None, runs=None) -> "_Nodes":
         maps = [np.asarray(lv.labels).ravel() for lv in h.levels]
         if regions is not None:
-            return cls.of_regions(regions, maps)
+            return cls.of_regions(regions, maps, runs)
         if pixel_labels is None:  # the grid's patches, upsampled to ``shape`` (nearest)
             from .core.graph import nearest_index
 
@@ -758,7 +800,8 @@ def _fresh_rows(m: LabelMapMasks, seen: dict[str, dict], level: int, unique: boo
 def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[float], *,
                     node_features: np.ndarray | None = None, min_size: int = 1, start: int = 0,
                     unique: bool = True, image: np.ndarray | None = None,
-                    boundary: BoundaryStrength | None = None, exclude: Sequence[dict] = ()) -> list[dict]:
+                    boundary: BoundaryStrength | None = None, exclude: Sequence[dict] = (),
+                    runs: RegionRuns | None = None) -> list[dict]:
     """Records (``kind: "contour"``) of a region graph's contour regions, finest cut first.
 
     No cut's pixel map is made: each is encoded from the superpixel map's runs, relabelled
@@ -788,6 +831,9 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
     exclude : sequence of dict
         Records already made (the hierarchy's): with ``unique``, a region whose mask one of
         them has is not recorded again.
+    runs : RegionRuns, optional
+        The runs of ``regions``, when the caller has found them already (for
+        :func:`hierarchy_records` of the same superpixels).
 
     Returns
     -------
@@ -805,7 +851,9 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
     cuts, regions = np.asarray(cuts), np.asarray(regions)
     if cuts.ndim != 2 or regions.ndim != 2 or 0 in regions.shape:
         raise ValueError(f"contour cuts must be (K, N) and regions (H, W), got shapes {cuts.shape} and {regions.shape}")
-    if regions.max() >= cuts.shape[1] or regions.min() < 0:
+    runs = _runs_of(regions, runs) if len(cuts) else None
+    labels = runs.nodes if runs is not None else regions  # every label starts a run
+    if labels.max() >= cuts.shape[1] or labels.min() < 0:
         raise ValueError(f"regions must hold superpixels 0 .. {cuts.shape[1] - 1}")
     if len(thresholds) != cuts.shape[0]:
         raise ValueError(f"{cuts.shape[0]} contour cuts but {len(thresholds)} thresholds")
@@ -815,19 +863,18 @@ def contour_records(cuts: np.ndarray, regions: np.ndarray, thresholds: Sequence[
     if len(cuts):
         if boundary is None and image is not None:
             boundary = BoundaryStrength(regions, image)
-        quality = _Nodes.of_regions(regions, list(cuts)).quality(list(cuts), boundary)
+        quality = _Nodes.of_regions(regions, list(cuts), runs).quality(list(cuts), boundary)
     records: list[dict] = []
     seen: dict[str, dict] = {}
     # a mask the hierarchy's records have already is not a new record (counts are unique per
     # mask; a dict of them, as records in ``seen`` are)
     taken = {rec["segmentation"]["counts"] for rec in exclude if rec.get("kind") != "semantic"} if unique else set()
-    region_maps = _RegionMaps(regions) if len(cuts) else None
     region_sub = regions[::stride, ::stride]
     subs = [np.ascontiguousarray(cut[region_sub]) for cut in cuts]
     dists = _sample_distances(subs) if subs else []
     for i, cut in enumerate(cuts):
         big = np.flatnonzero(sizes[i] >= min_size) if min_size > 1 else None
-        m = region_maps.encode(cut, big, (stride, subs[i], dists[i]))
+        m = runs.encode(cut, big, (stride, subs[i], dists[i]))
         fresh = [j for j in _fresh_rows(m, seen, i, unique) if m.counts[j] not in taken]
         labels = m.labels[fresh]
         new = _make_records(

@@ -21,7 +21,7 @@ import numpy as np
 from ..core.api import segment, segment_graph
 from ..core.hierarchy import Hierarchy
 from ..pixels import pixel_labels as to_pixel_labels
-from ..records import contour_records, filter_records, hierarchy_records, semantic_of_clusters
+from ..records import RegionRuns, contour_records, filter_records, hierarchy_records, semantic_of_clusters
 from .segmenter import Encoded, Pooled, Segmenter
 from .sources import Item, decode
 
@@ -236,7 +236,10 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     that has them, and pixel label maps (L, H, W).
 
     With the ``image``, the records' ``score`` weighs each mask's boundary contrast
-    (:mod:`uniap.scores`; its edge strength is gathered once for both kinds of records).
+    (:mod:`uniap.scores`; its edge strength is gathered once for both kinds of records, by
+    :meth:`~uniap.features.RegionGraph.boundary_strength`: on the downscaled copy's
+    superpixels for an image the watershed downscales), and the superpixel map's runs are
+    found once for both (:class:`uniap.records.RegionRuns`).
 
     A region graph's maps are made one level at a time from its superpixels while records are
     encoded, and as a stack only when asked (:attr:`Encoded.pixel_labels`): at 8000 x 8000
@@ -249,12 +252,15 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     semantic = None
     boundary = None
     if regions is not None and image is not None:
-        from ..scores import BoundaryStrength
-
-        boundary = BoundaryStrength(regions, image, pairs=grid.edges, strength=grid.edge_strength)
-    if regions is not None and hierarchy.level(0).semantic_labels is None:
+        # on the superpixels the watershed made (of a downscaled copy for a large image)
+        boundary = grid.boundary_strength(image)
+    cuts = grid.contours if regions is not None else None
+    instances = hierarchy.level(0).semantic_labels is None
+    # the superpixel map's runs, found once for the levels' and the contour regions' records
+    runs = RegionRuns(regions) if regions is not None and (instances or (cuts is not None and len(cuts))) else None
+    if regions is not None and instances:
         labels = None
-        records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary)
+        records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary, runs=runs)
     else:
         labels = to_pixel_labels(hierarchy, grid, upsampling)
         if hierarchy.level(0).semantic_labels is not None:
@@ -270,11 +276,10 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     if regions is None:
         return Encoded(records, labels, semantic)
     node_labels = np.asarray(hierarchy.labels)
-    cuts = grid.contours
     if cuts is None or not len(cuts):
         return Encoded(records, labels, semantic, None, regions, node_labels)
     records += contour_records(cuts, regions, grid.contour_thresholds, min_size=hierarchy.min_size,
-                               start=len(records), unique=unique, boundary=boundary, exclude=records)
+                               start=len(records), unique=unique, boundary=boundary, exclude=records, runs=runs)
     return Encoded(records, labels, semantic, cuts, regions, node_labels)
 
 
