@@ -160,7 +160,7 @@ GRAM_BLOCK = 64  # tile side of the triangle copy (fill_upper)
 # SciPy's syrk runs on SciPy's own OpenBLAS, whose threads spin for a while after each call:
 # while the passes' products ran on NumPy's two threads, that slowed them, and syrk lost at
 # 4096 rows.  With the passes on one thread (one_blas_thread) it won there too (64x64x384,
-# load 4: the whole rule 1.11x the fastest F @ F.T against 1.28x with NumPy's product) and
+# load 4: the whole rule 1.11-1.12x the fastest F @ F.T against 1.28-1.30x with NumPy's) and
 # still lost at 1024-2304 rows, where the tiled copy and the second pool cost more than the
 # halved product saves.
 _SYRK_MIN_ROWS = 4096
