@@ -248,3 +248,82 @@ def test_the_syrk_gram_gives_the_same_partitions(backend, x, levels, semantic):
         compare(x, backend, levels=levels, preset="paper", semantic=semantic)
     finally:
         numba_backend._SYRK_MIN_ROWS = saved
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
+def test_passes_run_on_one_blas_thread_and_the_gram_on_all(monkeypatch, backend):
+    """The passes' products run on one BLAS thread, the Gram on the caller's count, which is
+    restored afterwards, also when the run fails."""
+    pytest.importorskip("threadpoolctl")
+    import uniap.backends.numba_backend as numba_backend
+    from threadpoolctl import threadpool_limits
+
+    seen = {"gram": [], "pass": []}
+    real_gram, real_contract = numba_backend.symmetric_gram, uniap.core.levels._contract
+
+    def gram(unit, min_rows=None):
+        seen["gram"].append(_blas_threads())
+        return real_gram(unit, min_rows)
+
+    def contract(*args, **kwargs):
+        seen["pass"].append(_blas_threads())
+        return real_contract(*args, **kwargs)
+
+    monkeypatch.setattr(numba_backend, "symmetric_gram", gram)
+    monkeypatch.setattr(uniap.core.levels, "_contract", contract)
+    x = _convert(backend)(piecewise_features((12, 10), channels=16, noise=0.3, seed=3))
+    with threadpool_limits(limits=2, user_api="blas"):
+        ref = uniap.segment(x, preset="paper", semantic=True)
+        assert seen["gram"] == [[2]] and seen["pass"] and all(s == [1] for s in seen["pass"])
+        assert _blas_threads() == [2]
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("stop")
+
+        monkeypatch.setattr(uniap.core.levels, "_contract", fail)
+        with pytest.raises(RuntimeError, match="stop"):
+            uniap.segment(x, preset="paper")
+        assert _blas_threads() == [2]
+    monkeypatch.setattr(uniap.core.levels, "_contract", real_contract)
+    with chunked_products():  # the same partitions without any of it
+        uniap.testing.assert_same_partitions(uniap.segment(x, preset="paper", semantic=True, backend="numpy"), ref,
+                                             features_rtol=1e-9)
+
+
+@pytest.mark.parametrize("profile_tol", [0.0, 1e-4])
+def test_both_factorisations_of_the_profile_gram_agree(rng, profile_tol):
+    """(mu F^T F, mu) and (P, P): the same Gram of the profile means, whichever is cheaper."""
+    from uniap.core.levels import _Context, _profile_gram, _State
+    from uniap.options import resolve_options
+
+    n, c, k = 40, 30, 4  # few nodes, many channels: the profiles are cheaper than F^T F
+    unit = rng.normal(size=(n, c))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    members = np.arange(n) % k
+    sums = np.stack([unit[members == i].sum(axis=0) for i in range(k)])
+    sizes = np.bincount(members, minlength=k).astype(np.int64)
+    prof = (sums @ unit.T) / (sizes[:, None] if profile_tol else 1.0)
+    st_ = _State(sums=sums, sizes=sizes, unit_sums=sums, feats=sums, norms=np.ones(k), roots=np.arange(k),
+                 pos=np.arange(k), row_offsets=np.array([0, k]), cell_offsets=np.array([0, n]),
+                 profiles=[prof.astype(np.float32) if profile_tol else prof])
+    rows = np.arange(k)
+    expected = (sums[rows] / sizes[rows, None]) @ unit.T
+    gram = expected @ expected.T
+    results = []
+    for cached in (False, True):  # F^T F cached: always the feature factorisation
+        ctx = _Context(be=uniap.backends.get("numpy"), xp=np, options=resolve_options(preset="paper"), unit=unit)
+        ctx.profile_tol = profile_tol
+        if cached:
+            ctx.feature_grams[0] = unit.T @ unit
+        left, right, sq, means = _profile_gram(ctx, st_, 0, rows)
+        results.append(left.shape[1])
+        np.testing.assert_allclose(left @ right.T, gram, atol=1e-12)
+        np.testing.assert_allclose(sq, np.diag(gram), atol=1e-12)
+        np.testing.assert_allclose(means, expected.mean(axis=1), atol=1e-12)
+    assert results == [n, c]  # few nodes: the profiles themselves; cached: mu F^T F

@@ -380,3 +380,51 @@ def fill_upper(g, block):
                 for j in range(max(j0, i + 1), j1):
                     g[i, j] = g[j, i]
     return g
+
+
+@njit(cache=True, fastmath=SCORE_MATH)
+def edge_cosines(feats, norms, a, b, out):
+    """out[i] = <v_a, v_b> / (norms[a] norms[b]) for a = a[i], b = b[i], rows read in place.
+
+    The engine's cosine gathers both rows of every edge first (two (E, C) copies); scores
+    decide "s > t" only, so the dot may be re-associated (vectorised), as in ``_score``.
+    """
+    for i in range(a.shape[0]):
+        out[i] = _dot(feats, a[i], feats, b[i]) / (norms[a[i]] * norms[b[i]])
+    return out
+
+
+@njit(cache=True)
+def components(num_nodes, a, b):
+    """Connected components of the edges (a[i], b[i]), numbered in the order of each one's
+    smallest node (the canonical numbering of ``Backend.components``): union-find whose root
+    is always the smaller node."""
+    parent = np.arange(num_nodes)
+    for i in range(a.shape[0]):
+        ra, rb = _find(parent, a[i]), _find(parent, b[i])
+        if ra < rb:
+            parent[rb] = ra
+        elif rb < ra:
+            parent[ra] = rb
+    comp = np.empty(num_nodes, np.int64)
+    k = 0
+    for i in range(num_nodes):
+        r = _find(parent, i)
+        if r == i:
+            comp[i] = k
+            k += 1
+        else:
+            comp[i] = comp[r]  # r < i: numbered already
+    return comp, k
+
+
+@njit(cache=True)
+def segment_sum_rows(values, labels, rows, num):
+    """out[labels[i]] += values[rows[i]] for every i in order, each bin from zero: the row
+    order of ``Backend.segment_sum`` (the same float64 additions as SciPy's CSR product)."""
+    out = np.zeros((num, values.shape[1]), values.dtype)
+    for i in range(labels.shape[0]):
+        k, r = labels[i], rows[i]
+        for j in range(values.shape[1]):
+            out[k, j] += values[r, j]
+    return out

@@ -3,14 +3,18 @@
 The released rule (sum pooling, cosine scores) runs entirely in compiled code
 (:mod:`uniap.backends._numba_kernels`).  Options that need the O(N) affinity profiles of the
 paper (attention pooling, voting) are matrix products that NumPy's BLAS already does well, so
-they take the generic engine with the NumPy primitives, as do semantic groupings.
+they take the generic engine, on the NumPy primitives with Numba kernels for the graph and row
+steps (components, segment sums, edge cosines, votes), the Gram on every BLAS thread and the
+passes on one (:func:`one_blas_thread`), as do semantic groupings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -48,8 +52,38 @@ class NumbaBackend(NumpyBackend):
             return k.cluster_sums(x, np.ascontiguousarray(labels, dtype=np.int64), num)
         return super().cluster_sums(x, labels, num)
 
+    def components(self, num_nodes, a, b):
+        from . import _numba_kernels as k
+
+        # SciPy's sparse graph costs more to build than to label at a pass's few thousand edges.
+        comp, num = k.components(int(num_nodes), np.ascontiguousarray(a, np.int64), np.ascontiguousarray(b, np.int64))
+        return comp, int(num)
+
+    def edge_cosines(self, feats, norms, a, b, eps=1e-10):
+        if norms is None or feats.dtype != np.float64 or not feats.flags.c_contiguous:
+            return super().edge_cosines(feats, norms, a, b, eps)
+        from . import _numba_kernels as k
+
+        # Reads both rows in place: no gathered (E, C) copies.
+        out = np.empty(a.shape[0], np.float64)
+        return k.edge_cosines(feats, np.ascontiguousarray(norms, np.float64), np.ascontiguousarray(a, np.int64),
+                              np.ascontiguousarray(b, np.int64), out)
+
+    def segment_sum(self, values, labels, num, rows=None):
+        if values.ndim != 2 or values.dtype != np.float64 or not values.flags.c_contiguous:
+            return super().segment_sum(values, labels, num, rows)
+        from . import _numba_kernels as k
+
+        # The reference's order and additions (each bin from zero, its rows in the order given)
+        # without building a sparse matrix per call.
+        labels = np.ascontiguousarray(labels, np.int64)
+        rows = np.arange(labels.shape[0]) if rows is None else np.ascontiguousarray(rows, np.int64)
+        return k.segment_sum_rows(values, labels, rows, int(num))
+
     def gram(self, unit):
-        return symmetric_gram(unit)
+        # The one product of the rule large enough for every thread (see one_blas_thread).
+        with gram_threads():
+            return symmetric_gram(unit)
 
     def profile_l1(self, prof, a, b, wa, wb):
         if prof.dtype not in (np.float32, np.float64) or not prof.flags.c_contiguous:
@@ -70,7 +104,8 @@ class NumbaBackend(NumpyBackend):
         # float64 throughout: exact already
         if options.pooling != "sum" or options.vote_weight != 0.0 or track_margin:
             graph.x = NumpyBackend.prepare_features(self, graph.x)
-            return super().run(graph, options, track_margin=track_margin)
+            with one_blas_thread():
+                return super().run(graph, options, track_margin=track_margin)
         return _run_released(self, graph, options)
 
 
@@ -122,11 +157,13 @@ def _run_released(be: NumbaBackend, graph: "Graph", options: "Options") -> "RunR
 
 
 GRAM_BLOCK = 64  # tile side of the triangle copy (fill_upper)
-# SciPy's syrk runs on SciPy's own OpenBLAS, whose threads spin for a while after each call and
-# slow NumPy's next products (the pooling's): measured with 2 threads, the syrk path won at 9216
-# and 12544 rows (1.4x less time for the whole rule) and lost at 4096 (1.1x more), so it is
-# taken for large profiles only, where the product dominates.
-_SYRK_MIN_ROWS = 8192
+# SciPy's syrk runs on SciPy's own OpenBLAS, whose threads spin for a while after each call:
+# while the passes' products ran on NumPy's two threads, that slowed them, and syrk lost at
+# 4096 rows.  With the passes on one thread (one_blas_thread) it won there too (64x64x384,
+# load 4: the whole rule 1.11-1.12x the fastest F @ F.T against 1.28-1.30x with NumPy's) and
+# still lost at 1024-2304 rows, where the tiled copy and the second pool cost more than the
+# halved product saves.
+_SYRK_MIN_ROWS = 4096
 
 
 def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
@@ -158,3 +195,71 @@ def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
     # Fortran-ordered (n, n), i.e. the lower triangle of its C-ordered transpose.
     lower = syrk(1.0, np.ascontiguousarray(unit).T, trans=1).T
     return k.fill_upper(lower, GRAM_BLOCK)
+
+
+# -- BLAS threads of the paper's rule ------------------------------------------------------
+# The thread count the BLAS pools had when the current run limited them to one (None outside
+# a run): the Gram asks for it back.
+_GRAM_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("uniap_gram_threads", default=None)
+
+
+@lru_cache(maxsize=1)
+def _blas_pools() -> Any:
+    """threadpoolctl's handle on the BLAS libraries NumPy and SciPy load, or None without it.
+
+    Built once (listing the loaded libraries takes about 8 ms; setting their thread counts
+    about 50 us), after SciPy's BLAS is loaded, so that both OpenBLAS pools are in it.
+    """
+    try:
+        import scipy.linalg.blas  # noqa: F401  (loads SciPy's own OpenBLAS)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the paper's rule with one BLAS thread, except its Gram (:func:`gram_threads`).
+
+    After the Gram, every product of a pass is (m, C) by (C, N) with m merged nodes, a few
+    percent of the N cells, between steps of Python and Numba work.  OpenBLAS wakes its
+    threads for each such call and lets them spin afterwards; on a machine whose cores are
+    shared, a descheduled worker stalls every call: measured at 64x64x384 with two threads
+    and load 4, the whole rule took 1.98x the fastest ``F @ F.T`` with every product on two
+    threads and 1.30x with the passes on one (docs/benchmarks.md).  The previous counts are
+    restored on exit, whatever happens; partitions do not depend on it.
+
+    Examples
+    --------
+    >>> from threadpoolctl import threadpool_info
+    >>> with one_blas_thread():
+    ...     sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+    [1]
+    """
+    pools = _blas_pools()
+    if pools is None or _GRAM_THREADS.get() is not None:
+        yield
+        return
+    before = max([lib["num_threads"] for lib in pools.info()], default=1)
+    token = _GRAM_THREADS.set(before)
+    limiter = pools.limit(limits=1)
+    try:
+        yield
+    finally:
+        limiter.restore_original_limits()
+        _GRAM_THREADS.reset(token)
+
+
+@contextlib.contextmanager
+def gram_threads() -> Iterator[None]:
+    """Inside :func:`one_blas_thread`: the caller's BLAS thread count back, for the Gram."""
+    before = _GRAM_THREADS.get()
+    if before is None or before <= 1:
+        yield
+        return
+    limiter = _blas_pools().limit(limits=before)
+    try:
+        yield
+    finally:
+        limiter.restore_original_limits()

@@ -287,12 +287,15 @@ def _run_on_numba(graph: "Graph", options: "Options", track_margin: bool = False
     way: the generic engine on NumPy arrays, about 3-5x faster than on CPU tensors.
     """
     torch = _torch()
-    result = _numba_backend().run(replace(graph, x=graph.x.numpy()), options, track_margin=track_margin)
+    x = graph.x.numpy()
+    result = _numba_backend().run(replace(graph, x=x), options, track_margin=track_margin)
     as_tensor = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     for level in result.levels:
         level.cell_labels = as_tensor(level.cell_labels)
         level.roots = as_tensor(level.roots)
         level.sizes = as_tensor(level.sizes)
-        level.features = as_tensor(level.features)
+        # Pooled features in the input's dtype here, in NumPy: torch's cast of a (K, C) tensor
+        # wakes its OpenMP threads, which cost milliseconds a level on a busy machine.
+        level.features = None if level.features is None else as_tensor(level.features.astype(x.dtype, copy=False))
         level.semantic = as_tensor(level.semantic)
     return result

@@ -443,7 +443,8 @@ def build_hierarchies(
                 part_of_cluster = be.asarray_index(np.repeat(np.arange(len(counts)), counts), like=like)
             nxt = xp.take(levels[i + 1].cell_labels, lv.roots)
             parents = xp.astype(per_part_start(nxt, bounds[i + 1][:-1], part_of_cluster), xp.int64)
-        features = None if lv.features is None else xp.astype(lv.features, out_dtype)
+        # The engine's own array: no copy when it has the output dtype already.
+        features = None if lv.features is None else xp.astype(lv.features, out_dtype, copy=False)
         semantic = None
         if lv.semantic is not None:
             sem_cells = xp.take(lv.semantic, lv.cell_labels)

@@ -265,7 +265,7 @@ def _profile_attention_pool(ctx: _Context, st: _State, p: int, rows: Any, unit_p
 def _score_edges(ctx: _Context, st: _State, a: Any, b: Any) -> Any:
     """s_ab = w_f cos(v_a, v_b) + w_s vote_ab for edges (a[i], b[i]), ``a`` increasing."""
     xp, opt = ctx.xp, ctx.options
-    cos = cosine_of_rows(xp, st.feats, st.norms, a, b, ctx.be.block_elements(st.feats))
+    cos = ctx.be.edge_cosines(st.feats, st.norms, a, b)
     if opt.vote_weight == 0.0:
         return cos
     vote = xp.empty_like(cos)
@@ -672,7 +672,9 @@ def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, An
     profile's mean over the part's cells.
 
     The factors are (mu F^T F, mu) when that is cheaper than (P, P) (many nodes): F^T F is
-    C x C and is computed once per part and run.
+    C x C and is computed once per part and run.  With float32 profiles, P is not read from
+    them (that would loosen the bounds) but computed as mu F^T in float64 when that is cheaper
+    than F^T F (few nodes: at 32x32x384, 155 nodes, half the multiplications).
     """
     xp = ctx.xp
     unit_part = ctx.unit[int(st.cell_offsets[p]) : int(st.cell_offsets[p + 1])]
@@ -680,11 +682,17 @@ def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, An
     k = rows.shape[0]
     mu = _profile_means(xp, st, rows)
     means = mu @ (xp.sum(unit_part, axis=0) / n)
-    # float32 profiles would loosen the bounds: their Gram comes from F^T F (float64) always.
-    if p not in ctx.feature_grams and (ctx.profile_tol or k * k * n > n * c * c + 2 * k * c * c + k * k * c):
+    # Multiplications of each factorisation (F^T F only if not made yet this run); the pairs'
+    # products are k^2 C or k^2 N.
+    via_features = (0 if p in ctx.feature_grams else n * c * c) + k * c * c + k * k * c
+    via_profiles = (k * n * c if ctx.profile_tol else 0) + k * k * n
+    if p not in ctx.feature_grams and via_profiles > via_features:
         ctx.feature_grams[p] = unit_part.T @ unit_part
     if p in ctx.feature_grams:
         left, right = mu @ ctx.feature_grams[p], mu
+    elif ctx.profile_tol:
+        # The exact float64 profiles (float32 ones would loosen the bounds).
+        left = right = mu @ unit_part.T
     else:
         left = xp.take(st.profiles[p], _local(ctx, st, p, rows), axis=0)
         left = left / xp.astype(xp.take(st.sizes, rows), left.dtype)[:, None]
