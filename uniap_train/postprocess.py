@@ -28,7 +28,8 @@ import contextlib
 
 import torch
 
-__all__ = ["mask_iou", "matrix_nms", "mask_nms", "stability_score", "boundary_contrast", "snap_to_regions"]
+__all__ = ["mask_iou", "matrix_nms", "mask_nms", "stability_score", "boundary_contrast", "region_means",
+           "snap_to_regions"]
 
 #: Default bound on the elements of one float chunk of :func:`mask_iou` (64 MiB of float32).
 MAX_ELEMENTS = 2**24
@@ -404,6 +405,25 @@ def snap_to_regions(prob: torch.Tensor, regions: torch.Tensor, threshold: float 
     tensor([[[1, 1, 0, 0],
              [1, 1, 0, 1]]], dtype=torch.int32)
     """
+    region_prob = region_means(prob, regions, num_regions=num_regions)
+    labels = torch.as_tensor(regions, device=prob.device).reshape(-1).to(torch.int64)
+    masks = (region_prob > threshold)[:, labels].reshape(prob.shape)
+    return masks, region_prob
+
+
+def region_means(prob: torch.Tensor, regions: torch.Tensor, *, num_regions: int | None = None) -> torch.Tensor:
+    """Each region's mean of each map: ``prob`` (N, H, W) -> (N, R) float32.
+
+    The step of :func:`snap_to_regions` before its threshold (one ``index_add_`` over the
+    flattened pixels, summed in float32 at least), for callers that want the means alone (of
+    probabilities or of logits); the same arguments, checks and errors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> region_means(torch.tensor([[[1.0, 3.0, -2.0]]]), torch.tensor([[0, 0, 1]]))
+    tensor([[ 2., -2.]])
+    """
     if not isinstance(prob, torch.Tensor):
         raise TypeError(f"prob must be a torch.Tensor, got {type(prob).__name__}")
     if prob.ndim != 3:
@@ -434,6 +454,4 @@ def snap_to_regions(prob: torch.Tensor, regions: torch.Tensor, threshold: float 
     sums.index_add_(1, labels, prob.reshape(n, labels.numel()).to(acc))
     sizes = torch.zeros(count, dtype=torch.int64, device=prob.device)
     sizes.index_add_(0, labels, torch.ones_like(labels))
-    region_prob = (sums / sizes.clamp_min(1).to(acc)).to(torch.float32)
-    masks = (region_prob > threshold)[:, labels].reshape(prob.shape)
-    return masks, region_prob
+    return (sums / sizes.clamp_min(1).to(acc)).to(torch.float32)

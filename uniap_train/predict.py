@@ -772,10 +772,9 @@ class Predictor:
         sem_prob.sub_(sem_prob.amax(0, keepdim=True)).exp_()
         sem_prob.div_(sem_prob.sum(0, keepdim=True))  # softmax over the [SEM] queries, without a copy
         if self.refine == "superpixels":
-            from .postprocess import snap_to_regions
+            from .postprocess import region_means
 
-            _, region_prob = snap_to_regions(sem_prob, regions)  # each superpixel: its mean query probabilities
-            sem_prob = region_prob[:, regions]
+            sem_prob = region_means(sem_prob, regions)[:, regions]  # each superpixel: its mean query probabilities
         else:
             regions = None  # the instance masks stay per pixel
         semantic = sem_prob.argmax(0)
@@ -808,9 +807,9 @@ class Predictor:
         """:func:`pooled_levels` of the image's superpixels from the [SEM] logits at their pixels."""
         from uniap.superpixels import adjacency
 
-        from .postprocess import snap_to_regions
+        from .postprocess import region_means
 
-        _, region_logits = snap_to_regions(sem_logits, regions)  # each superpixel: its mean logits
+        region_logits = region_means(sem_logits, regions)  # each superpixel: its mean logits
         labels = regions.cpu().numpy()
         u = self.cfg.uniap
         return pooled_levels(region_logits.T.cpu().numpy(), labels, adjacency(labels),
