@@ -327,3 +327,65 @@ def test_both_factorisations_of_the_profile_gram_agree(rng, profile_tol):
         np.testing.assert_allclose(sq, np.diag(gram), atol=1e-12)
         np.testing.assert_allclose(means, expected.mean(axis=1), atol=1e-12)
     assert results == [n, c]  # few nodes: the profiles themselves; cached: mu F^T F
+
+
+def test_the_last_pass_profiles_are_read_not_recomputed(rng):
+    """The exact profiles a pass computed for the nodes it formed are the semantic Gram's rows
+    for those nodes (only the others are multiplied out), and the Gram is the same."""
+    from uniap.core.levels import _Context, _profile_gram, _State
+    from uniap.options import resolve_options
+
+    n, c, k = 40, 30, 5
+    unit = rng.normal(size=(n, c))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    members = np.arange(n) % k
+    sums = np.stack([unit[members == i].sum(axis=0) for i in range(k)])
+    sizes = np.bincount(members, minlength=k).astype(np.int64)
+    expected = (sums / sizes[:, None]) @ unit.T
+    known_rows = np.array([1, 3])
+    for marked in (False, True):
+        known = expected[known_rows] + (0.5 if marked else 0.0)  # marked: tells read rows apart
+        st_ = _State(sums=sums, sizes=sizes, unit_sums=sums, feats=sums, norms=np.ones(k), roots=np.arange(k),
+                     pos=np.arange(k), row_offsets=np.array([0, k]), cell_offsets=np.array([0, n]),
+                     profiles=[expected.astype(np.float32)], exact_profiles={0: (known_rows, known)})
+        ctx = _Context(be=uniap.backends.get("numpy"), xp=np, options=resolve_options(preset="paper"), unit=unit)
+        ctx.profile_tol = 1e-4
+        left, right, sq, _ = _profile_gram(ctx, st_, 0, np.arange(k))
+        want = expected.copy()
+        want[known_rows] = known
+        np.testing.assert_allclose(left, want, atol=1e-12)
+        np.testing.assert_allclose(sq, np.sum(want * want, axis=1), atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_semantic_groups_reuse_the_pass_profiles(monkeypatch, backend):
+    """A real run hands the first level's formed nodes' profiles to the semantic groups, and
+    gives the reference's partitions."""
+    import uniap.core.levels as levels
+
+    known = []
+    real = levels._profile_gram
+
+    def spy(ctx, st_, p, rows):
+        entry = st_.exact_profiles.get(p)
+        known.append(0 if entry is None else int(entry[0].shape[0]))
+        return real(ctx, st_, p, rows)
+
+    monkeypatch.setattr(levels, "_profile_gram", spy)
+    x = piecewise_features((20, 18), channels=48, regions=[40], noise=0.8, seed=11)
+    compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True)
+    assert known and known[0] > 0
+
+
+@pytest.mark.parametrize("ratio", [0, 1 << 40])
+@settings(max_examples=30)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy)
+def test_gathered_and_product_gram_entries_agree(ratio, x, levels):
+    """The semantic pairs' Gram entries from the tile's product (ratio 0) or from every
+    candidate's gathered rows (a huge ratio) give the reference's partitions."""
+    saved = uniap.core.levels.GATHER_RATIO
+    uniap.core.levels.GATHER_RATIO = ratio
+    try:
+        compare(x, "numba" if "numba" in BACKENDS else "numpy", levels=levels, preset="paper", semantic=True)
+    finally:
+        uniap.core.levels.GATHER_RATIO = saved

@@ -56,6 +56,11 @@ FLOAT32_PROFILES = True
 # Bounds of the semantic complete graph's votes (mean |P_a - P_b| from the Gram of the profile
 # rows) are widened by this much, far above their float64 rounding, before they decide a pair.
 BOUND_SLACK = 1e-9
+# The semantic pairs' Gram entries come from gathered rows (two per candidate pair) only when
+# the candidates are fewer than 1/GATHER_RATIO of a tile's pairs, else from the tile's product:
+# gathering costs 50-100x a product's share of a pair (one thread, 155-1448 rows of 384-4096
+# numbers; 4 before, which at 32x32x384 spent 5 ms a run gathering 1024-number rows).
+GATHER_RATIO = 64
 
 
 @dataclass
@@ -242,13 +247,15 @@ def _near_thresholds(ctx: _Context, scores: Any, thresholds) -> Any:
 
 
 def _softmax_pool(ctx: _Context, logits: Any, unit_part: Any) -> Any:
-    """L2N(softmax_c(logits) F) for a block of logit rows (already divided by sigma)."""
+    """L2N(softmax_c(logits) F) for a block of logit rows (already divided by sigma, and
+    overwritten: every caller passes a temporary)."""
     xp = ctx.xp
-    logits = logits - xp.max(logits, axis=1, keepdims=True)
+    logits -= xp.max(logits, axis=1, keepdims=True)
     weights = xp.exp(logits)
-    weights = weights / xp.sum(weights, axis=1, keepdims=True)
+    # The weights are not divided by their sum (a pass over m x N numbers): the pooled row is
+    # then that sum times the softmax-weighted one, and L2N's eps is scaled by it too.
     pooled = weights @ unit_part
-    return pooled / row_norms(xp, pooled)[:, None]
+    return pooled / xp.maximum(row_norms(xp, pooled, 0.0), EPS * xp.sum(weights, axis=1))[:, None]
 
 
 def _profile_attention_pool(ctx: _Context, st: _State, p: int, rows: Any, unit_part: Any) -> Any:
@@ -768,10 +775,7 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
                     ii, jj = xp.nonzero((wf * cos + ws > t - BOUND_SLACK) & upper)
                     cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
                     gi, gj = ii + r0, jj + c0
-                    # Gathering a candidate's two rows costs 50-100x a product's share of a
-                    # pair (measured, k = 155-1448 rows of 384-4096): their own dots only when
-                    # very few.
-                    if 64 * ii.shape[0] < (r1 - r0) * width:
+                    if GATHER_RATIO * ii.shape[0] < (r1 - r0) * width:  # very few: their own dots
                         gram = xp.empty(ii.shape, dtype=left.dtype, device=dev)
                         step = max(1, (1 << 20) // max(1, left.shape[1]))
                         for s0 in range(0, ii.shape[0], step):
