@@ -256,31 +256,49 @@ def _blas_threads() -> list[int]:
     return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
 
 
+@pytest.mark.parametrize("bands", [True, False])
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
-def test_passes_run_on_one_blas_thread_and_the_gram_on_all(monkeypatch, backend):
-    """The passes' products run on one BLAS thread, the Gram on the caller's count, which is
-    restored afterwards, also when the run fails."""
+def test_passes_run_on_one_blas_thread_and_the_gram_on_all(monkeypatch, backend, bands):
+    """The passes' products run on one BLAS thread, the Gram on the caller's count (as that
+    many bands on Python threads, each BLAS call on one thread; or on the BLAS library's
+    threads), which is restored afterwards, also when the run fails."""
     pytest.importorskip("threadpoolctl")
     import uniap.backends.numba_backend as numba_backend
     from threadpoolctl import threadpool_limits
 
-    seen = {"gram": [], "pass": []}
+    seen = {"gram": [], "pass": [], "bands": [], "band": []}
     real_gram, real_contract = numba_backend.symmetric_gram, uniap.core.levels._contract
+    real_banded, real_lower = numba_backend.banded_gram, numba_backend._lower_gram
 
     def gram(unit, min_rows=None):
         seen["gram"].append(_blas_threads())
         return real_gram(unit, min_rows)
 
+    def banded(unit, threads):
+        seen["bands"].append(threads)
+        return real_banded(unit, threads)
+
+    def lower(block):
+        seen["band"].append(_blas_threads())
+        return real_lower(block)
+
     def contract(*args, **kwargs):
         seen["pass"].append(_blas_threads())
         return real_contract(*args, **kwargs)
 
+    monkeypatch.setattr(numba_backend, "GRAM_BANDS", bands)
     monkeypatch.setattr(numba_backend, "symmetric_gram", gram)
+    monkeypatch.setattr(numba_backend, "banded_gram", banded)
+    monkeypatch.setattr(numba_backend, "_lower_gram", lower)
     monkeypatch.setattr(uniap.core.levels, "_contract", contract)
-    x = _convert(backend)(piecewise_features((12, 10), channels=16, noise=0.3, seed=3))
+    x = _convert(backend)(piecewise_features((16, 12), channels=16, noise=0.3, seed=3))
     with threadpool_limits(limits=2, user_api="blas"):
         ref = uniap.segment(x, preset="paper", semantic=True)
-        assert seen["gram"] == [[2]] and seen["pass"] and all(s == [1] for s in seen["pass"])
+        if bands:
+            assert seen["bands"] == [2] and seen["band"] == [[1], [1]] and seen["gram"] == []
+        else:
+            assert seen["gram"] == [[2]] and seen["bands"] == []
+        assert seen["pass"] and all(s == [1] for s in seen["pass"])
         assert _blas_threads() == [2]
 
         def fail(*args, **kwargs):
@@ -389,3 +407,57 @@ def test_gathered_and_product_gram_entries_agree(ratio, x, levels):
         compare(x, "numba" if "numba" in BACKENDS else "numpy", levels=levels, preset="paper", semantic=True)
     finally:
         uniap.core.levels.GATHER_RATIO = saved
+
+
+@pytest.mark.parametrize("syrk", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 63, 128, 301, 1000])
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_banded_gram_is_the_symmetric_gram(monkeypatch, rng, n, threads, dtype, syrk):
+    """Bands on Python threads give every entry of unit @ unit.T (within the bound the
+    float32 profiles assume), exactly symmetric, for any thread count and row count (few
+    rows: fewer bands, or the one-call Gram), with NumPy's or SciPy's syrk for the blocks."""
+    import uniap.backends.numba_backend as numba_backend
+
+    if syrk:
+        monkeypatch.setattr(numba_backend, "_SYRK_MIN_ROWS", 1)
+    banded_gram = numba_backend.banded_gram
+    c = 24
+    unit = rng.normal(size=(n, c))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    g = banded_gram(unit.astype(dtype), threads)
+    assert g.dtype == dtype and g.shape == (n, n) and np.array_equal(g, g.T)
+    bound = (c + 2) * np.finfo(dtype).eps / 2  # (C + 2) u, u the unit roundoff
+    assert np.abs(g.astype(np.float64) - unit @ unit.T).max() <= bound
+
+
+def test_banded_gram_raises_a_band_error(monkeypatch, rng):
+    """An error in a band (memory, say) is the caller's error, not a silently unfilled band."""
+    import uniap.backends.numba_backend as numba_backend
+
+    def fail(block):
+        raise MemoryError("band")
+
+    monkeypatch.setattr(numba_backend, "_lower_gram", fail)
+    with pytest.raises(MemoryError, match="band"):
+        numba_backend.banded_gram(rng.normal(size=(256, 8)).astype(np.float32), 2)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
+@settings(max_examples=30)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy, semantic=st.booleans(),
+       threads=st.integers(2, 5))
+def test_the_banded_gram_gives_the_same_partitions(backend, x, levels, semantic, threads):
+    """The profiles' Gram as bands on Python threads (forced on every size here) gives the
+    reference's partitions."""
+    pytest.importorskip("threadpoolctl")
+    import uniap.backends.numba_backend as numba_backend
+    from threadpoolctl import threadpool_limits
+
+    saved = numba_backend.GRAM_BAND_ROWS
+    numba_backend.GRAM_BAND_ROWS = 1
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            compare(x, backend, levels=levels, preset="paper", semantic=semantic)
+    finally:
+        numba_backend.GRAM_BAND_ROWS = saved
