@@ -83,7 +83,8 @@ class NumbaBackend(NumpyBackend):
     def gram(self, unit):
         # The one product of the rule large enough for every thread (see one_blas_thread).
         threads = _GRAM_THREADS.get()
-        if GRAM_BANDS and threads is not None and min(threads, unit.shape[0] // GRAM_BAND_ROWS) > 1:
+        if (GRAM_BANDS and threads is not None and unit.shape[0] < GRAM_BANDS_MAX_ROWS
+                and min(threads, unit.shape[0] // GRAM_BAND_ROWS) > 1):
             return banded_gram(unit, threads)
         with gram_threads():
             return symmetric_gram(unit)
@@ -204,8 +205,12 @@ def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
 # thread alone (banded_gram), instead of on the BLAS library's threads: those spin for a while
 # after each call (OpenBLAS: about 2**28 cycles), and on shared cores the worker left spinning
 # took CPU from the single-threaded passes that follow.  False: the library's threads.
+# Not from 8192 rows (96x96 grids and up), where the diagonal blocks' copies and SciPy's
+# single-threaded syrk lost to the library's threads (112x112x384, load 3: the rule 1.68x the
+# fastest F @ F.T against 1.22x).
 GRAM_BANDS = True
 GRAM_BAND_ROWS = 64  # the fewest rows of a band
+GRAM_BANDS_MAX_ROWS = 8192
 
 
 def banded_gram(unit: np.ndarray, threads: int) -> np.ndarray:
