@@ -4,8 +4,9 @@ The released rule (sum pooling, cosine scores) runs entirely in compiled code
 (:mod:`uniap.backends._numba_kernels`).  Options that need the O(N) affinity profiles of the
 paper (attention pooling, voting) are matrix products that NumPy's BLAS already does well, so
 they take the generic engine, on the NumPy primitives with Numba kernels for the graph and row
-steps (components, segment sums, edge cosines, votes), the Gram on every BLAS thread and the
-passes on one (:func:`one_blas_thread`), as do semantic groupings.
+steps (components, segment sums, edge cosines, votes), the Gram on the caller's thread count
+(:func:`banded_gram` below 8192 rows) and the passes on one BLAS thread
+(:func:`one_blas_thread`), as do semantic groupings.
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ def _blas_pools() -> Any:
 
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """Run the paper's rule with one BLAS thread, except its Gram (:func:`gram_threads`).
+    """Run the paper's rule with one BLAS thread, except its Gram (:func:`banded_gram` on the
+    caller's thread count, or :func:`gram_threads` from 8192 rows).
 
     After the Gram, every product of a pass is (m, C) by (C, N) with m merged nodes, a few
     percent of the N cells, between steps of Python and Numba work.  OpenBLAS wakes its
