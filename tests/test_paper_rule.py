@@ -256,31 +256,49 @@ def _blas_threads() -> list[int]:
     return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
 
 
+@pytest.mark.parametrize("bands", [True, False])
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
-def test_passes_run_on_one_blas_thread_and_the_gram_on_all(monkeypatch, backend):
-    """The passes' products run on one BLAS thread, the Gram on the caller's count, which is
-    restored afterwards, also when the run fails."""
+def test_passes_run_on_one_blas_thread_and_the_gram_on_all(monkeypatch, backend, bands):
+    """The passes' products run on one BLAS thread, the Gram on the caller's count (as that
+    many bands on Python threads, each BLAS call on one thread; or on the BLAS library's
+    threads), which is restored afterwards, also when the run fails."""
     pytest.importorskip("threadpoolctl")
     import uniap.backends.numba_backend as numba_backend
     from threadpoolctl import threadpool_limits
 
-    seen = {"gram": [], "pass": []}
+    seen = {"gram": [], "pass": [], "bands": [], "band": []}
     real_gram, real_contract = numba_backend.symmetric_gram, uniap.core.levels._contract
+    real_banded, real_lower = numba_backend.banded_gram, numba_backend._lower_gram
 
     def gram(unit, min_rows=None):
         seen["gram"].append(_blas_threads())
         return real_gram(unit, min_rows)
 
+    def banded(unit, threads):
+        seen["bands"].append(threads)
+        return real_banded(unit, threads)
+
+    def lower(block):
+        seen["band"].append(_blas_threads())
+        return real_lower(block)
+
     def contract(*args, **kwargs):
         seen["pass"].append(_blas_threads())
         return real_contract(*args, **kwargs)
 
+    monkeypatch.setattr(numba_backend, "GRAM_BANDS", bands)
     monkeypatch.setattr(numba_backend, "symmetric_gram", gram)
+    monkeypatch.setattr(numba_backend, "banded_gram", banded)
+    monkeypatch.setattr(numba_backend, "_lower_gram", lower)
     monkeypatch.setattr(uniap.core.levels, "_contract", contract)
-    x = _convert(backend)(piecewise_features((12, 10), channels=16, noise=0.3, seed=3))
+    x = _convert(backend)(piecewise_features((16, 12), channels=16, noise=0.3, seed=3))
     with threadpool_limits(limits=2, user_api="blas"):
         ref = uniap.segment(x, preset="paper", semantic=True)
-        assert seen["gram"] == [[2]] and seen["pass"] and all(s == [1] for s in seen["pass"])
+        if bands:
+            assert seen["bands"] == [2] and seen["band"] == [[1], [1]] and seen["gram"] == []
+        else:
+            assert seen["gram"] == [[2]] and seen["bands"] == []
+        assert seen["pass"] and all(s == [1] for s in seen["pass"])
         assert _blas_threads() == [2]
 
         def fail(*args, **kwargs):
@@ -327,3 +345,119 @@ def test_both_factorisations_of_the_profile_gram_agree(rng, profile_tol):
         np.testing.assert_allclose(sq, np.diag(gram), atol=1e-12)
         np.testing.assert_allclose(means, expected.mean(axis=1), atol=1e-12)
     assert results == [n, c]  # few nodes: the profiles themselves; cached: mu F^T F
+
+
+def test_the_last_pass_profiles_are_read_not_recomputed(rng):
+    """The exact profiles a pass computed for the nodes it formed are the semantic Gram's rows
+    for those nodes (only the others are multiplied out), and the Gram is the same."""
+    from uniap.core.levels import _Context, _profile_gram, _State
+    from uniap.options import resolve_options
+
+    n, c, k = 40, 30, 5
+    unit = rng.normal(size=(n, c))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    members = np.arange(n) % k
+    sums = np.stack([unit[members == i].sum(axis=0) for i in range(k)])
+    sizes = np.bincount(members, minlength=k).astype(np.int64)
+    expected = (sums / sizes[:, None]) @ unit.T
+    known_rows = np.array([1, 3])
+    for marked in (False, True):
+        known = expected[known_rows] + (0.5 if marked else 0.0)  # marked: tells read rows apart
+        st_ = _State(sums=sums, sizes=sizes, unit_sums=sums, feats=sums, norms=np.ones(k), roots=np.arange(k),
+                     pos=np.arange(k), row_offsets=np.array([0, k]), cell_offsets=np.array([0, n]),
+                     profiles=[expected.astype(np.float32)], exact_profiles={0: (known_rows, known)})
+        ctx = _Context(be=uniap.backends.get("numpy"), xp=np, options=resolve_options(preset="paper"), unit=unit)
+        ctx.profile_tol = 1e-4
+        left, right, sq, _ = _profile_gram(ctx, st_, 0, np.arange(k))
+        want = expected.copy()
+        want[known_rows] = known
+        np.testing.assert_allclose(left, want, atol=1e-12)
+        np.testing.assert_allclose(sq, np.sum(want * want, axis=1), atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_semantic_groups_reuse_the_pass_profiles(monkeypatch, backend):
+    """A real run hands the first level's formed nodes' profiles to the semantic groups, and
+    gives the reference's partitions."""
+    import uniap.core.levels as levels
+
+    known = []
+    real = levels._profile_gram
+
+    def spy(ctx, st_, p, rows):
+        entry = st_.exact_profiles.get(p)
+        known.append(0 if entry is None else int(entry[0].shape[0]))
+        return real(ctx, st_, p, rows)
+
+    monkeypatch.setattr(levels, "_profile_gram", spy)
+    x = piecewise_features((20, 18), channels=48, regions=[40], noise=0.8, seed=11)
+    compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True)
+    assert known and known[0] > 0
+
+
+@pytest.mark.parametrize("ratio", [0, 1 << 40])
+@settings(max_examples=30)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy)
+def test_gathered_and_product_gram_entries_agree(ratio, x, levels):
+    """The semantic pairs' Gram entries from the tile's product (ratio 0) or from every
+    candidate's gathered rows (a huge ratio) give the reference's partitions."""
+    saved = uniap.core.levels.GATHER_RATIO
+    uniap.core.levels.GATHER_RATIO = ratio
+    try:
+        compare(x, "numba" if "numba" in BACKENDS else "numpy", levels=levels, preset="paper", semantic=True)
+    finally:
+        uniap.core.levels.GATHER_RATIO = saved
+
+
+@pytest.mark.parametrize("syrk", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 63, 128, 301, 1000])
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_banded_gram_is_the_symmetric_gram(monkeypatch, rng, n, threads, dtype, syrk):
+    """Bands on Python threads give every entry of unit @ unit.T (within the bound the
+    float32 profiles assume), exactly symmetric, for any thread count and row count (few
+    rows: fewer bands, or the one-call Gram), with NumPy's or SciPy's syrk for the blocks."""
+    import uniap.backends.numba_backend as numba_backend
+
+    if syrk:
+        monkeypatch.setattr(numba_backend, "_SYRK_MIN_ROWS", 1)
+    banded_gram = numba_backend.banded_gram
+    c = 24
+    unit = rng.normal(size=(n, c))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    g = banded_gram(unit.astype(dtype), threads)
+    assert g.dtype == dtype and g.shape == (n, n) and np.array_equal(g, g.T)
+    bound = (c + 2) * np.finfo(dtype).eps / 2  # (C + 2) u, u the unit roundoff
+    assert np.abs(g.astype(np.float64) - unit @ unit.T).max() <= bound
+
+
+def test_banded_gram_raises_a_band_error(monkeypatch, rng):
+    """An error in a band (memory, say) is the caller's error, not a silently unfilled band."""
+    import uniap.backends.numba_backend as numba_backend
+
+    def fail(block):
+        raise MemoryError("band")
+
+    monkeypatch.setattr(numba_backend, "_lower_gram", fail)
+    with pytest.raises(MemoryError, match="band"):
+        numba_backend.banded_gram(rng.normal(size=(256, 8)).astype(np.float32), 2)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
+@settings(max_examples=30)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy, semantic=st.booleans(),
+       threads=st.integers(2, 5))
+def test_the_banded_gram_gives_the_same_partitions(backend, x, levels, semantic, threads):
+    """The profiles' Gram as bands on Python threads (forced on every size here) gives the
+    reference's partitions."""
+    pytest.importorskip("threadpoolctl")
+    import uniap.backends.numba_backend as numba_backend
+    from threadpoolctl import threadpool_limits
+
+    saved = numba_backend.GRAM_BAND_ROWS
+    numba_backend.GRAM_BAND_ROWS = 1
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            compare(x, backend, levels=levels, preset="paper", semantic=semantic)
+    finally:
+        numba_backend.GRAM_BAND_ROWS = saved

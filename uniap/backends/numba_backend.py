@@ -4,8 +4,9 @@ The released rule (sum pooling, cosine scores) runs entirely in compiled code
 (:mod:`uniap.backends._numba_kernels`).  Options that need the O(N) affinity profiles of the
 paper (attention pooling, voting) are matrix products that NumPy's BLAS already does well, so
 they take the generic engine, on the NumPy primitives with Numba kernels for the graph and row
-steps (components, segment sums, edge cosines, votes), the Gram on every BLAS thread and the
-passes on one (:func:`one_blas_thread`), as do semantic groupings.
+steps (components, segment sums, edge cosines, votes), the Gram on the caller's thread count
+(:func:`banded_gram` below 8192 rows) and the passes on one BLAS thread
+(:func:`one_blas_thread`), as do semantic groupings.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class NumbaBackend(NumpyBackend):
 
     def gram(self, unit):
         # The one product of the rule large enough for every thread (see one_blas_thread).
+        threads = _GRAM_THREADS.get()
+        if (GRAM_BANDS and threads is not None and unit.shape[0] < GRAM_BANDS_MAX_ROWS
+                and min(threads, unit.shape[0] // GRAM_BAND_ROWS) > 1):
+            return banded_gram(unit, threads)
         with gram_threads():
             return symmetric_gram(unit)
 
@@ -197,6 +202,80 @@ def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
     return k.fill_upper(lower, GRAM_BLOCK)
 
 
+# Inside one_blas_thread, the Gram runs as bands on Python threads, each BLAS call on its own
+# thread alone (banded_gram), instead of on the BLAS library's threads: those spin for a while
+# after each call (OpenBLAS: about 2**28 cycles), and on shared cores the worker left spinning
+# took CPU from the single-threaded passes that follow.  False: the library's threads.
+# Not from 8192 rows (96x96 grids and up), where the diagonal blocks' copies and SciPy's
+# single-threaded syrk lost to the library's threads (112x112x384, load 3: the rule 1.68x the
+# fastest F @ F.T against 1.22x).
+GRAM_BANDS = True
+GRAM_BAND_ROWS = 64  # the fewest rows of a band
+GRAM_BANDS_MAX_ROWS = 8192
+
+
+def banded_gram(unit: np.ndarray, threads: int) -> np.ndarray:
+    """``unit @ unit.T`` computed by ``threads`` Python threads, one band of rows each.
+
+    The lower triangle is cut into bands of equal work (band j ends at row n sqrt(j / T));
+    a band is one product with the rows above it and one ``syrk`` of its diagonal block
+    (:func:`symmetric_gram`'s choice), each BLAS call on the thread that makes it (the caller
+    limits BLAS to one thread); the tiled copy then fills the upper triangle.  The same dot
+    products as :func:`symmetric_gram` (float32 ones keep the profiles' error bound), and an
+    exactly symmetric result.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> unit = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    >>> g = banded_gram(unit, 3)
+    >>> bool(np.array_equal(g, g.T)), bool(np.allclose(g, unit @ unit.T, atol=1e-5))
+    (True, True)
+    """
+    import math
+    import threading
+
+    from . import _numba_kernels as k
+
+    n = unit.shape[0]
+    threads = max(1, min(int(threads), n // GRAM_BAND_ROWS))
+    if unit.ndim != 2 or unit.dtype not in (np.float32, np.float64) or threads <= 1:
+        return symmetric_gram(unit)
+    unit = np.ascontiguousarray(unit)
+    out = np.empty((n, n), unit.dtype)
+    bounds = [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]
+    errors: list[BaseException] = []
+
+    def band(lo: int, hi: int) -> None:
+        try:
+            if lo:
+                np.matmul(unit[lo:hi], unit[:lo].T, out=out[lo:hi, :lo])
+            out[lo:hi, lo:hi] = _lower_gram(unit[lo:hi])
+        except BaseException as error:  # re-raised by the caller
+            errors.append(error)
+
+    workers = [threading.Thread(target=band, args=(bounds[j], bounds[j + 1]), daemon=True)
+               for j in range(1, threads)]
+    for worker in workers:
+        worker.start()
+    band(bounds[0], bounds[1])
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return k.fill_upper(out, GRAM_BLOCK)
+
+
+def _lower_gram(block: np.ndarray) -> np.ndarray:
+    """A Gram whose lower triangle is ``block @ block.T`` (the upper one is not read)."""
+    if block.shape[0] < _SYRK_MIN_ROWS:
+        return block @ block.T
+    from scipy.linalg import blas
+
+    syrk = blas.ssyrk if block.dtype == np.float32 else blas.dsyrk
+    return syrk(1.0, block.T, trans=1).T
+
+
 # -- BLAS threads of the paper's rule ------------------------------------------------------
 # The thread count the BLAS pools had when the current run limited them to one (None outside
 # a run): the Gram asks for it back.
@@ -220,7 +299,8 @@ def _blas_pools() -> Any:
 
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """Run the paper's rule with one BLAS thread, except its Gram (:func:`gram_threads`).
+    """Run the paper's rule with one BLAS thread, except its Gram (:func:`banded_gram` on the
+    caller's thread count, or :func:`gram_threads` from 8192 rows).
 
     After the Gram, every product of a pass is (m, C) by (C, N) with m merged nodes, a few
     percent of the N cells, between steps of Python and Numba work.  OpenBLAS wakes its

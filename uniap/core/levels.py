@@ -56,6 +56,11 @@ FLOAT32_PROFILES = True
 # Bounds of the semantic complete graph's votes (mean |P_a - P_b| from the Gram of the profile
 # rows) are widened by this much, far above their float64 rounding, before they decide a pair.
 BOUND_SLACK = 1e-9
+# The semantic pairs' Gram entries come from gathered rows (two per candidate pair) only when
+# the candidates are fewer than 1/GATHER_RATIO of a tile's pairs, else from the tile's product:
+# gathering costs 50-100x a product's share of a pair (one thread, 155-1448 rows of 384-4096
+# numbers; 4 before, which at 32x32x384 spent 5 ms a run gathering 1024-number rows).
+GATHER_RATIO = 64
 
 
 @dataclass
@@ -122,6 +127,10 @@ class _State:
     # its sum S_k = sum_{i in k} F_i F_p^T in float64.  None when the profiles are computed on
     # demand (options need none, or PROFILE_BYTES is exceeded).
     profiles: list | None = None
+    # Per part p, (rows, P): the exact float64 profiles mu_k F_p^T of the nodes the last pass
+    # formed (rows increasing), which that pass computed for their float32 rows and attention
+    # logits anyway; the semantic pairs' Gram reads them instead of computing them again.
+    exact_profiles: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -238,13 +247,15 @@ def _near_thresholds(ctx: _Context, scores: Any, thresholds) -> Any:
 
 
 def _softmax_pool(ctx: _Context, logits: Any, unit_part: Any) -> Any:
-    """L2N(softmax_c(logits) F) for a block of logit rows (already divided by sigma)."""
+    """L2N(softmax_c(logits) F) for a block of logit rows (already divided by sigma, and
+    overwritten: every caller passes a temporary)."""
     xp = ctx.xp
-    logits = logits - xp.max(logits, axis=1, keepdims=True)
+    logits -= xp.max(logits, axis=1, keepdims=True)
     weights = xp.exp(logits)
-    weights = weights / xp.sum(weights, axis=1, keepdims=True)
+    # The weights are not divided by their sum (a pass over m x N numbers): the pooled row is
+    # then that sum times the softmax-weighted one, and L2N's eps is scaled by it too.
     pooled = weights @ unit_part
-    return pooled / row_norms(xp, pooled)[:, None]
+    return pooled / xp.maximum(row_norms(xp, pooled, 0.0), EPS * xp.sum(weights, axis=1))[:, None]
 
 
 def _profile_attention_pool(ctx: _Context, st: _State, p: int, rows: Any, unit_part: Any) -> Any:
@@ -306,6 +317,7 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
     new_roots = xp.take(roots, be.first_occurrences(comp, k_new))
     merged = xp.nonzero(counts > 1)[0]
     dst = xp.take(new_roots, merged)
+    st.exact_profiles = {}
     if repool:
         members = xp.nonzero(xp.take(counts > 1, comp))[0]  # increasing: the summation order
         group = xp.zeros((k_new,), dtype=xp.int64, device=_device(comp))
@@ -326,9 +338,15 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
                 prof = st.profiles[p]
                 local = _local(ctx, st, p, dst[lo:hi])
                 step = max(1, CHUNK_ELEMENTS // max(1, unit_part.shape[0]))
+                if hi - lo <= step and opt.semantic:
+                    # One block: kept for the semantic pairs' Gram (_profile_gram), m x N_p
+                    # numbers, fewer than the float32 profiles of the part.
+                    exact = mu[lo:hi] @ unit_part.T
+                    st.exact_profiles[p] = (dst[lo:hi], exact)
                 for s0 in range(lo, hi, step):
                     s1 = min(hi, s0 + step)
-                    exact = mu[s0:s1] @ unit_part.T
+                    if p not in st.exact_profiles:
+                        exact = mu[s0:s1] @ unit_part.T
                     prof[local[s0 - lo : s1 - lo]] = xp.astype(exact, prof.dtype)
                     if opt.pooling == "attention":
                         pooled[s0:s1] = _softmax_pool(ctx, exact / opt.temperature, unit_part)
@@ -552,6 +570,8 @@ def _compact(ctx: _Context, st: _State) -> _State:
         row_offsets=bounds,
         cell_offsets=st.cell_offsets,
         profiles=profiles,
+        # The last pass's nodes are active roots: their rows here are their positions.
+        exact_profiles={p: (xp.take(st.pos, rows), exact) for p, (rows, exact) in st.exact_profiles.items()},
     )
 
 
@@ -682,17 +702,32 @@ def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, An
     k = rows.shape[0]
     mu = _profile_means(xp, st, rows)
     means = mu @ (xp.sum(unit_part, axis=0) / n)
+    # The exact profiles the last pass computed (rows of ``rows``, which is increasing).
+    known = st.exact_profiles.get(p) if ctx.profile_tol else None
+    if known is not None:
+        at = xp.searchsorted(rows, known[0])
     # Multiplications of each factorisation (F^T F only if not made yet this run); the pairs'
     # products are k^2 C or k^2 N.
     via_features = (0 if p in ctx.feature_grams else n * c * c) + k * c * c + k * k * c
-    via_profiles = (k * n * c if ctx.profile_tol else 0) + k * k * n
+    missing = k - (0 if known is None else int(known[0].shape[0]))
+    via_profiles = (missing * n * c if ctx.profile_tol else 0) + k * k * n
     if p not in ctx.feature_grams and via_profiles > via_features:
         ctx.feature_grams[p] = unit_part.T @ unit_part
     if p in ctx.feature_grams:
         left, right = mu @ ctx.feature_grams[p], mu
     elif ctx.profile_tol:
         # The exact float64 profiles (float32 ones would loosen the bounds).
-        left = right = mu @ unit_part.T
+        if known is None:
+            left = mu @ unit_part.T
+        else:
+            left = xp.empty((k, n), dtype=mu.dtype, device=_device(mu))
+            left[at] = known[1]
+            if missing:
+                rest = xp.ones((k,), dtype=xp.bool, device=_device(mu))
+                rest[at] = False
+                rest = xp.nonzero(rest)[0]
+                left[rest] = xp.take(mu, rest, axis=0) @ unit_part.T
+        right = left
     else:
         left = xp.take(st.profiles[p], _local(ctx, st, p, rows), axis=0)
         left = left / xp.astype(xp.take(st.sizes, rows), left.dtype)[:, None]
@@ -740,7 +775,7 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
                     ii, jj = xp.nonzero((wf * cos + ws > t - BOUND_SLACK) & upper)
                     cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
                     gi, gj = ii + r0, jj + c0
-                    if 4 * ii.shape[0] < (r1 - r0) * width:  # few candidates: their own dots
+                    if GATHER_RATIO * ii.shape[0] < (r1 - r0) * width:  # very few: their own dots
                         gram = xp.empty(ii.shape, dtype=left.dtype, device=dev)
                         step = max(1, (1 << 20) // max(1, left.shape[1]))
                         for s0 in range(0, ii.shape[0], step):
