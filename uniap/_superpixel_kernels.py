@@ -26,6 +26,56 @@ _KEYS = 1 << 16
 
 
 @njit(cache=True)
+def smooth_nearest(lab, weights):
+    """Each channel of ``lab`` (C, H, W) float32 smoothed in place, bit for bit as
+    ``scipy.ndimage.gaussian_filter(channel, sigma, mode="nearest", output=channel)`` does it.
+
+    ``weights`` (2r + 1,) float64 are the filter's (symmetric).  The arithmetic is SciPy's
+    ``correlate1d``'s: rows first, then columns, edges extended by their last pixel, each sum
+    in float64 from the centre tap and then the pairs of taps from the outermost in, stored as
+    float32 after each pass.  One pass over the rows and one over the columns, no line
+    buffers per pixel row and column as SciPy copies (half its time at 481 x 321).
+    """
+    channels, height, width = lab.shape
+    r = weights.size // 2
+    tmp = np.empty((height, width), np.float32)
+    acc = np.empty(width, np.float64)
+    line = np.empty(width + 2 * r, np.float64)
+    centre = weights[r]
+    for c in range(channels):
+        plane = lab[c]
+        for y in range(height):
+            row = plane[y]
+            for x in range(width):
+                acc[x] = np.float64(row[x]) * centre
+            for j in range(r, 0, -1):
+                up = plane[max(y - j, 0)]
+                down = plane[min(y + j, height - 1)]
+                w = weights[r - j]
+                for x in range(width):
+                    acc[x] += (np.float64(up[x]) + np.float64(down[x])) * w
+            out = tmp[y]
+            for x in range(width):
+                out[x] = np.float32(acc[x])
+        for y in range(height):
+            src = tmp[y]
+            for k in range(width + 2 * r):
+                line[k] = src[min(max(k - r, 0), width - 1)]
+            for x in range(width):
+                acc[x] = line[x + r] * centre
+            for j in range(r, 0, -1):
+                w = weights[r - j]
+                left = line[r - j:r - j + width]
+                right = line[r + j:r + j + width]
+                for x in range(width):
+                    acc[x] += (left[x] + right[x]) * w
+            out = plane[y]
+            for x in range(width):
+                out[x] = np.float32(acc[x])
+    return lab
+
+
+@njit(cache=True)
 def edge_weights(lab):
     """L2 colour distance of every 4-adjacent pixel pair of ``lab`` (C, H, W).
 

