@@ -174,6 +174,7 @@ def downscaled_hierarchy(
     factor: int = CONTOUR_FACTOR,
     max_pixels: int = MAX_PIXELS,
     lab: np.ndarray | None = None,
+    contours: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`superpixel_hierarchy` with the superpixels on the copy the watershed ran on.
 
@@ -189,6 +190,9 @@ def downscaled_hierarchy(
     ----------
     image, size, first, factor, max_pixels, lab
         As for :func:`superpixel_hierarchy`.
+    contours : bool, default True
+        False: the superpixels alone (no cut above them is made; ``cuts`` has no rows), for
+        a caller that wants them on the copy without the contour regions.
 
     Returns
     -------
@@ -224,6 +228,8 @@ def downscaled_hierarchy(
     altitude = tree.altitude(count)
     regions = tree.labels(altitude)  # on the (maybe downscaled) copy: every superpixel is there
     n = int(regions.max()) + 1
+    if not contours:
+        return regions, np.zeros((0, n), np.int32), np.zeros(0, np.float64)
     a, b, persist = tree.region_tree(regions, altitude)  # the hierarchy above the superpixels
     descending = _descending(persist)
     cuts, thresholds = [], []

@@ -269,7 +269,7 @@ class RegionFeatures:
     def __call__(self, image: Any) -> RegionGraph:
         rgb = load_image(image)
         with_lab = getattr(self.extractor, "_grid_and_lab", None)
-        if with_lab is None or not self.contours or rgb.dtype != np.uint8:
+        if with_lab is None or self.method != "watershed" or rgb.dtype != np.uint8:
             return self.graph(rgb, self.extractor(rgb))
         # the default features convert the image to CIELab too: the watershed takes theirs
         grid, lab = with_lab(rgb)
@@ -284,7 +284,7 @@ class RegionFeatures:
         where the watershed runs on a downscaled copy).
         """
         contours = thresholds = strength = small = None
-        if self.contours:
+        if self.method == "watershed":  # with or without its contour regions
             copy = downscaled(image, SUPERPIXEL_MAX_PIXELS)  # what the watershed runs on
             if lab is None or copy is not image or lab.shape != (3, *image.shape[:2]) or lab.dtype != np.float32:
                 lab = None
@@ -299,7 +299,10 @@ class RegionFeatures:
             else:
                 lab = None
             small, contours, thresholds = downscaled_hierarchy(image, size=self.size, lab=lab,
-                                                               max_pixels=SUPERPIXEL_MAX_PIXELS)
+                                                               max_pixels=SUPERPIXEL_MAX_PIXELS,
+                                                               contours=self.contours)
+            if not self.contours:
+                contours = thresholds = None
             regions = upscaled(small, image.shape[:2])
         else:
             regions = superpixels(image, size=self.size, method=self.method, compactness=self.compactness)
