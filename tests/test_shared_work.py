@@ -164,3 +164,39 @@ def test_edges_are_checked_as_before_sorted_or_not(seed, n, count, tidy):
     got = _check_edges(edges, n)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_run_keeps_the_objects_before_it_out_of_full_collections_and_gives_them_back():
+    """During a run the objects alive before it are frozen (full collections skip them); after
+    it, nothing stays frozen; a program that froze its own objects keeps them as they were."""
+    import gc
+
+    from uniap.pipeline.engine import _settled_heap
+
+    assert gc.get_freeze_count() == 0
+    with _settled_heap():
+        during = gc.get_freeze_count()
+        with _settled_heap():  # nested (an engine inside a run): the outer one thaws
+            assert gc.get_freeze_count() == during
+        assert gc.get_freeze_count() == during
+    assert during > 1000 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        theirs = gc.get_freeze_count()
+        with _settled_heap():
+            pass
+        assert gc.get_freeze_count() == theirs
+    finally:
+        gc.unfreeze()
+
+
+def test_the_cli_thaws_the_heap_after_a_run(tmp_path):
+    import gc
+
+    from PIL import Image
+
+    from uniap.cli import main
+
+    Image.fromarray(_image(5, (40, 56))).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--out", str(tmp_path / "a.json"), "--quiet"]) == 0
+    assert (tmp_path / "a.json").exists() and gc.get_freeze_count() == 0
