@@ -200,3 +200,21 @@ def test_the_cli_thaws_the_heap_after_a_run(tmp_path):
     Image.fromarray(_image(5, (40, 56))).save(tmp_path / "a.png")
     assert main([str(tmp_path / "a.png"), "--out", str(tmp_path / "a.json"), "--quiet"]) == 0
     assert (tmp_path / "a.json").exists() and gc.get_freeze_count() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 25), st.integers(1, 25), st.integers(0, 4), st.floats(0, 1))
+def test_the_superpixel_labels_are_the_tree_cuts(seed, h, w, levels, quantile):
+    """The pixel labels of a cut of the watershed's tree, by one raster pass (pixel_cut), are
+    tree_cut's over the MST edges: the same regions, numbered alike (ties included: weights
+    drawn from a few levels)."""
+    from uniap._superpixel_kernels import edge_weights, persistence, pixel_cut, tree_cut
+
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, levels + 1, size=(3, h, w)).astype(np.float32) if levels else \
+        rng.normal(size=(3, h, w)).astype(np.float32)
+    mst, persist = persistence(edge_weights(lab), h, w)
+    altitude = float(np.quantile(persist, quantile)) if persist.size else 0.0
+    u, v = np.ascontiguousarray(mst[:, 0]), np.ascontiguousarray(mst[:, 1])
+    want = tree_cut(h * w, u, v, persist, altitude)
+    np.testing.assert_array_equal(pixel_cut(h, w, u, v, persist, altitude), want)

@@ -295,6 +295,53 @@ def tree_cut(n, a, b, persist, altitude):
 
 
 @njit(cache=True)
+def pixel_cut(height, width, u, v, persist, altitude):
+    """:func:`tree_cut` of the pixel graph's MST (edges ``u[j] - v[j]`` between 4-adjacent
+    pixels): the same labels, 0 .. R-1 in raster order of each region's first pixel.
+
+    The kept edges are marked per pixel, then joined in one raster pass whose unions reach
+    back one pixel or one row only (cache-friendly, unlike unions in the MST's order, which
+    is the sorted weights'); the roots are each region's first pixel, so the labels come in
+    one more pass, each pixel taking its root's.
+    """
+    n = height * width
+    kept = np.zeros(2 * n, np.bool_)  # slot 2i: pixel i to its right neighbour, 2i + 1: below
+    for j in range(u.size):
+        if persist[j] <= altitude:
+            a = min(u[j], v[j])
+            kept[2 * a + (1 if max(u[j], v[j]) - a == width else 0)] = True
+    uf = np.empty(n, np.int32)  # a pixel's parent is an earlier pixel, a root its own
+    for y in range(height):
+        for x in range(width):
+            i = y * width + x
+            r = i
+            if x > 0 and kept[2 * (i - 1)]:
+                r = _find(uf, i - 1)
+            if y > 0 and kept[2 * (i - width) + 1]:
+                s = _find(uf, i - width)
+                if r == i:
+                    r = s
+                elif s < r:
+                    uf[r] = s
+                    r = s
+                elif s > r:
+                    uf[s] = r
+            uf[i] = r
+    labels = np.empty(n, np.int32)
+    count = 0
+    for i in range(n):
+        p = uf[i]
+        if p == i:
+            labels[i] = count
+            count += 1
+        else:
+            r = uf[p]  # p < i points at its root already (set below when p was labelled)
+            uf[i] = r
+            labels[i] = labels[r]
+    return labels
+
+
+@njit(cache=True)
 def pool_cells(regions, rows, cols, feats, width, n):
     """``out[r] = sum over the pixels of region r of feats[cell of the pixel]``: (n, C) float64.
 

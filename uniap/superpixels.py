@@ -284,8 +284,9 @@ class _WatershedTree:
 
     def labels(self, altitude: float) -> np.ndarray:
         """The regions of the cut at ``altitude``: (H, W) int32, 0 .. R-1 in raster order."""
-        n = self.shape[0] * self.shape[1]
-        return _tree_cut(n, self.u, self.v, self.persist, altitude).reshape(self.shape)
+        from ._superpixel_kernels import pixel_cut
+
+        return pixel_cut(*self.shape, self.u, self.v, self.persist, float(altitude)).reshape(self.shape)
 
     def region_tree(self, regions: np.ndarray, altitude: float):
         """The MST edges between the regions of the cut at ``altitude``, as region pairs
