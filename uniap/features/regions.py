@@ -95,7 +95,8 @@ class RegionGraph:
         the watershed ran on, from the CIELab image it converts anyway: the image itself, or
         for an image of more than :data:`uniap.superpixels.MAX_PIXELS` pixels its downscaled
         copy (:func:`uniap.superpixels.downscaled`).  The records' scores read it
-        (:meth:`boundary_strength`) instead of converting the image again.  None without it.
+        (:meth:`boundary_strength`) instead of converting the image again.  Watershed
+        superpixels have it with or without their contour regions; None for SLIC's.
     strength_regions : ndarray of shape (h, w), int32, or None
         The superpixels of that downscaled copy, where ``edge_strength`` is gathered on their
         boundaries (``regions`` is this map upscaled); None when ``edge_strength`` is at the
