@@ -6,8 +6,8 @@
   grid of the same images.  The two alternate, 5 rounds each; ``extra_info`` has the median
   seconds per image of each and the median of the per-round ratios.
 * ``test_stage_shares``: ``uniap.segment_image`` with the default settings, per stage
-  (patch features, superpixels and their contour regions, pooling and adjacency, UniAP,
-  records), medians over the images.
+  (patch features, superpixels and their contour regions from the features' CIELab, pooling
+  and adjacency, UniAP, records), medians over the images.
 * ``test_superpixels_against_peers``: the default superpixels with their contour regions
   (:func:`uniap.superpixels.superpixel_hierarchy`) against SLIC, Felzenszwalb and higra's
   ``watershed_hierarchy_by_volume`` on the pixel graph (the previous implementation, the
@@ -92,9 +92,9 @@ def test_stage_shares(benchmark, folder):
     def one_pass():
         for image in images:
             t = [time.perf_counter()]
-            grid = extractor(image)
+            grid, lab = extractor._grid_and_lab(image)  # the grid, and its CIELab for the watershed
             t.append(time.perf_counter())
-            regions, cuts, thresholds = superpixel_hierarchy(image)
+            regions, cuts, thresholds = superpixel_hierarchy(image, lab=lab)
             t.append(time.perf_counter())
             x, edges = pool_grid(grid, regions), adjacency(regions)
             t.append(time.perf_counter())

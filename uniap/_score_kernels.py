@@ -126,31 +126,37 @@ def gradient_magnitude(lab, a, y0, y1, height, smooth, derive, out):
     cols = np.empty(width + 2 * radius, np.int64)
     for j in range(width + 2 * radius):
         cols[j] = _mirror(j - radius, width)
+    # rows as 1-D views in the inner loops: they vectorise (3-D indexing there did not)
     for c in range(channels):
+        plane = lab[c]
         for r in range(count):
             y = y0 + r
-            centre = _mirror(y, height) - a
+            row = plane[_mirror(y, height) - a]
             for x in range(width):
-                v = np.float64(lab[c, centre, x])
+                v = np.float64(row[x])
                 acc_s[x] = v * smooth[radius]
                 acc_d[x] = v * derive[radius]
             for j in range(1, radius + 1):
-                up = _mirror(y + j, height) - a
-                down = _mirror(y - j, height) - a
+                up = plane[_mirror(y + j, height) - a]
+                down = plane[_mirror(y - j, height) - a]
                 ws = smooth[radius + j]
                 wd = derive[radius + j]
                 for x in range(width):
-                    p = np.float64(lab[c, up, x])
-                    q = np.float64(lab[c, down, x])
+                    p = np.float64(up[x])
+                    q = np.float64(down[x])
                     acc_s[x] += (p + q) * ws
                     acc_d[x] += (p - q) * wd
+            smooth_row = along_y_smooth[r]
+            derive_row = along_y_derive[r]
             for x in range(width):
-                along_y_smooth[r, x] = acc_s[x]
-                along_y_derive[r, x] = acc_d[x]
+                smooth_row[x] = acc_s[x]
+                derive_row[x] = acc_d[x]
         for r in range(count):
+            smooth_row = along_y_smooth[r]
+            derive_row = along_y_derive[r]
             for j in range(width + 2 * radius):
-                padded_s[j] = along_y_smooth[r, cols[j]]
-                padded_d[j] = along_y_derive[r, cols[j]]
+                padded_s[j] = smooth_row[cols[j]]
+                padded_d[j] = derive_row[cols[j]]
             # the x derivative of the y-smoothed rows, the x smoothing of the y derivative
             for x in range(width):
                 acc_s[x] = padded_s[x + radius] * derive[radius]
@@ -158,13 +164,18 @@ def gradient_magnitude(lab, a, y0, y1, height, smooth, derive, out):
             for j in range(1, radius + 1):
                 ws = smooth[radius + j]
                 wd = derive[radius + j]
+                right_s = padded_s[radius + j:radius + j + width]
+                left_s = padded_s[radius - j:radius - j + width]
+                right_d = padded_d[radius + j:radius + j + width]
+                left_d = padded_d[radius - j:radius - j + width]
                 for x in range(width):
-                    acc_s[x] += (padded_s[x + radius + j] - padded_s[x + radius - j]) * wd
-                    acc_d[x] += (padded_d[x + radius + j] + padded_d[x + radius - j]) * ws
+                    acc_s[x] += (right_s[x] - left_s[x]) * wd
+                    acc_d[x] += (right_d[x] + left_d[x]) * ws
+            target = out[r]
             for x in range(width):
                 gx = np.float32(acc_s[x])
                 gy = np.float32(acc_d[x])
-                out[r, x] += np.sqrt(gy * gy + gx * gx)
+                target[x] += np.sqrt(gy * gy + gx * gx)
 
 
 @njit(cache=True)

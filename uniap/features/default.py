@@ -271,16 +271,26 @@ class DefaultFeatures:
             ``features`` of shape (ceil(H / p), ceil(W / p), C), float32, or of the working
             image's shape over ``p`` when ``max_side`` shrinks the image.
         """
-        rgb = load_image(image)
+        return self._grid_and_lab(load_image(image))[0]
+
+    def _grid_and_lab(self, rgb: np.ndarray) -> tuple[FeatureGrid, np.ndarray | None]:
+        """:meth:`__call__`'s grid of the RGB array ``rgb``, and the CIELab it converted on the
+        way, cut to ``rgb``'s own pixels: (3, H, W) float32 (``_rgb2lab(rgb)``, bit for bit),
+        for the superpixels of :class:`~uniap.features.RegionFeatures`, which would convert
+        the image again.  None when there is none to give: the image is resized for
+        ``max_side`` or its descriptors are computed in bands."""
         original = rgb.shape[:2]
         shape = working_shape(original, self.patch_size, self.max_side)
         resized = original if shape is None else tuple(shape)
         img = self._padded_image(rgb)
-        feats = _histogram_features(img, self)
-        return FeatureGrid(
+        labs: list[np.ndarray] = []
+        feats = _histogram_features(img, self, labs)
+        grid = FeatureGrid(
             feats, self.patch_size, img.shape, name=self.name, original_shape=original,
             resized_shape=resized,
         )
+        lab = labs[0][:, :original[0], :original[1]] if labs and shape is None else None
+        return grid, lab
 
     def region_features(self, image: ImageLike, regions: np.ndarray) -> np.ndarray:
         """Features of arbitrary regions, from their own pixels: pixel-accurate node features.
@@ -511,14 +521,15 @@ class _PaddedImage:
         return self.rgb[self.row_map[y], self.col_map[x]]
 
 
-def _histogram_features(img: _PaddedImage, opts: DefaultFeatures) -> np.ndarray:
+def _histogram_features(img: _PaddedImage, opts: DefaultFeatures, labs: list | None = None) -> np.ndarray:
     """Features of a padded working image (steps of the class doc).
 
     The per-pixel descriptors of a big image are never held whole: the words are fitted on
     descriptors computed at the sampled pixels only (:func:`_sampled_descriptors`), then the
     descriptors are computed band by band (:func:`_band_descriptors`, with halos for the
     filters) and assigned to the words.  Both give bit for bit the values of the whole-image
-    computation (:func:`_descriptors`), which an image of one band still uses.
+    computation (:func:`_descriptors`), which an image of one band still uses; then its
+    CIELab is appended to ``labs`` when given.
     """
     p = opts.patch_size
     H, W = img.shape
@@ -527,7 +538,7 @@ def _histogram_features(img: _PaddedImage, opts: DefaultFeatures) -> np.ndarray:
     q = p // stride  # patch side in descriptor pixels
     kinds = _kinds(opts)
     band = _band_rows(q, W // stride)
-    whole = _descriptors(img.whole(), opts) if _one_band(img, opts) else None
+    whole = _descriptors(img.whole(), opts, labs) if _one_band(img, opts) else None
     words = _image_words(img, opts, whole)
     hists = {kind: np.empty((words[kind][0].shape[0], h, w), np.float32) for kind in kinds}
     for r0 in range(0, h, band):
@@ -688,10 +699,13 @@ def _one_band(img: _PaddedImage, opts: DefaultFeatures) -> bool:
     return H // p <= _band_rows(p // stride, W // stride) and H * W <= max(_CHUNK_PIXELS, p * W)
 
 
-def _descriptors(rgb: np.ndarray, opts: DefaultFeatures) -> dict[str, np.ndarray]:
-    """Per-pixel colour and texture descriptors (d, H / s, W / s) of the parts in use (s: stride)."""
+def _descriptors(rgb: np.ndarray, opts: DefaultFeatures, labs: list | None = None) -> dict[str, np.ndarray]:
+    """Per-pixel colour and texture descriptors (d, H / s, W / s) of the parts in use (s: stride);
+    the CIELab they come from is appended to ``labs`` when given (nothing here writes to it)."""
     stride = _stride(opts.patch_size)
     lab = _rgb2lab(rgb)  # (3, H, W) float32
+    if labs is not None:
+        labs.append(lab)
     out = {}
     if opts.color_weight:
         out["color"] = lab * np.array([opts.lightness_scale, 1.0, 1.0], np.float32)[:, None, None]

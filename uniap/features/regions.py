@@ -95,7 +95,8 @@ class RegionGraph:
         the watershed ran on, from the CIELab image it converts anyway: the image itself, or
         for an image of more than :data:`uniap.superpixels.MAX_PIXELS` pixels its downscaled
         copy (:func:`uniap.superpixels.downscaled`).  The records' scores read it
-        (:meth:`boundary_strength`) instead of converting the image again.  None without it.
+        (:meth:`boundary_strength`) instead of converting the image again.  Watershed
+        superpixels have it with or without their contour regions; None for SLIC's.
     strength_regions : ndarray of shape (h, w), int32, or None
         The superpixels of that downscaled copy, where ``edge_strength`` is gathered on their
         boundaries (``regions`` is this map upscaled); None when ``edge_strength`` is at the
@@ -268,24 +269,41 @@ class RegionFeatures:
 
     def __call__(self, image: Any) -> RegionGraph:
         rgb = load_image(image)
-        return self.graph(rgb, self.extractor(rgb))
+        with_lab = getattr(self.extractor, "_grid_and_lab", None)
+        if with_lab is None or self.method != "watershed" or rgb.dtype != np.uint8:
+            return self.graph(rgb, self.extractor(rgb))
+        # the default features convert the image to CIELab too: the watershed takes theirs
+        grid, lab = with_lab(rgb)
+        return self.graph(rgb, grid, lab=lab)
 
-    def graph(self, image: np.ndarray, grid: FeatureGrid) -> RegionGraph:
-        """The region graph of ``image`` from its patch features ``grid``."""
+    def graph(self, image: np.ndarray, grid: FeatureGrid, *, lab: np.ndarray | None = None) -> RegionGraph:
+        """The region graph of ``image`` from its patch features ``grid``.
+
+        ``lab``: the CIELab of ``image`` (3, H, W) float32 when the caller has it
+        (``uniap.features.default._rgb2lab(image)``; the default features'), used for the
+        watershed instead of converting the image again, which smooths it in place (ignored
+        where the watershed runs on a downscaled copy).
+        """
         contours = thresholds = strength = small = None
-        if self.contours:
-            lab = None
+        if self.method == "watershed":  # with or without its contour regions
             copy = downscaled(image, SUPERPIXEL_MAX_PIXELS)  # what the watershed runs on
+            if lab is None or copy is not image or lab.shape != (3, *image.shape[:2]) or lab.dtype != np.float32:
+                lab = None
             if image.dtype == np.uint8:
                 # one CIELab conversion for the watershed and the records' edge strength, both
                 # on the copy (at 4000 x 4000 a full-resolution strength cost 1 s of 8)
                 from ..scores import raw_edge_strength
                 from .default import _rgb2lab
 
-                lab = _rgb2lab(np.ascontiguousarray(copy))
+                lab = _rgb2lab(np.ascontiguousarray(copy)) if lab is None else np.ascontiguousarray(lab)
                 strength = raw_edge_strength(lab)
+            else:
+                lab = None
             small, contours, thresholds = downscaled_hierarchy(image, size=self.size, lab=lab,
-                                                               max_pixels=SUPERPIXEL_MAX_PIXELS)
+                                                               max_pixels=SUPERPIXEL_MAX_PIXELS,
+                                                               contours=self.contours)
+            if not self.contours:
+                contours = thresholds = None
             regions = upscaled(small, image.shape[:2])
         else:
             regions = superpixels(image, size=self.size, method=self.method, compactness=self.compactness)

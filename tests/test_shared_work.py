@@ -1,0 +1,220 @@
+"""Work done once per image (issue #22): the default features' CIELab reused by the watershed,
+the compiled smoothing that replaced SciPy's, the edge list checked without a sort when it is
+sorted already, and ``--no-contours`` through the default's path.  Each fast path gives what
+the path it replaced gave, bit for bit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter
+
+from uniap.core.api import _check_edges
+from uniap.features import DefaultFeatures, RegionFeatures, get_extractor
+from uniap.features.default import _rgb2lab
+from uniap.pipeline.stages import encode
+from uniap.superpixels import _smoothed_lab, adjacency, superpixels
+
+
+def _image(seed: int, shape=(45, 70)) -> np.ndarray:
+    """Blocks of random colours with noise: edges of several strengths."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    blocks = rng.integers(0, 256, size=(4, 4, 3))
+    image = blocks[np.arange(h) * 4 // h][:, np.arange(w) * 4 // w]
+    return np.clip(image + rng.normal(0, 10, size=(h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _scipy_smoothed(lab: np.ndarray) -> np.ndarray:
+    """The smoothing the watershed had before: SciPy, channel by channel."""
+    out = lab.copy()
+    for channel in out:
+        gaussian_filter(channel, 1.0, mode="nearest", output=channel)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(1, 30), st.sampled_from([1.0, 40.0, 100.0]))
+def test_the_compiled_smoothing_is_scipys_bit_for_bit(seed, h, w, scale):
+    lab = (np.random.default_rng(seed).normal(size=(3, h, w)) * scale).astype(np.float32)
+    want = _scipy_smoothed(lab)
+    got = lab.copy()
+    assert _smoothed_lab(got) is got  # in place
+    np.testing.assert_array_equal(got, want)
+
+
+def test_the_compiled_smoothing_of_a_real_image_and_of_a_view():
+    lab = _rgb2lab(_image(0, (121, 93)))
+    want = _scipy_smoothed(lab)
+    got = lab.copy()
+    np.testing.assert_array_equal(_smoothed_lab(got), want)
+    wide = np.zeros((3, 121, 100), np.float32)
+    wide[:, :, :93] = lab
+    view = wide[:, :, :93]  # not contiguous: smoothed in place all the same
+    _smoothed_lab(view)
+    np.testing.assert_array_equal(wide[:, :, :93], want)
+    assert not wide[:, :, 93:].any()
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (45, 70), (37, 29), (1, 9), (9, 1)])
+def test_the_features_give_their_cielab_cut_to_the_image(shape):
+    """DefaultFeatures' CIELab is computed on the padded image; cut to the image, it is
+    ``_rgb2lab`` of the image itself, and the grid is :meth:`__call__`'s."""
+    image = _image(1, shape)
+    features = DefaultFeatures()
+    grid, lab = features._grid_and_lab(image)
+    assert lab is not None and lab.shape == (3, *shape) and lab.dtype == np.float32
+    np.testing.assert_array_equal(lab, _rgb2lab(image))
+    np.testing.assert_array_equal(grid.features, features(image).features)
+
+
+def test_no_cielab_is_given_where_the_features_resize_the_image():
+    image = _image(2, (64, 96))
+    grid, lab = DefaultFeatures(max_side=48)._grid_and_lab(image)
+    assert lab is None
+    np.testing.assert_array_equal(grid.features, DefaultFeatures(max_side=48)(image).features)
+
+
+def _same_graph(a, b) -> None:
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=field.name)
+        elif field.name != "grid":
+            assert x == y, field.name
+
+
+@pytest.mark.parametrize("contours", [True, False])
+@pytest.mark.parametrize("shape", [(45, 70), (64, 48)])
+def test_a_region_graph_with_the_features_cielab_is_the_one_without(contours, shape):
+    """RegionFeatures takes the features' CIELab for the watershed and the edge strength: the
+    graph (superpixels, cuts, strength, node features, edges) is the one it makes alone."""
+    image = _image(3, shape)
+    extractor = RegionFeatures(DefaultFeatures(), contours=contours)
+    shared = extractor(image)  # the features' CIELab
+    alone = extractor.graph(image, DefaultFeatures()(image))  # converts the image itself
+    _same_graph(shared, alone)
+    assert shared.edge_strength is not None
+    assert (shared.contours is not None) == contours
+
+
+def _old_no_contours_graph(extractor: RegionFeatures, image: np.ndarray):
+    """``--no-contours`` before: superpixels() of the image, no edge strength on the graph (the
+    records computed it from the image)."""
+    grid = extractor.extractor(image)
+    regions = superpixels(image, size=extractor.size)
+    from uniap.features.regions import RegionGraph, pool_grid
+
+    return RegionGraph(pool_grid(grid, regions), adjacency(regions), regions, grid, extractor.size)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_contours_records_are_those_of_the_superpixels_alone(seed):
+    """``contours=False`` now runs the watershed as the default does (without its cuts): the
+    superpixels, node features and edges are superpixels()'s, and the records are the same."""
+    import uniap
+    from uniap.features.regions import REGION_LEVELS
+
+    image = _image(seed, (60, 80))
+    extractor = RegionFeatures(get_extractor("default"), contours=False)
+    new, old = extractor(image), _old_no_contours_graph(extractor, image)
+    for name in ("regions", "features", "edges"):
+        np.testing.assert_array_equal(getattr(new, name), getattr(old, name))
+    assert new.contours is None and new.strength_regions is None
+    h = uniap.segment_graph(new.features, new.edges, levels=REGION_LEVELS).numpy()
+    assert encode(new, h, image=image).records == encode(old, h, image=image).records
+
+
+def test_no_contours_on_a_downscaled_copy_gives_the_same_masks(monkeypatch):
+    """Where the watershed runs on a downscaled copy, ``contours=False`` gathers the edge
+    strength there too (as the default does): the same masks as before, in the same order."""
+    import uniap
+    import uniap.features.regions as regions_module
+    from uniap.features.regions import REGION_LEVELS
+
+    monkeypatch.setattr(regions_module, "SUPERPIXEL_MAX_PIXELS", 1200)
+    image = _image(4, (60, 80))
+    extractor = RegionFeatures(get_extractor("default"), contours=False)
+    new = extractor(image)
+    assert new.strength_regions is not None and new.strength_regions.size <= 1200
+    old = _old_no_contours_graph(extractor, image)
+    old = dataclasses.replace(old, regions=superpixels(image, size=extractor.size, max_pixels=1200))
+    np.testing.assert_array_equal(new.regions, old.regions)
+    np.testing.assert_array_equal(new.edges, adjacency(old.regions))
+    h = uniap.segment_graph(new.features, new.edges, levels=REGION_LEVELS).numpy()
+    new_records, old_records = encode(new, h, image=image).records, encode(old, h, image=image).records
+    assert [r["segmentation"] for r in new_records] == [r["segmentation"] for r in old_records]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(0, 80), st.booleans())
+def test_edges_are_checked_as_before_sorted_or_not(seed, n, count, tidy):
+    """A sorted, distinct edge list (superpixels.adjacency's) is returned as it is; any other is
+    sorted, its self-loops and repeats dropped, as always."""
+    edges = np.random.default_rng(seed).integers(0, n, size=(count, 2))
+    if tidy:
+        edges = np.unique(np.sort(edges, axis=1), axis=0)
+        edges = edges[edges[:, 0] != edges[:, 1]]
+    want = np.sort(edges.astype(np.int64), axis=1)
+    want = np.unique(want[want[:, 0] != want[:, 1]], axis=0).reshape(-1, 2)
+    got = _check_edges(edges, n)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_run_keeps_the_objects_before_it_out_of_full_collections_and_gives_them_back():
+    """During a run the objects alive before it are frozen (full collections skip them); after
+    it, nothing stays frozen; a program that froze its own objects keeps them as they were."""
+    import gc
+
+    from uniap.pipeline.engine import _settled_heap
+
+    assert gc.get_freeze_count() == 0
+    with _settled_heap():
+        during = gc.get_freeze_count()
+        with _settled_heap():  # nested (an engine inside a run): the outer one thaws
+            assert gc.get_freeze_count() == during
+        assert gc.get_freeze_count() == during
+    assert during > 1000 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        theirs = gc.get_freeze_count()
+        with _settled_heap():
+            pass
+        assert gc.get_freeze_count() == theirs
+    finally:
+        gc.unfreeze()
+
+
+def test_the_cli_thaws_the_heap_after_a_run(tmp_path):
+    import gc
+
+    from PIL import Image
+
+    from uniap.cli import main
+
+    Image.fromarray(_image(5, (40, 56))).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--out", str(tmp_path / "a.json"), "--quiet"]) == 0
+    assert (tmp_path / "a.json").exists() and gc.get_freeze_count() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 25), st.integers(1, 25), st.integers(0, 4), st.floats(0, 1))
+def test_the_superpixel_labels_are_the_tree_cuts(seed, h, w, levels, quantile):
+    """The pixel labels of a cut of the watershed's tree, by one raster pass (pixel_cut), are
+    tree_cut's over the MST edges: the same regions, numbered alike (ties included: weights
+    drawn from a few levels)."""
+    from uniap._superpixel_kernels import edge_weights, persistence, pixel_cut, tree_cut
+
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, levels + 1, size=(3, h, w)).astype(np.float32) if levels else \
+        rng.normal(size=(3, h, w)).astype(np.float32)
+    mst, persist = persistence(edge_weights(lab), h, w)
+    altitude = float(np.quantile(persist, quantile)) if persist.size else 0.0
+    u, v = np.ascontiguousarray(mst[:, 0]), np.ascontiguousarray(mst[:, 1])
+    want = tree_cut(h * w, u, v, persist, altitude)
+    np.testing.assert_array_equal(pixel_cut(h, w, u, v, persist, altitude), want)
