@@ -288,8 +288,11 @@ def test_ctrl_c_stops_the_command_quietly():
     import signal
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # Ctrl-C as a terminal delivers it: a test run started in the background by a shell without
+    # job control ignores SIGINT, and the child would inherit that and never stop
     proc = subprocess.Popen([sys.executable, "-m", "uniap.demo", "--port", "0", "--quiet"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stderr.readline()
         assert first.startswith("uniap-demo: serving on http://127.0.0.1:")
@@ -301,4 +304,5 @@ def test_ctrl_c_stops_the_command_quietly():
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()  # reaped and its pipe closed, not left to a later test's warnings
     assert proc.returncode == 0 and rest == "uniap-demo: stopped\n"
