@@ -364,3 +364,41 @@ def test_trainable_backbone_ddp_matches_one_process(images, tmp_path):
         # parameters with (nearly) zero gradients move by AdamW-normalised rounding noise, about
         # 2e-6 here (the ViT's first LayerNorm bias, key biases): atol 1e-5 for all of them
         torch.testing.assert_close(b["teacher"][name], ta, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_semantic_partition_targets_are_one_level():
+    """loss.semantic_targets: partition -> the [SEM] targets are the groups of the finest level
+    with at most `partition` groups covering min_share of the pixels: disjoint, covering every node."""
+    import uniap
+    from uniap_train.recipes.paper import SEMANTIC, region_masks
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 8))
+    x = (centres[rng.integers(0, 6, 60)] + 0.3 * rng.normal(size=(60, 8))).astype(np.float32)
+    edges = np.array([(i, i + 1) for i in range(59)] + [(i, i + 10) for i in range(50)])
+    h = uniap.segment_graph(x, edges, levels=(0.95, 0.6, 0.2, -0.5), min_size=1, semantic=True)
+    counts = [len(np.unique(np.asarray(lv.semantic_labels))) for lv in h.levels]
+    assert counts[0] > counts[-1]
+    every = region_masks(h, 1)
+    for limit in sorted(set(counts)):
+        t = region_masks(h, 1, partition=limit)
+        sem = t.members[t.kinds == SEMANTIC]
+        assert torch.all(sem.sum(0) == 1)  # a partition of the nodes
+        first = next(k for k, c in enumerate(counts) if c <= limit)  # the finest level that fits
+        assert sem.shape[0] == counts[first]
+        assert torch.equal(t.members[t.kinds != SEMANTIC], every.members[every.kinds != SEMANTIC])
+    assert (every.kinds == SEMANTIC).sum() >= max(counts)  # all levels' groups by default
+    # groups under min_share of the pixels do not count against the limit
+    sizes = np.ones(60)
+    sizes[0] = 1e6  # node 0's group holds almost every pixel: one group counts, the finest level fits
+    t = region_masks(h, 1, partition=1, sizes=sizes, min_share=0.5)
+    assert (t.kinds == SEMANTIC).sum() == counts[0]
+
+
+def test_semantic_targets_option_is_checked():
+    from uniap_train.config import ConfigError
+
+    assert load_config(None, ["data.root=."]).loss.semantic_targets == "levels"
+    assert load_config(None, ["data.root=.", "loss.semantic_targets=partition"]).loss.semantic_targets == "partition"
+    with pytest.raises(ConfigError, match="loss.semantic_targets"):
+        load_config(None, ["data.root=.", "loss.semantic_targets=one"])

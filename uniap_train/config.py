@@ -179,6 +179,11 @@ class LossConfig:
     # predicted IoU: large masks match the teacher's coarse levels at a high IoU and rank first)
     # or "matched" (1 whatever the IoU, Mask2Former's object / no-object class: no size bias)
     score_target: str = "iou"
+    # which teacher masks the [SEM] queries are matched to: "levels" (every level's semantic
+    # groups, each distinct group once: up to ~160 overlapping groups for 16 queries) or
+    # "partition" (one level's groups, a partition of the image: per image the finest level with
+    # at most num_semantic_queries groups covering min_mask_area of it, else the coarsest)
+    semantic_targets: str = "levels"
 
 
 # The longest run, in steps: every schedule is an array with one float64 per step (lr, weight
@@ -419,6 +424,8 @@ def _validate(c: TrainConfig) -> None:
               "must be a finite number >= 0", getattr(lo, name))
     _need(lo.score_target in ("iou", "matched"), "loss.score_target", "must be 'iou' or 'matched'",
           lo.score_target)
+    _need(lo.semantic_targets in ("levels", "partition"), "loss.semantic_targets",
+          "must be 'levels' or 'partition'", lo.semantic_targets)
     _need(lo.num_points >= 0, "loss.num_points", "must be >= 0 (0 = every target point)", lo.num_points)
     _need(lo.oversample_ratio >= 1, "loss.oversample_ratio", "must be >= 1", lo.oversample_ratio)
     _need(0 <= lo.importance_ratio <= 1, "loss.importance_ratio", "must be in [0, 1]", lo.importance_ratio)

@@ -124,16 +124,35 @@ def _distinct(masks: torch.Tensor) -> torch.Tensor:
     return masks[keep]
 
 
-def _hierarchy_sets(h, min_size: int, extra_instances: list[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct semantic then instance masks (M, P) bool over a hierarchy's nodes, and their kinds."""
+def _partition_level(h, limit: int, weights: np.ndarray | None, min_share: float) -> int:
+    """The finest level of ``h`` with at most ``limit`` semantic groups covering ``min_share`` of
+    the nodes' total weight (``weights``: pixels per node; None: one per node), else the coarsest."""
+    for k, lv in enumerate(h.levels):
+        sem = np.asarray(lv.semantic_labels).reshape(-1)
+        mass = np.bincount(sem, weights=None if weights is None else np.asarray(weights, np.float64).reshape(-1))
+        if int(np.count_nonzero(mass >= min_share * mass.sum())) <= limit:
+            return k
+    return len(h.levels) - 1
+
+
+def _hierarchy_sets(h, min_size: int, extra_instances: list[torch.Tensor] = (), *, partition: int = 0,
+                    weights: np.ndarray | None = None, min_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct semantic then instance masks (M, P) bool over a hierarchy's nodes, and their kinds.
+
+    The semantic masks are every level's groups, or with ``partition`` > 0 one level's: the
+    finest whose groups covering ``min_share`` of the image (nodes weighted by ``weights``) are at
+    most ``partition`` (:func:`_partition_level`), so the [SEM] queries learn a partition."""
     sets = {SEMANTIC: [], INSTANCE: list(extra_instances)}
-    for lv in h.levels:
+    semantic_levels = range(len(h.levels)) if partition <= 0 else \
+        [_partition_level(h, partition, weights, min_share)]
+    for k, lv in enumerate(h.levels):
         labels = torch.as_tensor(np.asarray(lv.labels)).long().reshape(-1)
         ids = torch.nonzero(torch.as_tensor(np.asarray(lv.sizes)) >= min_size).flatten()
         sets[INSTANCE].append(labels[None] == ids[:, None])
-        sem = torch.as_tensor(np.asarray(lv.semantic_labels)).long().reshape(-1)
-        gids = torch.nonzero(torch.bincount(sem) >= min_size).flatten()
-        sets[SEMANTIC].append(sem[None] == gids[:, None])
+        if k in semantic_levels:
+            sem = torch.as_tensor(np.asarray(lv.semantic_labels)).long().reshape(-1)
+            gids = torch.nonzero(torch.bincount(sem) >= min_size).flatten()
+            sets[SEMANTIC].append(sem[None] == gids[:, None])
     stacks, kinds = [], []
     for kind in (SEMANTIC, INSTANCE):
         m = _distinct(torch.cat(sets[kind]))
@@ -142,7 +161,8 @@ def _hierarchy_sets(h, min_size: int, extra_instances: list[torch.Tensor] = ()) 
     return torch.cat(stacks), torch.cat(kinds)
 
 
-def teacher_masks(hierarchies: list, shape: tuple[int, int], min_size: int) -> list[TeacherMasks]:
+def teacher_masks(hierarchies: list, shape: tuple[int, int], min_size: int, *, partition: int = 0,
+                  min_share: float = 0.0) -> list[TeacherMasks]:
     """Every level's instance clusters and semantic groups as masks on an (H, W) padded grid.
 
     Parameters
@@ -152,11 +172,13 @@ def teacher_masks(hierarchies: list, shape: tuple[int, int], min_size: int) -> l
     shape : (H, W)
     min_size : int
         Smallest cluster or group (cells) that gives a mask.
+    partition, min_share :
+        The semantic masks of one level only (:func:`_hierarchy_sets`).
     """
     out = []
     for h in hierarchies:
         rows, cols = h.shape
-        m, kinds = _hierarchy_sets(h, min_size)
+        m, kinds = _hierarchy_sets(h, min_size, partition=partition, min_share=min_share)
         m = m.reshape(-1, rows, cols)
         padded = torch.zeros((m.shape[0],) + tuple(shape), dtype=torch.float32)
         padded[:, :rows, :cols] = m.float()
@@ -164,14 +186,17 @@ def teacher_masks(hierarchies: list, shape: tuple[int, int], min_size: int) -> l
     return out
 
 
-def region_masks(h, min_size: int, contours: np.ndarray | None = None) -> TeacherMasks:
+def region_masks(h, min_size: int, contours: np.ndarray | None = None, *, partition: int = 0,
+                 sizes: np.ndarray | None = None, min_share: float = 0.0) -> TeacherMasks:
     """A superpixel graph's hierarchy as teacher masks (sets of superpixels), plus the contour
-    regions (``contours`` (K, N): a label per superpixel per cut) as instance masks."""
+    regions (``contours`` (K, N): a label per superpixel per cut) as instance masks; with
+    ``partition`` > 0 the semantic masks of one level (``sizes``: pixels per superpixel;
+    :func:`_hierarchy_sets`)."""
     extra = []
     for cut in ([] if contours is None else contours):
         cut = torch.as_tensor(np.asarray(cut)).long()
         extra.append(cut[None] == torch.arange(int(cut.max()) + 1)[:, None])
-    members, kinds = _hierarchy_sets(h, min_size, extra)
+    members, kinds = _hierarchy_sets(h, min_size, extra, partition=partition, weights=sizes, min_share=min_share)
     return TeacherMasks(kinds, members=members.float())
 
 
@@ -285,7 +310,8 @@ class PaperRecipe(Recipe):
             backend = "torch" if uniap.backends.available().get("torch") is None else "auto"
             extra = {"exact": True} if fine.is_cuda else {}
             hierarchies = uniap.segment(parts, semantic=True, backend=backend, **extra, **self.uniap_options)
-        targets = teacher_masks(hierarchies, tuple(fine.shape[1:3]), self.cfg.uniap.min_size)
+        targets = teacher_masks(hierarchies, tuple(fine.shape[1:3]), self.cfg.uniap.min_size,
+                                **self._semantic_options())
         logits = []
         for t, feats in zip(targets, mask_features):
             t.masks = t.masks.to(feats.device)
@@ -306,13 +332,20 @@ class PaperRecipe(Recipe):
             x = superpixel_features(fine[i].reshape(-1, fine.shape[-1]).float(), r["pool"], n).cpu().numpy()
             levels = calibrated_levels(x, r["edges"], u.edge_fractions) if u.edge_fractions else u.levels
             h = teacher_hierarchy(x, r["edges"], levels, min_size=u.min_size, preset=u.preset)
-            t = region_masks(h, u.min_size, r.get("contours"))
+            t = region_masks(h, u.min_size, r.get("contours"), sizes=sizes.cpu().numpy(), **self._semantic_options())
             t.members, t.kinds = t.members.to(fine.device), t.kinds.to(fine.device)
             sums = superpixel_features(mask_features[i].flatten(1).T.float(), r["pool"], n)  # (N, D)
             pooled = (t.members @ sums) / (t.members @ sizes).clamp_min(1)[:, None]
             logits.append(teacher.head(pooled.to(mask_features.dtype)).float())
             targets.append(t)
         return targets, logits
+
+    def _semantic_options(self) -> dict:
+        """``loss.semantic_targets``: every level's semantic groups, or one level's partition."""
+        lc = self.cfg.loss
+        if lc.semantic_targets != "partition":
+            return {}
+        return {"partition": int(self.cfg.model.num_semantic_queries), "min_share": float(lc.min_mask_area)}
 
     # -- one step ----------------------------------------------------------------------
     def _student_groups(self, batch: dict, grids: list[torch.Tensor]) -> list[dict]:
