@@ -17,7 +17,8 @@ the backbone frozen, the neck, pixel decoder, decoder and heads trained):
    else the last) mask logits and a score logit, and head logits of the last.
 3. **Matching** per view and prediction: the teacher's masks in the view's frame
    (:class:`TeacherMasks`), those covering less than ``loss.min_mask_area`` of it dropped;
-   [SEM] queries are matched to semantic masks and [INS] queries to instance masks by the
+   [SEM] queries are matched to semantic masks (every level's groups, or with
+   ``loss.semantic_targets: partition`` one level's) and [INS] queries to instance masks by the
    Hungarian algorithm on Dice.
 4. **Loss** over the global batch: ``querysd_weight`` x QuerySD (DINO's cross-entropy between
    the centred, sharpened teacher logits of a teacher mask and the student logits of its
