@@ -225,7 +225,7 @@ def test_a_batch_too_large_for_its_profiles_runs_group_by_group(monkeypatch, sem
     kept = []
     real = uniap.core.levels._initial_profiles
     monkeypatch.setattr(uniap.core.levels, "_initial_profiles",
-                        lambda ctx, offsets: kept.append(real(ctx, offsets)) or kept[-1])
+                        lambda *args: kept.append(real(*args)) or kept[-1])
     batch = uniap.segment(grids_, preset="paper", semantic=semantic, backend="numpy")
     assert len(kept) == 3 and all(p is not None for p in kept)  # three runs, each with profiles
     for h, ref in zip(batch, alone):
@@ -390,23 +390,43 @@ def test_semantic_groups_reuse_the_pass_profiles(monkeypatch, backend):
         return real(ctx, st_, p, rows)
 
     monkeypatch.setattr(levels, "_profile_gram", spy)
+    monkeypatch.setattr(levels, "DIRECT_RATIO", 1 << 40)  # the Gram's bounds, not direct votes
     x = piecewise_features((20, 18), channels=48, regions=[40], noise=0.8, seed=11)
     compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True)
     assert known and known[0] > 0
 
 
 @pytest.mark.parametrize("ratio", [0, 1 << 40])
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=30)
 @given(x=grids(max_side=24, max_channels=64), levels=levels_strategy)
-def test_gathered_and_product_gram_entries_agree(ratio, x, levels):
-    """The semantic pairs' Gram entries from the tile's product (ratio 0) or from every
-    candidate's gathered rows (a huge ratio) give the reference's partitions."""
-    saved = uniap.core.levels.GATHER_RATIO
-    uniap.core.levels.GATHER_RATIO = ratio
+def test_direct_and_bounded_semantic_votes_agree(backend, ratio, x, levels):
+    """The semantic pairs all scored by their own L1 distances (ratio 0: always direct) or
+    decided by the Gram's bounds (a huge ratio: never direct while a tile has a candidate)
+    give the reference's partitions."""
+    saved = uniap.core.levels.DIRECT_RATIO
+    uniap.core.levels.DIRECT_RATIO = ratio
     try:
-        compare(x, "numba" if "numba" in BACKENDS else "numpy", levels=levels, preset="paper", semantic=True)
+        compare(x, backend, levels=levels, preset="paper", semantic=True)
     finally:
-        uniap.core.levels.GATHER_RATIO = saved
+        uniap.core.levels.DIRECT_RATIO = saved
+
+
+@pytest.mark.parametrize("ratio", [0, 1 << 40])
+@pytest.mark.parametrize("mode", ["float32", "float64"])
+def test_direct_and_bounded_paths_are_taken(monkeypatch, ratio, mode):
+    """Each DIRECT_RATIO setting takes its path on a grid with many clusters (the Gram's
+    factors are made only on the bounded one), with the reference's partitions."""
+    import uniap.core.levels as levels
+
+    grams = []
+    real = levels._profile_gram
+    monkeypatch.setattr(levels, "_profile_gram", lambda *args: grams.append(1) or real(*args))
+    monkeypatch.setattr(levels, "DIRECT_RATIO", ratio)
+    x = piecewise_features((24, 22), channels=48, regions=[60], noise=0.9, seed=5)
+    compare(x, "numba" if "numba" in BACKENDS else "numpy", reject=_skip_close_call, mode=mode, preset="paper",
+            semantic=True)
+    assert bool(grams) == (ratio != 0)
 
 
 @pytest.mark.parametrize("syrk", [False, True])

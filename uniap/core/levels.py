@@ -56,11 +56,15 @@ FLOAT32_PROFILES = True
 # Bounds of the semantic complete graph's votes (mean |P_a - P_b| from the Gram of the profile
 # rows) are widened by this much, far above their float64 rounding, before they decide a pair.
 BOUND_SLACK = 1e-9
-# The semantic pairs' Gram entries come from gathered rows (two per candidate pair) only when
-# the candidates are fewer than 1/GATHER_RATIO of a tile's pairs, else from the tile's product:
-# gathering costs 50-100x a product's share of a pair (one thread, 155-1448 rows of 384-4096
-# numbers; 4 before, which at 32x32x384 spent 5 ms a run gathering 1024-number rows).
-GATHER_RATIO = 64
+# A tile of the semantic complete graph whose candidate pairs (those the cosine alone does not
+# rule out) are fewer than 1/DIRECT_RATIO of its pairs scores them directly, by the L1 distance
+# of their profile rows (one fused pass over two rows, the edges' kernel), instead of bounding
+# every pair from the Gram of the profiles: the Gram costs a float64 product of all pairs
+# (k^2 N multiply-adds, and the exact profiles of the nodes the last pass did not form), the
+# direct votes N operations a candidate, a few times a product's share of a pair.  At
+# 64x64x384 (181 clusters, 746 of 16290 pairs candidates) the Gram's way cost 8-10 ms a run,
+# the direct one about 1 ms.  Scores near the threshold are re-scored exactly either way.
+DIRECT_RATIO = 8
 
 
 @dataclass
@@ -743,7 +747,9 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
     max(mean(d^2) / 2, |mean d|) <= mean |d| <= sqrt(mean(d^2)), and mean(d^2) comes from the
     Gram matrix of the profiles (a product): a pair whose score interval lies on one side of
     t is decided by it; only the others need their exact L1 distance (a row operation).
-    ``track_margin`` computes every pair exactly, for the exact smallest |s - t|.
+    A tile with few candidate pairs (``DIRECT_RATIO``) skips the bounds: each candidate's L1
+    distance costs less than its share of the Gram.  ``track_margin`` computes every pair
+    exactly, for the exact smallest |s - t|.
     """
     xp, opt = ctx.xp, ctx.options
     dev = _device(st.feats)
@@ -754,7 +760,7 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
         kp = rows.shape[0]
         n_cells = int(st.cell_offsets[p + 1] - st.cell_offsets[p])
         unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
-        left, right, sq, means = _profile_gram(ctx, st, p, rows)
+        gram = None  # _profile_gram's factors, made when a tile first needs the bounds
         tile = max(1, math.isqrt(CHUNK_ELEMENTS))
         for r0 in range(0, kp, tile):
             r1 = min(kp, r0 + tile)
@@ -774,23 +780,22 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
                     # need nothing more (most pairs, when clusters are many and unlike).
                     ii, jj = xp.nonzero((wf * cos + ws > t - BOUND_SLACK) & upper)
                     cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
-                    gi, gj = ii + r0, jj + c0
-                    if GATHER_RATIO * ii.shape[0] < (r1 - r0) * width:  # very few: their own dots
-                        gram = xp.empty(ii.shape, dtype=left.dtype, device=dev)
-                        step = max(1, (1 << 20) // max(1, left.shape[1]))
-                        for s0 in range(0, ii.shape[0], step):
-                            gram[s0 : s0 + step] = xp.vecdot(xp.take(left, gi[s0 : s0 + step], axis=0),
-                                                             xp.take(right, gj[s0 : s0 + step], axis=0), axis=1)
+                    if DIRECT_RATIO * ii.shape[0] < (r1 - r0) * width:  # few: their own votes
+                        unsure = xp.arange(ii.shape[0], dtype=xp.int64, device=dev)
                     else:
-                        gram = xp.take(xp.reshape(left[r0:r1] @ right[c0:c1].T, (-1,)), ii * width + jj)
-                    m2 = xp.clip((xp.take(sq, gi) + xp.take(sq, gj) - 2.0 * gram) / n_cells, min=0.0)
-                    low = xp.maximum(m2 / 2.0, xp.abs(xp.take(means, gi) - xp.take(means, gj)))
-                    s_hi = wf * cos_ab + ws * (1.0 - (low - BOUND_SLACK))
-                    s_lo = wf * cos_ab + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
-                    sure = xp.nonzero(s_lo > t)[0]
-                    sel_a.append(xp.take(rows, xp.take(gi, sure)))
-                    sel_b.append(xp.take(rows, xp.take(gj, sure)))
-                    unsure = xp.nonzero((s_hi > t) & ~(s_lo > t))[0]
+                        if gram is None:
+                            gram = _profile_gram(ctx, st, p, rows)
+                        left, right, sq, means = gram
+                        gi, gj = ii + r0, jj + c0
+                        g_ab = xp.take(xp.reshape(left[r0:r1] @ right[c0:c1].T, (-1,)), ii * width + jj)
+                        m2 = xp.clip((xp.take(sq, gi) + xp.take(sq, gj) - 2.0 * g_ab) / n_cells, min=0.0)
+                        low = xp.maximum(m2 / 2.0, xp.abs(xp.take(means, gi) - xp.take(means, gj)))
+                        s_hi = wf * cos_ab + ws * (1.0 - (low - BOUND_SLACK))
+                        s_lo = wf * cos_ab + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
+                        sure = xp.nonzero(s_lo > t)[0]
+                        sel_a.append(xp.take(rows, xp.take(gi, sure)))
+                        sel_b.append(xp.take(rows, xp.take(gj, sure)))
+                        unsure = xp.nonzero((s_hi > t) & ~(s_lo > t))[0]
                 if unsure.shape[0] == 0:
                     continue
                 ii, jj, cos_ab = xp.take(ii, unsure), xp.take(jj, unsure), xp.take(cos_ab, unsure)
