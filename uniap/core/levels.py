@@ -135,6 +135,10 @@ class _State:
     # formed (rows increasing), which that pass computed for their float32 rows and attention
     # logits anyway; the semantic pairs' Gram reads them instead of computing them again.
     exact_profiles: dict = field(default_factory=dict)
+    # Per part p, whether profiles[p] holds only the lower triangle of F_p F_p^T (the backend's
+    # lower_gram): true until a contraction first writes a row of p, while every node of p is
+    # one cell; its votes then come from Backend.lower_profile_l1 (_complete_profiles).
+    lower: list | None = None
 
 
 @dataclass
@@ -223,6 +227,8 @@ def _profile_votes(ctx: _Context, st: _State, p: int, a: Any, b: Any) -> Any:
     xp = ctx.xp
     prof = st.profiles[p]
     dt = ctx.unit.dtype
+    if st.lower is not None and st.lower[p]:  # every node one cell: Gram rows
+        return 1.0 - ctx.be.lower_profile_l1(prof, _local(ctx, st, p, a), _local(ctx, st, p, b)) / prof.shape[1]
     if ctx.profile_tol:  # rows hold means already
         wa = wb = xp.ones((a.shape[0],), dtype=dt, device=_device(a))
     else:
@@ -334,6 +340,8 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
         if st.unit_sums is not None:
             st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
         if st.profiles is not None and ctx.profile_tol:
+            # The rows of the nodes left single, before any merged node's row is written.
+            _complete_profiles(ctx, st, xp.take(new_roots, xp.nonzero(counts == 1)[0]))
             # float32 means: a merged node's row is its exact float64 profile mu_k F^T (the
             # attention logits need that product anyway), rounded.
             pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
@@ -385,10 +393,14 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
     return rootmap, dst
 
 
-def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
+def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray, edges: np.ndarray | None = None,
+                      lower: list | None = None) -> list | None:
     """Per part, F_p F_p^T (every cell's profile), or None when they would exceed PROFILE_BYTES.
 
     In float32 when ``ctx.profile_tol`` is set (half the memory, and BLAS's fastest product).
+    Then, given the graph's ``edges`` (host (E, 2), sorted) and a list ``lower``, a part may
+    hold only the lower triangle (the backend's ``lower_gram`` for those edges): ``lower``
+    gets one flag per part.
     """
     if not ctx.options.needs_profiles:
         return None
@@ -399,9 +411,30 @@ def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
         return None
     unit = xp.astype(ctx.unit, xp.float32) if ctx.profile_tol else ctx.unit
     parts = []
+    at = None if edges is None else np.searchsorted(edges[:, 0], cell_offsets)
     for p in range(len(cell_offsets) - 1):
-        parts.append(ctx.be.gram(unit[int(cell_offsets[p]) : int(cell_offsets[p + 1])]))
+        lo, hi = int(cell_offsets[p]), int(cell_offsets[p + 1])
+        g = None
+        if ctx.profile_tol and at is not None and lower is not None:
+            local = edges[int(at[p]) : int(at[p + 1])] - lo
+            g = ctx.be.lower_gram(unit[lo:hi], local[:, 0], local[:, 1])
+        if lower is not None:
+            lower.append(g is not None)
+        parts.append(ctx.be.gram(unit[lo:hi]) if g is None else g)
     return parts
+
+
+def _complete_profiles(ctx: _Context, st: _State, rows: Any) -> None:
+    """Make the lower-triangle profiles whole for the given active rows (increasing), before
+    a contraction writes merged rows or a copy of the state reads rows; every part is then full."""
+    if st.lower is None or not any(st.lower):
+        return
+    bounds = np.searchsorted(ctx.be.to_numpy(rows), st.row_offsets)
+    for p, is_lower in enumerate(st.lower):
+        if is_lower:
+            local = _local(ctx, st, p, rows[int(bounds[p]) : int(bounds[p + 1])])
+            ctx.be.complete_profile_rows(st.profiles[p], local)
+            st.lower[p] = False
 
 
 def profile_groups(sizes: Sequence[int], options: Options, track_margin: bool = False) -> list[range]:
@@ -439,13 +472,16 @@ def float32_profile_tolerance(options: Options, channels: int) -> float:
     return 2.0 * options.vote_weight * 2.0 * (channels + 2) * 2.0**-24 * 1.01 + 1e-9
 
 
-def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any) -> _State:
+def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any,
+                   edges: np.ndarray | None = None) -> _State:
     xp, opt = ctx.xp, ctx.options
     n = x.shape[0]
     dev = _device(x)
     sums = x  # the backend's own copy (prepare_features): rows are overwritten as nodes form
     unit_sums = xp.asarray(ctx.unit, copy=True) if opt.needs_profiles else None
     feats = sums if opt.pooling == "sum" else xp.asarray(ctx.unit, copy=True)
+    lower: list = []
+    profiles = _initial_profiles(ctx, cell_offsets, edges, lower)
     return _State(
         sums=sums,
         sizes=xp.ones((n,), dtype=xp.int64, device=dev),
@@ -456,7 +492,8 @@ def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any
         pos=xp.arange(n, dtype=xp.int64, device=dev),
         row_offsets=cell_offsets,
         cell_offsets=cell_offsets,
-        profiles=_initial_profiles(ctx, cell_offsets),
+        profiles=profiles,
+        lower=lower if any(lower) else None,
     )
 
 
@@ -493,10 +530,10 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
     if FLOAT32_PROFILES and not track_margin:
         # track_margin reports exact margins: it keeps float64 profiles.
         ctx.profile_tol = float32_profile_tolerance(options, int(x.shape[1]))
-    st = _initial_state(ctx, x, graph.offsets, x_norms)
     edges_np = np.asarray(graph.edges, dtype=np.int64)
     if options.vote_weight != 0.0 and len(edges_np):
         edges_np = edges_np[np.lexsort((edges_np[:, 1], edges_np[:, 0]))]  # votes go by part
+    st = _initial_state(ctx, x, graph.offsets, x_norms, edges_np.reshape(-1, 2))
     edges = be.asarray_index(edges_np, like=x)
     a, b = edges[:, 0], edges[:, 1]
     scores = _score_edges(ctx, st, a, b)
@@ -555,6 +592,7 @@ def _compact(ctx: _Context, st: _State) -> _State:
     k = st.roots.shape[0]
     dev = _device(st.roots)
     take = lambda arr: None if arr is None else xp.take(arr, st.roots, axis=0)  # noqa: E731
+    _complete_profiles(ctx, st, st.roots)  # its rows are read whole
     sums = take(st.sums)
     bounds = np.searchsorted(ctx.be.to_numpy(st.roots), st.row_offsets)
     profiles = None
