@@ -270,13 +270,13 @@ def test_passes_run_on_one_blas_thread_and_the_gram_on_all(monkeypatch, backend,
     real_gram, real_contract = numba_backend.symmetric_gram, uniap.core.levels._contract
     real_banded, real_lower = numba_backend.banded_gram, numba_backend._lower_gram
 
-    def gram(unit, min_rows=None):
+    def gram(unit, min_rows=None, **kwargs):
         seen["gram"].append(_blas_threads())
-        return real_gram(unit, min_rows)
+        return real_gram(unit, min_rows, **kwargs)
 
-    def banded(unit, threads):
+    def banded(unit, threads, **kwargs):
         seen["bands"].append(threads)
-        return real_banded(unit, threads)
+        return real_banded(unit, threads, **kwargs)
 
     def lower(block):
         seen["band"].append(_blas_threads())
@@ -481,3 +481,60 @@ def test_the_banded_gram_gives_the_same_partitions(backend, x, levels, semantic,
             compare(x, backend, levels=levels, preset="paper", semantic=semantic)
     finally:
         numba_backend.GRAM_BAND_ROWS = saved
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
+@settings(max_examples=30)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy, semantic=st.booleans(),
+       threads=st.integers(2, 4), passes=st.sampled_from(["single", "until_stable"]))
+def test_merged_rows_on_threads_give_the_same_partitions(backend, x, levels, semantic, threads, passes):
+    """The merged nodes' products split between threads (forced on every size here: any work
+    is enough for a thread) give the reference's partitions and pooled features."""
+    pytest.importorskip("threadpoolctl")
+    import uniap.backends.numba_backend as numba_backend
+    from threadpoolctl import threadpool_limits
+
+    calls = []
+    real = numba_backend.on_threads
+    saved = numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads
+    numba_backend.ROW_BLOCK_WORK = 1
+    numba_backend.on_threads = lambda c: calls.append(len(c)) or real(c)
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            compare(x, backend, levels=levels, preset="paper", semantic=semantic, passes=passes)
+    finally:
+        numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads = saved
+    assert all(n <= threads for n in calls)
+
+
+def test_merged_rows_are_split_between_threads(monkeypatch):
+    """A grid whose first pass merges many nodes runs their products on the caller's thread
+    count of threads (one block each), and each row once."""
+    pytest.importorskip("threadpoolctl")
+    import uniap.backends.numba_backend as numba_backend
+    from threadpoolctl import threadpool_limits
+
+    blocks = []
+    real = numba_backend.on_threads
+    monkeypatch.setattr(numba_backend, "ROW_BLOCK_WORK", 1)
+    monkeypatch.setattr(numba_backend, "on_threads", lambda c: blocks.append([args for _, args in c]) or real(c))
+    x = piecewise_features((20, 18), channels=32, regions=[12], noise=0.5, seed=4)
+    with threadpool_limits(limits=3, user_api="blas"):
+        compare(x, "numba", reject=_skip_close_call, preset="paper", semantic=True)
+    rows = [b for b in blocks if len(b) == 3 and all(len(args) == 2 for args in b)]
+    assert rows, blocks
+    for b in rows:  # contiguous blocks covering 0..m
+        assert b[0][0] == 0 and all(b[i][1] == b[i + 1][0] for i in range(2))
+
+
+def test_on_threads_raises_a_thread_error():
+    import uniap.backends.numba_backend as numba_backend
+
+    done = []
+
+    def fail():
+        raise MemoryError("block")
+
+    with pytest.raises(MemoryError, match="block"):
+        numba_backend.on_threads([(done.append, (1,)), (fail, ()), (done.append, (2,))])
+    assert sorted(done) == [1, 2]  # the other calls ran to the end

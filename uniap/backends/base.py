@@ -132,6 +132,13 @@ class Backend:
         change too."""
         raise NotImplementedError(f"backend {self.name!r} does not implement complete_profile_rows()")
 
+    def row_blocks(self, fn: Any, m: int, work: int = 1) -> None:
+        """Call ``fn(r0, r1)`` on blocks of rows covering ``range(m)``, each row once; ``work``
+        is the cost of a row (multiply-adds).  The default makes one call; a CPU backend may
+        split the rows between threads (``fn`` writes only its own rows)."""
+        if m:
+            fn(0, m)
+
     def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
         """sum_c |wa[i] prof[a[i], c] - wb[i] prof[b[i], c]| for every i: shape (m,).
 

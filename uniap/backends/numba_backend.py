@@ -114,6 +114,14 @@ class NumbaBackend(NumpyBackend):
         elif rows.shape[0]:
             k.complete_rows(g, rows)
 
+    def row_blocks(self, fn, m, work=1):
+        threads = min(_GRAM_THREADS.get() or 1, m, max(1, (m * work) // ROW_BLOCK_WORK)) if ROW_BLOCKS else 1
+        if threads <= 1:
+            if m:
+                fn(0, m)
+            return
+        on_threads([(fn, (m * j // threads, m * (j + 1) // threads)) for j in range(threads)])
+
     def profile_l1(self, prof, a, b, wa, wb):
         if prof.dtype not in (np.float32, np.float64) or not prof.flags.c_contiguous:
             return super().profile_l1(prof, a, b, wa, wb)
@@ -294,14 +302,55 @@ def banded_gram(unit: np.ndarray, threads: int, fill: bool = True) -> np.ndarray
     return k.fill_upper(out, GRAM_BLOCK) if fill else out
 
 
+# A band's diagonal block goes to SciPy's syrk from this many rows: its upper triangle is never
+# read, so NumPy's product (syrk, then a column-by-column copy of the triangle) does the same
+# multiplications and a copy more (2896 rows, the first of two bands at 64x64x384: 34 against
+# 39 ms on one loaded thread).
+_BAND_SYRK_MIN_ROWS = 256
+
+
 def _lower_gram(block: np.ndarray) -> np.ndarray:
     """A Gram whose lower triangle is ``block @ block.T`` (the upper one is not read)."""
-    if block.shape[0] < _SYRK_MIN_ROWS:
+    if block.shape[0] < min(_SYRK_MIN_ROWS, _BAND_SYRK_MIN_ROWS):
         return block @ block.T
     from scipy.linalg import blas
 
     syrk = blas.ssyrk if block.dtype == np.float32 else blas.dsyrk
     return syrk(1.0, block.T, trans=1).T
+
+
+# The merged nodes' products of the paper's passes (their exact profiles and attention pooling,
+# two float64 (m, C) x (C, N) products) are split between the caller's thread count of Python
+# threads (NumbaBackend.row_blocks), each BLAS call on one thread, as the Gram's bands are:
+# they take a quarter to a half of a run after the Gram.  A thread gets at least ROW_BLOCK_WORK
+# multiply-adds.  False: one call on the caller's thread.
+ROW_BLOCKS = True
+ROW_BLOCK_WORK = 1 << 22
+
+
+def on_threads(calls: list) -> None:
+    """Run ``fn(*args)`` for each ``(fn, args)``: the first on this thread, the others on
+    Python threads, all joined; the first error is raised here (the kernels and BLAS calls
+    release the GIL; the caller limits BLAS to one thread each)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def call(fn: Any, args: tuple) -> None:
+        try:
+            fn(*args)
+        except BaseException as error:  # re-raised by the caller
+            errors.append(error)
+
+    workers = [threading.Thread(target=call, args=c, daemon=True) for c in calls[1:]]
+    for worker in workers:
+        worker.start()
+    if calls:
+        call(*calls[0])
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
 
 
 # -- the first votes from the Gram's lower triangle ----------------------------------------
@@ -360,7 +409,6 @@ def lower_profile_l1(g: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int =
     True
     """
     import math
-    import threading
 
     from . import _numba_kernels as k
 
@@ -377,23 +425,12 @@ def lower_profile_l1(g: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int =
         threads = max(1, min(int(threads), n // 256))
         bounds = [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]  # equal work
         accs = [np.zeros((offsets.shape[0], n), np.float64) for _ in range(threads)]
-        errors: list[BaseException] = []
 
         def part(j: int) -> None:
-            try:
-                k.lower_l1_tails(g, offsets, accs[j], bounds[j], bounds[j + 1])
-                k.lower_l1_heads(g, offsets, accs[j], bounds[j], bounds[j + 1])
-            except BaseException as error:  # re-raised by the caller
-                errors.append(error)
+            k.lower_l1_tails(g, offsets, accs[j], bounds[j], bounds[j + 1])
+            k.lower_l1_heads(g, offsets, accs[j], bounds[j], bounds[j + 1])
 
-        workers = [threading.Thread(target=part, args=(j,), daemon=True) for j in range(1, threads)]
-        for worker in workers:
-            worker.start()
-        part(0)
-        for worker in workers:
-            worker.join()
-        if errors:
-            raise errors[0]
+        on_threads([(part, (j,)) for j in range(threads)])
         acc = accs[0]
         for other in accs[1:]:
             acc += other

@@ -134,6 +134,7 @@ class _State:
     # Per part p, (rows, P): the exact float64 profiles mu_k F_p^T of the nodes the last pass
     # formed (rows increasing), which that pass computed for their float32 rows and attention
     # logits anyway; the semantic pairs' Gram reads them instead of computing them again.
+    # P may be a list of row blocks, in order (concatenated when read).
     exact_profiles: dict = field(default_factory=dict)
     # Per part p, whether profiles[p] holds only the lower triangle of F_p F_p^T (the backend's
     # lower_gram): true until a contraction first writes a row of p, while every node of p is
@@ -347,21 +348,7 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
             pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
             mu = _profile_means(xp, st, dst)
             for p, lo, hi, unit_part in _by_part(ctx, st, dst):
-                prof = st.profiles[p]
-                local = _local(ctx, st, p, dst[lo:hi])
-                step = max(1, CHUNK_ELEMENTS // max(1, unit_part.shape[0]))
-                if hi - lo <= step and opt.semantic:
-                    # One block: kept for the semantic pairs' Gram (_profile_gram), m x N_p
-                    # numbers, fewer than the float32 profiles of the part.
-                    exact = mu[lo:hi] @ unit_part.T
-                    st.exact_profiles[p] = (dst[lo:hi], exact)
-                for s0 in range(lo, hi, step):
-                    s1 = min(hi, s0 + step)
-                    if p not in st.exact_profiles:
-                        exact = mu[s0:s1] @ unit_part.T
-                    prof[local[s0 - lo : s1 - lo]] = xp.astype(exact, prof.dtype)
-                    if opt.pooling == "attention":
-                        pooled[s0:s1] = _softmax_pool(ctx, exact / opt.temperature, unit_part)
+                _pool_rows(ctx, st, p, dst, lo, hi, unit_part, mu, pooled)
             if opt.pooling == "attention":
                 st.feats[dst] = pooled
         elif st.profiles is not None:
@@ -391,6 +378,34 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
     st.roots = new_roots
     st.pos[new_roots] = xp.arange(k_new, dtype=xp.int64, device=_device(comp))
     return rootmap, dst
+
+
+def _pool_rows(ctx: _Context, st: _State, p: int, dst: Any, lo: int, hi: int, unit_part: Any, mu: Any,
+               pooled: Any) -> None:
+    """The float32 profile rows and pooled features of the merged nodes ``dst[lo:hi]`` (part p)
+    from their exact float64 profiles mu_k F_p^T, in row blocks (``Backend.row_blocks``: the
+    CPU backends split them between threads, each product on one BLAS thread)."""
+    xp, opt = ctx.xp, ctx.options
+    prof = st.profiles[p]
+    local = _local(ctx, st, p, dst[lo:hi])
+    step = max(1, CHUNK_ELEMENTS // max(1, unit_part.shape[0]))
+    # One block of rows or less: the exact rows are kept for the semantic pairs' Gram
+    # (_profile_gram), m x N_p numbers, fewer than the float32 profiles of the part.
+    pieces: list | None = [] if hi - lo <= step and opt.semantic else None
+
+    def rows(r0: int, r1: int) -> None:
+        for s0 in range(lo + r0, lo + r1, step):
+            s1 = min(lo + r1, s0 + step)
+            exact = mu[s0:s1] @ unit_part.T
+            if pieces is not None:
+                pieces.append((s0, exact))
+            prof[local[s0 - lo : s1 - lo]] = xp.astype(exact, prof.dtype)
+            if opt.pooling == "attention":
+                pooled[s0:s1] = _softmax_pool(ctx, exact / opt.temperature, unit_part)
+
+    ctx.be.row_blocks(rows, hi - lo, work=int(unit_part.shape[0]) * int(unit_part.shape[1]))
+    if pieces:
+        st.exact_profiles[p] = (dst[lo:hi], [exact for _, exact in sorted(pieces, key=lambda piece: piece[0])])
 
 
 def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray, edges: np.ndarray | None = None,
@@ -748,6 +763,8 @@ def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, An
     known = st.exact_profiles.get(p) if ctx.profile_tol else None
     if known is not None:
         at = xp.searchsorted(rows, known[0])
+        if isinstance(known[1], list):  # the row blocks of _pool_rows, in order
+            known = (known[0], known[1][0] if len(known[1]) == 1 else xp.concat(known[1]))
     # Multiplications of each factorisation (F^T F only if not made yet this run); the pairs'
     # products are k^2 C or k^2 N.
     via_features = (0 if p in ctx.feature_grams else n * c * c) + k * c * c + k * k * c
