@@ -72,6 +72,7 @@ def test_lower_l1_is_the_l1_of_the_full_rows(data, c, dtype, threads, seed, dens
         if dense:
             mp.setattr(numba_backend, "DENSE_OFFSET_FRACTION", 1 << 30)  # any offset
         mp.setattr(numba_backend, "SPARSE_EDGE_FRACTION", 0)  # any number of stray edges
+        mp.setattr(numba_backend, "LOWER_THREAD_ROWS", 1)  # threads on any size
         l1 = numba_backend.lower_profile_l1(g, a, b, threads)
     want = np.abs(full[a].astype(np.float64) - full[b].astype(np.float64)).sum(axis=1)
     np.testing.assert_allclose(l1, want, rtol=1e-12, atol=1e-9)
@@ -83,6 +84,7 @@ def test_lower_l1_splits_the_rows_between_threads(monkeypatch):
     full, g = _poisoned_lower(rng, 600, 8, np.float32)
     a = np.concatenate([np.arange(599), np.arange(570)])
     b = np.concatenate([np.arange(1, 600), np.arange(30, 600)])
+    monkeypatch.setattr(numba_backend, "LOWER_THREAD_ROWS", 256)
     seen = []
     real = kernels.lower_l1_tails
     monkeypatch.setattr(kernels, "lower_l1_tails", lambda g_, o, acc, lo, hi: seen.append((lo, hi)) or real(g_, o, acc, lo, hi))

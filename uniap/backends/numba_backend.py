@@ -366,6 +366,9 @@ LOWER_VOTES = True
 DENSE_OFFSET_FRACTION = 4
 SPARSE_EDGE_FRACTION = 16
 # More rows to complete than 1/COMPLETE_ROWS_FRACTION of the cells: the tiled copy of all.
+# A thread of lower_profile_l1 gets at least this many rows (about LOWER_THREAD_ROWS^2 numbers
+# per offset): at 32x32 (1024 cells, 0.5 ms of work) a second thread cost more than it saved.
+LOWER_THREAD_ROWS = 2048
 COMPLETE_ROWS_FRACTION = 8
 
 
@@ -422,7 +425,7 @@ def lower_profile_l1(g: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int =
     d = b - a
     is_dense = np.isin(d, offsets)
     if offsets.shape[0]:
-        threads = max(1, min(int(threads), n // 256))
+        threads = max(1, min(int(threads), n // LOWER_THREAD_ROWS))
         bounds = [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]  # equal work
         accs = [np.zeros((offsets.shape[0], n), np.float64) for _ in range(threads)]
 
