@@ -117,7 +117,7 @@ def run_scale(be: "Backend", xp: Any, x: Any, largest: float) -> float:
 class _State:
     """Node state in rows addressed by root; only rows of active roots are meaningful."""
 
-    sums: Any  # (R, C) sum of member input features
+    sums: Any  # (R, C) sum of member input features (sum pooling; stale under attention pooling)
     sizes: Any  # (R,) int64 cells per node
     unit_sums: Any | None  # (R, C) sum of L2-normalised member features (profiles)
     feats: Any  # (R, C) v_k, the scored feature (the same array as sums under sum pooling)
@@ -336,7 +336,8 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
         group_of_member = xp.take(group, xp.take(comp, members))
         src = xp.take(roots, members)
         m = int(merged.shape[0])
-        st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
+        if opt.pooling == "sum":  # attention pooling scores v_k and reads no sum: left stale
+            st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
         st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
         if st.unit_sums is not None:
             st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
