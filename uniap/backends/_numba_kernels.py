@@ -399,10 +399,30 @@ def lower_l1_tails(g, offsets, acc, c_lo, c_hi):
     """acc[k, a] += sum_{c in [c_lo, c_hi), c >= a + d} |g[c, a] - g[c, a + d]|, d = offsets[k],
     for every a: the tails of all edges of offset d, rows c_lo to c_hi of the lower triangle.
 
-    Each row is read once per offset as two views of equal length (vectorised: twice the
-    speed of indexing the row, four times that of blocks of rows and columns, at 4096 cells).
+    Four rows at a time, each read as two views of equal length (vectorised), their sums added
+    to the accumulators once (each row alone: 20-40% slower; indexing the rows instead of
+    views, 2x; blocks of rows and columns, 4x, at 4096 cells); the few columns only the later
+    rows of a four reach are added one by one.
     """
-    for c in range(c_lo, c_hi):
+    c = c_lo
+    while c + 3 < c_hi:
+        r0, r1, r2, r3 = g[c], g[c + 1], g[c + 2], g[c + 3]
+        for k in range(offsets.shape[0]):
+            d = offsets[k]
+            m = max(0, c - d + 1)
+            out = acc[k, :m]
+            x0, y0, x1, y1 = r0[:m], r0[d : d + m], r1[:m], r1[d : d + m]
+            x2, y2, x3, y3 = r2[:m], r2[d : d + m], r3[:m], r3[d : d + m]
+            for a in range(m):
+                out[a] += ((abs(np.float64(x0[a]) - np.float64(y0[a])) + abs(np.float64(x1[a]) - np.float64(y1[a])))
+                           + (abs(np.float64(x2[a]) - np.float64(y2[a]))
+                              + abs(np.float64(x3[a]) - np.float64(y3[a]))))
+            for j in range(1, 4):
+                rj = g[c + j]
+                for a in range(m, max(0, c + j - d + 1)):
+                    acc[k, a] += abs(np.float64(rj[a]) - np.float64(rj[a + d]))
+        c += 4
+    while c < c_hi:
         row = g[c]
         for k in range(offsets.shape[0]):
             d = offsets[k]
@@ -410,6 +430,7 @@ def lower_l1_tails(g, offsets, acc, c_lo, c_hi):
             x, y, out = row[:m], row[d : d + m], acc[k, :m]
             for a in range(m):
                 out[a] += abs(np.float64(x[a]) - np.float64(y[a]))
+        c += 1
     return acc
 
 
