@@ -366,10 +366,10 @@ LOWER_VOTES = True
 DENSE_OFFSET_FRACTION = 4
 SPARSE_EDGE_FRACTION = 16
 # More rows to complete than 1/COMPLETE_ROWS_FRACTION of the cells: the tiled copy of all.
+COMPLETE_ROWS_FRACTION = 8
 # A thread of lower_profile_l1 gets at least this many rows (about LOWER_THREAD_ROWS^2 numbers
 # per offset): at 32x32 (1024 cells, 0.5 ms of work) a second thread cost more than it saved.
 LOWER_THREAD_ROWS = 2048
-COMPLETE_ROWS_FRACTION = 8
 
 
 def lower_offsets(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray | None:
