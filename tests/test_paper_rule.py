@@ -496,26 +496,27 @@ def test_merged_rows_on_threads_give_the_same_partitions(backend, x, levels, sem
 
     calls = []
     real = numba_backend.on_threads
-    saved = numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads
-    numba_backend.ROW_BLOCK_WORK = 1
+    saved = numba_backend.ROW_BLOCKS, numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads
+    numba_backend.ROW_BLOCKS, numba_backend.ROW_BLOCK_WORK = True, 1
     numba_backend.on_threads = lambda c: calls.append(len(c)) or real(c)
     try:
         with threadpool_limits(limits=threads, user_api="blas"):
             compare(x, backend, levels=levels, preset="paper", semantic=semantic, passes=passes)
     finally:
-        numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads = saved
+        numba_backend.ROW_BLOCKS, numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads = saved
     assert all(n <= threads for n in calls)
 
 
 def test_merged_rows_are_split_between_threads(monkeypatch):
-    """A grid whose first pass merges many nodes runs their products on the caller's thread
-    count of threads (one block each), and each row once."""
+    """With ROW_BLOCKS, a grid whose first pass merges many nodes runs their products on the
+    caller's thread count of threads (one block each), and each row once; without, on one."""
     pytest.importorskip("threadpoolctl")
     import uniap.backends.numba_backend as numba_backend
     from threadpoolctl import threadpool_limits
 
     blocks = []
     real = numba_backend.on_threads
+    monkeypatch.setattr(numba_backend, "ROW_BLOCKS", True)
     monkeypatch.setattr(numba_backend, "ROW_BLOCK_WORK", 1)
     monkeypatch.setattr(numba_backend, "on_threads", lambda c: blocks.append([args for _, args in c]) or real(c))
     x = piecewise_features((20, 18), channels=32, regions=[12], noise=0.5, seed=4)
@@ -525,6 +526,11 @@ def test_merged_rows_are_split_between_threads(monkeypatch):
     assert rows, blocks
     for b in rows:  # contiguous blocks covering 0..m
         assert b[0][0] == 0 and all(b[i][1] == b[i + 1][0] for i in range(2))
+    blocks.clear()
+    monkeypatch.setattr(numba_backend, "ROW_BLOCKS", False)
+    with threadpool_limits(limits=3, user_api="blas"):
+        uniap.segment(x, preset="paper", semantic=True)
+    assert not [b for b in blocks if all(len(args) == 2 for args in b)]
 
 
 def test_on_threads_raises_a_thread_error():
