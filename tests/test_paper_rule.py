@@ -225,7 +225,7 @@ def test_a_batch_too_large_for_its_profiles_runs_group_by_group(monkeypatch, sem
     kept = []
     real = uniap.core.levels._initial_profiles
     monkeypatch.setattr(uniap.core.levels, "_initial_profiles",
-                        lambda ctx, offsets: kept.append(real(ctx, offsets)) or kept[-1])
+                        lambda *args: kept.append(real(*args)) or kept[-1])
     batch = uniap.segment(grids_, preset="paper", semantic=semantic, backend="numpy")
     assert len(kept) == 3 and all(p is not None for p in kept)  # three runs, each with profiles
     for h, ref in zip(batch, alone):
@@ -270,13 +270,13 @@ def test_passes_run_on_one_blas_thread_and_the_gram_on_all(monkeypatch, backend,
     real_gram, real_contract = numba_backend.symmetric_gram, uniap.core.levels._contract
     real_banded, real_lower = numba_backend.banded_gram, numba_backend._lower_gram
 
-    def gram(unit, min_rows=None):
+    def gram(unit, min_rows=None, **kwargs):
         seen["gram"].append(_blas_threads())
-        return real_gram(unit, min_rows)
+        return real_gram(unit, min_rows, **kwargs)
 
-    def banded(unit, threads):
+    def banded(unit, threads, **kwargs):
         seen["bands"].append(threads)
-        return real_banded(unit, threads)
+        return real_banded(unit, threads, **kwargs)
 
     def lower(block):
         seen["band"].append(_blas_threads())
@@ -390,23 +390,43 @@ def test_semantic_groups_reuse_the_pass_profiles(monkeypatch, backend):
         return real(ctx, st_, p, rows)
 
     monkeypatch.setattr(levels, "_profile_gram", spy)
+    monkeypatch.setattr(levels, "DIRECT_RATIO", 1 << 40)  # the Gram's bounds, not direct votes
     x = piecewise_features((20, 18), channels=48, regions=[40], noise=0.8, seed=11)
     compare(x, backend, reject=_skip_close_call, preset="paper", semantic=True)
     assert known and known[0] > 0
 
 
 @pytest.mark.parametrize("ratio", [0, 1 << 40])
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=30)
 @given(x=grids(max_side=24, max_channels=64), levels=levels_strategy)
-def test_gathered_and_product_gram_entries_agree(ratio, x, levels):
-    """The semantic pairs' Gram entries from the tile's product (ratio 0) or from every
-    candidate's gathered rows (a huge ratio) give the reference's partitions."""
-    saved = uniap.core.levels.GATHER_RATIO
-    uniap.core.levels.GATHER_RATIO = ratio
+def test_direct_and_bounded_semantic_votes_agree(backend, ratio, x, levels):
+    """The semantic pairs all scored by their own L1 distances (ratio 0: always direct) or
+    decided by the Gram's bounds (a huge ratio: never direct while a tile has a candidate)
+    give the reference's partitions."""
+    saved = uniap.core.levels.DIRECT_RATIO
+    uniap.core.levels.DIRECT_RATIO = ratio
     try:
-        compare(x, "numba" if "numba" in BACKENDS else "numpy", levels=levels, preset="paper", semantic=True)
+        compare(x, backend, levels=levels, preset="paper", semantic=True)
     finally:
-        uniap.core.levels.GATHER_RATIO = saved
+        uniap.core.levels.DIRECT_RATIO = saved
+
+
+@pytest.mark.parametrize("ratio", [0, 1 << 40])
+@pytest.mark.parametrize("mode", ["float32", "float64"])
+def test_direct_and_bounded_paths_are_taken(monkeypatch, ratio, mode):
+    """Each DIRECT_RATIO setting takes its path on a grid with many clusters (the Gram's
+    factors are made only on the bounded one), with the reference's partitions."""
+    import uniap.core.levels as levels
+
+    grams = []
+    real = levels._profile_gram
+    monkeypatch.setattr(levels, "_profile_gram", lambda *args: grams.append(1) or real(*args))
+    monkeypatch.setattr(levels, "DIRECT_RATIO", ratio)
+    x = piecewise_features((24, 22), channels=48, regions=[60], noise=0.9, seed=5)
+    compare(x, "numba" if "numba" in BACKENDS else "numpy", reject=_skip_close_call, mode=mode, preset="paper",
+            semantic=True)
+    assert bool(grams) == (ratio != 0)
 
 
 @pytest.mark.parametrize("syrk", [False, True])
@@ -461,3 +481,66 @@ def test_the_banded_gram_gives_the_same_partitions(backend, x, levels, semantic,
             compare(x, backend, levels=levels, preset="paper", semantic=semantic)
     finally:
         numba_backend.GRAM_BAND_ROWS = saved
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numba", "torch")])
+@settings(max_examples=30)
+@given(x=grids(max_side=24, max_channels=64), levels=levels_strategy, semantic=st.booleans(),
+       threads=st.integers(2, 4), passes=st.sampled_from(["single", "until_stable"]))
+def test_merged_rows_on_threads_give_the_same_partitions(backend, x, levels, semantic, threads, passes):
+    """The merged nodes' products split between threads (forced on every size here: any work
+    is enough for a thread) give the reference's partitions and pooled features."""
+    pytest.importorskip("threadpoolctl")
+    import uniap.backends.numba_backend as numba_backend
+    from threadpoolctl import threadpool_limits
+
+    calls = []
+    real = numba_backend.on_threads
+    saved = numba_backend.ROW_BLOCKS, numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads
+    numba_backend.ROW_BLOCKS, numba_backend.ROW_BLOCK_WORK = True, 1
+    numba_backend.on_threads = lambda c: calls.append(len(c)) or real(c)
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            compare(x, backend, levels=levels, preset="paper", semantic=semantic, passes=passes)
+    finally:
+        numba_backend.ROW_BLOCKS, numba_backend.ROW_BLOCK_WORK, numba_backend.on_threads = saved
+    assert all(n <= threads for n in calls)
+
+
+def test_merged_rows_are_split_between_threads(monkeypatch):
+    """With ROW_BLOCKS, a grid whose first pass merges many nodes runs their products on the
+    caller's thread count of threads (one block each), and each row once; without, on one."""
+    pytest.importorskip("threadpoolctl")
+    import uniap.backends.numba_backend as numba_backend
+    from threadpoolctl import threadpool_limits
+
+    blocks = []
+    real = numba_backend.on_threads
+    monkeypatch.setattr(numba_backend, "ROW_BLOCKS", True)
+    monkeypatch.setattr(numba_backend, "ROW_BLOCK_WORK", 1)
+    monkeypatch.setattr(numba_backend, "on_threads", lambda c: blocks.append([args for _, args in c]) or real(c))
+    x = piecewise_features((20, 18), channels=32, regions=[12], noise=0.5, seed=4)
+    with threadpool_limits(limits=3, user_api="blas"):
+        compare(x, "numba", reject=_skip_close_call, preset="paper", semantic=True)
+    rows = [b for b in blocks if len(b) == 3 and all(len(args) == 2 for args in b)]
+    assert rows, blocks
+    for b in rows:  # contiguous blocks covering 0..m
+        assert b[0][0] == 0 and all(b[i][1] == b[i + 1][0] for i in range(2))
+    blocks.clear()
+    monkeypatch.setattr(numba_backend, "ROW_BLOCKS", False)
+    with threadpool_limits(limits=3, user_api="blas"):
+        uniap.segment(x, preset="paper", semantic=True)
+    assert not [b for b in blocks if all(len(args) == 2 for args in b)]
+
+
+def test_on_threads_raises_a_thread_error():
+    import uniap.backends.numba_backend as numba_backend
+
+    done = []
+
+    def fail():
+        raise MemoryError("block")
+
+    with pytest.raises(MemoryError, match="block"):
+        numba_backend.on_threads([(done.append, (1,)), (fail, ()), (done.append, (2,))])
+    assert sorted(done) == [1, 2]  # the other calls ran to the end

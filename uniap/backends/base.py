@@ -114,6 +114,31 @@ class Backend:
         """``unit @ unit.T``: every cell's affinity profile, (n, n) for (n, C) features."""
         return unit @ unit.T
 
+    def lower_gram(self, unit: Any, a: Any, b: Any) -> Any | None:
+        """``unit @ unit.T`` of which only the lower triangle (diagonal included) need hold
+        the products, for the votes of the edges ``(a[i], b[i])`` (``a < b``, rows of ``unit``)
+        by :meth:`lower_profile_l1`; or None, the default: the engine then takes :meth:`gram`.
+        A backend that returns one also implements :meth:`complete_profile_rows`."""
+        return None
+
+    def lower_profile_l1(self, g: Any, a: Any, b: Any) -> Any:
+        """sum_c |G[a[i], c] - G[b[i], c]| for every i, G the symmetric matrix whose lower
+        triangle ``g`` holds (a :meth:`lower_gram` result)."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement lower_profile_l1()")
+
+    def complete_profile_rows(self, g: Any, rows: Any) -> None:
+        """In place: make the given rows of a :meth:`lower_gram` result whole (the symmetric
+        matrix's rows), reading only its lower triangle; other rows of the upper triangle may
+        change too."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement complete_profile_rows()")
+
+    def row_blocks(self, fn: Any, m: int, work: int = 1) -> None:
+        """Call ``fn(r0, r1)`` on blocks of rows covering ``range(m)``, each row once; ``work``
+        is the cost of a row (multiply-adds).  The default makes one call; a CPU backend may
+        split the rows between threads (``fn`` writes only its own rows)."""
+        if m:
+            fn(0, m)
+
     def profile_l1(self, prof: Any, a: Any, b: Any, wa: Any, wb: Any) -> Any:
         """sum_c |wa[i] prof[a[i], c] - wb[i] prof[b[i], c]| for every i: shape (m,).
 

@@ -5,7 +5,8 @@ The released rule (sum pooling, cosine scores) runs entirely in compiled code
 paper (attention pooling, voting) are matrix products that NumPy's BLAS already does well, so
 they take the generic engine, on the NumPy primitives with Numba kernels for the graph and row
 steps (components, segment sums, edge cosines, votes), the Gram on the caller's thread count
-(:func:`banded_gram` below 8192 rows) and the passes on one BLAS thread
+(:func:`banded_gram` below 8192 rows; on grids only its lower triangle, which the first votes
+read as it is: :func:`lower_profile_l1`) and the passes on one BLAS thread
 (:func:`one_blas_thread`), as do semantic groupings.
 """
 
@@ -90,6 +91,37 @@ class NumbaBackend(NumpyBackend):
         with gram_threads():
             return symmetric_gram(unit)
 
+    def lower_gram(self, unit, a, b):
+        if (not LOWER_VOTES or unit.ndim != 2 or unit.dtype not in (np.float32, np.float64)
+                or lower_offsets(a, b, unit.shape[0]) is None):
+            return None
+        threads = _GRAM_THREADS.get()
+        if (GRAM_BANDS and threads is not None and unit.shape[0] < GRAM_BANDS_MAX_ROWS
+                and min(threads, unit.shape[0] // GRAM_BAND_ROWS) > 1):
+            return banded_gram(unit, threads, fill=False)
+        with gram_threads():
+            return symmetric_gram(unit, fill=False)
+
+    def lower_profile_l1(self, g, a, b):
+        return lower_profile_l1(g, a, b, _GRAM_THREADS.get() or 1)
+
+    def complete_profile_rows(self, g, rows):
+        from . import _numba_kernels as k
+
+        rows = np.ascontiguousarray(rows, np.int64)
+        if COMPLETE_ROWS_FRACTION * rows.shape[0] > g.shape[0]:  # many: the tiled copy of all
+            k.fill_upper(g, GRAM_BLOCK)
+        elif rows.shape[0]:
+            k.complete_rows(g, rows)
+
+    def row_blocks(self, fn, m, work=1):
+        threads = min(_GRAM_THREADS.get() or 1, m, max(1, (m * work) // ROW_BLOCK_WORK)) if ROW_BLOCKS else 1
+        if threads <= 1:
+            if m:
+                fn(0, m)
+            return
+        on_threads([(fn, (m * j // threads, m * (j + 1) // threads)) for j in range(threads)])
+
     def profile_l1(self, prof, a, b, wa, wb):
         if prof.dtype not in (np.float32, np.float64) or not prof.flags.c_contiguous:
             return super().profile_l1(prof, a, b, wa, wb)
@@ -171,7 +203,7 @@ GRAM_BLOCK = 64  # tile side of the triangle copy (fill_upper)
 _SYRK_MIN_ROWS = 4096
 
 
-def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
+def symmetric_gram(unit: np.ndarray, min_rows: int | None = None, fill: bool = True) -> np.ndarray:
     """``unit @ unit.T`` through BLAS ``syrk``: half the multiplications of a general product.
 
     NumPy's ``A @ A.T`` calls ``syrk`` too, then copies the triangle column by column, which at
@@ -187,6 +219,8 @@ def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
     >>> g = symmetric_gram(unit, min_rows=1)
     >>> bool(np.array_equal(g, g.T)), bool(np.allclose(g, unit @ unit.T, atol=1e-5))
     (True, True)
+
+    ``fill=False`` leaves the upper triangle of a ``syrk`` result unset (:func:`lower_gram`).
     """
     min_rows = _SYRK_MIN_ROWS if min_rows is None else min_rows
     if unit.ndim != 2 or unit.dtype not in (np.float32, np.float64) or unit.shape[0] < min_rows:
@@ -199,7 +233,7 @@ def symmetric_gram(unit: np.ndarray, min_rows: int | None = None) -> np.ndarray:
     # unit.T is Fortran-ordered (C, n): no copy; syrk fills the upper triangle of a
     # Fortran-ordered (n, n), i.e. the lower triangle of its C-ordered transpose.
     lower = syrk(1.0, np.ascontiguousarray(unit).T, trans=1).T
-    return k.fill_upper(lower, GRAM_BLOCK)
+    return k.fill_upper(lower, GRAM_BLOCK) if fill else lower
 
 
 # Inside one_blas_thread, the Gram runs as bands on Python threads, each BLAS call on its own
@@ -214,7 +248,7 @@ GRAM_BAND_ROWS = 64  # the fewest rows of a band
 GRAM_BANDS_MAX_ROWS = 8192
 
 
-def banded_gram(unit: np.ndarray, threads: int) -> np.ndarray:
+def banded_gram(unit: np.ndarray, threads: int, fill: bool = True) -> np.ndarray:
     """``unit @ unit.T`` computed by ``threads`` Python threads, one band of rows each.
 
     The lower triangle is cut into bands of equal work (band j ends at row n sqrt(j / T));
@@ -231,6 +265,8 @@ def banded_gram(unit: np.ndarray, threads: int) -> np.ndarray:
     >>> g = banded_gram(unit, 3)
     >>> bool(np.array_equal(g, g.T)), bool(np.allclose(g, unit @ unit.T, atol=1e-5))
     (True, True)
+
+    ``fill=False`` leaves the upper triangle unset (:func:`lower_gram`).
     """
     import math
     import threading
@@ -240,7 +276,7 @@ def banded_gram(unit: np.ndarray, threads: int) -> np.ndarray:
     n = unit.shape[0]
     threads = max(1, min(int(threads), n // GRAM_BAND_ROWS))
     if unit.ndim != 2 or unit.dtype not in (np.float32, np.float64) or threads <= 1:
-        return symmetric_gram(unit)
+        return symmetric_gram(unit, fill=fill)
     unit = np.ascontiguousarray(unit)
     out = np.empty((n, n), unit.dtype)
     bounds = [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]
@@ -263,17 +299,152 @@ def banded_gram(unit: np.ndarray, threads: int) -> np.ndarray:
         worker.join()
     if errors:
         raise errors[0]
-    return k.fill_upper(out, GRAM_BLOCK)
+    return k.fill_upper(out, GRAM_BLOCK) if fill else out
+
+
+# A band's diagonal block goes to SciPy's syrk from this many rows: its upper triangle is never
+# read, so NumPy's product (syrk, then a column-by-column copy of the triangle) does the same
+# multiplications and a copy more (2896 rows, the first of two bands at 64x64x384: 34 against
+# 39 ms on one loaded thread).
+_BAND_SYRK_MIN_ROWS = 256
 
 
 def _lower_gram(block: np.ndarray) -> np.ndarray:
     """A Gram whose lower triangle is ``block @ block.T`` (the upper one is not read)."""
-    if block.shape[0] < _SYRK_MIN_ROWS:
+    if block.shape[0] < min(_SYRK_MIN_ROWS, _BAND_SYRK_MIN_ROWS):
         return block @ block.T
     from scipy.linalg import blas
 
     syrk = blas.ssyrk if block.dtype == np.float32 else blas.dsyrk
     return syrk(1.0, block.T, trans=1).T
+
+
+# The merged nodes' products of the paper's passes (their exact profiles and attention pooling,
+# two float64 (m, C) x (C, N) products) are split between the caller's thread count of Python
+# threads (NumbaBackend.row_blocks), each BLAS call on one thread, as the Gram's bands are:
+# they take a quarter to a half of a run after the Gram.  A thread gets at least ROW_BLOCK_WORK
+# multiply-adds.  Off: on the loaded 2-core machine (a training run at ~140%) the threads lost
+# 1-15 ms a run at 32x32 and 64x64 (bench/paper_rule_switch.py, docs/benchmarks.md); to be
+# measured on idle cores, where they should halve these products.
+ROW_BLOCKS = False
+ROW_BLOCK_WORK = 1 << 22
+
+
+def on_threads(calls: list) -> None:
+    """Run ``fn(*args)`` for each ``(fn, args)``: the first on this thread, the others on
+    Python threads, all joined; the first error is raised here (the kernels and BLAS calls
+    release the GIL; the caller limits BLAS to one thread each)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def call(fn: Any, args: tuple) -> None:
+        try:
+            fn(*args)
+        except BaseException as error:  # re-raised by the caller
+            errors.append(error)
+
+    workers = [threading.Thread(target=call, args=c, daemon=True) for c in calls[1:]]
+    for worker in workers:
+        worker.start()
+    if calls:
+        call(*calls[0])
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+
+
+# -- the first votes from the Gram's lower triangle ----------------------------------------
+# The paper's first votes (every edge between two cells) read the Gram's lower triangle as it
+# is (_numba_kernels.lower_l1_*) instead of copying it onto the upper one first; the rows of
+# the cells still single after the first contraction are completed then (complete_rows).
+# False: the full Gram, as before.
+LOWER_VOTES = True
+# An offset b - a shared by at least 1/DENSE_OFFSET_FRACTION of the cells' count of edges has
+# its edges' tails summed row by row (a grid's 1 and W); the Gram stays lower only when the
+# other edges, summed edge by edge over two strided columns, are at most 1/SPARSE_EDGE_FRACTION
+# of the cells (their strided reads then cost at most that share of the copy they replace).
+DENSE_OFFSET_FRACTION = 4
+SPARSE_EDGE_FRACTION = 16
+# More rows to complete than 1/COMPLETE_ROWS_FRACTION of the cells: the tiled copy of all.
+COMPLETE_ROWS_FRACTION = 8
+# A thread of lower_profile_l1 gets at least this many rows (about LOWER_THREAD_ROWS^2 numbers
+# per offset): at 32x32 (1024 cells, 0.5 ms of work) a second thread cost more than it saved.
+LOWER_THREAD_ROWS = 2048
+
+
+def lower_offsets(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray | None:
+    """The offsets b - a whose edges' votes are summed row by row, or None when the edges are
+    not regular enough for the lower-triangle votes (too many of no common offset).
+
+    >>> import numpy as np
+    >>> a = np.arange(0, 15); b = a + 1                      # a path of 16 cells
+    >>> lower_offsets(a, b, 16).tolist()
+    [1]
+    >>> print(lower_offsets(np.array([0, 1, 2]), np.array([9, 5, 3]), 16))
+    None
+    """
+    d = np.asarray(b, np.int64) - np.asarray(a, np.int64)
+    if d.shape[0] and int(d.min()) <= 0:
+        return None  # edges are a < b; anything else takes the full Gram
+    offsets, counts = np.unique(d, return_counts=True)
+    dense = counts * DENSE_OFFSET_FRACTION >= n
+    if SPARSE_EDGE_FRACTION * int(counts[~dense].sum()) > n:
+        return None
+    return offsets[dense].astype(np.int64)
+
+
+def lower_profile_l1(g: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int = 1) -> np.ndarray:
+    """sum_c |G[a[i], c] - G[b[i], c]| for every edge, from ``g``'s lower triangle (G symmetric).
+
+    Edges of a common offset (:func:`lower_offsets`) are summed row by row, the rows split
+    between ``threads`` Python threads (equal work: the kernels release the GIL; each BLAS-free),
+    the others edge by edge.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> f = rng.standard_normal((30, 4)).astype(np.float32)
+    >>> full = f @ f.T
+    >>> a = np.array([0, 1, 2, 4, 7]); b = np.array([1, 2, 3, 5, 20])
+    >>> l1 = lower_profile_l1(np.tril(full), a, b, threads=2)
+    >>> bool(np.allclose(l1, np.abs(full[a] - full[b]).sum(axis=1)))
+    True
+    """
+    import math
+
+    from . import _numba_kernels as k
+
+    n = g.shape[0]
+    a = np.ascontiguousarray(a, np.int64)
+    b = np.ascontiguousarray(b, np.int64)
+    out = np.empty(a.shape[0], np.float64)
+    offsets = lower_offsets(a, b, n)
+    if offsets is None:  # not a caller of lower_gram: every edge on its own
+        return k.lower_l1_edges(g, a, b, out)
+    d = b - a
+    is_dense = np.isin(d, offsets)
+    if offsets.shape[0]:
+        threads = max(1, min(int(threads), n // LOWER_THREAD_ROWS))
+        bounds = [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]  # equal work
+        accs = [np.zeros((offsets.shape[0], n), np.float64) for _ in range(threads)]
+
+        def part(j: int) -> None:
+            k.lower_l1_tails(g, offsets, accs[j], bounds[j], bounds[j + 1])
+            k.lower_l1_heads(g, offsets, accs[j], bounds[j], bounds[j + 1])
+
+        on_threads([(part, (j,)) for j in range(threads)])
+        acc = accs[0]
+        for other in accs[1:]:
+            acc += other
+        dense = np.flatnonzero(is_dense)
+        out[dense] = acc[np.searchsorted(offsets, d[dense]), a[dense]]
+    sparse = np.flatnonzero(~is_dense)
+    if sparse.shape[0]:
+        out[sparse] = k.lower_l1_edges(g, a[sparse], b[sparse], np.empty(sparse.shape[0], np.float64))
+    return out
 
 
 # -- BLAS threads of the paper's rule ------------------------------------------------------

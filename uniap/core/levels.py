@@ -56,11 +56,15 @@ FLOAT32_PROFILES = True
 # Bounds of the semantic complete graph's votes (mean |P_a - P_b| from the Gram of the profile
 # rows) are widened by this much, far above their float64 rounding, before they decide a pair.
 BOUND_SLACK = 1e-9
-# The semantic pairs' Gram entries come from gathered rows (two per candidate pair) only when
-# the candidates are fewer than 1/GATHER_RATIO of a tile's pairs, else from the tile's product:
-# gathering costs 50-100x a product's share of a pair (one thread, 155-1448 rows of 384-4096
-# numbers; 4 before, which at 32x32x384 spent 5 ms a run gathering 1024-number rows).
-GATHER_RATIO = 64
+# A tile of the semantic complete graph whose candidate pairs (those the cosine alone does not
+# rule out) are fewer than 1/DIRECT_RATIO of its pairs scores them directly, by the L1 distance
+# of their profile rows (one fused pass over two rows, the edges' kernel), instead of bounding
+# every pair from the Gram of the profiles: the Gram costs a float64 product of all pairs
+# (k^2 N multiply-adds, and the exact profiles of the nodes the last pass did not form), the
+# direct votes N operations a candidate, a few times a product's share of a pair.  At
+# 64x64x384 (181 clusters, 746 of 16290 pairs candidates) the Gram's way cost 8-10 ms a run,
+# the direct one about 1 ms.  Scores near the threshold are re-scored exactly either way.
+DIRECT_RATIO = 8
 
 
 @dataclass
@@ -113,7 +117,7 @@ def run_scale(be: "Backend", xp: Any, x: Any, largest: float) -> float:
 class _State:
     """Node state in rows addressed by root; only rows of active roots are meaningful."""
 
-    sums: Any  # (R, C) sum of member input features
+    sums: Any  # (R, C) sum of member input features (sum pooling; stale under attention pooling)
     sizes: Any  # (R,) int64 cells per node
     unit_sums: Any | None  # (R, C) sum of L2-normalised member features (profiles)
     feats: Any  # (R, C) v_k, the scored feature (the same array as sums under sum pooling)
@@ -130,7 +134,12 @@ class _State:
     # Per part p, (rows, P): the exact float64 profiles mu_k F_p^T of the nodes the last pass
     # formed (rows increasing), which that pass computed for their float32 rows and attention
     # logits anyway; the semantic pairs' Gram reads them instead of computing them again.
+    # P may be a list of row blocks, in order (concatenated when read).
     exact_profiles: dict = field(default_factory=dict)
+    # Per part p, whether profiles[p] holds only the lower triangle of F_p F_p^T (the backend's
+    # lower_gram): true until a contraction first writes a row of p, while every node of p is
+    # one cell; its votes then come from Backend.lower_profile_l1 (_complete_profiles).
+    lower: list | None = None
 
 
 @dataclass
@@ -219,6 +228,8 @@ def _profile_votes(ctx: _Context, st: _State, p: int, a: Any, b: Any) -> Any:
     xp = ctx.xp
     prof = st.profiles[p]
     dt = ctx.unit.dtype
+    if st.lower is not None and st.lower[p]:  # every node one cell: Gram rows
+        return 1.0 - ctx.be.lower_profile_l1(prof, _local(ctx, st, p, a), _local(ctx, st, p, b)) / prof.shape[1]
     if ctx.profile_tol:  # rows hold means already
         wa = wb = xp.ones((a.shape[0],), dtype=dt, device=_device(a))
     else:
@@ -325,31 +336,20 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
         group_of_member = xp.take(group, xp.take(comp, members))
         src = xp.take(roots, members)
         m = int(merged.shape[0])
-        st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
+        if opt.pooling == "sum":  # attention pooling scores v_k and reads no sum: left stale
+            st.sums[dst] = be.segment_sum(st.sums, group_of_member, m, rows=src)
         st.sizes[dst] = be.segment_sum(st.sizes, group_of_member, m, rows=src)
         if st.unit_sums is not None:
             st.unit_sums[dst] = be.segment_sum(st.unit_sums, group_of_member, m, rows=src)
         if st.profiles is not None and ctx.profile_tol:
+            # The rows of the nodes left single, before any merged node's row is written.
+            _complete_profiles(ctx, st, xp.take(new_roots, xp.nonzero(counts == 1)[0]))
             # float32 means: a merged node's row is its exact float64 profile mu_k F^T (the
             # attention logits need that product anyway), rounded.
             pooled = xp.empty((dst.shape[0], st.feats.shape[1]), dtype=st.feats.dtype, device=_device(st.feats))
             mu = _profile_means(xp, st, dst)
             for p, lo, hi, unit_part in _by_part(ctx, st, dst):
-                prof = st.profiles[p]
-                local = _local(ctx, st, p, dst[lo:hi])
-                step = max(1, CHUNK_ELEMENTS // max(1, unit_part.shape[0]))
-                if hi - lo <= step and opt.semantic:
-                    # One block: kept for the semantic pairs' Gram (_profile_gram), m x N_p
-                    # numbers, fewer than the float32 profiles of the part.
-                    exact = mu[lo:hi] @ unit_part.T
-                    st.exact_profiles[p] = (dst[lo:hi], exact)
-                for s0 in range(lo, hi, step):
-                    s1 = min(hi, s0 + step)
-                    if p not in st.exact_profiles:
-                        exact = mu[s0:s1] @ unit_part.T
-                    prof[local[s0 - lo : s1 - lo]] = xp.astype(exact, prof.dtype)
-                    if opt.pooling == "attention":
-                        pooled[s0:s1] = _softmax_pool(ctx, exact / opt.temperature, unit_part)
+                _pool_rows(ctx, st, p, dst, lo, hi, unit_part, mu, pooled)
             if opt.pooling == "attention":
                 st.feats[dst] = pooled
         elif st.profiles is not None:
@@ -381,10 +381,42 @@ def _contract(ctx: _Context, st: _State, sel_a: Any, sel_b: Any, repool: bool = 
     return rootmap, dst
 
 
-def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
+def _pool_rows(ctx: _Context, st: _State, p: int, dst: Any, lo: int, hi: int, unit_part: Any, mu: Any,
+               pooled: Any) -> None:
+    """The float32 profile rows and pooled features of the merged nodes ``dst[lo:hi]`` (part p)
+    from their exact float64 profiles mu_k F_p^T, in row blocks (``Backend.row_blocks``: the
+    CPU backends split them between threads, each product on one BLAS thread)."""
+    xp, opt = ctx.xp, ctx.options
+    prof = st.profiles[p]
+    local = _local(ctx, st, p, dst[lo:hi])
+    step = max(1, CHUNK_ELEMENTS // max(1, unit_part.shape[0]))
+    # One block of rows or less: the exact rows are kept for the semantic pairs' Gram
+    # (_profile_gram), m x N_p numbers, fewer than the float32 profiles of the part.
+    pieces: list | None = [] if hi - lo <= step and opt.semantic else None
+
+    def rows(r0: int, r1: int) -> None:
+        for s0 in range(lo + r0, lo + r1, step):
+            s1 = min(lo + r1, s0 + step)
+            exact = mu[s0:s1] @ unit_part.T
+            if pieces is not None:
+                pieces.append((s0, exact))
+            prof[local[s0 - lo : s1 - lo]] = xp.astype(exact, prof.dtype)
+            if opt.pooling == "attention":
+                pooled[s0:s1] = _softmax_pool(ctx, exact / opt.temperature, unit_part)
+
+    ctx.be.row_blocks(rows, hi - lo, work=int(unit_part.shape[0]) * int(unit_part.shape[1]))
+    if pieces:
+        st.exact_profiles[p] = (dst[lo:hi], [exact for _, exact in sorted(pieces, key=lambda piece: piece[0])])
+
+
+def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray, edges: np.ndarray | None = None,
+                      lower: list | None = None) -> list | None:
     """Per part, F_p F_p^T (every cell's profile), or None when they would exceed PROFILE_BYTES.
 
     In float32 when ``ctx.profile_tol`` is set (half the memory, and BLAS's fastest product).
+    Then, given the graph's ``edges`` (host (E, 2), sorted) and a list ``lower``, a part may
+    hold only the lower triangle (the backend's ``lower_gram`` for those edges): ``lower``
+    gets one flag per part.
     """
     if not ctx.options.needs_profiles:
         return None
@@ -395,9 +427,30 @@ def _initial_profiles(ctx: _Context, cell_offsets: np.ndarray) -> list | None:
         return None
     unit = xp.astype(ctx.unit, xp.float32) if ctx.profile_tol else ctx.unit
     parts = []
+    at = None if edges is None else np.searchsorted(edges[:, 0], cell_offsets)
     for p in range(len(cell_offsets) - 1):
-        parts.append(ctx.be.gram(unit[int(cell_offsets[p]) : int(cell_offsets[p + 1])]))
+        lo, hi = int(cell_offsets[p]), int(cell_offsets[p + 1])
+        g = None
+        if ctx.profile_tol and at is not None and lower is not None:
+            local = edges[int(at[p]) : int(at[p + 1])] - lo
+            g = ctx.be.lower_gram(unit[lo:hi], local[:, 0], local[:, 1])
+        if lower is not None:
+            lower.append(g is not None)
+        parts.append(ctx.be.gram(unit[lo:hi]) if g is None else g)
     return parts
+
+
+def _complete_profiles(ctx: _Context, st: _State, rows: Any) -> None:
+    """Make the lower-triangle profiles whole for the given active rows (increasing), before
+    a contraction writes merged rows or a copy of the state reads rows; every part is then full."""
+    if st.lower is None or not any(st.lower):
+        return
+    bounds = np.searchsorted(ctx.be.to_numpy(rows), st.row_offsets)
+    for p, is_lower in enumerate(st.lower):
+        if is_lower:
+            local = _local(ctx, st, p, rows[int(bounds[p]) : int(bounds[p + 1])])
+            ctx.be.complete_profile_rows(st.profiles[p], local)
+            st.lower[p] = False
 
 
 def profile_groups(sizes: Sequence[int], options: Options, track_margin: bool = False) -> list[range]:
@@ -435,13 +488,16 @@ def float32_profile_tolerance(options: Options, channels: int) -> float:
     return 2.0 * options.vote_weight * 2.0 * (channels + 2) * 2.0**-24 * 1.01 + 1e-9
 
 
-def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any) -> _State:
+def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any,
+                   edges: np.ndarray | None = None) -> _State:
     xp, opt = ctx.xp, ctx.options
     n = x.shape[0]
     dev = _device(x)
     sums = x  # the backend's own copy (prepare_features): rows are overwritten as nodes form
     unit_sums = xp.asarray(ctx.unit, copy=True) if opt.needs_profiles else None
     feats = sums if opt.pooling == "sum" else xp.asarray(ctx.unit, copy=True)
+    lower: list = []
+    profiles = _initial_profiles(ctx, cell_offsets, edges, lower)
     return _State(
         sums=sums,
         sizes=xp.ones((n,), dtype=xp.int64, device=dev),
@@ -452,7 +508,8 @@ def _initial_state(ctx: _Context, x: Any, cell_offsets: np.ndarray, x_norms: Any
         pos=xp.arange(n, dtype=xp.int64, device=dev),
         row_offsets=cell_offsets,
         cell_offsets=cell_offsets,
-        profiles=_initial_profiles(ctx, cell_offsets),
+        profiles=profiles,
+        lower=lower if any(lower) else None,
     )
 
 
@@ -489,10 +546,10 @@ def run_levels(be: "Backend", graph: "Graph", options: Options, track_margin: bo
     if FLOAT32_PROFILES and not track_margin:
         # track_margin reports exact margins: it keeps float64 profiles.
         ctx.profile_tol = float32_profile_tolerance(options, int(x.shape[1]))
-    st = _initial_state(ctx, x, graph.offsets, x_norms)
     edges_np = np.asarray(graph.edges, dtype=np.int64)
     if options.vote_weight != 0.0 and len(edges_np):
         edges_np = edges_np[np.lexsort((edges_np[:, 1], edges_np[:, 0]))]  # votes go by part
+    st = _initial_state(ctx, x, graph.offsets, x_norms, edges_np.reshape(-1, 2))
     edges = be.asarray_index(edges_np, like=x)
     a, b = edges[:, 0], edges[:, 1]
     scores = _score_edges(ctx, st, a, b)
@@ -551,6 +608,7 @@ def _compact(ctx: _Context, st: _State) -> _State:
     k = st.roots.shape[0]
     dev = _device(st.roots)
     take = lambda arr: None if arr is None else xp.take(arr, st.roots, axis=0)  # noqa: E731
+    _complete_profiles(ctx, st, st.roots)  # its rows are read whole
     sums = take(st.sums)
     bounds = np.searchsorted(ctx.be.to_numpy(st.roots), st.row_offsets)
     profiles = None
@@ -706,6 +764,8 @@ def _profile_gram(ctx: _Context, st: _State, p: int, rows: Any) -> tuple[Any, An
     known = st.exact_profiles.get(p) if ctx.profile_tol else None
     if known is not None:
         at = xp.searchsorted(rows, known[0])
+        if isinstance(known[1], list):  # the row blocks of _pool_rows, in order
+            known = (known[0], known[1][0] if len(known[1]) == 1 else xp.concat(known[1]))
     # Multiplications of each factorisation (F^T F only if not made yet this run); the pairs'
     # products are k^2 C or k^2 N.
     via_features = (0 if p in ctx.feature_grams else n * c * c) + k * c * c + k * k * c
@@ -743,7 +803,9 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
     max(mean(d^2) / 2, |mean d|) <= mean |d| <= sqrt(mean(d^2)), and mean(d^2) comes from the
     Gram matrix of the profiles (a product): a pair whose score interval lies on one side of
     t is decided by it; only the others need their exact L1 distance (a row operation).
-    ``track_margin`` computes every pair exactly, for the exact smallest |s - t|.
+    A tile with few candidate pairs (``DIRECT_RATIO``) skips the bounds: each candidate's L1
+    distance costs less than its share of the Gram.  ``track_margin`` computes every pair
+    exactly, for the exact smallest |s - t|.
     """
     xp, opt = ctx.xp, ctx.options
     dev = _device(st.feats)
@@ -754,7 +816,7 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
         kp = rows.shape[0]
         n_cells = int(st.cell_offsets[p + 1] - st.cell_offsets[p])
         unit_feats = xp.take(st.feats, rows, axis=0) / xp.take(st.norms, rows)[:, None]
-        left, right, sq, means = _profile_gram(ctx, st, p, rows)
+        gram = None  # _profile_gram's factors, made when a tile first needs the bounds
         tile = max(1, math.isqrt(CHUNK_ELEMENTS))
         for r0 in range(0, kp, tile):
             r1 = min(kp, r0 + tile)
@@ -774,23 +836,22 @@ def _complete_graph_selection_bounded(ctx: _Context, st: _State, t: float, track
                     # need nothing more (most pairs, when clusters are many and unlike).
                     ii, jj = xp.nonzero((wf * cos + ws > t - BOUND_SLACK) & upper)
                     cos_ab = xp.take(xp.reshape(cos, (-1,)), ii * width + jj)
-                    gi, gj = ii + r0, jj + c0
-                    if GATHER_RATIO * ii.shape[0] < (r1 - r0) * width:  # very few: their own dots
-                        gram = xp.empty(ii.shape, dtype=left.dtype, device=dev)
-                        step = max(1, (1 << 20) // max(1, left.shape[1]))
-                        for s0 in range(0, ii.shape[0], step):
-                            gram[s0 : s0 + step] = xp.vecdot(xp.take(left, gi[s0 : s0 + step], axis=0),
-                                                             xp.take(right, gj[s0 : s0 + step], axis=0), axis=1)
+                    if DIRECT_RATIO * ii.shape[0] < (r1 - r0) * width:  # few: their own votes
+                        unsure = xp.arange(ii.shape[0], dtype=xp.int64, device=dev)
                     else:
-                        gram = xp.take(xp.reshape(left[r0:r1] @ right[c0:c1].T, (-1,)), ii * width + jj)
-                    m2 = xp.clip((xp.take(sq, gi) + xp.take(sq, gj) - 2.0 * gram) / n_cells, min=0.0)
-                    low = xp.maximum(m2 / 2.0, xp.abs(xp.take(means, gi) - xp.take(means, gj)))
-                    s_hi = wf * cos_ab + ws * (1.0 - (low - BOUND_SLACK))
-                    s_lo = wf * cos_ab + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
-                    sure = xp.nonzero(s_lo > t)[0]
-                    sel_a.append(xp.take(rows, xp.take(gi, sure)))
-                    sel_b.append(xp.take(rows, xp.take(gj, sure)))
-                    unsure = xp.nonzero((s_hi > t) & ~(s_lo > t))[0]
+                        if gram is None:
+                            gram = _profile_gram(ctx, st, p, rows)
+                        left, right, sq, means = gram
+                        gi, gj = ii + r0, jj + c0
+                        g_ab = xp.take(xp.reshape(left[r0:r1] @ right[c0:c1].T, (-1,)), ii * width + jj)
+                        m2 = xp.clip((xp.take(sq, gi) + xp.take(sq, gj) - 2.0 * g_ab) / n_cells, min=0.0)
+                        low = xp.maximum(m2 / 2.0, xp.abs(xp.take(means, gi) - xp.take(means, gj)))
+                        s_hi = wf * cos_ab + ws * (1.0 - (low - BOUND_SLACK))
+                        s_lo = wf * cos_ab + ws * (1.0 - (xp.sqrt(m2 + BOUND_SLACK) + BOUND_SLACK))
+                        sure = xp.nonzero(s_lo > t)[0]
+                        sel_a.append(xp.take(rows, xp.take(gi, sure)))
+                        sel_b.append(xp.take(rows, xp.take(gj, sure)))
+                        unsure = xp.nonzero((s_hi > t) & ~(s_lo > t))[0]
                 if unsure.shape[0] == 0:
                     continue
                 ii, jj, cos_ab = xp.take(ii, unsure), xp.take(jj, unsure), xp.take(cos_ab, unsure)
