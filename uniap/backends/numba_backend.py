@@ -323,10 +323,10 @@ def _lower_gram(block: np.ndarray) -> np.ndarray:
 # two float64 (m, C) x (C, N) products) are split between the caller's thread count of Python
 # threads (NumbaBackend.row_blocks), each BLAS call on one thread, as the Gram's bands are:
 # they take a quarter to a half of a run after the Gram.  A thread gets at least ROW_BLOCK_WORK
-# multiply-adds.  Off: on the loaded 2-core machine (a training run at ~140%) the threads lost
-# 1-15 ms a run at 32x32 and 64x64 (bench/paper_rule_switch.py, docs/benchmarks.md); to be
-# measured on idle cores, where they should halve these products.
-ROW_BLOCKS = False
+# multiply-adds.  On: on idle cores they save 1-2 ms a run at 32x32 (14.0-15.6 -> 12.0-14.3 ms
+# median) and 2-14 ms at 64x64; on cores busy with other work (a training run at ~140% of 2)
+# they lost 1-15 ms (bench/paper_rule_switch.py, docs/benchmarks.md).
+ROW_BLOCKS = True
 ROW_BLOCK_WORK = 1 << 22
 
 
