@@ -268,9 +268,6 @@ def banded_gram(unit: np.ndarray, threads: int, fill: bool = True) -> np.ndarray
 
     ``fill=False`` leaves the upper triangle unset (:func:`lower_gram`).
     """
-    import math
-    import threading
-
     from . import _numba_kernels as k
 
     n = unit.shape[0]
@@ -279,26 +276,15 @@ def banded_gram(unit: np.ndarray, threads: int, fill: bool = True) -> np.ndarray
         return symmetric_gram(unit, fill=fill)
     unit = np.ascontiguousarray(unit)
     out = np.empty((n, n), unit.dtype)
-    bounds = [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]
-    errors: list[BaseException] = []
+    bounds = equal_work_bounds(n, threads)
 
-    def band(lo: int, hi: int) -> None:
-        try:
-            if lo:
-                np.matmul(unit[lo:hi], unit[:lo].T, out=out[lo:hi, :lo])
-            out[lo:hi, lo:hi] = _lower_gram(unit[lo:hi])
-        except BaseException as error:  # re-raised by the caller
-            errors.append(error)
+    def band(j: int) -> None:
+        lo, hi = bounds[j], bounds[j + 1]
+        if lo:
+            np.matmul(unit[lo:hi], unit[:lo].T, out=out[lo:hi, :lo])
+        out[lo:hi, lo:hi] = _lower_gram(unit[lo:hi])
 
-    workers = [threading.Thread(target=band, args=(bounds[j], bounds[j + 1]), daemon=True)
-               for j in range(1, threads)]
-    for worker in workers:
-        worker.start()
-    band(bounds[0], bounds[1])
-    for worker in workers:
-        worker.join()
-    if errors:
-        raise errors[0]
+    on_threads([(band, (j,)) for j in range(threads)])
     return k.fill_upper(out, GRAM_BLOCK) if fill else out
 
 
@@ -328,6 +314,14 @@ def _lower_gram(block: np.ndarray) -> np.ndarray:
 # they lost 1-15 ms (bench/paper_rule_switch.py, docs/benchmarks.md).
 ROW_BLOCKS = True
 ROW_BLOCK_WORK = 1 << 22
+
+
+def equal_work_bounds(n: int, threads: int) -> list[int]:
+    """Row bounds cutting a lower triangle of ``n`` rows into ``threads`` bands of equal work
+    (band j ends at row n sqrt(j / T))."""
+    import math
+
+    return [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]
 
 
 def on_threads(calls: list) -> None:
@@ -413,8 +407,6 @@ def lower_profile_l1(g: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int =
     >>> bool(np.allclose(l1, np.abs(full[a] - full[b]).sum(axis=1)))
     True
     """
-    import math
-
     from . import _numba_kernels as k
 
     n = g.shape[0]
@@ -428,7 +420,7 @@ def lower_profile_l1(g: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int =
     is_dense = np.isin(d, offsets)
     if offsets.shape[0]:
         threads = max(1, min(int(threads), n // LOWER_THREAD_ROWS))
-        bounds = [round(n * math.sqrt(j / threads)) for j in range(threads + 1)]  # equal work
+        bounds = equal_work_bounds(n, threads)
         accs = [np.zeros((offsets.shape[0], n), np.float64) for _ in range(threads)]
 
         def part(j: int) -> None:

@@ -333,7 +333,7 @@ class PaperRecipe(Recipe):
             x = superpixel_features(fine[i].reshape(-1, fine.shape[-1]).float(), r["pool"], n).cpu().numpy()
             levels = calibrated_levels(x, r["edges"], u.edge_fractions) if u.edge_fractions else u.levels
             h = teacher_hierarchy(x, r["edges"], levels, min_size=u.min_size, preset=u.preset)
-            t = region_masks(h, u.min_size, r.get("contours"), sizes=sizes.cpu().numpy(), **self._semantic_options())
+            t = region_masks(h, u.min_size, r.get("contours"), **self._semantic_options(sizes))
             t.members, t.kinds = t.members.to(fine.device), t.kinds.to(fine.device)
             sums = superpixel_features(mask_features[i].flatten(1).T.float(), r["pool"], n)  # (N, D)
             pooled = (t.members @ sums) / (t.members @ sizes).clamp_min(1)[:, None]
@@ -341,12 +341,16 @@ class PaperRecipe(Recipe):
             targets.append(t)
         return targets, logits
 
-    def _semantic_options(self) -> dict:
-        """``loss.semantic_targets``: every level's semantic groups, or one level's partition."""
+    def _semantic_options(self, sizes: torch.Tensor | None = None) -> dict:
+        """``loss.semantic_targets``: every level's semantic groups, or one level's partition
+        (of nodes weighted by ``sizes``, the superpixels' pixels; None: cells, one each)."""
         lc = self.cfg.loss
         if lc.semantic_targets != "partition":
             return {}
-        return {"partition": int(self.cfg.model.num_semantic_queries), "min_share": float(lc.min_mask_area)}
+        options = {"partition": int(self.cfg.model.num_semantic_queries), "min_share": float(lc.min_mask_area)}
+        if sizes is not None:
+            options["sizes"] = sizes.cpu().numpy()
+        return options
 
     # -- one step ----------------------------------------------------------------------
     def _student_groups(self, batch: dict, grids: list[torch.Tensor]) -> list[dict]:
