@@ -3,8 +3,12 @@
 * ``test_cli_against_the_floor``: ``uniap-cli FOLDER --out OUT --workers 1`` on 24 BSDS500
   val images (481x321), called in this process (imports and compiled kernels warm, as in a
   long run), against the floor: the default features + ``uniap.segment`` (Numba) on the patch
-  grid of the same images.  The two alternate, 5 rounds each; ``extra_info`` has the median
-  seconds per image of each and the median of the per-round ratios.
+  grid of the same images, with BLAS's own threads and with one (the faster of the two is
+  each round's floor).  The CLI runs as it does by default (with a spare core, the image
+  side of the region graph in a thread beside the features, records and files in another)
+  and as on one core (``cli_in_turn``).  They alternate, 5 rounds each; ``extra_info`` has
+  the median seconds and CPU seconds (``time.process_time``: all threads) per image of each
+  and the medians of the per-round ratios.
 * ``test_stage_shares``: ``uniap.segment_image`` with the default settings, per stage
   (patch features, superpixels and their contour regions from the features' CIELab, pooling
   and adjacency, UniAP, records), medians over the images.
@@ -45,35 +49,62 @@ def folder(tmp_path_factory) -> Path:
 
 
 def test_cli_against_the_floor(benchmark, folder, tmp_path):
+    from threadpoolctl import ThreadpoolController
+
+    import uniap.features.regions as regions_module
+    import uniap.pipeline.engine as engine_module
+
     images = [load_image(p) for p in sorted(folder.glob("*.jpg"))]
     extractor = get_extractor("default")
     argv = [str(folder), "--out", str(tmp_path / "out"), "--overwrite", "--quiet", "--workers", "1"]
+    blas = ThreadpoolController()
 
-    def floor() -> float:
-        start = time.perf_counter()
-        for image in images:
-            uniap.segment(extractor(image).features, backend="numba")
-        return (time.perf_counter() - start) / len(images)
+    def floor(blas_threads: int | None = None) -> tuple[float, float]:
+        """Seconds and CPU seconds per image of features + uniap.segment (BLAS as it is, or limited)."""
+        with blas.limit(limits=blas_threads, user_api="blas"):
+            start, cpu = time.perf_counter(), time.process_time()
+            for image in images:
+                uniap.segment(extractor(image).features, backend="numba")
+            return (time.perf_counter() - start) / len(images), (time.process_time() - cpu) / len(images)
 
-    def cli() -> float:
-        start = time.perf_counter()
-        assert main(argv) == 0
-        return (time.perf_counter() - start) / len(images)
+    def cli(overlap: bool = True) -> tuple[float, float]:
+        """Seconds and CPU seconds per image of the CLI; ``overlap=False``: as on one core (the
+        image side after the features, records and files after the segmentation)."""
+        cores = engine_module._cores
+        regions_module.OVERLAP = overlap
+        engine_module._cores = cores if overlap else (lambda: 1)
+        try:
+            start, cpu = time.perf_counter(), time.process_time()
+            assert main(argv) == 0
+            return (time.perf_counter() - start) / len(images), (time.process_time() - cpu) / len(images)
+        finally:
+            regions_module.OVERLAP, engine_module._cores = True, cores
 
-    floor(), cli()  # warm-up: imports, compiled kernels
-    floors, clis = [], []
+    floor(), floor(1), cli(), cli(False)  # warm-up: imports, compiled kernels
+    runs: dict[str, list[tuple[float, float]]] = {"floor": [], "floor_one_blas": [], "cli": [], "cli_in_turn": []}
 
     def one_round():
-        floors.append(floor())
-        clis.append(cli())
+        runs["floor"].append(floor())
+        runs["floor_one_blas"].append(floor(1))
+        runs["cli"].append(cli())
+        runs["cli_in_turn"].append(cli(False))
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
-    ratios = [c / f for c, f in zip(clis, floors)]
-    benchmark.extra_info.update(floor_s_per_image=float(np.median(floors)), cli_s_per_image=float(np.median(clis)),
-                                ratio=float(np.median(ratios)))
-    print(f"\nuniap-cli {np.median(clis) * 1e3:.1f} ms/image, floor (features + uniap.segment) "
-          f"{np.median(floors) * 1e3:.1f} ms/image, ratio {np.median(ratios):.2f} "
-          f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})")
+    # the ratio to the faster floor of each round (its BLAS threads or one: the faster for the user)
+    floors = [min(a[0], b[0]) for a, b in zip(runs["floor"], runs["floor_one_blas"])]
+    ratios = [c[0] / f for c, f in zip(runs["cli"], floors)]
+    in_turn = [c[0] / f for c, f in zip(runs["cli_in_turn"], floors)]
+    median = {name: float(np.median([r[0] for r in v])) for name, v in runs.items()}
+    cpu = {name: float(np.median([r[1] for r in v])) for name, v in runs.items()}
+    benchmark.extra_info.update({f"{name}_s_per_image": value for name, value in median.items()})
+    benchmark.extra_info.update({f"{name}_cpu_s_per_image": value for name, value in cpu.items()})
+    benchmark.extra_info.update(ratio=float(np.median(ratios)), ratio_in_turn=float(np.median(in_turn)))
+    print(f"\nuniap-cli {median['cli'] * 1e3:.1f} ms/image (CPU {cpu['cli'] * 1e3:.1f}), image side in turn "
+          f"{median['cli_in_turn'] * 1e3:.1f} ms (CPU {cpu['cli_in_turn'] * 1e3:.1f}); floor (features + "
+          f"uniap.segment) {median['floor'] * 1e3:.1f} ms (CPU {cpu['floor'] * 1e3:.1f}), one BLAS thread "
+          f"{median['floor_one_blas'] * 1e3:.1f} ms (CPU {cpu['floor_one_blas'] * 1e3:.1f})")
+    print(f"ratio to the faster floor {np.median(ratios):.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)}); "
+          f"image side in turn {np.median(in_turn):.2f} (rounds {', '.join(f'{r:.2f}' for r in in_turn)})")
 
 
 def test_stage_shares(benchmark, folder):

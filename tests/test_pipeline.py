@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -242,22 +243,68 @@ def test_workers_and_batches_write_the_same_bytes(tree, tmp_path):
         assert (serial / name).read_bytes() == (parallel / name).read_bytes()
 
 
-def test_overlapped_writing_gives_the_same_files(tree, tmp_path):
-    """The accelerator path (records and files in a thread, next batch meanwhile), on the CPU."""
-    from uniap.pipeline import LocalEngine, Stages
+def _run_engine(tree, out, engine):
+    from uniap.pipeline import Stages
     from uniap.pipeline.plan import plan_jobs
 
-    serial = tmp_path / "serial"
-    assert main([str(tree), "--out", str(serial), "--quiet", "--batch-size", "1"]) == 0
     items = uniap.pipeline.expand_inputs([str(tree)])
     stages = Stages(uniap.pipeline.Settings())
-    plan = plan_jobs(items, out=str(tmp_path / "overlap"), format="sam", viz=None, overwrite=False,
+    plan = plan_jobs(items, out=str(out), format="sam", viz=None, overwrite=False,
                      settings_signature=stages.signature, single=False)
-    (tmp_path / "overlap").mkdir()
-    reports = list(LocalEngine(batch_size=1, overlap=True).run(plan.jobs, stages))
+    out.mkdir()
+    return list(engine.run(plan.jobs, stages))
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_overlapped_work_gives_the_same_files(tree, tmp_path, monkeypatch, cores):
+    """Records and files in a thread while the next batch is segmented (the accelerator's path,
+    and the CPU's by default when this process is the only worker and has a spare core), and
+    the superpixels in a thread beside the features: the same bytes as all in turn."""
+    import uniap.features.regions as regions_module
+    import uniap.pipeline.engine as engine_module
+    from uniap.pipeline import LocalEngine
+
+    writers = []  # the thread each image's records and files were made in
+    write = engine_module.encode_and_write
+
+    def recorded(*args):
+        writers.append(threading.current_thread().name)
+        return write(*args)
+
+    monkeypatch.setattr(engine_module, "encode_and_write", recorded)
+    monkeypatch.setattr(regions_module, "OVERLAP", False)
+    serial = tmp_path / "serial"
+    reports = _run_engine(tree, serial, LocalEngine(batch_size=1, overlap=False))
+    assert [r.status for r in reports] == ["ok"] * 3 and not any(w.startswith("uniap-write") for w in writers)
+    monkeypatch.setattr(regions_module, "OVERLAP", True)
+    writers.clear()
+    reports = _run_engine(tree, tmp_path / "overlap", LocalEngine(batch_size=1, overlap=True))
     assert [r.status for r in reports] == ["ok"] * 3 and all(r.timings["writing"] > 0 for r in reports)
+    # the first image in turn (its lazy imports in one thread), the others in the writer
+    assert [w.startswith("uniap-write") for w in writers] == [False, True, True]
+    monkeypatch.setattr(engine_module, "_cores", lambda: cores)  # the default follows the cores
+    writers.clear()
+    reports = _run_engine(tree, tmp_path / "default", LocalEngine(batch_size=1))
+    assert [r.status for r in reports] == ["ok"] * 3
+    assert [w.startswith("uniap-write") for w in writers] == [False] + [cores > 1] * 2
     for name in files_under(serial):
         assert (serial / name).read_bytes() == (tmp_path / "overlap" / name).read_bytes()
+        assert (serial / name).read_bytes() == (tmp_path / "default" / name).read_bytes()
+
+
+def test_worker_threads_of_one_keep_the_superpixels_in_turn(monkeypatch):
+    """A worker given one thread (the cores shared by processes) starts no superpixel thread;
+    the undo gives the setting back."""
+    import uniap.features.regions as regions_module
+    from uniap.pipeline.engine import _limit_threads
+
+    monkeypatch.setattr(regions_module, "OVERLAP", True)
+    undo = _limit_threads(1)
+    assert regions_module.OVERLAP is False
+    undo()
+    assert regions_module.OVERLAP is True
+    _limit_threads(2)()
+    assert regions_module.OVERLAP is True
 
 
 def test_library_run_matches_segment_image(tree, tmp_path):

@@ -4,6 +4,7 @@ and the superpixel map's runs found once per image."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 from pycocotools import mask as mask_utils
 
@@ -83,15 +84,21 @@ def _graph_and_hierarchy():
     return image, graph, UniapSegmenter().nodes(graph)
 
 
-def test_the_levels_and_contour_regions_records_find_the_superpixels_runs_once(monkeypatch):
-    """The pipeline's encode passes over the superpixel map once for both kinds of records, and
-    gets the records each function gives on its own."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_levels_and_contour_regions_records_find_the_superpixels_runs_once(monkeypatch, overlap):
+    """The pipeline's encode passes over the superpixel map once for both kinds of records
+    (none when the graph found its runs beside the features, with a spare core), and gets the
+    records each function gives on its own."""
+    import uniap.features.regions as regions_module
     import uniap.records as records_module
     from uniap.pipeline.stages import encode
     from uniap.records import contour_records, hierarchy_records
 
+    monkeypatch.setattr(regions_module, "OVERLAP", overlap)
+    monkeypatch.setattr(regions_module, "_WARM", True)  # past the first image, made in turn
     image, graph, hierarchy = _graph_and_hierarchy()
     assert graph.contours is not None and len(graph.contours)
+    assert (graph.runs is not None) == overlap
     calls = []
     original = records_module._map_runs
 
@@ -101,12 +108,13 @@ def test_the_levels_and_contour_regions_records_find_the_superpixels_runs_once(m
 
     monkeypatch.setattr(records_module, "_map_runs", counted)
     got = encode(graph, hierarchy, image=image).records
-    assert calls == [graph.regions.shape]  # once for the levels and the contour cuts
+    assert calls == ([] if overlap else [graph.regions.shape])  # at most once for the levels and the cuts
+    found = len(calls)
     boundary = graph.boundary_strength(image)
     alone = hierarchy_records(hierarchy, regions=graph.regions, boundary=boundary)
     alone += contour_records(graph.contours, graph.regions, graph.contour_thresholds, min_size=hierarchy.min_size,
                              start=len(alone), boundary=boundary, exclude=alone)
-    assert len(calls) == 3 and got == alone  # on their own, each finds them
+    assert len(calls) == found + 2 and got == alone  # on their own, each finds them
 
 
 def test_runs_of_another_map_are_refused():

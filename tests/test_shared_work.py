@@ -81,6 +81,8 @@ def test_no_cielab_is_given_where_the_features_resize_the_image():
 
 def _same_graph(a, b) -> None:
     for field in dataclasses.fields(a):
+        if not field.compare:  # what the records need, found early or not: checked apart
+            continue
         x, y = getattr(a, field.name), getattr(b, field.name)
         if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
             np.testing.assert_array_equal(x, y, err_msg=field.name)
@@ -218,3 +220,110 @@ def test_the_superpixel_labels_are_the_tree_cuts(seed, h, w, levels, quantile):
     u, v = np.ascontiguousarray(mst[:, 0]), np.ascontiguousarray(mst[:, 1])
     want = tree_cut(h * w, u, v, persist, altitude)
     np.testing.assert_array_equal(pixel_cut(h, w, u, v, persist, altitude), want)
+
+
+def test_the_features_give_their_cielab_once_and_early():
+    """``on_lab`` gets the CIELab (cut to the image) once, or None once where there is none."""
+    image = _image(5, (45, 70))
+    given = []
+    grid, lab = DefaultFeatures()._grid_and_lab(image, on_lab=given.append)
+    assert len(given) == 1 and given[0] is not None
+    np.testing.assert_array_equal(given[0], _rgb2lab(image))
+    np.testing.assert_array_equal(grid.features, DefaultFeatures()(image).features)
+    given.clear()
+    DefaultFeatures(max_side=48)._grid_and_lab(_image(5, (64, 96)), on_lab=given.append)
+    assert given == [None]
+
+
+def _graph_in_turn_and_in_a_thread(monkeypatch, extractor, image):
+    import uniap.features.regions as regions_module
+
+    monkeypatch.setattr(regions_module, "OVERLAP", False)
+    in_turn = extractor(image)
+    monkeypatch.setattr(regions_module, "OVERLAP", True)
+    return in_turn, extractor(image)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 70), st.integers(1, 70), st.booleans(), st.sampled_from([None, 900]))
+def test_the_image_side_in_a_thread_makes_the_graph_made_in_turn(seed, h, w, contours, max_pixels):
+    """With a spare core the superpixels, contour regions, edge strength (and what the records
+    need of them) are made in a thread beside the features: the same graph, the same records,
+    whatever the image's shape, with or without contour regions, on the image or a downscaled copy."""
+    import uniap
+    import uniap.features.regions as regions_module
+    from uniap.features.regions import REGION_LEVELS
+
+    image = _image(seed, (h, w))
+    extractor = RegionFeatures(DefaultFeatures(), contours=contours)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if max_pixels:
+            monkeypatch.setattr(regions_module, "SUPERPIXEL_MAX_PIXELS", max_pixels)
+        in_turn, in_thread = _graph_in_turn_and_in_a_thread(monkeypatch, extractor, image)
+    _same_graph(in_turn, in_thread)
+    assert in_turn.boundary is None and in_turn.runs is None
+    assert regions_module._WARM  # so the second was made with its image side in a thread
+    downscaled_copy = in_thread.strength_regions is not None
+    assert (in_thread.boundary is None) == downscaled_copy  # prepared on the image's own pixels only
+    h_ = uniap.segment_graph(in_turn.features, in_turn.edges, levels=REGION_LEVELS).numpy()
+    assert encode(in_thread, h_, image=image).records == encode(in_turn, h_, image=image).records
+
+
+def test_an_error_in_the_image_side_thread_reaches_the_caller(monkeypatch):
+    import uniap.features.regions as regions_module
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the watershed")
+
+    monkeypatch.setattr(regions_module, "OVERLAP", True)
+    monkeypatch.setattr(regions_module, "_WARM", True)  # past the first image, made in turn
+    monkeypatch.setattr(regions_module, "downscaled_hierarchy", broken)
+    with pytest.raises(MemoryError, match="no room for the watershed"):
+        RegionFeatures(DefaultFeatures())(_image(6, (40, 50)))
+
+
+def test_blas_gets_its_threads_back_after_overlapping_callers():
+    """The features keep BLAS to one thread while the superpixels run beside them; callers in
+    several threads share the process's limit, and the last one out restores BLAS's threads
+    whatever the order they leave in."""
+    from threadpoolctl import threadpool_info
+
+    from uniap.features.regions import _one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("BLAS runs one thread here already: nothing to limit")
+    first, second = _one_blas_thread(), _one_blas_thread()
+    first.__enter__()
+    second.__enter__()
+    assert blas_threads() == [1] * len(before)
+    first.__exit__(None, None, None)  # the first out: the second still computes
+    assert blas_threads() == [1] * len(before)
+    second.__exit__(None, None, None)
+    assert blas_threads() == before
+
+
+def test_the_first_region_graph_of_a_process_is_made_in_turn(monkeypatch):
+    """The first image's image side is made in the calling thread (its lazy imports in one
+    thread), the next ones' in a thread beside the features (what the records need found
+    there too)."""
+    import uniap.features.regions as regions_module
+
+    monkeypatch.setattr(regions_module, "OVERLAP", True)
+    monkeypatch.setattr(regions_module, "_WARM", False)
+    started = []
+    thread = regions_module._InThread
+
+    def counted(*args):
+        started.append(args[0].__name__)
+        return thread(*args)
+
+    monkeypatch.setattr(regions_module, "_InThread", counted)
+    extractor = RegionFeatures(DefaultFeatures())
+    first, second = extractor(_image(7, (40, 50))), extractor(_image(7, (40, 50)))
+    assert started == ["_image_side"]
+    assert first.runs is None and second.runs is not None
+    _same_graph(first, second)

@@ -104,7 +104,7 @@ def _mirror(i, n):
     return period - 1 - i if i >= n else i
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gradient_magnitude(lab, a, y0, y1, height, smooth, derive, out):
     """Add to ``out`` (y1 - y0, W) the Gaussian gradient magnitude of each channel of ``lab``.
 

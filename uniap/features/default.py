@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import ClassVar, Iterable, Sized
+from typing import Callable, ClassVar, Iterable, Sized
 
 import numpy as np
 
@@ -273,18 +273,35 @@ class DefaultFeatures:
         """
         return self._grid_and_lab(load_image(image))[0]
 
-    def _grid_and_lab(self, rgb: np.ndarray) -> tuple[FeatureGrid, np.ndarray | None]:
+    def _grid_and_lab(self, rgb: np.ndarray, on_lab: Callable[[np.ndarray | None], None] | None = None,
+                      ) -> tuple[FeatureGrid, np.ndarray | None]:
         """:meth:`__call__`'s grid of the RGB array ``rgb``, and the CIELab it converted on the
         way, cut to ``rgb``'s own pixels: (3, H, W) float32 (``_rgb2lab(rgb)``, bit for bit),
         for the superpixels of :class:`~uniap.features.RegionFeatures`, which would convert
         the image again.  None when there is none to give: the image is resized for
-        ``max_side`` or its descriptors are computed in bands."""
+        ``max_side`` or its descriptors are computed in bands.
+
+        ``on_lab``, when given, is called once, as early as can be, so that a caller can start
+        its own work on the image in a thread: with that CIELab as soon as it is converted
+        (before the descriptors, the words and the histograms, most of the work), or with
+        None before anything when there will be none.  It must not write to the CIELab: the
+        features read it after the call.
+        """
         original = rgb.shape[:2]
         shape = working_shape(original, self.patch_size, self.max_side)
         resized = original if shape is None else tuple(shape)
         img = self._padded_image(rgb)
+        if on_lab is not None and (shape is not None or not _one_band(img, self)):
+            on_lab(None)  # converted in bands, or resized: nothing to give
+            on_lab = None
         labs: list[np.ndarray] = []
-        feats = _histogram_features(img, self, labs)
+
+        def converted(lab: np.ndarray) -> None:
+            labs.append(lab)
+            if on_lab is not None:
+                on_lab(lab[:, :original[0], :original[1]])
+
+        feats = _histogram_features(img, self, converted)
         grid = FeatureGrid(
             feats, self.patch_size, img.shape, name=self.name, original_shape=original,
             resized_shape=resized,
@@ -521,7 +538,8 @@ class _PaddedImage:
         return self.rgb[self.row_map[y], self.col_map[x]]
 
 
-def _histogram_features(img: _PaddedImage, opts: DefaultFeatures, labs: list | None = None) -> np.ndarray:
+def _histogram_features(img: _PaddedImage, opts: DefaultFeatures,
+                        on_lab: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Features of a padded working image (steps of the class doc).
 
     The per-pixel descriptors of a big image are never held whole: the words are fitted on
@@ -529,7 +547,7 @@ def _histogram_features(img: _PaddedImage, opts: DefaultFeatures, labs: list | N
     descriptors are computed band by band (:func:`_band_descriptors`, with halos for the
     filters) and assigned to the words.  Both give bit for bit the values of the whole-image
     computation (:func:`_descriptors`), which an image of one band still uses; then its
-    CIELab is appended to ``labs`` when given.
+    CIELab is given to ``on_lab`` when given.
     """
     p = opts.patch_size
     H, W = img.shape
@@ -538,7 +556,7 @@ def _histogram_features(img: _PaddedImage, opts: DefaultFeatures, labs: list | N
     q = p // stride  # patch side in descriptor pixels
     kinds = _kinds(opts)
     band = _band_rows(q, W // stride)
-    whole = _descriptors(img.whole(), opts, labs) if _one_band(img, opts) else None
+    whole = _descriptors(img.whole(), opts, on_lab) if _one_band(img, opts) else None
     words = _image_words(img, opts, whole)
     hists = {kind: np.empty((words[kind][0].shape[0], h, w), np.float32) for kind in kinds}
     for r0 in range(0, h, band):
@@ -699,13 +717,15 @@ def _one_band(img: _PaddedImage, opts: DefaultFeatures) -> bool:
     return H // p <= _band_rows(p // stride, W // stride) and H * W <= max(_CHUNK_PIXELS, p * W)
 
 
-def _descriptors(rgb: np.ndarray, opts: DefaultFeatures, labs: list | None = None) -> dict[str, np.ndarray]:
+def _descriptors(rgb: np.ndarray, opts: DefaultFeatures,
+                 on_lab: Callable[[np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """Per-pixel colour and texture descriptors (d, H / s, W / s) of the parts in use (s: stride);
-    the CIELab they come from is appended to ``labs`` when given (nothing here writes to it)."""
+    the CIELab they come from is given to ``on_lab`` as soon as it is converted (nothing here
+    writes to it)."""
     stride = _stride(opts.patch_size)
     lab = _rgb2lab(rgb)  # (3, H, W) float32
-    if labs is not None:
-        labs.append(lab)
+    if on_lab is not None:
+        on_lab(lab)
     out = {}
     if opts.color_weight:
         out["color"] = lab * np.array([opts.lightness_scale, 1.0, 1.0], np.float32)[:, None, None]

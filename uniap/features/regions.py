@@ -20,12 +20,21 @@ Watershed superpixels come with the coarser cuts of the hierarchy they are cut f
 strongest edges.  A :class:`RegionGraph` carries them as ``contours``; the records and the
 evaluation's proposals add them to UniAP's levels (``kind: "contour"``), because regions
 grouped by features and regions cut by edges find different objects (``docs/quality.md``).
+
+The superpixels need the image, not its features.  With the default features and a spare
+core (:data:`OVERLAP`), they are made in a thread beside the features, from the CIELab the
+features convert first (the compiled kernels release the GIL): at 481 x 321 the two take
+about 30 and 20 ms of CPU, so the region graph costs little more wall time than the patch
+grid (``docs/benchmarks.md``).  The graph is the same either way, bit for bit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -35,7 +44,7 @@ from ..superpixels import MAX_PIXELS as SUPERPIXEL_MAX_PIXELS
 from .base import FeatureGrid
 from .image import load_image
 
-__all__ = ["REFINES", "REGION_LEVELS", "RegionFeatures", "RegionGraph", "default_levels", "pool_grid",
+__all__ = ["OVERLAP", "REFINES", "REGION_LEVELS", "RegionFeatures", "RegionGraph", "default_levels", "pool_grid",
            "refined", "superpixel_options"]
 
 REFINES = ("none", "superpixels")  # how patch features become UniAP's nodes
@@ -101,6 +110,12 @@ class RegionGraph:
         The superpixels of that downscaled copy, where ``edge_strength`` is gathered on their
         boundaries (``regions`` is this map upscaled); None when ``edge_strength`` is at the
         image's resolution or absent.
+    boundary : uniap.scores.BoundaryStrength or None
+        :meth:`boundary_strength`'s, when it was gathered with the superpixels (in the thread
+        that makes them beside the features); None: gathered when asked.
+    runs : uniap.records.RegionRuns or None
+        The runs of ``regions`` for the records, found with the superpixels the same way;
+        None: found when needed.
     """
 
     features: np.ndarray
@@ -115,6 +130,8 @@ class RegionGraph:
     contour_thresholds: np.ndarray | None = None
     edge_strength: np.ndarray | None = None
     strength_regions: np.ndarray | None = None
+    boundary: Any = field(default=None, compare=False, repr=False)
+    runs: Any = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -174,6 +191,8 @@ class RegionGraph:
         """
         from ..scores import BoundaryStrength
 
+        if self.boundary is not None:
+            return self.boundary
         if self.edge_strength is None:
             return BoundaryStrength(self.regions, image, pairs=self.edges)
         regions = self.regions if self.strength_regions is None else self.strength_regions
@@ -209,6 +228,84 @@ def pool_grid(grid: FeatureGrid, regions: np.ndarray) -> np.ndarray:
     (height, width), (hr, wr) = grid.original_shape, grid.resized_shape
     out /= grid.patch_size ** 2 * (height / hr) * (width / wr)
     return out.astype(np.float32)
+
+
+#: Make the image side of a region graph (superpixels, contour regions, edge strength) in a
+#: thread beside the default features: when this process may run on more than one core (a
+#: pipeline worker given one thread sets it False, ``uniap.pipeline.engine``).
+OVERLAP = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
+
+
+@dataclass
+class _ImageSide:
+    """What :class:`RegionFeatures` makes of the image alone (see ``_image_side``)."""
+
+    regions: np.ndarray
+    small: np.ndarray | None
+    edges: np.ndarray
+    contours: np.ndarray | None
+    thresholds: np.ndarray | None
+    strength: np.ndarray | None
+    boundary: Any = None
+    runs: Any = None
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS limited to one thread within; the limit is the process's, so callers in several
+    threads share it: the first sets it, the last gives BLAS its threads back.  (One
+    controller for the process: making one scans the loaded libraries, about a millisecond.)"""
+    global _BLAS, _BLAS_LIMIT, _BLAS_USERS
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            if _BLAS is None:
+                from threadpoolctl import ThreadpoolController
+
+                _BLAS = ThreadpoolController()
+            _BLAS_LIMIT = _BLAS.limit(limits=1, user_api="blas")
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                _BLAS_LIMIT.restore_original_limits()
+                _BLAS_LIMIT = None
+
+
+_WARM = False  # whether this process has made a region graph in turn (see RegionFeatures.__call__)
+_BLAS: Any = None
+_BLAS_LIMIT: Any = None
+_BLAS_USERS = 0
+_BLAS_LOCK = threading.Lock()
+
+
+class _InThread(threading.Thread):
+    """``fn(*args)`` started in a thread; :meth:`result` waits and returns it (or raises its error).
+
+    A thread per call, not a pool: a pool's thread would not survive the fork of the
+    pipeline's worker processes."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(name="uniap-image-side", daemon=True)
+        self._call = (fn, args)
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        fn, args = self._call
+        try:
+            self._value = fn(*args)
+        except BaseException as error:  # raised again in the caller's thread
+            self._error = error
+
+    def result(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class RegionFeatures:
@@ -272,9 +369,30 @@ class RegionFeatures:
         with_lab = getattr(self.extractor, "_grid_and_lab", None)
         if with_lab is None or self.method != "watershed" or rgb.dtype != np.uint8:
             return self.graph(rgb, self.extractor(rgb))
-        # the default features convert the image to CIELab too: the watershed takes theirs
-        grid, lab = with_lab(rgb)
-        return self.graph(rgb, grid, lab=lab)
+        # The default features convert the image to CIELab first: the watershed takes theirs.
+        # With a spare core it runs in a thread from then on (from the start where it cannot
+        # take theirs), while the features compute their descriptors, words and histograms:
+        # about 30 and 20 ms at 481 x 321, each on one core (docs/benchmarks.md).  The
+        # features' BLAS keeps to one thread meanwhile: their products are small, and a second
+        # BLAS thread would only wait for the core the watershed uses.
+        global _WARM
+        if not (OVERLAP and _WARM):
+            grid, lab = with_lab(rgb)
+            graph = self._assemble(rgb, grid, self._image_side(rgb, lab))
+            # The first image in turn: its lazy imports (SciPy's submodules among them) are
+            # then done in one thread (two threads importing SciPy at once can fail with
+            # ``KeyError: 'scipy'``)
+            _WARM = True
+            return graph
+        image_side: list[_InThread] = []
+
+        def start(lab: np.ndarray | None) -> None:  # a copy: the watershed smooths it in place
+            image_side.append(_InThread(self._image_side, rgb, None if lab is None else lab.copy(), True))
+
+        with _one_blas_thread():
+            grid, lab = with_lab(rgb, on_lab=start)
+        side = image_side[0].result() if image_side else self._image_side(rgb, lab)
+        return self._assemble(rgb, grid, side)
 
     def graph(self, image: np.ndarray, grid: FeatureGrid, *, lab: np.ndarray | None = None) -> RegionGraph:
         """The region graph of ``image`` from its patch features ``grid``.
@@ -284,6 +402,14 @@ class RegionFeatures:
         watershed instead of converting the image again, which smooths it in place (ignored
         where the watershed runs on a downscaled copy).
         """
+        return self._assemble(image, grid, self._image_side(image, lab))
+
+    def _image_side(self, image: np.ndarray, lab: np.ndarray | None, records: bool = False) -> _ImageSide:
+        """Everything of the graph that needs the image only, not its features: the
+        superpixels, their contour regions, edge strength and adjacency; with ``records``,
+        also what the records need of them alone (the boundary strength per superpixel
+        pair, the runs of the superpixel map), where it costs nothing: in a thread beside
+        the features."""
         contours = thresholds = strength = small = None
         if self.method == "watershed":  # with or without its contour regions
             copy = downscaled(image, SUPERPIXEL_MAX_PIXELS)  # what the watershed runs on
@@ -307,6 +433,21 @@ class RegionFeatures:
             regions = upscaled(small, image.shape[:2])
         else:
             regions = superpixels(image, size=self.size, method=self.method, compactness=self.compactness)
+        # the copy's superpixels touch where the image's do (nearest-neighbour upscaling keeps
+        # 4-adjacency): the same pairs from fewer pixels
+        edges = adjacency(regions if small is None else small)
+        side = _ImageSide(regions, small, edges, contours, thresholds, strength)
+        if records and strength is not None and small is regions:  # (not for a downscaled copy: memory)
+            from ..records import RegionRuns
+            from ..scores import BoundaryStrength
+
+            side.boundary = BoundaryStrength(regions, pairs=edges, strength=strength)
+            side.runs = RegionRuns(regions)
+        return side
+
+    def _assemble(self, image: np.ndarray, grid: FeatureGrid, side: _ImageSide) -> RegionGraph:
+        """The graph from its image side and the features: one feature per superpixel."""
+        regions = side.regions
         if self.pixel_features and hasattr(self.extractor, "region_features"):
             x = self.extractor.region_features(image, regions)
             missing = np.isnan(x).any(axis=1)
@@ -314,12 +455,10 @@ class RegionFeatures:
                 x[missing] = pool_grid(grid, regions)[missing]
         else:
             x = pool_grid(grid, regions)
-        # the copy's superpixels touch where the image's do (nearest-neighbour upscaling keeps
-        # 4-adjacency): the same pairs from fewer pixels
-        edges = adjacency(regions if small is None else small)
-        downscaled_strength = strength is not None and small is not regions
-        return RegionGraph(x, edges, regions, grid, self.size, self.compactness, self.pixel_features, self.method,
-                           contours, thresholds, strength, small if downscaled_strength else None)
+        downscaled_strength = side.strength is not None and side.small is not regions
+        return RegionGraph(x, side.edges, regions, grid, self.size, self.compactness, self.pixel_features,
+                           self.method, side.contours, side.thresholds, side.strength,
+                           side.small if downscaled_strength else None, side.boundary, side.runs)
 
     def _batch_grids(self, images: Iterable[np.ndarray]) -> Iterator[tuple[RegionGraph, np.ndarray]]:
         images = list(images)

@@ -324,7 +324,8 @@ class LocalEngine:
     overlap : bool, optional
         Make one chunk's records and files in a thread while the next chunk's features are
         computed.  Default: when the features come from an accelerator (the CPU would be idle
-        otherwise); on the CPU, workers are the better use of the cores.
+        otherwise), or when this process is the only worker and has more than one core (the
+        features use one; with more workers, the workers are the better use of the cores).
     """
 
     def __init__(self, workers: int = 1, batch_size: int = 4, overlap: bool | None = None) -> None:
@@ -344,13 +345,20 @@ class LocalEngine:
         yield from self._run_with_workers(chunks, stages, collect, helpers)
 
     def _run_here(self, chunks: deque, stages: Stages, collect: bool) -> Iterator[Report]:
-        overlap = stages.segmenter.on_device if self.overlap is None else self.overlap
+        overlap = self.overlap
+        if overlap is None:
+            overlap = stages.segmenter.on_device or _cores() > 1
         with _settled_heap(), ThreadPoolExecutor(1, thread_name_prefix="uniap-decode") as decoder, \
                 ThreadPoolExecutor(1, thread_name_prefix="uniap-write") as writer:
             previous: list[Report] = []
+            first = True
             while chunks:
+                # the first chunk in turn: the records' and files' lazy imports are then done in
+                # this thread (two threads importing SciPy's submodules at once can fail)
                 with _signals_deferred():
-                    reports = process_chunk(stages, chunks.popleft(), collect, decoder, writer if overlap else None)
+                    reports = process_chunk(stages, chunks.popleft(), collect, decoder,
+                                            writer if overlap and not first else None)
+                first = False
                 yield from finished(previous)
                 previous = reports
             yield from finished(previous)
@@ -462,8 +470,14 @@ def _shutdown(pool: Any) -> None:
         pass
 
 
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _limit_threads(threads: int | None) -> Callable[[], None]:
-    """Give this process the thread counts of a worker (BLAS, OpenMP, torch); returns the undo.
+    """Give this process the thread counts of a worker (BLAS, OpenMP, torch, and whether the
+    superpixels run in a thread beside the features); returns the undo.
 
     Two processes running two OpenBLAS threads each on two cores run at half speed.
     """
@@ -471,7 +485,11 @@ def _limit_threads(threads: int | None) -> Callable[[], None]:
         return lambda: None
     from threadpoolctl import threadpool_limits
 
+    from ..features import regions
+
     limits = threadpool_limits(limits=threads)
+    overlap_before = regions.OVERLAP
+    regions.OVERLAP = overlap_before and threads > 1
     torch_before = None
     if "torch" in sys.modules:
         import torch
@@ -481,6 +499,7 @@ def _limit_threads(threads: int | None) -> Callable[[], None]:
 
     def undo() -> None:
         limits.restore_original_limits()
+        regions.OVERLAP = overlap_before
         if torch_before is not None:
             sys.modules["torch"].set_num_threads(torch_before)
 

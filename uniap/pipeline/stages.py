@@ -257,7 +257,9 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     cuts = grid.contours if regions is not None else None
     instances = hierarchy.level(0).semantic_labels is None
     # the superpixel map's runs, found once for the levels' and the contour regions' records
-    runs = RegionRuns(regions) if regions is not None and (instances or (cuts is not None and len(cuts))) else None
+    runs = None
+    if regions is not None and (instances or (cuts is not None and len(cuts))):
+        runs = getattr(grid, "runs", None) or RegionRuns(regions)
     if regions is not None and instances:
         labels = None
         records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary, runs=runs)
