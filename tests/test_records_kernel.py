@@ -95,7 +95,6 @@ def test_the_levels_and_contour_regions_records_find_the_superpixels_runs_once(m
     from uniap.records import contour_records, hierarchy_records
 
     monkeypatch.setattr(regions_module, "OVERLAP", overlap)
-    monkeypatch.setattr(regions_module, "_WARM", True)  # past the first image, made in turn
     image, graph, hierarchy = _graph_and_hierarchy()
     assert graph.contours is not None and len(graph.contours)
     assert (graph.runs is not None) == overlap

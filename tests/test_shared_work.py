@@ -262,7 +262,6 @@ def test_the_image_side_in_a_thread_makes_the_graph_made_in_turn(seed, h, w, con
         in_turn, in_thread = _graph_in_turn_and_in_a_thread(monkeypatch, extractor, image)
     _same_graph(in_turn, in_thread)
     assert in_turn.boundary is None and in_turn.runs is None
-    assert regions_module._WARM  # so the second was made with its image side in a thread
     downscaled_copy = in_thread.strength_regions is not None
     assert (in_thread.boundary is None) == downscaled_copy  # prepared on the image's own pixels only
     h_ = uniap.segment_graph(in_turn.features, in_turn.edges, levels=REGION_LEVELS).numpy()
@@ -276,7 +275,6 @@ def test_an_error_in_the_image_side_thread_reaches_the_caller(monkeypatch):
         raise MemoryError("no room for the watershed")
 
     monkeypatch.setattr(regions_module, "OVERLAP", True)
-    monkeypatch.setattr(regions_module, "_WARM", True)  # past the first image, made in turn
     monkeypatch.setattr(regions_module, "downscaled_hierarchy", broken)
     with pytest.raises(MemoryError, match="no room for the watershed"):
         RegionFeatures(DefaultFeatures())(_image(6, (40, 50)))
@@ -306,24 +304,40 @@ def test_blas_gets_its_threads_back_after_overlapping_callers():
     assert blas_threads() == before
 
 
-def test_the_first_region_graph_of_a_process_is_made_in_turn(monkeypatch):
-    """The first image's image side is made in the calling thread (its lazy imports in one
-    thread), the next ones' in a thread beside the features (what the records need found
-    there too)."""
-    import uniap.features.regions as regions_module
+def test_the_image_side_thread_imports_no_scipy_module(tmp_path):
+    """The image side's thread finds SciPy's (and scikit-image's) modules imported: two threads
+    importing them for the first time at once can fail (``KeyError: 'scipy'``), and the
+    features import SciPy meanwhile.  In a new interpreter, every import the thread makes of
+    a module not loaded yet is recorded."""
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(regions_module, "OVERLAP", True)
-    monkeypatch.setattr(regions_module, "_WARM", False)
-    started = []
-    thread = regions_module._InThread
+    code = """
+import builtins, importlib.util, sys, threading
+import numpy as np
+import uniap.features.regions as regions
+from uniap.features import DefaultFeatures, RegionFeatures
 
-    def counted(*args):
-        started.append(args[0].__name__)
-        return thread(*args)
+regions.OVERLAP = True
+new, threads, original = [], [], builtins.__import__
 
-    monkeypatch.setattr(regions_module, "_InThread", counted)
-    extractor = RegionFeatures(DefaultFeatures())
-    first, second = extractor(_image(7, (40, 50))), extractor(_image(7, (40, 50)))
-    assert started == ["_image_side"]
-    assert first.runs is None and second.runs is not None
-    _same_graph(first, second)
+def watched(name, globals=None, locals=None, fromlist=(), level=0):
+    if threading.current_thread().name == "uniap-image-side":
+        threads.append(1)
+        package = (globals or {}).get("__package__") or ""
+        base = importlib.util.resolve_name("." * level + name, package) if level else name
+        wanted = [base] + [f"{base}.{item}" for item in (fromlist or ()) if item != "*"]
+        missing = [m for m in wanted if m not in sys.modules and m.split(".")[0] in ("scipy", "skimage")]
+        module = original(name, globals, locals, fromlist, level)
+        new.extend(m for m in missing if m in sys.modules)  # (a name in fromlist may be no module)
+        return module
+    return original(name, globals, locals, fromlist, level)
+
+builtins.__import__ = watched
+image = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3)).astype(np.uint8)
+RegionFeatures(DefaultFeatures())(image)
+print(len(threads) > 0, sorted(set(new)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "True []"  # the thread ran (and imported), nothing of SciPy new

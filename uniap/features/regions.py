@@ -274,7 +274,23 @@ def _one_blas_thread() -> Iterator[None]:
                 _BLAS_LIMIT = None
 
 
-_WARM = False  # whether this process has made a region graph in turn (see RegionFeatures.__call__)
+def _import_the_image_side() -> None:
+    """Import here what the image side imports lazily, before its thread starts: two threads
+    importing SciPy's submodules for the first time at once can fail (``KeyError: 'scipy'``),
+    and the features import ``scipy.ndimage`` too.  ``tests/test_shared_work.py`` checks that
+    the thread loads no module of SciPy or scikit-image."""
+    if _IMPORTED:
+        return
+    import scipy.ndimage  # noqa: F401  (the watershed's Gaussian weights)
+
+    from .. import _score_kernels, _superpixel_kernels, records, scores  # noqa: F401
+    from ..superpixels import _WATERSHED_SIGMA, _gaussian_weights
+
+    _gaussian_weights(_WATERSHED_SIGMA)
+    _IMPORTED.append(True)
+
+
+_IMPORTED: list[bool] = []
 _BLAS: Any = None
 _BLAS_LIMIT: Any = None
 _BLAS_USERS = 0
@@ -375,15 +391,10 @@ class RegionFeatures:
         # about 30 and 20 ms at 481 x 321, each on one core (docs/benchmarks.md).  The
         # features' BLAS keeps to one thread meanwhile: their products are small, and a second
         # BLAS thread would only wait for the core the watershed uses.
-        global _WARM
-        if not (OVERLAP and _WARM):
+        if not OVERLAP:
             grid, lab = with_lab(rgb)
-            graph = self._assemble(rgb, grid, self._image_side(rgb, lab))
-            # The first image in turn: its lazy imports (SciPy's submodules among them) are
-            # then done in one thread (two threads importing SciPy at once can fail with
-            # ``KeyError: 'scipy'``)
-            _WARM = True
-            return graph
+            return self._assemble(rgb, grid, self._image_side(rgb, lab))
+        _import_the_image_side()
         image_side: list[_InThread] = []
 
         def start(lab: np.ndarray | None) -> None:  # a copy: the watershed smooths it in place
