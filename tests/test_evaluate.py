@@ -358,3 +358,20 @@ def test_levels_from_records_fill_holes():
     assert np.unique(levels[0][3:]).size == 1
     assert np.unique(levels[1]).size == 2
     assert np.unique(levels[2]).size == 1  # no record at all: one region
+
+
+def test_evaluation_workers_keep_to_one_thread(monkeypatch):
+    """A worker process of uniap-eval (the workers use every core between them) keeps BLAS to
+    one thread and makes the superpixels in turn, not in a thread beside the features."""
+    import uniap.features.regions as regions_module
+    from uniap.evaluation import scoring
+
+    monkeypatch.setattr(regions_module, "OVERLAP", True)
+    monkeypatch.setattr(scoring, "_STATE", {})
+    scoring._init(None, None, None, worker=False)
+    assert regions_module.OVERLAP is True
+    scoring._init(None, None, None, worker=True)
+    try:
+        assert regions_module.OVERLAP is False
+    finally:
+        scoring._STATE["threads"].restore_original_limits()

@@ -34,7 +34,11 @@ _STATE: dict[str, Any] = {}
 def _init(dataset, segmenter, benchmark, worker: bool = False) -> None:
     _STATE.update(dataset=dataset, segmenter=segmenter, benchmark=benchmark)
     if worker:
-        # one BLAS thread per worker process: they already use every core between them
+        # one BLAS thread per worker process, and the superpixels in turn: the workers
+        # already use every core between them
+        from ..features import regions
+
+        regions.OVERLAP = False
         try:
             from threadpoolctl import threadpool_limits
 

@@ -259,7 +259,9 @@ def encode(grid: Any, hierarchy: Hierarchy, *, upsampling: str = "nearest", uniq
     # the superpixel map's runs, found once for the levels' and the contour regions' records
     runs = None
     if regions is not None and (instances or (cuts is not None and len(cuts))):
-        runs = getattr(grid, "runs", None) or RegionRuns(regions)
+        runs = getattr(grid, "runs", None)  # found beside the features, where they were
+        if runs is None:
+            runs = RegionRuns(regions)
     if regions is not None and instances:
         labels = None
         records = hierarchy_records(hierarchy, regions=regions, unique=unique, boundary=boundary, runs=runs)
