@@ -304,7 +304,7 @@ def test_blas_gets_its_threads_back_after_overlapping_callers():
     assert blas_threads() == before
 
 
-def test_the_image_side_thread_imports_no_scipy_module(tmp_path):
+def test_the_image_side_thread_imports_no_scipy_module():
     """The image side's thread finds SciPy's (and scikit-image's) modules imported: two threads
     importing them for the first time at once can fail (``KeyError: 'scipy'``), and the
     features import SciPy meanwhile.  In a new interpreter, every import the thread makes of
