@@ -7,7 +7,6 @@ confusion matrices (label maps) come back, and the data-set summary is computed 
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -22,10 +21,9 @@ class EvaluationError(RuntimeError):
 
 def default_workers() -> int:
     """CPUs this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    from .._cores import usable_cores
+
+    return usable_cores()
 
 
 _STATE: dict[str, Any] = {}

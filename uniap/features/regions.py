@@ -32,7 +32,6 @@ way, bit for bit.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from .._cores import usable_cores
 from ..superpixels import (DEFAULT_COMPACTNESS, DEFAULT_METHOD, DEFAULT_SIZE, adjacency, check_options,
                            downscaled, downscaled_hierarchy, superpixels, upscaled)
 from ..superpixels import MAX_PIXELS as SUPERPIXEL_MAX_PIXELS
@@ -235,7 +235,7 @@ def pool_grid(grid: FeatureGrid, regions: np.ndarray) -> np.ndarray:
 #: Make the image side of a region graph (superpixels, contour regions, edge strength) in a
 #: thread beside the default features: when this process may run on more than one core (a
 #: pipeline worker given one thread sets it False, ``uniap.pipeline.engine``).
-OVERLAP = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
+OVERLAP = usable_cores() > 1
 
 
 @dataclass

@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from .._cores import usable_cores as _cores
 from .plan import Job
 from .segmenter import Pooled
 from .sinks import ImageOutput, sink
@@ -468,11 +469,6 @@ def _shutdown(pool: Any) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
     except Exception:  # noqa: BLE001 - a broken pool may fail to shut down cleanly; it is dropped
         pass
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _limit_threads(threads: int | None) -> Callable[[], None]:
