@@ -327,6 +327,7 @@ class LocalEngine:
         computed.  Default: when the features come from an accelerator (the CPU would be idle
         otherwise), or when this process is the only worker and has more than one core (the
         features use one; with more workers, the workers are the better use of the cores).
+        The first chunk is written in turn either way (its lazy imports in one thread).
     """
 
     def __init__(self, workers: int = 1, batch_size: int = 4, overlap: bool | None = None) -> None:
