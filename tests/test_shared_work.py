@@ -341,3 +341,30 @@ print(len(threads) > 0, sorted(set(new)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == "True []"  # the thread ran (and imported), nothing of SciPy new
+
+
+def test_an_error_in_the_features_waits_for_the_image_side_thread(monkeypatch):
+    """When the features fail, the call raises only once the superpixels' thread has ended:
+    no thread outlives the call, holding the image's memory."""
+    import threading
+
+    import uniap.features.regions as regions_module
+    from uniap.features import default as default_module
+
+    monkeypatch.setattr(regions_module, "OVERLAP", True)
+    threads = []
+    thread = regions_module._InThread
+
+    def recorded(*args):
+        threads.append(thread(*args))
+        return threads[-1]
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the histograms")
+
+    monkeypatch.setattr(regions_module, "_InThread", recorded)
+    monkeypatch.setattr(default_module, "_image_words", broken)  # after the CIELab is handed over
+    with pytest.raises(MemoryError, match="no room for the histograms"):
+        RegionFeatures(DefaultFeatures())(_image(8, (40, 50)))
+    assert len(threads) == 1 and not threads[0].is_alive()
+    assert not any(t.name == "uniap-image-side" for t in threading.enumerate())

@@ -402,8 +402,13 @@ class RegionFeatures:
         def start(lab: np.ndarray | None) -> None:  # a copy: the watershed smooths it in place
             image_side.append(_InThread(self._image_side, rgb, None if lab is None else lab.copy(), True))
 
-        with _one_blas_thread():
-            grid, lab = with_lab(rgb, on_lab=start)
+        try:
+            with _one_blas_thread():
+                grid, lab = with_lab(rgb, on_lab=start)
+        except BaseException:
+            if image_side:  # no thread outlives the call (nor holds its image's memory)
+                image_side[0].join()
+            raise
         side = image_side[0].result() if image_side else self._image_side(rgb, lab)
         return self._assemble(rgb, grid, side)
 
