@@ -308,9 +308,12 @@ def test_the_image_side_thread_imports_no_scipy_module():
     """The image side's thread finds SciPy's (and scikit-image's) modules imported: two threads
     importing them for the first time at once can fail (``KeyError: 'scipy'``), and the
     features import SciPy meanwhile.  In a new interpreter, every import the thread makes of
-    a module not loaded yet is recorded."""
+    a module not loaded when it started is recorded.  Numba's cache is cold, as on a fresh clone: a
+    kernel's first call imports modules too (``scipy.linalg.cython_blas``, which CI caught)."""
+    import os
     import subprocess
     import sys
+    import tempfile
 
     code = """
 import builtins, importlib.util, sys, threading
@@ -320,6 +323,14 @@ from uniap.features import DefaultFeatures, RegionFeatures
 
 regions.OVERLAP = True
 new, threads, original = [], [], builtins.__import__
+at_start = {}  # the modules loaded when the thread started: any other one it imports could be
+run = regions._InThread.run  # imported by the features' thread at the same time
+
+def recorded_run(self):
+    at_start.update(dict.fromkeys(sys.modules))
+    run(self)
+
+regions._InThread.run = recorded_run
 
 def watched(name, globals=None, locals=None, fromlist=(), level=0):
     if threading.current_thread().name == "uniap-image-side":
@@ -327,7 +338,7 @@ def watched(name, globals=None, locals=None, fromlist=(), level=0):
         package = (globals or {}).get("__package__") or ""
         base = importlib.util.resolve_name("." * level + name, package) if level else name
         wanted = [base] + [f"{base}.{item}" for item in (fromlist or ()) if item != "*"]
-        missing = [m for m in wanted if m not in sys.modules and m.split(".")[0] in ("scipy", "skimage")]
+        missing = [m for m in wanted if m not in at_start and m.split(".")[0] in ("scipy", "skimage")]
         module = original(name, globals, locals, fromlist, level)
         new.extend(m for m in missing if m in sys.modules)  # (a name in fromlist may be no module)
         return module
@@ -338,7 +349,9 @@ image = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3)).astype(np.ui
 RegionFeatures(DefaultFeatures())(image)
 print(len(threads) > 0, sorted(set(new)))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == "True []"  # the thread ran (and imported), nothing of SciPy new
 

@@ -276,23 +276,23 @@ def _one_blas_thread() -> Iterator[None]:
                 _BLAS_LIMIT = None
 
 
-def _import_the_image_side() -> None:
-    """Import here what the image side imports lazily, before its thread starts: two threads
-    importing SciPy's submodules for the first time at once can fail (``KeyError: 'scipy'``),
-    and the features import ``scipy.ndimage`` too.  ``tests/test_shared_work.py`` checks that
-    the thread loads no module of SciPy or scikit-image."""
-    if _IMPORTED:
+def _warm_the_image_side(features: "RegionFeatures") -> None:
+    """Run the image side once, in turn, on a small image, before its thread first starts.
+
+    What it imports lazily is imported here: two threads importing SciPy's submodules for the
+    first time at once can fail (``KeyError: 'scipy'``), and the features import
+    ``scipy.ndimage`` too.  Numba's first kernel call in a process also imports modules
+    (``numba.np.arraymath``, which imports ``scipy.linalg.cython_blas``), and a kernel first
+    called in the thread would do so there.  ``tests/test_shared_work.py`` checks, on a cold
+    Numba cache, that the thread loads no module of SciPy or scikit-image."""
+    if features.contours in _WARMED:
         return
-    import scipy.ndimage  # noqa: F401  (the watershed's Gaussian weights)
-
-    from .. import _score_kernels, _superpixel_kernels, records, scores  # noqa: F401
-    from ..superpixels import _WATERSHED_SIGMA, _gaussian_weights
-
-    _gaussian_weights(_WATERSHED_SIGMA)
-    _IMPORTED.append(True)
+    image = np.random.default_rng(0).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    features._image_side(image, None, True)
+    _WARMED.add(features.contours)
 
 
-_IMPORTED: list[bool] = []
+_WARMED: set[bool] = set()  # the contours settings whose image side has run
 _BLAS: Any = None
 _BLAS_LIMIT: Any = None
 _BLAS_USERS = 0
@@ -396,7 +396,7 @@ class RegionFeatures:
         if not OVERLAP:
             grid, lab = with_lab(rgb)
             return self._assemble(rgb, grid, self._image_side(rgb, lab))
-        _import_the_image_side()
+        _warm_the_image_side(self)
         image_side: list[_InThread] = []
 
         def start(lab: np.ndarray | None) -> None:  # a copy: the watershed smooths it in place
