@@ -164,6 +164,48 @@ def test_pooled_levels_are_regions_of_the_superpixels_merged_on_sem_logits(predi
         type(predictor)(predictor.model, predictor.cfg, predictor.extractor, predictor.device, hierarchy="groups")
 
 
+def test_flip_pools_the_mirrored_views_sem_logits_beside_the_images(predictor, monkeypatch):
+    """``flip=True``: each superpixel holds its mean [SEM] logits of the image, then those of the
+    mirrored image's view mirrored back onto the image's pixels; the instance masks are the
+    image's alone."""
+    import copy
+
+    import uniap_train.predict as predict_module
+    from uniap.superpixels import superpixels
+    from uniap_train.postprocess import region_means
+
+    img = picture(7, (60, 80))
+    img[:, :25] = (250, 20, 20)  # left and right differ: a missing flip back would show
+    seen = []
+    real = predict_module.pooled_levels
+
+    def spy(region_logits, regions, edges, **kw):
+        seen.append(region_logits)
+        return real(region_logits, regions, edges, **kw)
+
+    monkeypatch.setattr(predict_module, "pooled_levels", spy)
+    plain = predictor(img)
+    mirrored_predictor = copy.copy(predictor)
+    mirrored_predictor.flip = True
+    both = mirrored_predictor(img)
+    n_sem = predictor.cfg.model.num_semantic_queries
+    assert seen[0].shape[1] == n_sem and seen[1].shape == (seen[0].shape[0], 2 * n_sem)
+    np.testing.assert_allclose(seen[1][:, :n_sem], seen[0], rtol=1e-6, atol=1e-6)
+    mirror = np.ascontiguousarray(img[:, ::-1])
+    with torch.no_grad():
+        grids, shapes, pixels = predictor._grids([mirror], *predictor._view())
+        logits = predictor.model(grids, pixels)["masks"][0, :n_sem]
+        back = predict_module.decode_masks(logits, img.shape[:2], shapes[0]).flip(-1)
+        expected = region_means(back, torch.from_numpy(superpixels(img).astype(np.int64))).T.numpy()
+    np.testing.assert_allclose(seen[1][:, n_sem:], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(both.masks, plain.masks)
+    _connected_and_nested(both.levels)
+    assert mirrored_predictor.options()["flip"] is True and predictor.options()["flip"] is False
+    with pytest.raises(ValueError, match="flip mirrors the pooled levels"):
+        type(predictor)(predictor.model, predictor.cfg, predictor.extractor, predictor.device, flip=True,
+                        hierarchy="semantic")
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), blocks=st.integers(2, 6), queries=st.integers(2, 6),
        fractions=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=4, unique=True))

@@ -514,6 +514,11 @@ class Predictor:
         (:func:`pooled_levels`: ``uniap.edge_fractions``, else ``uniap.levels``): spatially
         connected regions, as the teacher's masks were made.  ``semantic``: the semantic map
         leads (its connected regions, then the map itself), three levels in all.
+    flip : bool
+        Test-time mirroring for the pooled levels: the model also sees the image mirrored
+        left-right, and each superpixel holds the [SEM] logits of both views side by side (a
+        second forward pass; concatenated, not averaged, so the two views' queries need not
+        mean the same group).  The instance masks come from the image alone.
     mask_pixels : int
         Instance masks, superpixels and levels are computed at most at this many pixels
         (default 2**22); a larger image is worked on at a nearest-neighbour downscaled copy
@@ -527,7 +532,7 @@ class Predictor:
     def __init__(self, model, cfg, extractor, device, *, mask_threshold: float = 0.5, score_threshold: float = 0.0,
                  min_area: int = 16, refine: str = "superpixels", nms: str = "matrix", nms_threshold: float = 0.5,
                  max_masks: int = 100, score: str = "learned", view_size: int = 0, hierarchy: str = "pooled",
-                 mask_pixels: int = MASK_PIXELS, name: str = "uniap_train") -> None:
+                 flip: bool = False, mask_pixels: int = MASK_PIXELS, name: str = "uniap_train") -> None:
         if not 0 < mask_threshold < 1:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         if not 0 <= score_threshold <= 1:
@@ -544,6 +549,9 @@ class Predictor:
             raise ValueError(f"max_masks must be >= 0 (0: all), got {max_masks}")
         if mask_pixels < 1:
             raise ValueError(f"mask_pixels must be >= 1, got {mask_pixels}")
+        if flip and hierarchy != "pooled":
+            raise ValueError("flip mirrors the pooled levels' node features: it needs hierarchy='pooled', "
+                             f"got hierarchy={hierarchy!r}")
         patch = int(getattr(extractor, "patch_size", None) or getattr(getattr(model, "backbone", None), "patch_size",
                                                                          None) or 1)
         if view_size < 0 or (view_size and view_size % patch):
@@ -563,6 +571,7 @@ class Predictor:
         self.score = score
         self.view_size = int(view_size)
         self.hierarchy = hierarchy
+        self.flip = bool(flip)
         self.mask_pixels = int(mask_pixels)
         self.name = name
 
@@ -644,7 +653,7 @@ class Predictor:
                 "score_threshold": self.score_threshold, "min_area": self.min_area, "refine": self.refine,
                 "nms": self.nms, "nms_threshold": self.nms_threshold, "max_masks": self.max_masks,
                 "score": self.score, "view_size": self.view_size, "hierarchy": self.hierarchy,
-                "mask_pixels": self.mask_pixels}
+                "flip": self.flip, "mask_pixels": self.mask_pixels}
 
     def __call__(self, image: np.ndarray) -> Prediction:
         """The prediction for one (H, W, 3) uint8 image."""
@@ -662,9 +671,16 @@ class Predictor:
         t0 = time.perf_counter()
         with torch.no_grad():
             grids, shapes, pixels = self._grids(images, *self._view())
+            mirrored = None
+            if self.flip:
+                grids_m, _, pixels_m = self._grids([np.ascontiguousarray(image[:, ::-1]) for image in images],
+                                                   *self._view())
             t1 = time.perf_counter()
             out = self.model(grids, pixels)
-            results = [self._one(image, out["masks"][i], out["scores"][i], shapes[i], t1 - t0, len(images))
+            if self.flip:
+                mirrored = self.model(grids_m, pixels_m)["masks"][:, :self.model.num_semantic]
+            results = [self._one(image, out["masks"][i], out["scores"][i], shapes[i], t1 - t0, len(images),
+                                 None if mirrored is None else mirrored[i])
                        for i, image in enumerate(images)]
         return results
 
@@ -734,8 +750,9 @@ class Predictor:
         return grids, shapes, pixels
 
     def _one(self, image: np.ndarray, logits_view: Any, score_logits: Any, work_shape: tuple[int, int],
-             features_seconds: float, batch: int) -> Prediction:
-        """One image's prediction from its view's mask and score logits."""
+             features_seconds: float, batch: int, mirrored: Any = None) -> Prediction:
+        """One image's prediction from its view's mask and score logits (``mirrored``: the
+        [SEM] logits of the mirrored image's view, for ``flip``)."""
         import torch
         import torch.nn.functional as F
 
@@ -768,7 +785,11 @@ class Predictor:
 
             regions = torch.from_numpy(superpixels(small).astype(np.int64)).to(sem_prob.device)
         if self.hierarchy == "pooled":
-            spatial, thresholds = self._pooled(sem_prob, regions)
+            pooled = sem_prob
+            if mirrored is not None:  # the mirror's logits, mirrored back onto the image's pixels
+                pooled = torch.cat([sem_prob, decode_masks(mirrored, shape, work_shape).flip(-1)])
+            spatial, thresholds = self._pooled(pooled, regions)
+            del pooled
         sem_prob.sub_(sem_prob.amax(0, keepdim=True)).exp_()
         sem_prob.div_(sem_prob.sum(0, keepdim=True))  # softmax over the [SEM] queries, without a copy
         if self.refine == "superpixels":
