@@ -144,6 +144,26 @@ def test_a_given_segmenter_travels_to_ray_workers(local_ray, images, tmp_path, c
     assert doc["uniap"]["features"] == "felzenszwalb" and len(doc["uniap"]["thresholds"]) == 2
 
 
+def test_a_one_cpu_task_keeps_the_superpixels_in_its_own_thread(local_ray):
+    """Ray runs as many one-CPU tasks as cores: the superpixels' thread beside the features
+    (``regions.OVERLAP``) is for tasks given two CPUs or more, decided per task."""
+    import ray
+
+    def overlap() -> tuple[bool, int]:
+        from uniap._cores import usable_cores
+        from uniap.features import regions
+        from uniap.pipeline.ray_engine import _keep_to_assigned_cpus
+
+        regions.OVERLAP = True  # as in a process that found two cores
+        _keep_to_assigned_cpus()
+        return regions.OVERLAP, usable_cores()
+
+    one, _ = ray.get(ray.remote(num_cpus=1)(overlap).remote())
+    two, cores = ray.get(ray.remote(num_cpus=2)(overlap).remote())
+    assert one is False
+    assert two is (cores > 1)
+
+
 def test_an_unknown_way_of_computing_is_refused():
     with pytest.raises(ValueError, match="compute must be one of auto, tasks, actors"):
         RayEngine(compute="threads")

@@ -143,12 +143,27 @@ class _Segment:
     """Actor: the segmenter's batched step, with :class:`Stages` built once per actor."""
 
     def __init__(self, settings: Settings, segmenter: Any = None) -> None:
+        _keep_to_assigned_cpus()
         self.stages = Stages(_on_this_actor(settings), segmenter=segmenter)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         states = [_load(blob) for blob in batch["state"]]
         _segment_states(self.stages, states)
         return _states_batch(batch, states)
+
+
+def _keep_to_assigned_cpus() -> None:
+    """The superpixels' thread beside the features (``uniap.features.regions.OVERLAP``) only
+    where this task or actor was given two CPUs or more: Ray runs as many one-CPU tasks as
+    there are cores, and a second thread in each would only wait for another task's core.
+    Per task, since Ray reuses a worker process for tasks of other sizes."""
+    import ray
+
+    from .._cores import usable_cores
+    from ..features import regions
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    regions.OVERLAP = cpus >= 2 and usable_cores() > 1
 
 
 def _on_this_actor(settings: Settings) -> Settings:
@@ -206,6 +221,7 @@ def _write_batch(batch: dict[str, np.ndarray], settings: bytes, collect: bool) -
 def _process_batch(batch: dict[str, np.ndarray], settings: bytes, collect: bool) -> dict[str, np.ndarray]:
     """CPU task: every stage of a batch (``compute="tasks"``), the images never leaving the task."""
     states = [_load(blob) for blob in batch["state"]]
+    _keep_to_assigned_cpus()
     stages = _cached_stages(settings, extractor=True)
     _decode_states(states, stages.settings.max_pixels)
     _segment_states(stages, states)
