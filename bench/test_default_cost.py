@@ -1,14 +1,16 @@
 """The default pipeline's cost against its floor, measured in the same run (issue #22).
 
-* ``test_cli_against_the_floor``: ``uniap-cli FOLDER --out OUT --workers 1`` on 24 BSDS500
-  val images (481x321), called in this process (imports and compiled kernels warm, as in a
-  long run), against the floor: the default features + ``uniap.segment`` (Numba) on the patch
-  grid of the same images, with BLAS's own threads and with one (the faster of the two is
-  each round's floor).  The CLI runs as it does by default (with a spare core, the image
-  side of the region graph in a thread beside the features, records and files in another)
-  and as on one core (``cli_in_turn``).  They alternate, 5 rounds each; ``extra_info`` has
-  the median seconds and CPU seconds (``time.process_time``: all threads) per image of each
-  and the medians of the per-round ratios.
+* ``test_cli_against_the_floor``: ``uniap-cli FOLDER --out OUT`` on 24 BSDS500 val images
+  (481x321), called in this process (imports and compiled kernels warm, as in a long run),
+  against the floor: the default features + ``uniap.segment`` (Numba) on the patch grid of
+  the same images, with BLAS's own threads and with one (the faster of the two is each
+  round's floor).  The CLI runs as it does by default (``--workers auto``: a forked worker
+  process per core, each doing its images in turn), with ``--workers 1`` (one process: with a
+  spare core, the image side of the region graph in a thread beside the features, records
+  and files in another) and as on one core (``cli_in_turn``).  They alternate, 5 rounds
+  each; ``extra_info`` has the median seconds and CPU seconds (``time.process_time`` of this
+  process, all threads, plus its finished children's) per image of each and the medians of
+  the per-round ratios.
 * ``test_stage_shares``: ``uniap.segment_image`` with the default settings, per stage
   (patch features, superpixels and their contour regions from the features' CIELab, pooling
   and adjacency, UniAP, records), medians over the images.
@@ -22,6 +24,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -56,7 +59,7 @@ def test_cli_against_the_floor(benchmark, folder, tmp_path):
 
     images = [load_image(p) for p in sorted(folder.glob("*.jpg"))]
     extractor = get_extractor("default")
-    argv = [str(folder), "--out", str(tmp_path / "out"), "--overwrite", "--quiet", "--workers", "1"]
+    argv = [str(folder), "--out", str(tmp_path / "out"), "--overwrite", "--quiet"]
     blas = ThreadpoolController()
 
     def floor(blas_threads: int | None = None) -> tuple[float, float]:
@@ -67,44 +70,56 @@ def test_cli_against_the_floor(benchmark, folder, tmp_path):
                 uniap.segment(extractor(image).features, backend="numba")
             return (time.perf_counter() - start) / len(images), (time.process_time() - cpu) / len(images)
 
-    def cli(overlap: bool = True) -> tuple[float, float]:
-        """Seconds and CPU seconds per image of the CLI; ``overlap=False``: as on one core (the
-        image side after the features, records and files after the segmentation)."""
+    def cpu_time() -> float:
+        """CPU seconds of this process (all threads) and of its children that have ended."""
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    def cli(flags: tuple[str, ...] = (), overlap: bool = True) -> tuple[float, float]:
+        """Seconds and CPU seconds per image of the CLI with ``flags``; ``overlap=False``: as on
+        one core (the image side after the features, records and files after the segmentation)."""
         cores = engine_module._cores
         regions_module.OVERLAP = overlap
         engine_module._cores = cores if overlap else (lambda: 1)
         try:
-            start, cpu = time.perf_counter(), time.process_time()
-            assert main(argv) == 0
-            return (time.perf_counter() - start) / len(images), (time.process_time() - cpu) / len(images)
+            start, cpu = time.perf_counter(), cpu_time()
+            assert main(argv + list(flags)) == 0
+            return (time.perf_counter() - start) / len(images), (cpu_time() - cpu) / len(images)
         finally:
             regions_module.OVERLAP, engine_module._cores = True, cores
 
-    floor(), floor(1), cli(), cli(False)  # warm-up: imports, compiled kernels
-    runs: dict[str, list[tuple[float, float]]] = {"floor": [], "floor_one_blas": [], "cli": [], "cli_in_turn": []}
+    one = ("--workers", "1")
+    floor(), floor(1), cli(), cli(one), cli(one, False)  # warm-up: imports, compiled kernels
+    runs: dict[str, list[tuple[float, float]]] = {"floor": [], "floor_one_blas": [], "cli": [],
+                                                  "cli_one_process": [], "cli_in_turn": []}
 
     def one_round():
         runs["floor"].append(floor())
         runs["floor_one_blas"].append(floor(1))
         runs["cli"].append(cli())
-        runs["cli_in_turn"].append(cli(False))
+        runs["cli_one_process"].append(cli(one))
+        runs["cli_in_turn"].append(cli(one, False))
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
     # the ratio to the faster floor of each round (its BLAS threads or one: the faster for the user)
     floors = [min(a[0], b[0]) for a, b in zip(runs["floor"], runs["floor_one_blas"])]
     ratios = [c[0] / f for c, f in zip(runs["cli"], floors)]
+    one_process = [c[0] / f for c, f in zip(runs["cli_one_process"], floors)]
     in_turn = [c[0] / f for c, f in zip(runs["cli_in_turn"], floors)]
     median = {name: float(np.median([r[0] for r in v])) for name, v in runs.items()}
     cpu = {name: float(np.median([r[1] for r in v])) for name, v in runs.items()}
     benchmark.extra_info.update({f"{name}_s_per_image": value for name, value in median.items()})
     benchmark.extra_info.update({f"{name}_cpu_s_per_image": value for name, value in cpu.items()})
-    benchmark.extra_info.update(ratio=float(np.median(ratios)), ratio_in_turn=float(np.median(in_turn)))
-    print(f"\nuniap-cli {median['cli'] * 1e3:.1f} ms/image (CPU {cpu['cli'] * 1e3:.1f}), image side in turn "
+    benchmark.extra_info.update(ratio=float(np.median(ratios)), ratio_one_process=float(np.median(one_process)),
+                                ratio_in_turn=float(np.median(in_turn)))
+    print(f"\nuniap-cli {median['cli'] * 1e3:.1f} ms/image (CPU {cpu['cli'] * 1e3:.1f}), --workers 1 "
+          f"{median['cli_one_process'] * 1e3:.1f} ms (CPU {cpu['cli_one_process'] * 1e3:.1f}), everything in turn "
           f"{median['cli_in_turn'] * 1e3:.1f} ms (CPU {cpu['cli_in_turn'] * 1e3:.1f}); floor (features + "
           f"uniap.segment) {median['floor'] * 1e3:.1f} ms (CPU {cpu['floor'] * 1e3:.1f}), one BLAS thread "
           f"{median['floor_one_blas'] * 1e3:.1f} ms (CPU {cpu['floor_one_blas'] * 1e3:.1f})")
-    print(f"ratio to the faster floor {np.median(ratios):.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)}); "
-          f"image side in turn {np.median(in_turn):.2f} (rounds {', '.join(f'{r:.2f}' for r in in_turn)})")
+    for name, values in (("default", ratios), ("--workers 1", one_process), ("in turn", in_turn)):
+        print(f"ratio to the faster floor, {name}: {np.median(values):.2f} "
+              f"(rounds {', '.join(f'{r:.2f}' for r in values)})")
 
 
 def test_stage_shares(benchmark, folder):

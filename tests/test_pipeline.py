@@ -243,6 +243,72 @@ def test_workers_and_batches_write_the_same_bytes(tree, tmp_path):
         assert (serial / name).read_bytes() == (parallel / name).read_bytes()
 
 
+def test_auto_workers_follow_the_cores_the_chunks_the_memory_and_the_device(monkeypatch):
+    import uniap.pipeline.engine as engine_module
+    from uniap.pipeline.engine import AUTO_WORKER_MEMORY, auto_workers
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # (only read: is a torch extractor loaded)
+    monkeypatch.setattr(engine_module, "_cores", lambda: 4)
+    monkeypatch.setattr(engine_module, "available_memory", lambda: 10 * AUTO_WORKER_MEMORY)
+    assert [auto_workers(chunks, False) for chunks in (1, 2, 3, 4, 50)] == [1, 2, 3, 4, 4]
+    assert auto_workers(50, True) == 1  # an accelerator's features: this process's threads
+    monkeypatch.setattr(engine_module, "available_memory", lambda: 3 * AUTO_WORKER_MEMORY - 1)
+    assert auto_workers(50, False) == 2
+    monkeypatch.setattr(engine_module, "available_memory", lambda: AUTO_WORKER_MEMORY // 2)
+    assert auto_workers(50, False) == 1
+    monkeypatch.setattr(engine_module, "available_memory", lambda: None)
+    assert auto_workers(50, False) == 4
+    monkeypatch.setitem(sys.modules, "torch", object())  # spawned workers would import everything again
+    assert auto_workers(50, False) == 1
+    memory = engine_module.available_memory()
+    assert memory is None or memory > 0
+
+
+def test_the_cli_runs_a_folder_with_auto_workers_by_default(tree, tmp_path, monkeypatch):
+    """``--workers`` defaults to ``auto`` (resolved per run from its chunks), takes ``auto`` or N,
+    and a bad count is a usage error naming the flag."""
+    import uniap.pipeline.engine as engine_module
+
+    asked = []
+    resolve = engine_module.auto_workers
+
+    def recorded(chunks, on_device):
+        asked.append((chunks, on_device))
+        return resolve(chunks, on_device)
+
+    monkeypatch.setattr(engine_module, "auto_workers", recorded)
+    assert main([str(tree), "--out", str(tmp_path / "auto"), "--quiet", "--batch-size", "1"]) == 0
+    assert asked == [(3, False)]
+    assert main([str(tree), "--out", str(tmp_path / "AUTO"), "--quiet", "--workers", "AUTO"]) == 0
+    assert asked == [(3, False), (1, False)]
+    assert main([str(tree), "--out", str(tmp_path / "one"), "--quiet", "--workers", "1"]) == 0
+    assert len(asked) == 2  # a number is taken as it is
+    for name in files_under(tmp_path / "one"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "auto" / name).read_bytes()
+    assert run_cli([str(tree), "--out", str(tmp_path / "bad"), "--workers", "0"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_last_chunks_are_split_into_single_images():
+    """Workers hold up to two chunks each: the last ones go image by image, in order, so this
+    process is not left idle while a worker finishes two whole chunks."""
+    from collections import deque
+
+    from uniap.pipeline.engine import _split_the_tail
+
+    chunks = deque([[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11]])
+    _split_the_tail(chunks, helpers=1)  # 4 chunks left > 2 x 1 + 1: kept
+    assert list(chunks) == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11]]
+    chunks.popleft()
+    _split_the_tail(chunks, helpers=1)
+    assert list(chunks) == [[4], [5], [6], [7], [8], [9], [10], [11]]
+    _split_the_tail(chunks, helpers=1)  # singles already
+    assert len(chunks) == 8
+    chunks = deque([[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]])
+    _split_the_tail(chunks, helpers=2)  # 5 <= 2 x 2 + 1
+    assert [job for chunk in chunks for job in chunk] == list(range(1, 11)) and len(chunks) == 10
+
+
 def _run_engine(tree, out, engine):
     from uniap.pipeline import Stages
     from uniap.pipeline.plan import plan_jobs

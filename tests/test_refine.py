@@ -499,3 +499,15 @@ def test_eval_connectivity_needs_patch_nodes(shared_data, tmp_path, capsys):
     assert main([*common, "--connectivity", "8"]) == 2
     assert "--connectivity applies to --refine none" in capsys.readouterr().err and not out.exists()
     assert main([*common, "--connectivity", "8", "--refine", "none"]) == 0 and out.exists()
+
+
+@pytest.mark.parametrize("labels", [70, 4096, 4097, 9000])
+def test_adjacency_is_the_same_with_few_labels_and_with_many(labels):
+    """Up to 4096 labels the pairs come from a bitmap, above from a sorted buffer: both give
+    every touching pair once, sorted (random maps of runs, so pairs repeat along boundaries)."""
+    rng = np.random.default_rng(labels)
+    regions = np.repeat(rng.integers(0, labels, size=(150, 40)), rng.integers(1, 4, size=40), axis=1)
+    regions[0, 0], regions[-1, -1] = 0, labels - 1
+    edges = adjacency(regions)
+    assert {tuple(e) for e in edges.tolist()} == _brute_adjacency(regions)
+    assert edges.tolist() == sorted(edges.tolist()) and len(np.unique(edges, axis=0)) == len(edges)

@@ -355,15 +355,63 @@ def pool_cells(regions, rows, cols, feats, width, n):
     return out
 
 
+_BITMAP_LABELS = 4096  # up to this many labels the pairs are marked in an n x n bitmap (2 MB at most)
+
+
+@njit(cache=True, nogil=True)
+def _adjacent_pairs_bitmap(regions, n):
+    """:func:`adjacent_pairs` for few labels: each pair marked in an n x n bitmap (row ``a``,
+    bit ``b``), then read out row by row, which is the sorted order: no buffer, no sort."""
+    height, width = regions.shape
+    words = (n + 63) >> 6
+    bits = np.zeros(n * words, np.uint64)
+    one = np.uint64(1)
+    for y in range(height):
+        for x in range(width):
+            a = regions[y, x]
+            if x + 1 < width:
+                b = regions[y, x + 1]
+                if a != b:
+                    lo, hi = min(a, b), max(a, b)
+                    bits[lo * words + (hi >> 6)] |= one << np.uint64(hi & 63)
+            if y + 1 < height:
+                b = regions[y + 1, x]
+                if a != b:
+                    lo, hi = min(a, b), max(a, b)
+                    bits[lo * words + (hi >> 6)] |= one << np.uint64(hi & 63)
+    count = 0
+    for i in range(bits.size):
+        v = bits[i]
+        while v:
+            v &= v - one
+            count += 1
+    out = np.empty(count, np.int64)
+    k = 0
+    for i in range(bits.size):
+        v = bits[i]
+        code = (i // words) * n + (i % words) * 64
+        while v:
+            if v & one:
+                out[k] = code
+                k += 1
+            v >>= one
+            code += 1
+    return out
+
+
 @njit(cache=True, nogil=True)
 def adjacent_pairs(regions, n):
     """Pairs ``a < b`` of 4-adjacent labels of ``regions`` (H, W): int64 codes ``a * n + b``,
     sorted and unique.
 
-    A pair met again along the same boundary (the next pixel of a row for vertical pairs, the
-    next row of a column for horizontal ones) is not stored again, so the buffer holds about
-    one code per boundary corner, not per boundary pixel.
+    With few labels (superpixels of an ordinary image) the pairs are marked in a bitmap
+    (:func:`_adjacent_pairs_bitmap`: 0.4 against 2.4 ms at 481 x 321 and 1,000 labels).
+    Otherwise a pair met again along the same boundary (the next pixel of a row for vertical
+    pairs, the next row of a column for horizontal ones) is not stored again, so the buffer
+    holds about one code per boundary corner, not per boundary pixel, and is then sorted.
     """
+    if n <= _BITMAP_LABELS:
+        return _adjacent_pairs_bitmap(regions, n)
     height, width = regions.shape
     codes = np.empty(max(1024, (height * width) // 16), np.int64)
     above = np.full(width, -1, np.int64)  # the horizontal pair stored at this column, last row

@@ -121,6 +121,11 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a positive integer")
 
 
+def workers_count(text: str) -> int | str:
+    """``auto`` or a positive integer (argparse type of ``--workers``)."""
+    return "auto" if text.strip().lower() == "auto" else _int_at_least(text, 1, "a positive integer or 'auto'")
+
+
 def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
 
@@ -206,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         io, batch_help="images per batch: pooled in one call, one ViT batch per image shape (default 4)")
     io.add_argument("--all-levels", action="store_true",
                     help="one record per mask and level (default: each distinct mask once, with the levels it spans)")
-    io.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                    help="processes working on different images, this one included (default 1)")
+    io.add_argument("--workers", type=workers_count, default="auto", metavar="N",
+                    help="processes working on different images, this one included (default auto: one "
+                    "per core for a folder, the memory allowing; 1 for a single batch, a GPU or a ViT)")
     io.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="local: this machine's processes (default); ray: Ray Data, on a local Ray "
                     "or the cluster at --ray-address (pip install 'uniap[ray]')")

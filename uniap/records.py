@@ -78,7 +78,6 @@ if TYPE_CHECKING:
 
 # Interior points are searched on a strided subsample of about this many pixels.
 POINT_SAMPLES = 1 << 14
-_TAXICAB = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # 4-connectivity for ndimage
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
@@ -207,6 +206,10 @@ def _encode_label_map(labels, ids=None, samples=None) -> LabelMapMasks:
 def _map_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs of equal labels of a map in column-major (COCO) order: each run's first flat
     index (int64) and its label."""
+    if labels.size and labels.dtype.kind in "iu":  # one compiled pass, no transposed copy
+        from ._record_kernels import column_runs
+
+        return column_runs(labels.T)
     flat = labels.T.ravel()
     change = np.flatnonzero(flat[1:] != flat[:-1])
     starts = np.empty(change.size + 1, np.int64)
@@ -242,6 +245,7 @@ class RegionRuns:
         regions = np.asarray(regions)
         self.shape = tuple(int(s) for s in regions.shape)
         self.starts, self.nodes = _map_runs(regions)
+        self._nodes_range = None
 
     def area(self, minlength: int = 0) -> np.ndarray:
         """The pixels of each label (``np.bincount(regions.ravel(), minlength=minlength)``,
@@ -252,11 +256,55 @@ class RegionRuns:
 
     def encode(self, node_labels: np.ndarray, ids, samples) -> LabelMapMasks:
         """:func:`encode_label_map` of ``node_labels[regions]``, given its point samples."""
-        labels = np.asarray(node_labels)[self.nodes]
+        node_labels = np.asarray(node_labels)
+        wanted = self._wanted(node_labels, ids)
+        if wanted is not None:
+            return self._encode_compiled(node_labels, ids, samples, *wanted)
+        labels = node_labels[self.nodes]
         keep = np.empty(labels.size, bool)
         keep[0] = True
         np.not_equal(labels[1:], labels[:-1], out=keep[1:])
         return _encode_runs(self.starts[keep], labels[keep], self.shape, ids, samples)
+
+    def _node_range(self) -> tuple[int, int]:
+        """The least and the largest node of the map (found once)."""
+        if getattr(self, "_nodes_range", None) is None:  # (a copy pickled by an earlier release has none)
+            self._nodes_range = (int(self.nodes.min()), int(self.nodes.max()))
+        return self._nodes_range
+
+    def _wanted(self, node_labels: np.ndarray, ids) -> tuple[int, np.ndarray] | None:
+        """``(lo, wanted)`` for :meth:`_encode_compiled`: the least label and whether each label
+        from it on is wanted; None where the NumPy path is taken (labels not integers of a
+        span a table holds, or nodes the labels do not cover, which NumPy's indexing judges)."""
+        if node_labels.ndim != 1 or node_labels.size == 0 or node_labels.dtype.kind not in "iu" \
+                or node_labels.dtype == np.uint64:
+            return None
+        low, high = self._node_range()
+        if low < 0 or high >= node_labels.size:
+            return None
+        lo, hi = int(node_labels.min()), int(node_labels.max())
+        if hi - lo >= 4 * self.nodes.size + 1024:  # a table as long as the runs at most
+            return None
+        if ids is None:
+            return lo, np.ones(hi - lo + 1, bool)
+        wanted = np.zeros(hi - lo + 1, bool)
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        wanted[ids[(ids >= lo) & (ids <= hi)] - lo] = True
+        return lo, wanted
+
+    def _encode_compiled(self, node_labels, ids, samples, lo, wanted) -> LabelMapMasks:
+        """:meth:`encode` in one compiled call (:func:`uniap._record_kernels.encode_node_runs`):
+        the same columns as :func:`_encode_runs` of the joined runs."""
+        from ._record_kernels import encode_node_runs
+
+        stride, sub, dist = samples
+        height, width = self.shape
+        present, text, offsets, areas, boxes, points = encode_node_runs(
+            self.starts, self.nodes, node_labels, lo, wanted, height * width, height,
+            np.ascontiguousarray(sub).ravel(), np.ascontiguousarray(dist).ravel(), int(sub.shape[1]), int(stride))
+        # the labels' dtype as np.unique gives it: the labels', or int64 for ``ids``
+        uniq = (np.flatnonzero(present) + lo).astype(node_labels.dtype if ids is None else np.int64)
+        return _label_map_masks(self.shape, uniq, text, offsets, areas, boxes, lambda: points)
 
 
 _RegionMaps = RegionRuns  # its former name
@@ -285,14 +333,19 @@ def _encode_runs(starts, run_labels, shape, ids, samples) -> LabelMapMasks:
     present, starts, ends, group, first, text, offsets, areas, boxes = encode_runs(
         np.ascontiguousarray(starts, np.int64), row, keys.size, n, height)
     uniq = keys[present]
+    return _label_map_masks((height, width), uniq, text, offsets, areas, boxes,
+                            lambda: _label_points(uniq, starts, ends, first, height, samples))
+
+
+def _label_map_masks(shape, uniq, text, offsets, areas, boxes, points) -> LabelMapMasks:
+    """:class:`LabelMapMasks` of the present labels ``uniq`` from an encoding kernel's columns:
+    the strings cut from ``text`` at ``offsets``; ``points()`` gives the interior points."""
     if uniq.size == 0:
-        return LabelMapMasks((height, width), uniq, [], np.zeros(0, np.int64), np.zeros((0, 4)),
-                             np.zeros((0, 2)))
+        return LabelMapMasks(tuple(shape), uniq, [], np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros((0, 2)))
     chars = text.tobytes().decode("ascii")
     b = offsets.tolist()
     counts = [chars[b[j]:b[j + 1]] for j in range(uniq.size)]
-    points = _label_points(uniq, starts, ends - starts, group, first, height, samples)
-    return LabelMapMasks((height, width), uniq, counts, areas, boxes, points)
+    return LabelMapMasks(tuple(shape), uniq, counts, areas, boxes, points())
 
 
 def _index_in(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -323,50 +376,37 @@ def _sample_distances(subs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per subsampled map (all of one shape): the taxicab distance, in samples, of every
     sample to the nearest sample whose 4-neighbour differs, the border counting as one.
 
-    One distance transform serves all maps: stacked, they stay apart because their first
-    and last rows are boundary.
+    The values of ``scipy.ndimage.distance_transform_cdt(inner, metric="taxicab")`` of the
+    samples none of whose 4-neighbours differs, from one compiled pass per map
+    (:func:`uniap._record_kernels.boundary_distances`; scipy took 0.2 ms a map at 481 x 321).
     """
-    from scipy import ndimage
+    from ._record_kernels import boundary_distances
 
-    sh, sw = subs[0].shape
-    inner = np.zeros((len(subs), sh, sw), bool)
-    if sh >= 3 and sw >= 3:
-        for i, sub in enumerate(subs):
-            c = sub[1:-1, 1:-1]
-            inner[i, 1:-1, 1:-1] = ((c == sub[:-2, 1:-1]) & (c == sub[2:, 1:-1])
-                                    & (c == sub[1:-1, :-2]) & (c == sub[1:-1, 2:]))
-    if not inner.any():
-        return [np.zeros(sh * sw, np.int32) for _ in subs]
-    dist = ndimage.distance_transform_cdt(inner.reshape(len(subs) * sh, sw), metric=_TAXICAB)
-    return list(dist.reshape(len(subs), sh * sw))
+    return list(boundary_distances(np.ascontiguousarray(np.stack(subs))))
 
 
-def _label_points(uniq, starts, lengths, group, first, height, samples) -> np.ndarray:
+def _label_points(uniq, starts, ends, first, height, samples) -> np.ndarray:
     """An interior pixel [x, y] per label: distance maximum over the samples of its label.
 
-    ``samples`` is ``(stride, sub, dist)``: the map's samples ``labels[::stride, ::stride]``
-    and their :func:`_sample_distances`.
+    ``starts``, ``ends`` and ``first`` are the labels' runs, grouped (as
+    :func:`uniap._record_kernels.encode_runs` gives them); ``samples`` is ``(stride, sub, dist)``:
+    the map's samples ``labels[::stride, ::stride]`` and their :func:`_sample_distances`.  Of the samples of largest distance, the last (in
+    row-major order); a label the subsample misses gets the middle of its first longest run
+    (:func:`uniap._record_kernels.label_points`).
     """
+    from ._record_kernels import label_points
+
     stride, sub, dist = samples
     k = uniq.size
-    sw = sub.shape[1]
-    where = _index_in(sub.ravel(), uniq)
-    pixel = np.flatnonzero(where >= 0)
-    best = np.full(k, -1, np.int64)
-    np.maximum.at(best, where[pixel], dist[pixel].astype(np.int64) * sub.size + pixel)
-    points = np.empty((k, 2))
-    found = best >= 0
-    sy, sx = np.divmod(best[found] % sub.size, sw)
-    points[found, 0], points[found, 1] = sx * stride, sy * stride
-    if not found.all():
-        # Labels the subsample misses: the middle of their longest run (inside the mask).
-        longest = np.maximum.reduceat(lengths, first)
-        is_longest = np.flatnonzero(lengths == longest[group])
-        g = group[is_longest]
-        pick = is_longest[np.r_[True, g[1:] != g[:-1]]]
-        col, row = np.divmod(starts[pick] + lengths[pick] // 2, height)
-        points[~found, 0], points[~found, 1] = col[~found], row[~found]
-    return points
+    values = np.ascontiguousarray(sub).ravel()
+    low, high = (int(uniq[0]), int(uniq[-1])) if k else (0, 0)
+    if k and uniq.dtype != np.uint64 and high - low < 4 * values.size + 1024:  # a lookup table
+        table = np.full(high - low + 1, -1, np.int64)
+        table[uniq.astype(np.int64) - low] = np.arange(k)
+    else:  # each sample's row, found by search
+        values, low, table = _index_in(values, uniq), 0, np.arange(k, dtype=np.int64)
+    return label_points(values, low, table, np.ascontiguousarray(dist).ravel(), int(sub.shape[1]), int(stride),
+                        starts, ends, first, int(height))
 
 
 # ----------------------------------------------------------------------------- cohesion

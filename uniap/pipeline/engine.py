@@ -6,8 +6,9 @@ batched step on the chunk (:meth:`Segmenter.segment_batch
 <uniap.pipeline.segmenter.Segmenter.segment_batch>`: UniAP's features image by image or as
 batches of equal working shape (ViT), and UniAP on the whole chunk in one call), then records
 and files image by image.  With ``workers=N`` the main process is one worker and N - 1 worker
-processes take chunks too, at most two chunks queued each, so memory stays bounded by a few
-images whatever the number of inputs.
+processes take chunks too, at most two chunks queued each (the last chunks image by image), so
+memory stays bounded by a few images whatever the number of inputs; ``workers="auto"`` picks N
+per run (:func:`auto_workers`).
 
 Worker processes are forked only while torch is not loaded (a fork after torch started its
 threads deadlocks); otherwise they are spawned and build their own extractor.  Each worker
@@ -313,13 +314,54 @@ def _worker_chunk(jobs: Sequence[Job]) -> list[Report]:
     return process_chunk(_WORKER["stages"], jobs, _WORKER["collect"], _WORKER["decoder"])
 
 
+#: Memory kept free per worker process that ``workers="auto"`` starts: an 8000 x 8000 image
+#: peaks at about 1.7 GB with the default features (docs/benchmarks.md).
+AUTO_WORKER_MEMORY = 2 << 30
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # other POSIX systems: the free pages (no page cache counted: an underestimate)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def auto_workers(chunks: int, on_device: bool) -> int:
+    """The processes ``workers="auto"`` runs ``chunks`` chunks with.
+
+    One per usable core, at most one per chunk and one per :data:`AUTO_WORKER_MEMORY` of
+    available memory, when the features are computed on this CPU and worker processes can be
+    forked (no torch loaded: a spawned worker imports everything again, and a torch extractor
+    already uses every core through its threads).  Otherwise 1: an accelerator's features
+    leave the CPU to this process's threads.  Processes rather than threads because the
+    records and files are Python work: in a thread beside the features both wait for the
+    interpreter lock (docs/benchmarks.md).
+    """
+    import multiprocessing as mp
+
+    if on_device or chunks < 2 or "torch" in sys.modules or "fork" not in mp.get_all_start_methods():
+        return 1
+    memory = available_memory()
+    by_memory = memory // AUTO_WORKER_MEMORY if memory is not None else chunks
+    return max(1, min(_cores(), chunks, by_memory))
+
+
 class LocalEngine:
     """Runs jobs on this machine: the main process plus ``workers - 1`` worker processes.
 
     Parameters
     ----------
-    workers : int
-        Processes working on different chunks (the main process included).
+    workers : int or "auto"
+        Processes working on different chunks (the main process included); ``"auto"``: one per
+        usable core where that pays (:func:`auto_workers`).
     batch_size : int
         Images per chunk: pooled in one call, and one ViT batch per working shape.
     overlap : bool, optional
@@ -330,21 +372,22 @@ class LocalEngine:
         The first chunk is written in turn either way (its lazy imports in one thread).
     """
 
-    def __init__(self, workers: int = 1, batch_size: int = 4, overlap: bool | None = None) -> None:
-        if workers < 1 or batch_size < 1:
-            raise ValueError(f"workers and batch_size must be >= 1, got {workers} and {batch_size}")
-        self.workers = int(workers)
+    def __init__(self, workers: int | str = 1, batch_size: int = 4, overlap: bool | None = None) -> None:
+        if workers != "auto" and (isinstance(workers, str) or workers < 1) or batch_size < 1:
+            raise ValueError(f"workers must be >= 1 or 'auto' and batch_size >= 1, got {workers!r} and {batch_size}")
+        self.workers: int | str = workers if workers == "auto" else int(workers)
         self.batch_size = int(batch_size)
         self.overlap = overlap
 
     def run(self, jobs: Sequence[Job], stages: Stages, collect: bool = False) -> Iterator[Report]:
         """Reports of every job, in the order they finish."""
         chunks = deque(jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size))
-        helpers = min(self.workers - 1, max(0, len(chunks) - 1))
+        workers = auto_workers(len(chunks), stages.segmenter.on_device) if self.workers == "auto" else self.workers
+        helpers = min(workers - 1, max(0, len(chunks) - 1))
         if helpers == 0:
             yield from self._run_here(chunks, stages, collect)
             return
-        yield from self._run_with_workers(chunks, stages, collect, helpers)
+        yield from self._run_with_workers(chunks, stages, collect, helpers, workers)
 
     def _run_here(self, chunks: deque, stages: Stages, collect: bool) -> Iterator[Report]:
         overlap = self.overlap
@@ -365,7 +408,8 @@ class LocalEngine:
                 previous = reports
             yield from finished(previous)
 
-    def _run_with_workers(self, chunks: deque, stages: Stages, collect: bool, helpers: int) -> Iterator[Report]:
+    def _run_with_workers(self, chunks: deque, stages: Stages, collect: bool, helpers: int,
+                          workers: int) -> Iterator[Report]:
         """Chunks shared by this process and ``helpers`` worker processes.
 
         A worker that dies (the out-of-memory killer, a crash in native code, ``kill -9``) breaks
@@ -383,7 +427,7 @@ class LocalEngine:
         if settings.threads is None:  # the processes share the cores: no thread oversubscribes
             from dataclasses import replace
 
-            settings = replace(settings, threads=max(1, cores // self.workers))
+            settings = replace(settings, threads=max(1, cores // workers))
 
         def new_pool(size: int) -> ProcessPoolExecutor:
             return ProcessPoolExecutor(size, mp_context=mp.get_context(method), initializer=_init_worker,
@@ -418,7 +462,10 @@ class LocalEngine:
                         yield from reports
                         continue
                     broken = False
-                    while not suspects and chunks and len(pending) < 2 * helpers:
+                    _split_the_tail(chunks, helpers)
+                    # up to two chunks queued per worker, never the last one: this process takes
+                    # a chunk each turn too (two chunks for one helper: one each, not both its)
+                    while not suspects and len(chunks) > 1 and len(pending) < 2 * helpers:
                         chunk = chunks.popleft()
                         try:
                             pending.append((_submit_to_pool(pool, chunk), chunk))
@@ -453,6 +500,20 @@ class LocalEngine:
         finally:
             restore_threads()
         pool.shutdown(wait=True)
+
+
+def _split_the_tail(chunks: deque, helpers: int) -> None:
+    """The last chunks, image by image (in place), once no more remain than the workers hold.
+
+    Each worker has up to two chunks queued so that it never waits for this process to hand
+    it the next one; at the end of a run that queue would leave this process idle while a
+    worker still works through two whole chunks (a third of the time of a run of six chunks
+    on two processes).  Single images even the finish out; the outputs do not depend on how
+    images are grouped."""
+    if len(chunks) <= 2 * helpers + 1 and any(len(chunk) > 1 for chunk in chunks):
+        singles = [[job] for chunk in chunks for job in chunk]
+        chunks.clear()
+        chunks.extend(singles)
 
 
 DIED = ("the worker process died while processing this image (killed, e.g. by the out-of-memory "

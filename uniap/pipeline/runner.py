@@ -84,7 +84,7 @@ def run(
     viz: str | None = None,
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
-    workers: int = 1,
+    workers: int | str = 1,
     batch_size: int = 4,
     engine: Any = "local",
     ray_address: str | None = None,
@@ -135,8 +135,11 @@ def run(
         (made with the same settings) is skipped, and outputs made otherwise are an error.
     shard : (i, n), optional
         Only images i, i+n, ... of the sorted inputs.
-    workers, batch_size : int
-        Processes (this one included) and images per chunk (:class:`LocalEngine`).
+    workers : int or "auto"
+        Processes, this one included (:class:`LocalEngine`; ``"auto"``, ``uniap-cli``'s default:
+        one per usable core for more than one chunk, :func:`uniap.pipeline.engine.auto_workers`).
+    batch_size : int
+        Images per chunk (:class:`LocalEngine`).
     engine : {"local", "ray"} or engine
         This machine's processes, or Ray Data (a local Ray, or the cluster at ``ray_address``);
         or an engine made with its own options (:class:`LocalEngine`,
