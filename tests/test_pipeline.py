@@ -247,7 +247,12 @@ def test_auto_workers_follow_the_cores_the_chunks_the_memory_and_the_device(monk
     import uniap.pipeline.engine as engine_module
     from uniap.pipeline.engine import AUTO_WORKER_MEMORY, auto_workers
 
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform: auto is always one process")
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # (only read: is a torch extractor loaded)
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(engine_module, "_cores", lambda: 4)
     monkeypatch.setattr(engine_module, "available_memory", lambda: 10 * AUTO_WORKER_MEMORY)
     assert [auto_workers(chunks, False) for chunks in (1, 2, 3, 4, 50)] == [1, 2, 3, 4, 4]
@@ -258,6 +263,9 @@ def test_auto_workers_follow_the_cores_the_chunks_the_memory_and_the_device(monk
     assert auto_workers(50, False) == 1
     monkeypatch.setattr(engine_module, "available_memory", lambda: None)
     assert auto_workers(50, False) == 4
+    monkeypatch.setattr(sys, "platform", "darwin")  # no fork by default there
+    assert auto_workers(50, False) == 1
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setitem(sys.modules, "torch", object())  # spawned workers would import everything again
     assert auto_workers(50, False) == 1
     memory = engine_module.available_memory()

@@ -339,15 +339,17 @@ def auto_workers(chunks: int, on_device: bool) -> int:
 
     One per usable core, at most one per chunk and one per :data:`AUTO_WORKER_MEMORY` of
     available memory, when the features are computed on this CPU and worker processes can be
-    forked (no torch loaded: a spawned worker imports everything again, and a torch extractor
-    already uses every core through its threads).  Otherwise 1: an accelerator's features
-    leave the CPU to this process's threads.  Processes rather than threads because the
+    forked: on Linux (macOS makes spawning the default because frameworks there are not safe
+    across a fork), with no torch loaded (a spawned worker imports everything again, and a
+    torch extractor already uses every core through its threads).  Otherwise 1: an
+    accelerator's features leave the CPU to this process's threads.  Processes rather than threads because the
     records and files are Python work: in a thread beside the features both wait for the
     interpreter lock (docs/benchmarks.md).
     """
     import multiprocessing as mp
 
-    if on_device or chunks < 2 or "torch" in sys.modules or "fork" not in mp.get_all_start_methods():
+    if on_device or chunks < 2 or "torch" in sys.modules or not sys.platform.startswith("linux") \
+            or "fork" not in mp.get_all_start_methods():
         return 1
     memory = available_memory()
     by_memory = memory // AUTO_WORKER_MEMORY if memory is not None else chunks
