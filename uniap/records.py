@@ -58,6 +58,7 @@ so memory stays O(H * W) whatever the number of masks; no (K, H, W) stack is eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
@@ -245,7 +246,6 @@ class RegionRuns:
         regions = np.asarray(regions)
         self.shape = tuple(int(s) for s in regions.shape)
         self.starts, self.nodes = _map_runs(regions)
-        self._nodes_range = None
 
     def area(self, minlength: int = 0) -> np.ndarray:
         """The pixels of each label (``np.bincount(regions.ravel(), minlength=minlength)``,
@@ -266,11 +266,10 @@ class RegionRuns:
         np.not_equal(labels[1:], labels[:-1], out=keep[1:])
         return _encode_runs(self.starts[keep], labels[keep], self.shape, ids, samples)
 
+    @cached_property
     def _node_range(self) -> tuple[int, int]:
-        """The least and the largest node of the map (found once)."""
-        if getattr(self, "_nodes_range", None) is None:  # (a copy pickled by an earlier release has none)
-            self._nodes_range = (int(self.nodes.min()), int(self.nodes.max()))
-        return self._nodes_range
+        """The least and the largest node of the map."""
+        return int(self.nodes.min()), int(self.nodes.max())
 
     def _wanted(self, node_labels: np.ndarray, ids) -> tuple[int, np.ndarray] | None:
         """``(lo, wanted)`` for :meth:`_encode_compiled`: the least label and whether each label
@@ -279,11 +278,11 @@ class RegionRuns:
         if node_labels.ndim != 1 or node_labels.size == 0 or node_labels.dtype.kind not in "iu" \
                 or node_labels.dtype == np.uint64:
             return None
-        low, high = self._node_range()
+        low, high = self._node_range
         if low < 0 or high >= node_labels.size:
             return None
         lo, hi = int(node_labels.min()), int(node_labels.max())
-        if hi - lo >= 4 * self.nodes.size + 1024:  # a table as long as the runs at most
+        if not _table_fits(lo, hi, self.nodes.size):
             return None
         if ids is None:
             return lo, np.ones(hi - lo + 1, bool)
@@ -355,7 +354,7 @@ def _index_in(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
         return out
     keys = keys.astype(np.int64, copy=False)
     low, high = int(keys[0]), int(keys[-1])
-    if high - low < 4 * values.size + 1024:  # a lookup table
+    if _table_fits(low, high, values.size):
         table = np.full(high - low + 2, -1, np.int64)
         table[keys - low] = np.arange(keys.size)
         offset = values.astype(np.int64) - low
@@ -365,6 +364,12 @@ def _index_in(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     found = keys[where] == values
     out[found] = where[found]
     return out
+
+
+def _table_fits(low: int, high: int, count: int) -> bool:
+    """Whether a lookup table over the labels ``low .. high`` is worth making for ``count``
+    values (no longer than about four entries a value): else the labels are searched."""
+    return high - low < 4 * count + 1024
 
 
 def _point_stride(height: int, width: int) -> int:
@@ -400,7 +405,7 @@ def _label_points(uniq, starts, ends, first, height, samples) -> np.ndarray:
     k = uniq.size
     values = np.ascontiguousarray(sub).ravel()
     low, high = (int(uniq[0]), int(uniq[-1])) if k else (0, 0)
-    if k and uniq.dtype != np.uint64 and high - low < 4 * values.size + 1024:  # a lookup table
+    if k and uniq.dtype != np.uint64 and _table_fits(low, high, values.size):
         table = np.full(high - low + 1, -1, np.int64)
         table[uniq.astype(np.int64) - low] = np.arange(k)
     else:  # each sample's row, found by search

@@ -342,9 +342,9 @@ def auto_workers(chunks: int, on_device: bool) -> int:
     forked: on Linux (macOS makes spawning the default because frameworks there are not safe
     across a fork), with no torch loaded (a spawned worker imports everything again, and a
     torch extractor already uses every core through its threads).  Otherwise 1: an
-    accelerator's features leave the CPU to this process's threads.  Processes rather than threads because the
-    records and files are Python work: in a thread beside the features both wait for the
-    interpreter lock (docs/benchmarks.md).
+    accelerator's features leave the CPU to this process's threads.  Processes rather than
+    threads because the records and files are Python work: in a thread beside the features
+    both wait for the interpreter lock (docs/benchmarks.md).
     """
     import multiprocessing as mp
 
