@@ -146,6 +146,7 @@ def test_pooled_levels_are_regions_of_the_superpixels_merged_on_sem_logits(predi
     np.testing.assert_array_equal(seen["regions"], regions)
     assert seen["logits"].shape == (regions.max() + 1, n_sem)
     assert seen["thresholds"] == predictor.cfg.uniap.levels and seen["edge_fractions"] is None
+    assert seen["preset"] == predictor.cfg.uniap.preset  # the run's UniAP rule
     spatial, _ = real(seen["logits"], regions, seen["edges"], thresholds=predictor.cfg.uniap.levels)
     for k, level in enumerate(spatial):  # the same partitions as UniAP's, renumbered
         pairs = np.unique(np.stack([level.ravel(), pred.levels[k + 1].ravel()]), axis=1)
@@ -208,9 +209,11 @@ def test_flip_pools_the_mirrored_views_sem_logits_beside_the_images(predictor, m
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), blocks=st.integers(2, 6), queries=st.integers(2, 6),
-       fractions=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=4, unique=True))
-def test_pooled_levels_nest_and_stay_connected(seed, blocks, queries, fractions):
-    """On random region graphs and logits: nested, connected levels, each a union of regions."""
+       fractions=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=4, unique=True),
+       preset=st.sampled_from(["released", "paper"]))
+def test_pooled_levels_nest_and_stay_connected(seed, blocks, queries, fractions, preset):
+    """On random region graphs and logits, under either rule: nested, connected levels, each a
+    union of regions."""
     from uniap.superpixels import adjacency
     from uniap_train.predict import pooled_levels
 
@@ -219,7 +222,8 @@ def test_pooled_levels_nest_and_stay_connected(seed, blocks, queries, fractions)
     regions = (np.arange(side)[:, None] // 4) * blocks + np.arange(side)[None] // 4  # a grid of 4x4 blocks
     regions = rng.permutation(blocks * blocks)[regions]
     logits = rng.normal(size=(blocks * blocks, queries)) * rng.uniform(0.1, 5)
-    levels, thresholds = pooled_levels(logits, regions, adjacency(regions), edge_fractions=sorted(fractions))
+    levels, thresholds = pooled_levels(logits, regions, adjacency(regions), edge_fractions=sorted(fractions),
+                                       preset=preset)
     assert levels.shape == (len(fractions), side, side) and levels.dtype == np.int32
     assert all(a > b for a, b in zip(thresholds, thresholds[1:]))
     _connected_and_nested(levels)

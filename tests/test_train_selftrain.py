@@ -287,6 +287,56 @@ def test_calibrated_levels_share_of_edges_above(graph):
         assert np.all(sims[above] >= top - TIE)  # and no edge clearly less alike than it
 
 
+@settings(max_examples=60, deadline=None)
+@given(graphs(), st.sampled_from(["released", "paper"]))
+def test_edge_scores_are_what_the_first_pass_contracts(graph, preset):
+    """An edge scoring above a threshold is one UniAP's first pass (``passes="single"``)
+    contracts under the same preset: the nodes it joins are the components of those edges."""
+    import uniap
+    from uniap_train.teacher import edge_scores
+
+    x, edges, _ = graph
+    x = x.astype(np.float32)
+    scores = edge_scores(x, edges, preset=preset)
+    if preset == "released":
+        np.testing.assert_allclose(scores, cosines(x.astype(np.float64), edges), atol=1e-12)
+    desc = np.unique(scores)[::-1]
+    clear = desc[:-1] - desc[1:] > 1e-4  # thresholds between two scores, clear of float32 rounding
+    for t in ((desc[:-1] + desc[1:]) / 2)[clear]:
+        if not -1 < t < 1:
+            continue
+        h = uniap.segment_graph(x, edges, levels=(float(t),), preset=preset, passes="single", min_size=1)
+        labels = np.asarray(h.levels[0].labels)
+        above = edges[scores > t]
+        parent = list(range(len(x)))
+
+        def find(i):
+            while parent[i] != i:
+                i = parent[i]
+            return i
+
+        for a, b in above:
+            parent[find(a)] = find(b)
+        expected = np.array([find(i) for i in range(len(x))])
+        assert (labels[:, None] == labels[None, :]).tolist() == (expected[:, None] == expected[None, :]).tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs())
+def test_calibrated_levels_of_the_paper_rule_count_its_scores(graph):
+    """With ``preset="paper"`` the levels are calibrated on the paper's first-pass scores:
+    at least the share f of the edges score above each level."""
+    from uniap_train.teacher import calibrated_levels, edge_scores
+
+    x, edges, fractions = graph
+    levels = calibrated_levels(x, edges, fractions, preset="paper")
+    scores = edge_scores(x, edges, preset="paper")
+    for t, f in zip(levels, fractions):
+        if np.sort(scores)[::-1][math.ceil(f * len(edges) - 1e-9) - 1] < -1 + 2e-3:
+            continue
+        assert (scores > t).sum() >= math.ceil(f * len(edges) - 1e-9)
+
+
 def test_calibrated_levels_without_edges():
     from uniap_train.teacher import calibrated_levels
 

@@ -362,8 +362,8 @@ def nested_levels(masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | None
 
 
 def pooled_levels(region_logits: np.ndarray, regions: np.ndarray, edges: np.ndarray, *,
-                  edge_fractions: Sequence[float] | None = None, thresholds: Sequence[float] = (0.8, 0.6, 0.4)
-                  ) -> tuple[np.ndarray, tuple[float, ...]]:
+                  edge_fractions: Sequence[float] | None = None, thresholds: Sequence[float] = (0.8, 0.6, 0.4),
+                  preset: str = "released") -> tuple[np.ndarray, tuple[float, ...]]:
     """Nested levels of the image's regions, merged by UniAP on the model's [SEM] logits.
 
     Each region (superpixel) is a node whose features are the mean of its pixels' [SEM]
@@ -407,8 +407,8 @@ def pooled_levels(region_logits: np.ndarray, regions: np.ndarray, edges: np.ndar
 
     x = np.ascontiguousarray(region_logits, np.float32)
     edges = np.asarray(edges, np.int64).reshape(-1, 2)
-    levels = calibrated_levels(x, edges, edge_fractions) if edge_fractions else tuple(thresholds)
-    h = teacher_hierarchy(x, edges, levels)
+    levels = calibrated_levels(x, edges, edge_fractions, preset=preset) if edge_fractions else tuple(thresholds)
+    h = teacher_hierarchy(x, edges, levels, preset=preset)
     regions = np.asarray(regions)
     return np.stack([np.asarray(lv.labels)[regions] for lv in h.levels]).astype(np.int32), tuple(levels)
 
@@ -727,7 +727,7 @@ class Predictor:
             ry = np.minimum((2 * wy + 1) * cells // (2 * side), rows - 1)  # the cell holding the pixel's centre
             rx = np.minimum((2 * wx + 1) * cells // (2 * side), cols - 1)
             node = ry[:, None] * cols + rx[None, :]
-        levels = calibrated_levels(x, edges, u.edge_fractions) if u.edge_fractions else u.levels
+        levels = calibrated_levels(x, edges, u.edge_fractions, preset=u.preset) if u.edge_fractions else u.levels
         h = teacher_hierarchy(x, edges, levels, min_size=u.min_size, preset=u.preset)
         maps = [np.asarray(lv.labels).reshape(-1)[node] for lv in h.levels]
         maps += [np.asarray(lv.semantic_labels).reshape(-1)[node] for lv in h.levels]
@@ -834,7 +834,7 @@ class Predictor:
         labels = regions.cpu().numpy()
         u = self.cfg.uniap
         return pooled_levels(region_logits.T.cpu().numpy(), labels, adjacency(labels),
-                             edge_fractions=u.edge_fractions, thresholds=u.levels)
+                             edge_fractions=u.edge_fractions, thresholds=u.levels, preset=u.preset)
 
     def level_names(self) -> list[str]:
         """Names of the label maps' levels, finest first (as ``uniap-eval`` reports them)."""

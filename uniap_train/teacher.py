@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["calibrated_levels", "superpixel_features", "teacher_hierarchy", "cell_edges"]
+__all__ = ["calibrated_levels", "edge_scores", "superpixel_features", "teacher_hierarchy", "cell_edges"]
 
 
 def superpixel_features(fine: Any, pool: tuple, count: int) -> Any:
@@ -57,8 +57,14 @@ def cell_edges(rows: int, cols: int) -> np.ndarray:
 TIE = 1e-5  # similarities closer than this count as equal (UniAP compares them in float32)
 
 
-def calibrated_levels(x: np.ndarray, edges: np.ndarray, fractions: Sequence[float]) -> tuple[float, ...]:
-    """Thresholds such that the fraction ``fractions[k]`` of the edges have a higher cosine similarity.
+def calibrated_levels(x: np.ndarray, edges: np.ndarray, fractions: Sequence[float], *,
+                      preset: str = "released") -> tuple[float, ...]:
+    """Thresholds such that the fraction ``fractions[k]`` of the edges score higher.
+
+    The score is the one UniAP's first pass gives the edge under ``preset``: the cosine
+    similarity (``"released"``), or the paper's ``w_f cos + w_s vote`` (``"paper"``, with the
+    vote ``1 - mean_c |P_a[c] - P_b[c]|`` of the nodes' affinity profiles over all nodes,
+    :func:`edge_scores`).
 
     The share is rounded up to whole edges and to whole groups of tied similarities: at least
     ``ceil(fractions[k] E)`` edges exceed threshold k, and every edge that does is at least as
@@ -72,6 +78,8 @@ def calibrated_levels(x: np.ndarray, edges: np.ndarray, fractions: Sequence[floa
         Pairs of neighbouring nodes.
     fractions : increasing floats in (0, 1)
         Per level, the share of edges whose similarity exceeds its threshold.
+    preset : {"released", "paper"}
+        The UniAP rule the levels are for.
 
     Returns
     -------
@@ -86,10 +94,7 @@ def calibrated_levels(x: np.ndarray, edges: np.ndarray, fractions: Sequence[floa
         sims = None
         levels = list(1.0 - fractions)
     else:
-        norm = np.linalg.norm(x, axis=1)
-        norm[norm == 0] = 1.0
-        xn = x / norm[:, None]
-        sims = np.einsum("ec,ec->e", xn[edges[:, 0]], xn[edges[:, 1]])
+        sims = edge_scores(x, edges, preset=preset)
         # UniAP merges the edges scoring strictly more than a threshold, in float32: a threshold
         # on a similarity itself (a quantile of tied similarities) would merge none of the edges
         # tied there.  So level k's threshold lies midway between the ceil(f_k E)-th largest
@@ -108,6 +113,29 @@ def calibrated_levels(x: np.ndarray, edges: np.ndarray, fractions: Sequence[floa
             t = out[-1] - 1e-4
         out.append(max(t, -1.0))
     return tuple(out)
+
+
+def edge_scores(x: np.ndarray, edges: np.ndarray, *, preset: str = "released") -> np.ndarray:
+    """UniAP's first-pass score of each edge (float64, (E,)): the cosine of its two nodes'
+    features, or with ``preset="paper"`` ``w_f cos + w_s vote``, the vote being one minus the
+    mean absolute difference of the two nodes' affinity profiles ``F_a F^T`` (F: every node's
+    L2-normalised feature; :mod:`uniap.core.options`' weights)."""
+    from uniap.core.options import resolve_options
+
+    x = np.asarray(x, np.float64)
+    edges = np.asarray(edges, np.int64).reshape(-1, 2)
+    norm = np.linalg.norm(x, axis=1)
+    unit = x / np.maximum(norm, 1e-10)[:, None]
+    cos = np.einsum("ec,ec->e", unit[edges[:, 0]], unit[edges[:, 1]])
+    options = resolve_options(preset=preset)
+    if options.vote_weight == 0.0:
+        return cos
+    vote = np.empty_like(cos)
+    step = max(1, (1 << 22) // max(1, unit.shape[0]))  # rows of (edges, nodes) at a time
+    for lo in range(0, edges.shape[0], step):
+        e = edges[lo:lo + step]
+        vote[lo:lo + step] = 1.0 - np.abs((unit[e[:, 0]] - unit[e[:, 1]]) @ unit.T).mean(1)
+    return options.feature_weight * cos + options.vote_weight * vote
 
 
 def teacher_hierarchy(x: np.ndarray, edges: np.ndarray, levels: Sequence[float], *, min_size: int = 1,
