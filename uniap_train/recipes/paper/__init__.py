@@ -304,8 +304,8 @@ class PaperRecipe(Recipe):
             for part in parts:
                 x = part.reshape(-1, part.shape[-1]).cpu().numpy()
                 edges = cell_edges(*part.shape[:2])
-                h = teacher_hierarchy(x, edges, calibrated_levels(x, edges, u.edge_fractions, preset=u.preset), min_size=u.min_size,
-                                      preset=u.preset)
+                levels = calibrated_levels(x, edges, u.edge_fractions, preset=u.preset)
+                h = teacher_hierarchy(x, edges, levels, min_size=u.min_size, preset=u.preset)
                 hierarchies.append(_on_grid(h, part.shape[:2]))
         else:
             backend = "torch" if uniap.backends.available().get("torch") is None else "auto"
@@ -331,7 +331,8 @@ class PaperRecipe(Recipe):
             sizes = torch.as_tensor(r["sizes"], device=fine.device)
             n = int(sizes.shape[0])
             x = superpixel_features(fine[i].reshape(-1, fine.shape[-1]).float(), r["pool"], n).cpu().numpy()
-            levels = calibrated_levels(x, r["edges"], u.edge_fractions, preset=u.preset) if u.edge_fractions else u.levels
+            levels = (calibrated_levels(x, r["edges"], u.edge_fractions, preset=u.preset) if u.edge_fractions
+                      else u.levels)
             h = teacher_hierarchy(x, r["edges"], levels, min_size=u.min_size, preset=u.preset)
             t = region_masks(h, u.min_size, r.get("contours"), **self._semantic_options(sizes))
             t.members, t.kinds = t.members.to(fine.device), t.kinds.to(fine.device)
