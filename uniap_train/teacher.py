@@ -120,12 +120,12 @@ def edge_scores(x: np.ndarray, edges: np.ndarray, *, preset: str = "released") -
     features, or with ``preset="paper"`` ``w_f cos + w_s vote``, the vote being one minus the
     mean absolute difference of the two nodes' affinity profiles ``F_a F^T`` (F: every node's
     L2-normalised feature; :mod:`uniap.core.options`' weights)."""
+    from uniap.core.cosine import row_norms
     from uniap.core.options import resolve_options
 
     x = np.asarray(x, np.float64)
     edges = np.asarray(edges, np.int64).reshape(-1, 2)
-    norm = np.linalg.norm(x, axis=1)
-    unit = x / np.maximum(norm, 1e-10)[:, None]
+    unit = x / row_norms(np, x)[:, None]
     cos = np.einsum("ec,ec->e", unit[edges[:, 0]], unit[edges[:, 1]])
     options = resolve_options(preset=preset)
     if options.vote_weight == 0.0:
